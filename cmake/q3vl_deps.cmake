@@ -1,0 +1,22 @@
+# Third-party dependencies, all from Debian packages (scripts/setup.sh installs them).
+find_package(absl REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(OpenMP REQUIRED)
+find_package(Threads REQUIRED)
+
+# The OpenMP build of OpenBLAS, so BLAS calls and our own parallel loops share one pool.
+find_path(Q3VL_CBLAS_INCLUDE cblas.h PATHS /usr/include/x86_64-linux-gnu/openblas-openmp
+          /usr/include/openblas-openmp /usr/include/openblas NO_DEFAULT_PATH)
+find_library(Q3VL_OPENBLAS_LIB NAMES openblas PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp
+             NO_DEFAULT_PATH)
+if(NOT Q3VL_CBLAS_INCLUDE OR NOT Q3VL_OPENBLAS_LIB)
+  message(FATAL_ERROR "OpenBLAS (OpenMP) not found: run scripts/setup.sh")
+endif()
+add_library(q3vl_blas INTERFACE)
+target_include_directories(q3vl_blas INTERFACE ${Q3VL_CBLAS_INCLUDE})
+target_link_libraries(q3vl_blas INTERFACE ${Q3VL_OPENBLAS_LIB} OpenMP::OpenMP_CXX)
+
+if(Q3VL_TESTS)
+  find_package(GTest REQUIRED)
+  include(GoogleTest)
+endif()

@@ -1,0 +1,155 @@
+// The Backend: the fixed op set every device implements (GEMM, grouped GEMM, norms, rotary,
+// attention, activations, router top-k, row gather/scatter, copies). Model code calls only
+// these and never branches on the device. Each op takes one Params struct; shapes and dtypes
+// are checked at this boundary (a mismatch is a bug: Q3VL_CHECK). The CPU backend is the
+// reference; a backend instance is used by one thread at a time (ops may use many threads).
+#ifndef Q3VL_CORE_BACKEND_H_
+#define Q3VL_CORE_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+
+namespace q3vl {
+
+// out = a · op(b) + bias + beta * out.
+struct GemmParams {
+  Tensor a;                   // [M, K]
+  Tensor b;                   // [N, K] if b_transposed (nn.Linear weight), else [K, N]
+  Tensor bias;                // optional [N]
+  Tensor out;                 // [M, N]
+  bool b_transposed = true;
+  float beta = 0.0f;
+};
+
+// For each group g: out[offsets[g]:offsets[g+1]] = a[offsets[g]:offsets[g+1]] · weights[g].
+// Groups with no rows are skipped (no weight bytes touched).
+struct GroupedGemmParams {
+  Tensor a;                      // [R, K], rows ordered by group
+  Tensor weights;                // [G, K, N]
+  std::vector<int64_t> offsets;  // [G + 1], CSR row offsets
+  Tensor out;                    // [R, N]
+};
+
+struct RmsNormParams {
+  Tensor x;       // [..., D]
+  Tensor weight;  // [D]
+  Tensor out;     // same shape as x (may alias x)
+  float eps = 1e-6f;
+};
+
+struct LayerNormParams {
+  Tensor x;       // [..., D]
+  Tensor weight;  // [D]
+  Tensor bias;    // [D]
+  Tensor out;     // same shape as x (may alias x)
+  float eps = 1e-6f;
+};
+
+// In place: x = x * cos + rotate_half(x) * sin, rotate_half(v) = [-v[d/2:], v[:d/2]].
+struct RopeParams {
+  Tensor x;    // [T, H, d]
+  Tensor cos;  // [T, d]
+  Tensor sin;  // [T, d]
+};
+
+enum class ActivationKind : uint8_t {
+  kSiluMul,   // x [T, 2I] -> out [T, I] = silu(x[:, :I]) * x[:, I:]
+  kGeluTanh,  // elementwise, out may alias x
+  kGeluErf,   // elementwise, out may alias x
+};
+
+struct ActivationParams {
+  ActivationKind kind;
+  Tensor x;
+  Tensor out;
+};
+
+// Scaled dot-product attention over packed sequences. Sequence s owns query rows
+// [q_starts[s], q_starts[s+1]) and key rows [k_starts[s], k_starts[s+1]). With `causal`, the
+// queries are the last rows of the sequence: query i of a sequence with nq queries and nk keys
+// sees keys [0, nk - nq + i]. Query head h reads KV head h / (H / KV).
+struct AttentionParams {
+  Tensor q;                       // [Tq, H, d]
+  Tensor k;                       // [Tk, KV, d]
+  Tensor v;                       // [Tk, KV, d]
+  std::vector<int64_t> q_starts;  // [num_seqs + 1]
+  std::vector<int64_t> k_starts;  // [num_seqs + 1]
+  bool causal = true;
+  float scale = 1.0f;
+  Tensor out;                     // [Tq, H, d]
+};
+
+// Router: p = softmax(logits); pick top_k by p (ties: lower index first); weights = p_top,
+// renormalised to sum 1 when `renormalize`.
+struct RouterParams {
+  Tensor logits;      // [T, E]
+  int top_k = 1;
+  bool renormalize = true;
+  Tensor expert_ids;  // [T, top_k] i32, descending probability
+  Tensor weights;     // [T, top_k] f32
+};
+
+// out[i] = table[ids[i]] (widened to out's dtype).
+struct GatherRowsParams {
+  Tensor table;  // [V, D], any float dtype
+  Tensor ids;    // [N] i64 or i32
+  Tensor out;    // [N, D]
+};
+
+// out[ids[i]] += scale[i] * src[i] (scale optional: 1); rows of ids may repeat. With
+// accumulate = false the rows are overwritten instead: out[ids[i]] = scale[i] * src[i].
+struct ScatterAddRowsParams {
+  Tensor src;    // [N, D]
+  Tensor ids;    // [N] i64 or i32
+  Tensor scale;  // optional [N] f32
+  Tensor out;    // [M, D]
+  bool accumulate = true;
+};
+
+// out = a + b, elementwise, same shapes (out may alias a or b).
+struct AddParams {
+  Tensor a;
+  Tensor b;
+  Tensor out;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual absl::string_view name() const = 0;
+  virtual Device device() const = 0;
+
+  // Zero-filled, contiguous tensor in this backend's memory.
+  virtual Tensor Allocate(DType dtype, Shape shape) = 0;
+  // Copies between host and device tensors of equal shape (either direction).
+  virtual void Copy(const Tensor& src, Tensor& dst) = 0;
+  // Waits until all queued work is done.
+  virtual void Synchronize() = 0;
+
+  virtual void Gemm(const GemmParams& p) = 0;
+  virtual void GroupedGemm(const GroupedGemmParams& p) = 0;
+  virtual void RmsNorm(const RmsNormParams& p) = 0;
+  virtual void LayerNorm(const LayerNormParams& p) = 0;
+  virtual void Rope(const RopeParams& p) = 0;
+  virtual void Activation(const ActivationParams& p) = 0;
+  virtual void Attention(const AttentionParams& p) = 0;
+  virtual void Router(const RouterParams& p) = 0;
+  virtual void GatherRows(const GatherRowsParams& p) = 0;
+  virtual void ScatterAddRows(const ScatterAddRowsParams& p) = 0;
+  virtual void Add(const AddParams& p) = 0;
+};
+
+enum class BackendKind : uint8_t { kCpu, kCuda };
+
+// Returns the backend of `kind`; UnimplementedError for a backend this build does not have.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind);
+absl::StatusOr<BackendKind> ParseBackendKind(absl::string_view name);
+
+}  // namespace q3vl
+
+#endif  // Q3VL_CORE_BACKEND_H_

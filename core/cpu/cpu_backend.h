@@ -1,0 +1,37 @@
+// The CPU backend: the f32 reference every other backend is tested against. GEMMs go to
+// OpenBLAS (OpenMP build); the other ops are plain loops parallelised with OpenMP over rows,
+// heads or sequences. Weights must already be f32 (the loader widens bf16 at load time).
+#ifndef Q3VL_CORE_CPU_CPU_BACKEND_H_
+#define Q3VL_CORE_CPU_CPU_BACKEND_H_
+
+#include "core/backend.h"
+
+namespace q3vl {
+
+class CpuBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "cpu"; }
+  Device device() const override { return Device::kCpu; }
+  Tensor Allocate(DType dtype, Shape shape) override;
+  void Copy(const Tensor& src, Tensor& dst) override;
+  void Synchronize() override {}
+
+  void Gemm(const GemmParams& p) override;
+  void GroupedGemm(const GroupedGemmParams& p) override;
+  void RmsNorm(const RmsNormParams& p) override;
+  void LayerNorm(const LayerNormParams& p) override;
+  void Rope(const RopeParams& p) override;
+  void Activation(const ActivationParams& p) override;
+  void Attention(const AttentionParams& p) override;
+  void Router(const RouterParams& p) override;
+  void GatherRows(const GatherRowsParams& p) override;
+  void ScatterAddRows(const ScatterAddRowsParams& p) override;
+  void Add(const AddParams& p) override;
+};
+
+// Number of threads the CPU ops use (OpenMP's maximum).
+int CpuThreads();
+
+}  // namespace q3vl
+
+#endif  // Q3VL_CORE_CPU_CPU_BACKEND_H_

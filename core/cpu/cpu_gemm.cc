@@ -1,0 +1,60 @@
+// GEMM and grouped GEMM on OpenBLAS.
+#include <cblas.h>
+
+#include "core/cpu/cpu_backend.h"
+
+namespace q3vl {
+namespace {
+
+// Leading dimension of a 2-D f32 matrix whose rows are contiguous.
+int64_t RowStride(const Tensor& t, const char* what) {
+  Q3VL_CHECK_EQ(t.rank(), 2) << what << " " << t.DebugString();
+  Q3VL_CHECK(t.dtype() == DType::kF32) << what << " must be f32, got " << t.DebugString();
+  Q3VL_CHECK(t.strides()[1] == 1 || t.dim(1) <= 1) << what << " rows must be contiguous";
+  return std::max<int64_t>(t.strides()[0], std::max<int64_t>(t.dim(1), 1));
+}
+
+void Sgemm(const Tensor& a, const Tensor& b, bool b_transposed, float beta, Tensor& out) {
+  const int64_t m = a.dim(0), k = a.dim(1), n = out.dim(1);
+  Q3VL_CHECK_EQ(out.dim(0), m);
+  Q3VL_CHECK_EQ(b_transposed ? b.dim(1) : b.dim(0), k) << a.DebugString() << " x " << b.DebugString();
+  Q3VL_CHECK_EQ(b_transposed ? b.dim(0) : b.dim(1), n) << b.DebugString() << " -> " << out.DebugString();
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, m, n, k,
+              1.0f, a.data<float>(), RowStride(a, "a"), b.data<float>(), RowStride(b, "b"), beta,
+              out.data<float>(), RowStride(out, "out"));
+}
+
+}  // namespace
+
+void CpuBackend::Gemm(const GemmParams& p) {
+  Tensor out = p.out;
+  float beta = p.beta;
+  if (p.bias.defined()) {
+    Q3VL_CHECK_EQ(p.bias.numel(), out.dim(1));
+    const float* bias = p.bias.data<float>();
+    const int64_t ld = RowStride(out, "out");
+    float* o = out.data<float>();
+#pragma omp parallel for if (out.dim(0) > 64)
+    for (int64_t i = 0; i < out.dim(0); ++i) {
+      for (int64_t j = 0; j < out.dim(1); ++j) o[i * ld + j] = beta * o[i * ld + j] + bias[j];
+    }
+    beta = 1.0f;
+  }
+  Sgemm(p.a, p.b, p.b_transposed, beta, out);
+}
+
+void CpuBackend::GroupedGemm(const GroupedGemmParams& p) {
+  Q3VL_CHECK_EQ(p.weights.rank(), 3) << p.weights.DebugString();
+  const int64_t num_groups = p.weights.dim(0);
+  Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), num_groups + 1);
+  Q3VL_CHECK_EQ(p.offsets.back(), p.a.dim(0));
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t begin = p.offsets[g], end = p.offsets[g + 1];
+    if (begin == end) continue;
+    Tensor out = p.out.Slice(0, begin, end);
+    Sgemm(p.a.Slice(0, begin, end), p.weights.Select(g), /*b_transposed=*/false, 0.0f, out);
+  }
+}
+
+}  // namespace q3vl

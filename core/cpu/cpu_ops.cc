@@ -1,0 +1,239 @@
+// The CPU backend's row-wise ops: norms, rotary, activations, router, gather/scatter, add.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/cpu/cpu_backend.h"
+
+namespace q3vl {
+namespace {
+
+// Treats a contiguous f32 tensor as [rows, last_dim].
+struct Rows {
+  float* data;
+  int64_t rows;
+  int64_t width;
+};
+
+Rows AsRows(const Tensor& t, const char* what) {
+  Q3VL_CHECK(t.dtype() == DType::kF32) << what << " must be f32: " << t.DebugString();
+  Q3VL_CHECK(t.is_contiguous()) << what << " must be contiguous: " << t.DebugString();
+  const int64_t width = t.rank() == 0 ? 1 : t.dim(-1);
+  return {t.data<float>(), width == 0 ? 0 : t.numel() / width, width};
+}
+
+int64_t IdAt(const Tensor& ids, int64_t i) {
+  return ids.dtype() == DType::kI64 ? ids.data<int64_t>()[i] : ids.data<int32_t>()[i];
+}
+
+}  // namespace
+
+int CpuThreads() { return omp_get_max_threads(); }
+
+Tensor CpuBackend::Allocate(DType dtype, Shape shape) { return Tensor::Empty(dtype, std::move(shape)); }
+
+void CpuBackend::Copy(const Tensor& src, Tensor& dst) { dst.CopyFrom(src); }
+
+void CpuBackend::RmsNorm(const RmsNormParams& p) {
+  const Rows x = AsRows(p.x, "x");
+  const Rows out = AsRows(p.out, "out");
+  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK_EQ(p.weight.numel(), x.width);
+  const float* w = p.weight.data<float>();
+#pragma omp parallel for if (x.rows > 16)
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float* xr = x.data + r * x.width;
+    float* o = out.data + r * x.width;
+    double sum_sq = 0.0;
+    for (int64_t j = 0; j < x.width; ++j) sum_sq += static_cast<double>(xr[j]) * xr[j];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(sum_sq / x.width) + p.eps);
+    for (int64_t j = 0; j < x.width; ++j) o[j] = xr[j] * inv * w[j];
+  }
+}
+
+void CpuBackend::LayerNorm(const LayerNormParams& p) {
+  const Rows x = AsRows(p.x, "x");
+  const Rows out = AsRows(p.out, "out");
+  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK_EQ(p.weight.numel(), x.width);
+  Q3VL_CHECK_EQ(p.bias.numel(), x.width);
+  const float* w = p.weight.data<float>();
+  const float* b = p.bias.data<float>();
+#pragma omp parallel for if (x.rows > 16)
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const float* xr = x.data + r * x.width;
+    float* o = out.data + r * x.width;
+    double sum = 0.0;
+    for (int64_t j = 0; j < x.width; ++j) sum += xr[j];
+    const double mean = sum / x.width;
+    double var = 0.0;
+    for (int64_t j = 0; j < x.width; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+    const float inv = 1.0f / std::sqrt(static_cast<float>(var / x.width) + p.eps);
+    const float m = static_cast<float>(mean);
+    for (int64_t j = 0; j < x.width; ++j) o[j] = (xr[j] - m) * inv * w[j] + b[j];
+  }
+}
+
+void CpuBackend::Rope(const RopeParams& p) {
+  Q3VL_CHECK_EQ(p.x.rank(), 3) << p.x.DebugString();
+  const int64_t tokens = p.x.dim(0), heads = p.x.dim(1), d = p.x.dim(2), half = d / 2;
+  Q3VL_CHECK(p.x.is_contiguous() && p.x.dtype() == DType::kF32);
+  Q3VL_CHECK(p.cos.shape() == Shape({tokens, d})) << p.cos.DebugString() << " for " << p.x.DebugString();
+  Q3VL_CHECK(p.sin.shape() == Shape({tokens, d}));
+  float* x = p.x.data<float>();
+  const float* cos = p.cos.data<float>();
+  const float* sin = p.sin.data<float>();
+#pragma omp parallel for if (tokens > 16)
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* c = cos + t * d;
+    const float* s = sin + t * d;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (t * heads + h) * d;
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        v[j] = a * c[j] - b * s[j];
+        v[j + half] = b * c[j + half] + a * s[j + half];
+      }
+    }
+  }
+}
+
+void CpuBackend::Activation(const ActivationParams& p) {
+  const Rows x = AsRows(p.x, "x");
+  const Rows out = AsRows(p.out, "out");
+  Q3VL_CHECK_EQ(x.rows, out.rows);
+  switch (p.kind) {
+    case ActivationKind::kSiluMul: {
+      Q3VL_CHECK_EQ(x.width, 2 * out.width);
+      const int64_t inter = out.width;
+#pragma omp parallel for if (x.rows > 16)
+      for (int64_t r = 0; r < x.rows; ++r) {
+        const float* g = x.data + r * x.width;
+        const float* u = g + inter;
+        float* o = out.data + r * inter;
+        for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+      }
+      return;
+    }
+    case ActivationKind::kGeluTanh:
+    case ActivationKind::kGeluErf: {
+      Q3VL_CHECK_EQ(x.width, out.width);
+      const bool use_tanh = p.kind == ActivationKind::kGeluTanh;
+      const int64_t n = x.rows * x.width;
+      const float k_sqrt_2_over_pi = 0.7978845608028654f;
+      const float k_inv_sqrt2 = 0.7071067811865476f;
+#pragma omp parallel for if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) {
+        const float u = x.data[i];
+        out.data[i] = use_tanh
+            ? 0.5f * u * (1.0f + std::tanh(k_sqrt_2_over_pi * (u + 0.044715f * u * u * u)))
+            : 0.5f * u * (1.0f + std::erf(u * k_inv_sqrt2));
+      }
+      return;
+    }
+  }
+}
+
+void CpuBackend::Router(const RouterParams& p) {
+  const Rows logits = AsRows(p.logits, "logits");
+  const int64_t k = p.top_k;
+  Q3VL_CHECK(k >= 1 && k <= logits.width) << "top_k " << k << " of " << logits.width;
+  Q3VL_CHECK(p.expert_ids.dtype() == DType::kI32 && p.expert_ids.numel() == logits.rows * k);
+  Q3VL_CHECK(p.weights.dtype() == DType::kF32 && p.weights.numel() == logits.rows * k);
+  int32_t* ids = p.expert_ids.data<int32_t>();
+  float* weights = p.weights.data<float>();
+#pragma omp parallel
+  {
+    std::vector<float> prob(logits.width);
+    std::vector<int32_t> order(logits.width);
+#pragma omp for
+    for (int64_t r = 0; r < logits.rows; ++r) {
+      const float* l = logits.data + r * logits.width;
+      const float max_logit = *std::max_element(l, l + logits.width);
+      float sum = 0.0f;
+      for (int64_t e = 0; e < logits.width; ++e) sum += prob[e] = std::exp(l[e] - max_logit);
+      for (int64_t e = 0; e < logits.width; ++e) prob[e] /= sum;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+        return prob[a] > prob[b] || (prob[a] == prob[b] && a < b);
+      });
+      float top_sum = 0.0f;
+      for (int64_t j = 0; j < k; ++j) top_sum += prob[order[j]];
+      const float scale = p.renormalize ? 1.0f / top_sum : 1.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        ids[r * k + j] = order[j];
+        weights[r * k + j] = prob[order[j]] * scale;
+      }
+    }
+  }
+}
+
+void CpuBackend::GatherRows(const GatherRowsParams& p) {
+  Q3VL_CHECK_EQ(p.table.rank(), 2);
+  Q3VL_CHECK(p.table.strides()[1] == 1);
+  const Rows out = AsRows(p.out, "out");
+  const int64_t n = p.ids.numel(), width = p.table.dim(1), vocab = p.table.dim(0);
+  Q3VL_CHECK_EQ(out.rows, n);
+  Q3VL_CHECK_EQ(out.width, width);
+  const char* table = static_cast<const char*>(p.table.raw_data());
+  const size_t row_bytes = p.table.strides()[0] * DTypeSize(p.table.dtype());
+#pragma omp parallel for if (n > 64)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = IdAt(p.ids, i);
+    Q3VL_CHECK(id >= 0 && id < vocab) << "row id " << id << " outside [0, " << vocab << ")";
+    ConvertToF32(p.table.dtype(), table + id * row_bytes, out.data + i * width, width);
+  }
+}
+
+void CpuBackend::ScatterAddRows(const ScatterAddRowsParams& p) {
+  const Rows src = AsRows(p.src, "src");
+  const Rows out = AsRows(p.out, "out");
+  Q3VL_CHECK_EQ(src.width, out.width);
+  Q3VL_CHECK_EQ(p.ids.numel(), src.rows);
+  const float* scale = p.scale.defined() ? p.scale.data<float>() : nullptr;
+  // Sequential over rows: ids may repeat; each row is vectorised.
+  for (int64_t i = 0; i < src.rows; ++i) {
+    const int64_t id = IdAt(p.ids, i);
+    Q3VL_CHECK(id >= 0 && id < out.rows) << "row id " << id << " outside [0, " << out.rows << ")";
+    const float s = scale ? scale[i] : 1.0f;
+    const float* sr = src.data + i * src.width;
+    float* o = out.data + id * out.width;
+    if (p.accumulate) {
+      for (int64_t j = 0; j < src.width; ++j) o[j] += s * sr[j];
+    } else {
+      for (int64_t j = 0; j < src.width; ++j) o[j] = s * sr[j];
+    }
+  }
+}
+
+void CpuBackend::Add(const AddParams& p) {
+  const Rows a = AsRows(p.a, "a"), b = AsRows(p.b, "b"), out = AsRows(p.out, "out");
+  const int64_t n = a.rows * a.width;
+  Q3VL_CHECK_EQ(n, b.rows * b.width);
+  Q3VL_CHECK_EQ(n, out.rows * out.width);
+#pragma omp parallel for if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out.data[i] = a.data[i] + b.data[i];
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::kCpu:
+      return std::unique_ptr<Backend>(new CpuBackend());
+    case BackendKind::kCuda:
+      return absl::UnimplementedError("this build has no CUDA backend (configure with -DQ3VL_CUDA=ON)");
+  }
+  return absl::InvalidArgumentError("unknown backend");
+}
+
+absl::StatusOr<BackendKind> ParseBackendKind(absl::string_view name) {
+  if (name == "cpu") return BackendKind::kCpu;
+  if (name == "cuda") return BackendKind::kCuda;
+  return absl::InvalidArgumentError(absl::StrCat("unknown backend \"", name, "\" (cpu, cuda)"));
+}
+
+}  // namespace q3vl

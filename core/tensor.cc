@@ -1,0 +1,195 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace q3vl {
+
+std::string ShapeString(const Shape& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+HostBuffer::HostBuffer(size_t size_bytes) : size_bytes_(size_bytes) {
+  const size_t rounded = (size_bytes + 63) / 64 * 64;
+  data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  Q3VL_CHECK(data_ != nullptr) << "out of host memory allocating " << size_bytes << " bytes";
+  std::memset(data_, 0, rounded == 0 ? 64 : rounded);
+}
+
+HostBuffer::~HostBuffer() { std::free(data_); }
+
+namespace {
+Shape ContiguousStrides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t s = 1;
+  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
+    strides[i] = s;
+    s *= shape[i];
+  }
+  return strides;
+}
+}  // namespace
+
+Tensor::Tensor(std::shared_ptr<Buffer> buffer, DType dtype, Shape shape, size_t offset_bytes)
+    : buffer_(std::move(buffer)),
+      dtype_(dtype),
+      shape_(std::move(shape)),
+      strides_(ContiguousStrides(shape_)),
+      offset_bytes_(offset_bytes) {
+  Q3VL_CHECK_LE(offset_bytes_ + size_bytes(), buffer_->size_bytes()) << ShapeString(shape_);
+}
+
+Tensor Tensor::Empty(DType dtype, Shape shape) {
+  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+  auto buffer = std::make_shared<HostBuffer>(NumElements(shape) * DTypeSize(dtype));
+  return Tensor(std::move(buffer), dtype, std::move(shape));
+}
+
+Tensor Tensor::FromVector(const std::vector<float>& values, Shape shape) {
+  Tensor t = Empty(DType::kF32, std::move(shape));
+  Q3VL_CHECK_EQ(static_cast<int64_t>(values.size()), t.numel());
+  std::memcpy(t.raw_data(), values.data(), values.size() * 4);
+  return t;
+}
+
+Tensor Tensor::FromVectorI64(const std::vector<int64_t>& values, Shape shape) {
+  Tensor t = Empty(DType::kI64, std::move(shape));
+  Q3VL_CHECK_EQ(static_cast<int64_t>(values.size()), t.numel());
+  std::memcpy(t.raw_data(), values.data(), values.size() * 8);
+  return t;
+}
+
+int64_t Tensor::dim(int d) const {
+  if (d < 0) d += rank();
+  Q3VL_CHECK(d >= 0 && d < rank()) << "dim " << d << " of " << ShapeString(shape_);
+  return shape_[d];
+}
+
+bool Tensor::is_contiguous() const { return strides_ == ContiguousStrides(shape_); }
+
+void* Tensor::raw_data() const {
+  Q3VL_CHECK(buffer_ != nullptr) << "undefined tensor";
+  return static_cast<char*>(buffer_->data()) + offset_bytes_;
+}
+
+Tensor Tensor::Slice(int d, int64_t start, int64_t end) const {
+  if (d < 0) d += rank();
+  Q3VL_CHECK(d >= 0 && d < rank());
+  Q3VL_CHECK(0 <= start && start <= end && end <= shape_[d])
+      << "slice [" << start << ", " << end << ") of dim " << d << " of " << ShapeString(shape_);
+  Tensor out = *this;
+  out.shape_[d] = end - start;
+  out.offset_bytes_ += start * strides_[d] * DTypeSize(dtype_);
+  return out;
+}
+
+Tensor Tensor::Select(int64_t i) const {
+  Q3VL_CHECK_GE(rank(), 1);
+  Tensor out = Slice(0, i, i + 1);
+  out.shape_.erase(out.shape_.begin());
+  out.strides_.erase(out.strides_.begin());
+  return out;
+}
+
+Tensor Tensor::Reshape(Shape shape) const {
+  Q3VL_CHECK(is_contiguous()) << "Reshape of a non-contiguous view " << ShapeString(shape_);
+  int64_t known = 1;
+  int infer = -1;
+  for (int i = 0; i < static_cast<int>(shape.size()); ++i) {
+    if (shape[i] == -1) {
+      Q3VL_CHECK_EQ(infer, -1) << "two -1 dimensions";
+      infer = i;
+    } else {
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0) shape[infer] = known == 0 ? 0 : numel() / known;
+  Q3VL_CHECK_EQ(NumElements(shape), numel()) << ShapeString(shape_) << " -> " << ShapeString(shape);
+  Tensor out = *this;
+  out.shape_ = std::move(shape);
+  out.strides_ = ContiguousStrides(out.shape_);
+  return out;
+}
+
+namespace {
+// Calls fn(dst_offset_elems, src_offset_elems, run) for each contiguous innermost run.
+template <typename Fn>
+void ForEachRun(const Shape& shape, const Shape& strides, Fn&& fn) {
+  const int r = static_cast<int>(shape.size());
+  if (r == 0) {
+    fn(0, 0, 1);
+    return;
+  }
+  const int64_t total = NumElements(shape);
+  if (total == 0) return;
+  const int64_t inner = shape[r - 1];
+  const bool inner_contiguous = strides[r - 1] == 1;
+  Shape index(r, 0);
+  for (int64_t done = 0; done < total; done += inner) {
+    int64_t src = 0;
+    for (int i = 0; i < r - 1; ++i) src += index[i] * strides[i];
+    if (inner_contiguous) {
+      fn(done, src, inner);
+    } else {
+      for (int64_t j = 0; j < inner; ++j) fn(done + j, src + j * strides[r - 1], 1);
+    }
+    for (int i = r - 2; i >= 0; --i) {
+      if (++index[i] < shape[i]) break;
+      index[i] = 0;
+    }
+  }
+}
+}  // namespace
+
+Tensor Tensor::Clone() const {
+  Tensor out = Empty(dtype_, shape_);
+  out.CopyFrom(*this);
+  return out;
+}
+
+void Tensor::CopyFrom(const Tensor& src) {
+  Q3VL_CHECK(shape_ == src.shape_) << ShapeString(shape_) << " vs " << ShapeString(src.shape_);
+  Q3VL_CHECK(dtype_ == src.dtype_);
+  Q3VL_CHECK(is_contiguous()) << "CopyFrom into a non-contiguous view";
+  const size_t es = DTypeSize(dtype_);
+  char* dst = static_cast<char*>(raw_data());
+  const char* s = static_cast<const char*>(src.raw_data());
+  if (src.is_contiguous()) {
+    std::memmove(dst, s, size_bytes());
+    return;
+  }
+  ForEachRun(src.shape_, src.strides_, [&](int64_t d, int64_t so, int64_t n) {
+    std::memcpy(dst + d * es, s + so * es, n * es);
+  });
+}
+
+Tensor Tensor::ToF32() const {
+  if (dtype_ == DType::kF32 && is_contiguous()) return *this;
+  Tensor out = Empty(DType::kF32, shape_);
+  float* dst = out.data<float>();
+  const char* s = static_cast<const char*>(raw_data());
+  const size_t es = DTypeSize(dtype_);
+  ForEachRun(shape_, strides_, [&](int64_t d, int64_t so, int64_t n) {
+    ConvertToF32(dtype_, s + so * es, dst + d, n);
+  });
+  return out;
+}
+
+void Tensor::Fill(float value) {
+  Q3VL_CHECK(dtype_ == DType::kF32 && is_contiguous());
+  float* p = data<float>();
+  for (int64_t i = 0; i < numel(); ++i) p[i] = value;
+}
+
+std::string Tensor::DebugString() const {
+  return absl::StrCat("Tensor(", std::string(DTypeName(dtype_)), ShapeString(shape_), ")");
+}
+
+}  // namespace q3vl

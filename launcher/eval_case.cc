@@ -1,0 +1,102 @@
+#include "launcher/eval_case.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "core/npy.h"
+#include "core/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace q3vl::launcher {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::vector<model::GridThw>> ReadGrids(const std::string& path) {
+  Q3VL_ASSIGN_OR_RETURN(Tensor t, ReadNpy(path));
+  if (t.dtype() != DType::kI64 || t.rank() != 2 || t.dim(1) != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": expected int64 [n, 3] grids, got ", t.DebugString()));
+  }
+  std::vector<model::GridThw> grids;
+  for (int64_t i = 0; i < t.dim(0); ++i) {
+    const int64_t* g = t.data<int64_t>() + 3 * i;
+    grids.push_back({g[0], g[1], g[2]});
+  }
+  return grids;
+}
+
+absl::StatusOr<model::VisionInput> ReadVision(const fs::path& inputs, const char* pixels, const char* grids) {
+  model::VisionInput in;
+  if (!fs::exists(inputs / pixels)) return in;
+  Q3VL_ASSIGN_OR_RETURN(in.pixel_values, ReadNpy((inputs / pixels).string()));
+  if (in.pixel_values.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat((inputs / pixels).string(), ": expected float32"));
+  }
+  Q3VL_ASSIGN_OR_RETURN(in.grids, ReadGrids((inputs / grids).string()));
+  return in;
+}
+
+}  // namespace
+
+absl::StatusOr<GoldenCase> ReadGoldenCase(const std::string& case_dir) {
+  GoldenCase c;
+  c.dir = case_dir;
+  const fs::path dir(case_dir);
+  std::ifstream in(dir / "case.json");
+  if (!in) return absl::NotFoundError(absl::StrCat((dir / "case.json").string(), ": cannot open"));
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json json = nlohmann::json::parse(text.str(), nullptr, false);
+  if (json.is_discarded() || !json.is_object() || !json.contains("num_generated") ||
+      !json["num_generated"].is_number_integer() || json["num_generated"].get<int64_t>() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat((dir / "case.json").string(),
+                                                   ": needs a non-negative integer \"num_generated\""));
+  }
+  c.num_generated = json["num_generated"].get<int64_t>();
+  const fs::path inputs = dir / "inputs";
+  Q3VL_ASSIGN_OR_RETURN(Tensor ids, ReadNpy((inputs / "input_ids.npy").string()));
+  if (ids.dtype() != DType::kI64 || ids.rank() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat((inputs / "input_ids.npy").string(),
+                                                   ": expected int64 [S], got ", ids.DebugString()));
+  }
+  c.request.input_ids.assign(ids.data<int64_t>(), ids.data<int64_t>() + ids.numel());
+  Q3VL_ASSIGN_OR_RETURN(c.request.images, ReadVision(inputs, "pixel_values.npy", "image_grid_thw.npy"));
+  Q3VL_ASSIGN_OR_RETURN(c.request.videos, ReadVision(inputs, "pixel_values_videos.npy", "video_grid_thw.npy"));
+  c.request.sampling.max_new_tokens = c.num_generated;
+  return c;
+}
+
+absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
+                                             const model::TraceFn* trace) {
+  model::Generator generator(model, {.keep_prefill_logits = true, .trace = trace});
+  const auto start = std::chrono::steady_clock::now();
+  Q3VL_ASSIGN_OR_RETURN(std::vector<model::GenerationResult> results, generator.Generate({golden.request}));
+  EvalCaseOutput out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.result = std::move(results[0]);
+  return out;
+}
+
+absl::Status WriteEvalCaseOutputs(const std::string& out_dir, const EvalCaseOutput& output, int64_t seq_len) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat(out_dir, ": ", ec.message()));
+  const fs::path dir(out_dir);
+  const model::GenerationResult& r = output.result;
+  Q3VL_RETURN_IF_ERROR(WriteNpy((dir / "logits.npy").string(), r.prefill_logits));
+  Q3VL_RETURN_IF_ERROR(WriteNpy((dir / "position_ids.npy").string(), Tensor::FromVectorI64(r.rope.positions, {3, seq_len})));
+  Q3VL_RETURN_IF_ERROR(WriteNpy((dir / "greedy_tokens.npy").string(),
+                                Tensor::FromVectorI64(r.tokens, {static_cast<int64_t>(r.tokens.size())})));
+  const nlohmann::json result = {{"rope_delta", r.rope.rope_delta}, {"seq_len", seq_len},
+                                 {"num_generated", r.tokens.size()}, {"backend", "cpu"},
+                                 {"seconds", output.seconds}};
+  std::ofstream out(dir / "result.json");
+  out << result.dump(2) << "\n";
+  if (!out) return absl::DataLossError(absl::StrCat((dir / "result.json").string(), ": write failed"));
+  return absl::OkStatus();
+}
+
+}  // namespace q3vl::launcher

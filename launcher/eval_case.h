@@ -1,0 +1,37 @@
+// Golden reference cases (../shared/golden/cases/*): reading a case directory into a
+// GenerationRequest and running it, as `q3vl eval-case` and the golden tests do.
+#ifndef Q3VL_LAUNCHER_EVAL_CASE_H_
+#define Q3VL_LAUNCHER_EVAL_CASE_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/generator.h"
+
+namespace q3vl::launcher {
+
+struct GoldenCase {
+  std::string dir;
+  model::GenerationRequest request;  // greedy, num_generated tokens, no stop tokens
+  int64_t num_generated = 0;
+};
+
+// Reads CASE_DIR/case.json and CASE_DIR/inputs/*.npy.
+absl::StatusOr<GoldenCase> ReadGoldenCase(const std::string& case_dir);
+
+struct EvalCaseOutput {
+  model::GenerationResult result;  // prefill_logits [S, V], tokens, rope
+  double seconds = 0.0;
+};
+
+// Runs a case on `model` with every prefill logit kept. `trace` is optional.
+absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
+                                             const model::TraceFn* trace = nullptr);
+
+// Writes logits.npy, position_ids.npy, greedy_tokens.npy and result.json into `out_dir`.
+absl::Status WriteEvalCaseOutputs(const std::string& out_dir, const EvalCaseOutput& output,
+                                  int64_t seq_len);
+
+}  // namespace q3vl::launcher
+
+#endif  // Q3VL_LAUNCHER_EVAL_CASE_H_

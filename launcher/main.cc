@@ -1,0 +1,49 @@
+// q3vl: the single binary; dispatches to subcommands.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
+#include "launcher/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const q3vl::launcher::Args&);
+};
+
+constexpr Command kCommands[] = {
+    {"generate", "greedy or sampled generation from token ids on a checkpoint directory",
+     q3vl::launcher::GenerateCommand},
+    {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",
+     q3vl::launcher::EvalCaseCommand},
+    {"make-model", "write a random-weight Qwen3-VL-MoE checkpoint in the Hugging Face layout",
+     q3vl::launcher::MakeModelCommand},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out,
+               "q3vl: a runtime for Qwen3-VL Mixture-of-Experts models\n\n"
+               "usage: q3vl <command> [options]   (q3vl <command> --help for its options)\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    PrintUsage(stdout);
+    return 0;
+  }
+  for (const Command& c : kCommands) {
+    if (!std::strcmp(argv[1], c.name)) return c.run(q3vl::launcher::Args(argv + 2, argv + argc));
+  }
+  std::fprintf(stderr, "q3vl: unknown command \"%s\"\n\n", argv[1]);
+  PrintUsage(stderr);
+  return 2;
+}

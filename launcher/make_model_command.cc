@@ -1,0 +1,38 @@
+// q3vl make-model --out DIR: a random-weight demo checkpoint in the Hugging Face layout.
+#include <iostream>
+
+#include "launcher/options.h"
+#include "model/demo_model.h"
+
+namespace q3vl::launcher {
+
+int MakeModelCommand(const Args& args) {
+  constexpr char kName[] = "make-model";
+  po::options_description options("options");
+  options.add_options()
+      ("out", po::value<std::string>()->required(), "directory to write (created)")
+      ("config", po::value<std::string>(), "config.json to use instead of the built-in demo config")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed of the weights")
+      ("shards", po::value<int>()->default_value(1), "number of safetensors shards (>1 writes an index)")
+      ("per-expert", po::bool_switch(), "write experts.N.{gate,up,down}_proj.weight instead of the fused layout");
+  po::positional_options_description positional;
+  auto parsed = ParseArgs(kName, "--out DIR [options]", options, positional, args);
+  if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
+  const po::variables_map& vm = std::get<po::variables_map>(parsed);
+  model::ModelConfig config = model::DemoConfig();
+  if (vm.count("config")) {
+    auto loaded = model::ModelConfig::FromFile(vm["config"].as<std::string>());
+    if (!loaded.ok()) return Fail(kName, loaded.status());
+    config = *loaded;
+  }
+  if (vm["shards"].as<int>() < 1) return UsageError(kName, "--shards must be >= 1");
+  const std::string out = vm["out"].as<std::string>();
+  absl::Status s = model::WriteRandomCheckpoint(config, {.dir = out, .seed = vm["seed"].as<uint64_t>(),
+                                                         .num_shards = vm["shards"].as<int>(),
+                                                         .per_expert_layout = vm["per-expert"].as<bool>()});
+  if (!s.ok()) return Fail(kName, s);
+  std::cerr << "make-model: wrote " << out << std::endl;
+  return 0;
+}
+
+}  // namespace q3vl::launcher

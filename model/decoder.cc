@@ -1,0 +1,166 @@
+#include "model/decoder.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace q3vl::model {
+namespace {
+constexpr char kPrefix[] = "model.language_model.";
+}  // namespace
+
+TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings)
+    : config_(config) {
+  const int64_t d = config.hidden_size, hd = config.head_dim;
+  const std::string p = kPrefix;
+  embed_ = loader.GetStored(p + "embed_tokens.weight", {config.vocab_size, d});
+  norm_ = loader.Get(p + "norm.weight", {d});
+  lm_head_ = tie_word_embeddings ? embed_.ToF32()
+                                 : loader.Get("lm_head.weight", {config.vocab_size, d});
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string b = absl::StrCat(p, "layers.", l, ".");
+    Layer layer{
+        .input_norm = loader.Get(b + "input_layernorm.weight", {d}),
+        .post_norm = loader.Get(b + "post_attention_layernorm.weight", {d}),
+        .q_proj = loader.Get(b + "self_attn.q_proj.weight", {config.num_heads * hd, d}),
+        .k_proj = loader.Get(b + "self_attn.k_proj.weight", {config.num_kv_heads * hd, d}),
+        .v_proj = loader.Get(b + "self_attn.v_proj.weight", {config.num_kv_heads * hd, d}),
+        .o_proj = loader.Get(b + "self_attn.o_proj.weight", {d, config.num_heads * hd}),
+        .q_norm = loader.Get(b + "self_attn.q_norm.weight", {hd}),
+        .k_norm = loader.Get(b + "self_attn.k_norm.weight", {hd}),
+        .moe = config.IsMoeLayer(l),
+    };
+    if (layer.moe) {
+      LoadExperts(loader, b + "mlp.", layer);
+    } else {
+      const int64_t inter = config.intermediate_size;
+      layer.dense_gate = loader.Get(b + "mlp.gate_proj.weight", {inter, d});
+      layer.dense_up = loader.Get(b + "mlp.up_proj.weight", {inter, d});
+      layer.dense_down = loader.Get(b + "mlp.down_proj.weight", {d, inter});
+    }
+    layers_.push_back(std::move(layer));
+  }
+}
+
+// The expert layout is decided from the tensor names, never from shapes: the official fused
+// layout ("experts.gate_up_proj" [E, D, 2I], "experts.down_proj" [E, I, D], used as x @ W) or
+// per-expert nn.Linear tensors ("experts.N.{gate,up,down}_proj.weight").
+void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const {
+  const int64_t d = config_.hidden_size, e = config_.num_experts, inter = config_.moe_intermediate_size;
+  layer.experts.router = loader.Get(prefix + "gate.weight", {e, d});
+  const std::string fused = prefix + "experts.gate_up_proj";
+  if (loader.Has(fused) || !loader.Has(prefix + "experts.0.gate_proj.weight")) {
+    layer.experts.gate_up = loader.Get(fused, {e, d, 2 * inter});
+    layer.experts.down = loader.Get(prefix + "experts.down_proj", {e, inter, d});
+    return;
+  }
+  Tensor gate_up = Tensor::Empty(DType::kF32, {e, d, 2 * inter});  // [E, D, 2I]
+  Tensor down = Tensor::Empty(DType::kF32, {e, inter, d});         // [E, I, D]
+  for (int64_t x = 0; x < e; ++x) {
+    const std::string b = absl::StrCat(prefix, "experts.", x, ".");
+    const Tensor gate = loader.Get(b + "gate_proj.weight", {inter, d});  // [I, D]
+    const Tensor up = loader.Get(b + "up_proj.weight", {inter, d});      // [I, D]
+    const Tensor dn = loader.Get(b + "down_proj.weight", {d, inter});    // [D, I]
+    float* gu = gate_up.data<float>() + x * d * 2 * inter;
+    float* dw = down.data<float>() + x * inter * d;
+    for (int64_t i = 0; i < inter; ++i) {
+      for (int64_t j = 0; j < d; ++j) {
+        gu[j * 2 * inter + i] = gate.data<float>()[i * d + j];
+        gu[j * 2 * inter + inter + i] = up.data<float>()[i * d + j];
+        dw[i * d + j] = dn.data<float>()[j * inter + i];
+      }
+    }
+  }
+  layer.experts.gate_up = gate_up;
+  layer.experts.down = down;
+}
+
+void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const {
+  backend.GatherRows({.table = embed_, .ids = ids, .out = out});
+}
+
+void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t index, DecoderBatch& batch,
+                            const Tensor& x, Tensor& out) const {
+  const int64_t t = x.dim(0), h = config_.num_heads, kvh = config_.num_kv_heads, hd = config_.head_dim;
+  Tensor q = backend.Allocate(DType::kF32, {t, h, hd});    // [T, H, hd]
+  Tensor k = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
+  Tensor v = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
+  backend.Gemm({.a = x, .b = layer.q_proj, .out = q.Reshape({t, h * hd})});
+  backend.Gemm({.a = x, .b = layer.k_proj, .out = k.Reshape({t, kvh * hd})});
+  backend.Gemm({.a = x, .b = layer.v_proj, .out = v.Reshape({t, kvh * hd})});
+  backend.RmsNorm({.x = q, .weight = layer.q_norm, .out = q, .eps = config_.rms_norm_eps});
+  backend.RmsNorm({.x = k, .weight = layer.k_norm, .out = k, .eps = config_.rms_norm_eps});
+  backend.Rope({.x = q, .cos = batch.rope.cos, .sin = batch.rope.sin});
+  backend.Rope({.x = k, .cos = batch.rope.cos, .sin = batch.rope.sin});
+  std::vector<int64_t> pending;
+  for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
+    const int64_t begin = batch.q_starts[s], end = batch.q_starts[s + 1];
+    batch.kv->Write(index, batch.seq_ids[s], k.Slice(0, begin, end), v.Slice(0, begin, end));
+    pending.push_back(end - begin);
+  }
+  Tensor keys, values;  // [sum context, KV, hd]
+  std::vector<int64_t> k_starts;
+  batch.kv->Gather(index, batch.seq_ids, pending, &keys, &values, &k_starts);
+  Tensor attn = backend.Allocate(DType::kF32, {t, h, hd});  // [T, H, hd]
+  backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = k_starts,
+                     .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
+  backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
+}
+
+void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const {
+  const int64_t t = x.dim(0), inter = config_.intermediate_size;
+  Tensor gate_up = backend.Allocate(DType::kF32, {t, 2 * inter});  // [T, 2 Iff] = [gate | up]
+  backend.Gemm({.a = x, .b = layer.dense_gate, .out = gate_up.Slice(1, 0, inter)});
+  backend.Gemm({.a = x, .b = layer.dense_up, .out = gate_up.Slice(1, inter, 2 * inter)});
+  Tensor act = backend.Allocate(DType::kF32, {t, inter});  // [T, Iff]
+  backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
+  backend.Gemm({.a = act, .b = layer.dense_down, .out = out});
+}
+
+void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
+  Tensor& h = batch.hidden;
+  const int64_t t = h.dim(0), d = config_.hidden_size;
+  Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
+  Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
+  moe::LocalDispatcher dispatcher;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const Layer& layer = layers_[l];
+    backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
+    Attention(backend, layer, l, batch, a, delta);
+    backend.Add({.a = h, .b = delta, .out = h});
+    backend.RmsNorm({.x = h, .weight = layer.post_norm, .out = a, .eps = config_.rms_norm_eps});
+    if (layer.moe) {
+      moe::Routing routing;
+      moe::MoeForward(backend, dispatcher, layer.experts,
+                      {.x = a, .out = delta, .top_k = static_cast<int>(config_.top_k),
+                       .renormalize = config_.norm_topk_prob,
+                       .routing_out = batch.trace ? &routing : nullptr});
+      if (batch.trace) Trace(batch.trace, "router_topk", l, routing.expert_ids);
+    } else {
+      DenseMlp(backend, layer, a, delta);
+    }
+    backend.Add({.a = h, .b = delta, .out = h});
+    if (l < static_cast<int64_t>(batch.deepstack.size()) && batch.visual_rows.defined() &&
+        batch.visual_rows.numel() > 0) {
+      backend.ScatterAddRows({.src = batch.deepstack[l], .ids = batch.visual_rows, .out = h});
+    }
+    Trace(batch.trace, "layer_hidden", l, h);
+  }
+  for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
+    batch.kv->Commit(batch.seq_ids[s], batch.q_starts[s + 1] - batch.q_starts[s]);
+  }
+}
+
+Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                           const TraceFn* trace) const {
+  const int64_t n = static_cast<int64_t>(rows.size()), d = config_.hidden_size;
+  Tensor selected = backend.Allocate(DType::kF32, {n, d});  // [N, D]
+  backend.GatherRows({.table = hidden, .ids = Tensor::FromVectorI64(rows, {n}), .out = selected});
+  backend.RmsNorm({.x = selected, .weight = norm_, .out = selected, .eps = config_.rms_norm_eps});
+  Trace(trace, "final_hidden_normed", 0, selected);
+  Tensor logits = backend.Allocate(DType::kF32, {n, config_.vocab_size});  // [N, V]
+  backend.Gemm({.a = selected, .b = lm_head_, .out = logits});
+  return logits;
+}
+
+}  // namespace q3vl::model

@@ -1,0 +1,240 @@
+#include "model/generator.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "kv/paged_kv_cache.h"
+
+namespace q3vl::model {
+namespace {
+
+// A request after its prompt has been embedded.
+struct Prepared {
+  Tensor hidden;                  // [S, D] embeddings with visual rows placed
+  std::vector<int64_t> visual;    // rows receiving DeepStack features
+  std::vector<Tensor> deepstack;  // per DeepStack layer: [Nv, D]
+};
+
+int64_t CountToken(const std::vector<int64_t>& ids, int64_t token) {
+  return std::count(ids.begin(), ids.end(), token);
+}
+
+// Rows of `features` ([Ni, D] for images, [Nv, D] for videos) concatenated into one table in
+// sequence order of the visual tokens.
+Tensor Interleave(Backend& backend, const Tensor& image, const Tensor& video,
+                  const std::vector<int64_t>& ids, int64_t image_token, int64_t hidden) {
+  std::vector<int64_t> order;
+  int64_t next_image = 0, next_video = 0;
+  const int64_t num_images = image.defined() ? image.dim(0) : 0;
+  for (int64_t id : ids) {
+    if (id == image_token) order.push_back(next_image++);
+    else order.push_back(num_images + next_video++);
+  }
+  Tensor table = backend.Allocate(DType::kF32, {num_images + next_video, hidden});
+  if (num_images > 0) {
+    Tensor dst = table.Slice(0, 0, num_images);
+    backend.Copy(image, dst);
+  }
+  if (next_video > 0) {
+    Tensor dst = table.Slice(0, num_images, num_images + next_video);
+    backend.Copy(video, dst);
+  }
+  Tensor out = backend.Allocate(DType::kF32, {static_cast<int64_t>(order.size()), hidden});
+  if (!order.empty()) {
+    backend.GatherRows({.table = table, .ids = Tensor::FromVectorI64(order, {static_cast<int64_t>(order.size())}), .out = out});
+  }
+  return out;
+}
+
+// Stacks [n_i, D] tensors into one [sum n_i, D] tensor.
+Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts) {
+  int64_t rows = 0;
+  for (const Tensor& t : parts) rows += t.dim(0);
+  Tensor out = backend.Allocate(DType::kF32, {rows, parts.empty() ? 0 : parts[0].dim(1)});
+  int64_t at = 0;
+  for (const Tensor& t : parts) {
+    Tensor dst = out.Slice(0, at, at + t.dim(0));
+    backend.Copy(t, dst);
+    at += t.dim(0);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status Generator::Check(const GenerationRequest& r) const {
+  const ModelConfig& cfg = model_.config();
+  Q3VL_RETURN_IF_ERROR(r.sampling.Validate());
+  if (r.input_ids.empty()) return absl::InvalidArgumentError("empty prompt");
+  for (size_t i = 0; i < r.input_ids.size(); ++i) {
+    if (r.input_ids[i] < 0 || r.input_ids[i] >= cfg.text.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", r.input_ids[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ", cfg.text.vocab_size, ")"));
+    }
+  }
+  const int64_t total = static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
+  if (total > cfg.text.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", r.input_ids.size(), ") + max_new_tokens (",
+        r.sampling.max_new_tokens, ") exceeds the context limit ", cfg.text.max_position_embeddings));
+  }
+  const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
+  const struct { const VisionInput& in; int64_t token; const char* what; } kinds[] = {
+      {r.images, cfg.image_token_id, "image"}, {r.videos, cfg.video_token_id, "video"}};
+  for (const auto& k : kinds) {
+    int64_t patches = 0;
+    for (const GridThw& g : k.in.grids) patches += g[0] * g[1] * g[2];
+    if (!k.in.grids.empty()) Q3VL_RETURN_IF_ERROR(Annotate(model_.vision().CheckInput(k.in), k.what));
+    const int64_t placeholders = CountToken(r.input_ids, k.token);
+    if (placeholders != patches / merge) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt has ", placeholders, " ", k.what,
+          " placeholder tokens but the ", k.what, " grids give ", patches / merge));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vector<GenerationRequest>& requests) {
+  const ModelConfig& cfg = model_.config();
+  Backend& backend = model_.backend();
+  const TextDecoder& decoder = model_.decoder();
+  const int64_t d = cfg.text.hidden_size, vocab = cfg.text.vocab_size;
+  const size_t n = requests.size();
+  const size_t num_deepstack = cfg.vision.deepstack_visual_indexes.size();
+  std::vector<GenerationResult> results(n);
+  for (size_t i = 0; i < n; ++i) {
+    Q3VL_RETURN_IF_ERROR(Annotate(Check(requests[i]), absl::StrCat("request ", i)));
+    Q3VL_ASSIGN_OR_RETURN(results[i].rope, GetRopeIndex({.input_ids = &requests[i].input_ids,
+        .image_grids = &requests[i].images.grids, .video_grids = &requests[i].videos.grids,
+        .image_token_id = cfg.image_token_id, .video_token_id = cfg.video_token_id,
+        .spatial_merge_size = cfg.vision.spatial_merge_size}));
+  }
+  int64_t pages = 0;
+  for (const auto& r : requests) {
+    const int64_t tokens = static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
+    pages += (tokens + options_.page_size - 1) / options_.page_size;
+  }
+  kv::PagedKvCache cache({.num_layers = cfg.text.num_layers, .num_kv_heads = cfg.text.num_kv_heads,
+                          .head_dim = cfg.text.head_dim, .page_size = options_.page_size,
+                          .num_pages = options_.kv_pages > 0 ? options_.kv_pages : pages}, backend);
+
+  // Prefill: every prompt packed into one batch.
+  DecoderBatch batch{.q_starts = {0}, .kv = &cache, .trace = options_.trace};
+  std::vector<int64_t> all_ids, positions[3], visual_rows;
+  std::vector<Tensor> visual_embeds;                         // per request [Nv_i, D]
+  std::vector<std::vector<Tensor>> deepstack(num_deepstack);  // per layer, per request
+  for (size_t i = 0; i < n; ++i) {
+    const GenerationRequest& r = requests[i];
+    const int64_t s = static_cast<int64_t>(r.input_ids.size());
+    const int64_t base = batch.q_starts.back();
+    Q3VL_RETURN_IF_ERROR(cache.Reserve(static_cast<int64_t>(i), s));
+    batch.seq_ids.push_back(static_cast<int64_t>(i));
+    batch.q_starts.push_back(base + s);
+    all_ids.insert(all_ids.end(), r.input_ids.begin(), r.input_ids.end());
+    for (int a = 0; a < 3; ++a) {
+      const auto& p = results[i].rope.positions;
+      positions[a].insert(positions[a].end(), p.begin() + a * s, p.begin() + (a + 1) * s);
+    }
+    std::vector<int64_t> visual_ids;
+    for (int64_t t = 0; t < s; ++t) {
+      if (r.input_ids[t] == cfg.image_token_id || r.input_ids[t] == cfg.video_token_id) {
+        visual_rows.push_back(base + t);
+        visual_ids.push_back(r.input_ids[t]);
+      }
+    }
+    if (visual_ids.empty()) continue;
+    VisionOutput image, video;
+    if (!r.images.grids.empty()) image = model_.vision().Forward(backend, r.images, options_.trace);
+    if (!r.videos.grids.empty()) video = model_.vision().Forward(backend, r.videos, options_.trace);
+    visual_embeds.push_back(Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d));
+    for (size_t k = 0; k < num_deepstack; ++k) {
+      deepstack[k].push_back(Interleave(backend, image.deepstack.empty() ? Tensor() : image.deepstack[k],
+                                        video.deepstack.empty() ? Tensor() : video.deepstack[k],
+                                        visual_ids, cfg.image_token_id, d));
+    }
+  }
+  const int64_t total = static_cast<int64_t>(all_ids.size());
+  const int64_t num_visual = static_cast<int64_t>(visual_rows.size());
+  batch.hidden = backend.Allocate(DType::kF32, {total, d});
+  decoder.Embed(backend, Tensor::FromVectorI64(all_ids, {total}), batch.hidden);
+  if (num_visual > 0) {
+    batch.visual_rows = Tensor::FromVectorI64(visual_rows, {num_visual});
+    backend.ScatterAddRows({.src = ConcatRows(backend, visual_embeds), .ids = batch.visual_rows,
+                            .out = batch.hidden, .accumulate = false});
+    for (size_t k = 0; k < num_deepstack; ++k) batch.deepstack.push_back(ConcatRows(backend, deepstack[k]));
+  }
+  Trace(options_.trace, "inputs_embeds", 0, batch.hidden);
+  std::vector<int64_t> flat_positions;
+  for (const auto& axis : positions) flat_positions.insert(flat_positions.end(), axis.begin(), axis.end());
+  batch.rope = MropeTables(cfg.text, flat_positions, total);
+  decoder.Forward(backend, batch);
+
+  std::vector<int64_t> logit_rows;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t begin = options_.keep_prefill_logits ? batch.q_starts[i] : batch.q_starts[i + 1] - 1;
+    for (int64_t row = begin; row < batch.q_starts[i + 1]; ++row) logit_rows.push_back(row);
+  }
+  Tensor logits = decoder.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
+
+  // Sample the first token of each sequence, then decode the active ones together.
+  std::vector<Rng> rngs;
+  std::vector<int64_t> lengths(n);  // tokens in the KV cache per sequence
+  std::vector<bool> active(n, true);
+  auto emit = [&](size_t i, const float* row) {
+    const SamplingParams& sp = requests[i].sampling;
+    if (static_cast<int64_t>(results[i].tokens.size()) >= sp.max_new_tokens) {
+      results[i].finish_reason = "length";
+      active[i] = false;
+      return;
+    }
+    const int64_t token = Sample(row, vocab, sp, rngs[i]);
+    results[i].tokens.push_back(token);
+    if (options_.on_token) options_.on_token(i, token);
+    if (std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), token) != sp.stop_tokens.end()) {
+      results[i].finish_reason = "stop";
+      active[i] = false;
+    } else if (static_cast<int64_t>(results[i].tokens.size()) >= sp.max_new_tokens) {
+      results[i].finish_reason = "length";
+      active[i] = false;
+    }
+  };
+  int64_t row = 0;
+  for (size_t i = 0; i < n; ++i) {
+    rngs.emplace_back(requests[i].sampling.seed);
+    lengths[i] = static_cast<int64_t>(requests[i].input_ids.size());
+    const int64_t rows = options_.keep_prefill_logits ? lengths[i] : 1;
+    if (options_.keep_prefill_logits) {
+      results[i].prefill_logits = logits.Slice(0, row, row + rows).Clone();
+    }
+    emit(i, logits.data<float>() + (row + rows - 1) * vocab);
+    row += rows;
+  }
+  while (true) {
+    DecoderBatch step{.q_starts = {0}, .kv = &cache};
+    std::vector<int64_t> ids, step_positions;
+    for (size_t i = 0; i < n; ++i) {
+      if (!active[i]) continue;
+      Q3VL_RETURN_IF_ERROR(cache.Reserve(static_cast<int64_t>(i), 1));
+      step.seq_ids.push_back(static_cast<int64_t>(i));
+      step.q_starts.push_back(step.q_starts.back() + 1);
+      ids.push_back(results[i].tokens.back());
+      step_positions.push_back(lengths[i] + results[i].rope.rope_delta);
+      ++lengths[i];
+    }
+    const int64_t m = static_cast<int64_t>(ids.size());
+    if (m == 0) break;
+    std::vector<int64_t> pos3;
+    for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), step_positions.begin(), step_positions.end());
+    step.rope = MropeTables(cfg.text, pos3, m);
+    step.hidden = backend.Allocate(DType::kF32, {m, d});
+    decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+    decoder.Forward(backend, step);
+    std::vector<int64_t> rows(m);
+    for (int64_t j = 0; j < m; ++j) rows[j] = j;
+    Tensor step_logits = decoder.Logits(backend, step.hidden, rows);
+    for (int64_t j = 0; j < m; ++j) emit(static_cast<size_t>(step.seq_ids[j]), step_logits.data<float>() + j * vocab);
+  }
+  return results;
+}
+
+}  // namespace q3vl::model

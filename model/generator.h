@@ -1,0 +1,61 @@
+// Generation over a batch of requests: validates each request, computes M-RoPE positions,
+// runs the vision tower, places visual embeddings and DeepStack rows, prefills all sequences
+// in one packed batch, then decodes them together (one token per sequence per step) over the
+// paged KV cache, sampling each with its own seeded Rng. One Generate call at a time.
+#ifndef Q3VL_MODEL_GENERATOR_H_
+#define Q3VL_MODEL_GENERATOR_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/qwen3_vl.h"
+#include "model/rope.h"
+#include "model/sampler.h"
+#include "model/trace.h"
+#include "model/vision.h"
+
+namespace q3vl::model {
+
+struct GenerationRequest {
+  std::vector<int64_t> input_ids;  // expanded prompt (placeholders already repeated)
+  VisionInput images;              // all images of the prompt, in order (may be empty)
+  VisionInput videos;              // all videos of the prompt, in order (may be empty)
+  SamplingParams sampling;
+};
+
+struct GenerationResult {
+  std::vector<int64_t> tokens;   // generated ids (a stop token, when hit, is the last one)
+  std::string finish_reason;     // "stop" or "length"
+  RopeIndex rope;                // prompt positions and rope_delta
+  Tensor prefill_logits;         // [S, V] when GeneratorOptions::keep_prefill_logits
+};
+
+struct GeneratorOptions {
+  int64_t page_size = 16;
+  int64_t kv_pages = 0;              // 0: exactly what the batch needs
+  bool keep_prefill_logits = false;  // logits at every prompt position
+  const TraceFn* trace = nullptr;    // vision and decoder trace points (prefill only)
+  // Called with (request index, token) as each token is sampled.
+  std::function<void(size_t, int64_t)> on_token;
+};
+
+class Generator {
+ public:
+  Generator(const Qwen3VL& model, GeneratorOptions options) : model_(model), options_(std::move(options)) {}
+
+  // InvalidArgument for a bad request (nothing is run); ResourceExhausted if the KV cache
+  // cannot hold the batch.
+  absl::StatusOr<std::vector<GenerationResult>> Generate(const std::vector<GenerationRequest>& requests);
+
+ private:
+  absl::Status Check(const GenerationRequest& request) const;
+
+  const Qwen3VL& model_;
+  GeneratorOptions options_;
+};
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_GENERATOR_H_

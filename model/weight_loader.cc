@@ -1,0 +1,64 @@
+#include "model/weight_loader.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace q3vl::model {
+
+Tensor WeightLoader::Get(const std::string& name, const Shape& shape,
+                         const std::vector<SliceRange>& ranges) {
+  if (declared_.insert(name).second) declarations_.emplace_back(name, shape);
+  Shape local = shape;
+  for (const SliceRange& r : ranges) local[r.dim] = r.end - r.start;
+  const TensorInfo* info = checkpoint_.Find(name);
+  if (info == nullptr) {
+    missing_.push_back(name);
+    return backend_.Allocate(DType::kF32, local);
+  }
+  if (info->shape != shape) {
+    mismatched_.push_back(absl::StrCat(name, " is ", ShapeString(info->shape), ", expected ",
+                                       ShapeString(shape)));
+    return backend_.Allocate(DType::kF32, local);
+  }
+  absl::StatusOr<Tensor> host = checkpoint_.ReadF32(name, ranges);
+  if (!host.ok()) {
+    mismatched_.push_back(absl::StrCat(name, ": ", host.status().message()));
+    return backend_.Allocate(DType::kF32, local);
+  }
+  if (backend_.device() == Device::kCpu) return *host;
+  Tensor out = backend_.Allocate(DType::kF32, local);
+  backend_.Copy(*host, out);
+  return out;
+}
+
+Tensor WeightLoader::GetStored(const std::string& name, const Shape& shape) {
+  const TensorInfo* info = checkpoint_.Find(name);
+  if (info == nullptr || info->shape != shape || backend_.device() != Device::kCpu) {
+    return Get(name, shape);  // records the problem (or copies to the device)
+  }
+  declared_.insert(name);
+  return checkpoint_.View(*info);
+}
+
+absl::Status WeightLoader::Finish() const {
+  std::vector<std::string> unexpected;
+  for (const std::string& name : checkpoint_.Names()) {
+    if (!declared_.count(name)) unexpected.push_back(name);
+  }
+  if (missing_.empty() && mismatched_.empty() && unexpected.empty()) return absl::OkStatus();
+  std::string message = "checkpoint does not match the model config:";
+  auto list = [&](const char* what, const std::vector<std::string>& names) {
+    if (names.empty()) return;
+    constexpr size_t kShown = 20;
+    std::vector<std::string> shown(names.begin(), names.begin() + std::min(names.size(), kShown));
+    absl::StrAppend(&message, "\n  ", names.size(), " ", what, ": ", absl::StrJoin(shown, ", "),
+                    names.size() > kShown ? ", ..." : "");
+  };
+  list("missing", missing_);
+  list("with the wrong shape", mismatched_);
+  list("unexpected", unexpected);
+  if (!missing_.empty()) return absl::NotFoundError(message);
+  return absl::InvalidArgumentError(message);
+}
+
+}  // namespace q3vl::model

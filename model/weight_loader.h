@@ -1,0 +1,55 @@
+// Declarative weight loading: each module declares every parameter once (checkpoint name,
+// logical shape, optional slice for its shard); the loader maps the name to the local f32
+// tensor. Problems are collected, not returned one at a time: Finish() reports every missing
+// tensor, every shape mismatch and every checkpoint tensor nobody declared in one error.
+// Not thread-safe; one loader per model load.
+#ifndef Q3VL_MODEL_WEIGHT_LOADER_H_
+#define Q3VL_MODEL_WEIGHT_LOADER_H_
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/backend.h"
+#include "model/safetensors.h"
+
+namespace q3vl::model {
+
+class WeightLoader {
+ public:
+  // Tensors are widened to f32 and placed on `backend`.
+  WeightLoader(const Checkpoint& checkpoint, Backend& backend)
+      : checkpoint_(checkpoint), backend_(backend) {}
+
+  bool Has(const std::string& name) const { return checkpoint_.Find(name) != nullptr; }
+
+  // Declares `name` with full logical `shape`; returns the slice `ranges` of it (the whole
+  // tensor when empty). On a problem, records it and returns a zero tensor of the sliced shape
+  // so that construction can continue and every problem is reported by Finish().
+  Tensor Get(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
+  // Like Get, but returns the stored bytes as they are (bf16 stays bf16) without copying;
+  // host backends only. For tables read a few rows at a time (the token embedding).
+  Tensor GetStored(const std::string& name, const Shape& shape);
+  // Marks `name` as known without loading it (a tensor another rank or stage owns).
+  void Skip(const std::string& name) { declared_.insert(name); }
+
+  // OK, or InvalidArgument/NotFound listing all missing, mismatched and unexpected tensors.
+  absl::Status Finish() const;
+
+  uint64_t bytes_read() const { return checkpoint_.bytes_read(); }
+  // Every declared (name, full shape), in declaration order; used to write checkpoints.
+  const std::vector<std::pair<std::string, Shape>>& declarations() const { return declarations_; }
+
+ private:
+  const Checkpoint& checkpoint_;
+  Backend& backend_;
+  std::set<std::string> declared_;
+  std::vector<std::pair<std::string, Shape>> declarations_;
+  std::vector<std::string> missing_;
+  std::vector<std::string> mismatched_;
+};
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_WEIGHT_LOADER_H_
