@@ -60,9 +60,9 @@ Q3VL_INTERNAL_DEFINE_CHECK_OP(GE, >=)
 #define Q3VL_CHECK_GE(a, b) Q3VL_INTERNAL_CHECK_OP(GE, >=, a, b)
 
 // Checks that an absl::Status (or StatusOr) is OK; for calls that cannot fail unless a bug.
-#define Q3VL_CHECK_OK(expr)                                                   \
-  while (const ::absl::Status q3vl_check_st_ = ::q3vl::internal::ToStatus(expr); \
-         !q3vl_check_st_.ok())                                                \
+#define Q3VL_CHECK_OK(expr)                                                          \
+  for (const ::absl::Status q3vl_check_st_ = ::q3vl::internal::ToStatus(expr);       \
+       !q3vl_check_st_.ok();)                                                        \
   ::q3vl::internal::CheckFailure(__FILE__, __LINE__, #expr).stream() << q3vl_check_st_ << " "
 
 #include "absl/status/status.h"

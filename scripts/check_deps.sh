@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Checks that #include "folder/..." edges follow the layering
+#   core -> parallel -> moe, kv -> model -> cluster -> launcher
+# (a folder may include only folders listed before it, moe and kv not each other).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+declare -A allowed=(
+  [core]="core"
+  [parallel]="core parallel"
+  [moe]="core parallel moe"
+  [kv]="core parallel kv"
+  [model]="core parallel moe kv model"
+  [cluster]="core parallel moe kv model cluster"
+  [launcher]="core parallel moe kv model cluster launcher"
+)
+bad=0
+for folder in "${!allowed[@]}"; do
+  [[ -d $folder ]] || continue
+  while IFS=: read -r file _ include; do
+    target=$(sed -E 's/.*#include "([a-z_]+)\/.*/\1/' <<<"$include")
+    [[ -d $target ]] || continue
+    if [[ " ${allowed[$folder]} " != *" $target "* ]]; then
+      echo "layering violation: $file includes $target/ ($folder may use: ${allowed[$folder]})"
+      bad=1
+    fi
+  done < <(grep -rn '#include "[a-z_]*/' "$folder" --include='*.h' --include='*.cc' --include='*.cu' || true)
+done
+((bad == 0)) && echo "check_deps: layering ok"
+exit $bad

@@ -1,0 +1,164 @@
+// Each CPU backend op against a naive loop over parameterised shapes.
+#include <cmath>
+#include <numeric>
+
+#include "core/cpu/cpu_backend.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace q3vl {
+namespace {
+
+using testing::MaxAbsDiff;
+using testing::RandomTensor;
+
+class CpuOpsTest : public ::testing::TestWithParam<int64_t> {
+ protected:
+  CpuBackend backend_;
+};
+
+TEST_P(CpuOpsTest, GemmMatchesNaive) {
+  const int64_t m = GetParam(), k = 37, n = 19;
+  const Tensor a = RandomTensor({m, k}, 1), w = RandomTensor({n, k}, 2), bias = RandomTensor({n}, 3);
+  Tensor out = Tensor::Empty(DType::kF32, {m, n});
+  backend_.Gemm({.a = a, .b = w, .bias = bias, .out = out});
+  Tensor ref = Tensor::Empty(DType::kF32, {m, n});
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = bias.data<float>()[j];
+      for (int64_t x = 0; x < k; ++x) s += a.data<float>()[i * k + x] * w.data<float>()[j * k + x];
+      ref.data<float>()[i * n + j] = static_cast<float>(s);
+    }
+  EXPECT_LE(MaxAbsDiff(out, ref), 1e-4f);
+}
+
+TEST_P(CpuOpsTest, GroupedGemmSkipsEmptyGroups) {
+  const int64_t rows = GetParam(), k = 8, n = 5;
+  const Tensor a = RandomTensor({rows, k}, 4), w = RandomTensor({3, k, n}, 5);
+  const std::vector<int64_t> offsets = {0, rows / 2, rows / 2, rows};  // group 1 empty
+  Tensor out = Tensor::Empty(DType::kF32, {rows, n});
+  backend_.GroupedGemm({.a = a, .weights = w, .offsets = offsets, .out = out});
+  for (int64_t g = 0; g < 3; ++g)
+    for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        float s = 0;
+        for (int64_t x = 0; x < k; ++x) s += a.data<float>()[r * k + x] * w.data<float>()[(g * k + x) * n + j];
+        EXPECT_NEAR(out.data<float>()[r * n + j], s, 1e-4f);
+      }
+}
+
+TEST_P(CpuOpsTest, NormsMatchNaive) {
+  const int64_t rows = GetParam(), d = 24;
+  const Tensor x = RandomTensor({rows, d}, 6), w = RandomTensor({d}, 7), b = RandomTensor({d}, 8);
+  Tensor rms = Tensor::Empty(DType::kF32, {rows, d}), ln = Tensor::Empty(DType::kF32, {rows, d});
+  backend_.RmsNorm({.x = x, .weight = w, .out = rms, .eps = 1e-6f});
+  backend_.LayerNorm({.x = x, .weight = w, .bias = b, .out = ln, .eps = 1e-6f});
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data<float>() + r * d;
+    double ss = 0, mean = 0, var = 0;
+    for (int64_t j = 0; j < d; ++j) ss += xr[j] * xr[j], mean += xr[j];
+    mean /= d;
+    for (int64_t j = 0; j < d; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+    for (int64_t j = 0; j < d; ++j) {
+      EXPECT_NEAR(rms.data<float>()[r * d + j], xr[j] / std::sqrt(ss / d + 1e-6) * w.data<float>()[j], 1e-5);
+      EXPECT_NEAR(ln.data<float>()[r * d + j],
+                  (xr[j] - mean) / std::sqrt(var / d + 1e-6) * w.data<float>()[j] + b.data<float>()[j], 1e-4);
+    }
+  }
+}
+
+TEST_P(CpuOpsTest, AttentionMatchesNaiveCausalGqa) {
+  const int64_t nq = GetParam(), past = 3, heads = 4, kv_heads = 2, d = 8, nk = nq + past;
+  const Tensor q = RandomTensor({nq, heads, d}, 9), k = RandomTensor({nk, kv_heads, d}, 10),
+               v = RandomTensor({nk, kv_heads, d}, 11);
+  Tensor out = Tensor::Empty(DType::kF32, {nq, heads, d});
+  backend_.Attention({.q = q, .k = k, .v = v, .q_starts = {0, nq}, .k_starts = {0, nk}, .causal = true,
+                      .scale = 0.5f, .out = out});
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kv_heads), visible = past + i + 1;
+      std::vector<double> p(visible);
+      double mx = -1e30, sum = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        double s = 0;
+        for (int64_t x = 0; x < d; ++x) s += q.data<float>()[(i * heads + h) * d + x] * k.data<float>()[(j * kv_heads + g) * d + x];
+        p[j] = 0.5 * s;
+        mx = std::max(mx, p[j]);
+      }
+      for (auto& e : p) sum += e = std::exp(e - mx);
+      for (int64_t x = 0; x < d; ++x) {
+        double o = 0;
+        for (int64_t j = 0; j < visible; ++j) o += p[j] / sum * v.data<float>()[(j * kv_heads + g) * d + x];
+        EXPECT_NEAR(out.data<float>()[(i * heads + h) * d + x], o, 1e-5);
+      }
+    }
+}
+
+TEST_P(CpuOpsTest, RouterPicksTopKWithLowerIndexOnTies) {
+  const int64_t tokens = GetParam(), experts = 6;
+  Tensor logits = RandomTensor({tokens, experts}, 12);
+  logits.data<float>()[1] = logits.data<float>()[2] = 5.0f;  // tie in row 0
+  Tensor ids = Tensor::Empty(DType::kI32, {tokens, 2}), w = Tensor::Empty(DType::kF32, {tokens, 2});
+  backend_.Router({.logits = logits, .top_k = 2, .renormalize = true, .expert_ids = ids, .weights = w});
+  EXPECT_EQ(ids.data<int32_t>()[0], 1);
+  EXPECT_EQ(ids.data<int32_t>()[1], 2);
+  for (int64_t t = 0; t < tokens; ++t) EXPECT_NEAR(w.data<float>()[2 * t] + w.data<float>()[2 * t + 1], 1.0f, 1e-6f);
+}
+
+TEST_P(CpuOpsTest, RopeRotatesPairsHalfApart) {
+  const int64_t t = GetParam(), heads = 2, d = 6;
+  Tensor x = RandomTensor({t, heads, d}, 13);
+  const Tensor orig = x.Clone();
+  const Tensor cos = RandomTensor({t, d}, 14), sin = RandomTensor({t, d}, 15);
+  backend_.Rope({.x = x, .cos = cos, .sin = sin});
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t j = 0; j < d; ++j) {
+        const float* o = orig.data<float>() + (i * heads + h) * d;
+        const float rot = j < d / 2 ? -o[j + d / 2] : o[j - d / 2];
+        EXPECT_NEAR(x.data<float>()[(i * heads + h) * d + j],
+                    o[j] * cos.data<float>()[i * d + j] + rot * sin.data<float>()[i * d + j], 1e-5);
+      }
+}
+
+TEST_P(CpuOpsTest, ActivationsMatchFormulas) {
+  const int64_t rows = GetParam();
+  const Tensor x = RandomTensor({rows, 8}, 16, 3.0f);
+  Tensor silu = Tensor::Empty(DType::kF32, {rows, 4}), tanh_out = Tensor::Empty(DType::kF32, {rows, 8}),
+         erf_out = Tensor::Empty(DType::kF32, {rows, 8});
+  backend_.Activation({.kind = ActivationKind::kSiluMul, .x = x, .out = silu});
+  backend_.Activation({.kind = ActivationKind::kGeluTanh, .x = x, .out = tanh_out});
+  backend_.Activation({.kind = ActivationKind::kGeluErf, .x = x, .out = erf_out});
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < 8; ++j) {
+      const double u = x.data<float>()[r * 8 + j];
+      EXPECT_NEAR(erf_out.data<float>()[r * 8 + j], 0.5 * u * (1 + std::erf(u / std::sqrt(2.0))), 1e-5);
+      EXPECT_NEAR(tanh_out.data<float>()[r * 8 + j],
+                  0.5 * u * (1 + std::tanh(std::sqrt(2 / M_PI) * (u + 0.044715 * u * u * u))), 1e-5);
+      if (j < 4) {
+        const double g = u, up = x.data<float>()[r * 8 + j + 4];
+        EXPECT_NEAR(silu.data<float>()[r * 4 + j], g / (1 + std::exp(-g)) * up, 1e-5);
+      }
+    }
+}
+
+TEST_P(CpuOpsTest, GatherAndScatterRows) {
+  const int64_t n = GetParam();
+  const Tensor table = RandomTensor({5, 3}, 17);
+  std::vector<int64_t> idv(n);
+  for (int64_t i = 0; i < n; ++i) idv[i] = (i * 3) % 5;
+  const Tensor ids = Tensor::FromVectorI64(idv, {n});
+  Tensor rows = Tensor::Empty(DType::kF32, {n, 3});
+  backend_.GatherRows({.table = table, .ids = ids, .out = rows});
+  Tensor acc = Tensor::Empty(DType::kF32, {5, 3});
+  backend_.ScatterAddRows({.src = rows, .ids = ids, .out = acc});
+  for (int64_t r = 0; r < 5; ++r) {
+    const int64_t count = std::count(idv.begin(), idv.end(), r);
+    for (int64_t j = 0; j < 3; ++j) EXPECT_NEAR(acc.data<float>()[r * 3 + j], count * table.data<float>()[r * 3 + j], 1e-5);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, CpuOpsTest, ::testing::Values(1, 7, 130));
+
+}  // namespace
+}  // namespace q3vl

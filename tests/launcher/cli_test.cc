@@ -1,0 +1,72 @@
+// The q3vl binary as users run it: eval-case writes the golden contract files, make-model +
+// generate work end to end, and bad input exits non-zero with one line naming the problem.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "core/npy.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace q3vl {
+namespace {
+
+struct CommandResult {
+  int code;
+  std::string output;
+};
+
+CommandResult RunQ3vl(const std::string& args) {
+  const std::string cmd = std::string(Q3VL_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(CliTest, EvalCaseWritesTheContractFiles) {
+  const std::string dir = testing::GoldenCaseDir("02_image_single");
+  const std::string out = ::testing::TempDir() + "/eval02";
+  const CommandResult r = RunQ3vl("eval-case " + dir + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto greedy = ReadNpy(out + "/greedy_tokens.npy");
+  auto expected = ReadNpy(dir + "/expected/greedy_tokens.npy");
+  ASSERT_TRUE(greedy.ok() && expected.ok());
+  EXPECT_EQ(testing::MaxAbsDiff(*greedy, *expected), 0.0f);
+  auto logits = ReadNpy(out + "/logits.npy");
+  ASSERT_TRUE(logits.ok());
+  EXPECT_LE(testing::MaxAbsDiff(*logits, *ReadNpy(dir + "/expected/logits.npy")), 2e-3f);
+  EXPECT_LE(testing::MaxAbsDiff(*ReadNpy(out + "/position_ids.npy"), *ReadNpy(dir + "/expected/position_ids.npy")), 0.0f);
+  std::ifstream result(out + "/result.json");
+  std::string text((std::istreambuf_iterator<char>(result)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("\"rope_delta\": -8"), std::string::npos) << text;
+}
+
+TEST(CliTest, MakeModelThenGenerate) {
+  const std::string dir = ::testing::TempDir() + "/demo";
+  ASSERT_EQ(RunQ3vl("make-model --out " + dir + " --shards 2").code, 0);
+  const CommandResult r = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"generated_ids\""), std::string::npos) << r.output;
+}
+
+TEST(CliTest, BadInputExitsNonZeroWithAReason) {
+  EXPECT_EQ(RunQ3vl("no-such-command").code, 2);
+  EXPECT_EQ(RunQ3vl("generate --model /nonexistent --ids 1").code, 1);
+  EXPECT_EQ(RunQ3vl("generate --model /tmp --ids x,y").code, 2);
+  const std::string bad = ::testing::TempDir() + "/badcase";
+  std::filesystem::create_directories(bad + "/inputs");
+  std::ofstream(bad + "/case.json") << "{\"num_generated\": 2}";
+  std::ofstream(bad + "/inputs/input_ids.npy") << "garbage";
+  const CommandResult r = RunQ3vl("eval-case " + bad + " --out " + bad + "/out");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("input_ids.npy"), std::string::npos) << r.output;
+  EXPECT_EQ(RunQ3vl("--help").code, 0);
+  EXPECT_EQ(RunQ3vl("eval-case --help").code, 0);
+}
+
+}  // namespace
+}  // namespace q3vl

@@ -1,0 +1,81 @@
+#include "model/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace q3vl::model {
+namespace {
+
+nlohmann::json CaseConfig() {
+  std::ifstream in(testing::TestDataDir() + "/golden/01_text_only/model/config.json");
+  std::stringstream s;
+  s << in.rdbuf();
+  return nlohmann::json::parse(s.str());
+}
+
+TEST(ConfigTest, ParsesOfficialLayout) {
+  auto c = ModelConfig::FromJson(CaseConfig().dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->text.hidden_size, 64);
+  EXPECT_EQ(c->text.mrope_section[0], 6);
+  EXPECT_EQ(c->vision.deepstack_visual_indexes.size(), 3u);
+  EXPECT_EQ(c->text.eos_token_ids, std::vector<int64_t>{392});
+}
+
+TEST(ConfigTest, ParsesRopeParametersLayout) {
+  nlohmann::json j = CaseConfig();
+  auto& t = j["text_config"];
+  t["rope_parameters"] = {{"rope_theta", 1e6}, {"mrope_section", {6, 5, 5}}, {"mrope_interleaved", true},
+                          {"rope_type", "default"}};
+  t.erase("rope_scaling");
+  t.erase("rope_theta");
+  auto c = ModelConfig::FromJson(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->text.rope_theta, 1e6);
+}
+
+void ExpectError(const nlohmann::json& j, const std::string& fragment) {
+  auto c = ModelConfig::FromJson(j.dump(), "cfg.json");
+  ASSERT_FALSE(c.ok()) << j.dump();
+  EXPECT_NE(std::string(c.status().message()).find(fragment), std::string::npos) << c.status();
+  EXPECT_NE(std::string(c.status().message()).find("cfg.json"), std::string::npos) << c.status();
+}
+
+TEST(ConfigTest, RejectsMalformedConfigs) {
+  EXPECT_FALSE(ModelConfig::FromJson("{not json", "x").ok());
+  EXPECT_FALSE(ModelConfig::FromJson("[]", "x").ok());
+  nlohmann::json j = CaseConfig();
+  j["text_config"].erase("hidden_size");
+  ExpectError(j, "hidden_size");
+  j = CaseConfig();
+  j["text_config"]["num_key_value_heads"] = 3;
+  ExpectError(j, "multiple of num_key_value_heads");
+  j = CaseConfig();
+  j["text_config"]["rope_scaling"]["mrope_section"] = {6, 5, 4};
+  ExpectError(j, "mrope_section");
+  j = CaseConfig();
+  j["text_config"]["num_experts_per_tok"] = 99;
+  ExpectError(j, "num_experts_per_tok");
+  j = CaseConfig();
+  j["text_config"]["hidden_size"] = "64";
+  ExpectError(j, "wrong type");
+  j = CaseConfig();
+  j["vision_config"]["deepstack_visual_indexes"] = {1, 9};
+  ExpectError(j, "deepstack_visual_indexes");
+  j = CaseConfig();
+  j["model_type"] = "llama";
+  ExpectError(j, "model_type");
+  j = CaseConfig();
+  j["vision_config"]["out_hidden_size"] = 65;
+  ExpectError(j, "out_hidden_size");
+  j = CaseConfig();
+  j["text_config"]["mlp_only_layers"] = {7};
+  ExpectError(j, "mlp_only_layers");
+}
+
+}  // namespace
+}  // namespace q3vl::model

@@ -1,0 +1,129 @@
+// Every reference case of ../shared/golden/cases through the library API: positions, rope
+// delta and greedy tokens exact, prefill logits within 2e-3, and the intermediates (vision
+// patch/pos embedding, blocks, merger and DeepStack features, inputs_embeds, per-layer hidden
+// states, router top-k) to localise any error.
+#include <map>
+
+#include "core/backend.h"
+#include "core/npy.h"
+#include "gtest/gtest.h"
+#include "launcher/eval_case.h"
+#include "tests/test_util.h"
+
+namespace q3vl {
+namespace {
+
+constexpr float kLogitTolerance = 2e-3f;
+constexpr float kFeatureTolerance = 1e-3f;
+constexpr float kHiddenTolerance = 1e-3f;
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = testing::GoldenCaseDir(GetParam());
+    if (dir_.empty()) GTEST_SKIP() << "golden case " << GetParam() << " not present (needs ../shared)";
+    backend_ = *CreateBackend(BackendKind::kCpu);
+    auto golden = launcher::ReadGoldenCase(dir_);
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = *golden;
+    auto model = model::Qwen3VL::Load(dir_ + "/model", *backend_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+  }
+
+  Tensor Expected(const std::string& name) {
+    auto t = ReadNpy(dir_ + "/expected/" + name);
+    Q3VL_CHECK_OK(t);
+    return *t;
+  }
+  bool HasExpected(const std::string& name) { return std::filesystem::exists(dir_ + "/expected/" + name); }
+
+  std::string dir_;
+  std::unique_ptr<Backend> backend_;
+  launcher::GoldenCase golden_;
+  std::unique_ptr<model::Qwen3VL> model_;
+};
+
+class GoldenVisionTest : public GoldenTest {};
+
+TEST_P(GoldenTest, LogitsPositionsAndGreedyTokens) {
+  std::map<std::string, std::vector<Tensor>> traces;
+  const model::TraceFn trace = [&](absl::string_view point, int64_t, const Tensor& t) {
+    traces[std::string(point)].push_back(t.Clone());
+  };
+  auto out = launcher::RunGoldenCase(*model_, golden_, &trace);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const model::GenerationResult& r = out->result;
+  const int64_t s = static_cast<int64_t>(golden_.request.input_ids.size());
+
+  const Tensor positions = Expected("position_ids.npy");
+  ASSERT_EQ(positions.numel(), 3 * s);
+  for (int64_t i = 0; i < 3 * s; ++i) ASSERT_EQ(r.rope.positions[i], positions.data<int64_t>()[i]) << "index " << i;
+
+  ASSERT_EQ(traces["inputs_embeds"].size(), 1u);
+  EXPECT_LE(testing::MaxAbsDiff(traces["inputs_embeds"][0], Expected("inputs_embeds.npy")), kFeatureTolerance);
+
+  const Tensor layer_hidden = Expected("layer_hidden.npy");  // [L, S, D]
+  const Tensor router = Expected("router_topk_idx.npy");     // [L, S, k]
+  const auto& hidden_trace = traces["layer_hidden"];
+  ASSERT_EQ(static_cast<int64_t>(hidden_trace.size()), layer_hidden.dim(0));
+  size_t moe_layer = 0;
+  for (int64_t l = 0; l < layer_hidden.dim(0); ++l) {
+    EXPECT_LE(testing::MaxAbsDiff(hidden_trace[l], layer_hidden.Select(l)), kHiddenTolerance) << "layer " << l;
+    if (router.data<int64_t>()[l * router.dim(1) * router.dim(2)] < 0) continue;  // dense layer
+    const Tensor& ids = traces["router_topk"][moe_layer++];  // [S, k] i32
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      ASSERT_EQ(ids.data<int32_t>()[i], router.Select(l).Clone().data<int64_t>()[i]) << "layer " << l << " slot " << i;
+    }
+  }
+  EXPECT_LE(testing::MaxAbsDiff(traces["final_hidden_normed"][0], Expected("final_hidden_normed.npy")), kHiddenTolerance);
+
+  const float logit_diff = testing::MaxAbsDiff(r.prefill_logits, Expected("logits.npy"));
+  EXPECT_LE(logit_diff, kLogitTolerance);
+  const Tensor greedy = Expected("greedy_tokens.npy");
+  ASSERT_EQ(static_cast<int64_t>(r.tokens.size()), greedy.numel());
+  for (int64_t i = 0; i < greedy.numel(); ++i) EXPECT_EQ(r.tokens[i], greedy.data<int64_t>()[i]) << "step " << i;
+}
+
+TEST_P(GoldenVisionTest, VisionFeatures) {
+  const struct { const model::VisionInput& input; const char* prefix; } kinds[] = {
+      {golden_.request.images, "image_"}, {golden_.request.videos, "video_"}};
+  int checked = 0;
+  for (const auto& k : kinds) {
+    if (k.input.grids.empty()) continue;
+    const std::string p = k.prefix;
+    std::map<std::string, std::vector<Tensor>> traces;
+    const model::TraceFn trace = [&](absl::string_view point, int64_t, const Tensor& t) {
+      traces[std::string(point)].push_back(t.Clone());
+    };
+    const model::VisionOutput out = model_->vision().Forward(*backend_, k.input, &trace);
+    EXPECT_LE(testing::MaxAbsDiff(traces["vision_patch_embed"][0], Expected(p + "vision_patch_embed.npy")), kFeatureTolerance);
+    EXPECT_LE(testing::MaxAbsDiff(traces["vision_pos_embed"][0], Expected(p + "vision_pos_embed.npy")), kFeatureTolerance);
+    const Tensor blocks = Expected(p + "vision_block_outputs.npy");  // [depth, N, Dv]
+    ASSERT_EQ(static_cast<int64_t>(traces["vision_block"].size()), blocks.dim(0));
+    for (int64_t j = 0; j < blocks.dim(0); ++j) {
+      EXPECT_LE(testing::MaxAbsDiff(traces["vision_block"][j], blocks.Select(j)), kFeatureTolerance) << "block " << j;
+    }
+    EXPECT_LE(testing::MaxAbsDiff(out.embeds, Expected(p + "embeds.npy")), kFeatureTolerance);
+    const Tensor deepstack = Expected(p + "deepstack.npy");  // [num_deepstack, N/4, D]
+    ASSERT_EQ(static_cast<int64_t>(out.deepstack.size()), deepstack.dim(0));
+    for (int64_t i = 0; i < deepstack.dim(0); ++i) {
+      EXPECT_LE(testing::MaxAbsDiff(out.deepstack[i], deepstack.Select(i)), kFeatureTolerance) << "deepstack " << i;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "case has no images or videos";
+}
+
+
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenTest,
+                         ::testing::Values("01_text_only", "02_image_single", "03_two_images", "04_video",
+                                           "05_video_all_frames_ties", "06_image_and_video",
+                                           "07_realvocab_image", "08_optional_dense_layer"));
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenVisionTest,
+                         ::testing::Values("02_image_single", "03_two_images", "04_video",
+                                           "05_video_all_frames_ties", "06_image_and_video",
+                                           "07_realvocab_image", "08_optional_dense_layer"));
+
+}  // namespace
+}  // namespace q3vl

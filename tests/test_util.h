@@ -1,0 +1,56 @@
+// Shared helpers for q3vl tests: locating test data and comparing tensors.
+#ifndef Q3VL_TESTS_TEST_UTIL_H_
+#define Q3VL_TESTS_TEST_UTIL_H_
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace q3vl::testing {
+
+// tests/data in the source tree.
+inline std::string TestDataDir() { return Q3VL_TEST_DATA_DIR; }
+
+// Directory of golden case `name`: the repo copy, else ../shared/golden/cases (large cases).
+// Empty when neither exists.
+inline std::string GoldenCaseDir(const std::string& name) {
+  const std::string repo = TestDataDir() + "/golden/" + name;
+  if (std::filesystem::exists(repo)) return repo;
+  const std::string shared = std::string(Q3VL_SHARED_DIR) + "/golden/cases/" + name;
+  if (std::filesystem::exists(shared)) return shared;
+  return "";
+}
+
+// max |a - b| over all elements (both widened to f32); infinity on a shape mismatch.
+inline float MaxAbsDiff(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) return INFINITY;
+  if (a.dtype() == DType::kI64 || b.dtype() == DType::kI64) {
+    if (a.dtype() != b.dtype()) return INFINITY;
+    const Tensor x = a.Clone(), y = b.Clone();
+    float m = 0.0f;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      m = std::max(m, static_cast<float>(std::llabs(x.data<int64_t>()[i] - y.data<int64_t>()[i])));
+    }
+    return m;
+  }
+  const Tensor x = a.ToF32(), y = b.ToF32();
+  float m = 0.0f;
+  for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, std::fabs(x.data<float>()[i] - y.data<float>()[i]));
+  return m;
+}
+
+inline Tensor RandomTensor(Shape shape, uint32_t seed, float scale = 1.0f) {
+  Tensor t = Tensor::Empty(DType::kF32, std::move(shape));
+  uint32_t state = seed * 2654435761u + 12345u;
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    t.data<float>()[i] = scale * (static_cast<float>(state >> 8) / 8388608.0f - 1.0f);
+  }
+  return t;
+}
+
+}  // namespace q3vl::testing
+
+#endif  // Q3VL_TESTS_TEST_UTIL_H_
