@@ -1,0 +1,590 @@
+// q3vl_bench: CPU throughput of the q3vl runtime, printed as one JSON object on stdout
+// (progress goes to stderr). Measures the machine (threads, copy bandwidth, SGEMM peak), then,
+// for the tiny demo config and one Qwen3-VL-235B-A22B layer at real width with random weights
+// held in memory: decoder prefill and decode throughput, prefill GEMM FLOP/s against the SGEMM
+// peak, decode weight bytes/s against the copy bandwidth, and vision patches/s. See README.md.
+#include <cblas.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/cpu/cpu_backend.h"
+#include "kv/paged_kv_cache.h"
+#include "model/config.h"
+#include "model/decoder.h"
+#include "model/demo_model.h"
+#include "model/rope.h"
+#include "model/safetensors.h"
+#include "model/vision.h"
+#include "model/weight_loader.h"
+#include "nlohmann/json.hpp"
+
+namespace q3vl::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Json = nlohmann::json;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Fills the contiguous f32 tensor `t` uniformly in [center - half_width, center + half_width).
+// Element i depends only on (seed, i), so the fill runs in parallel and is reproducible.
+void FillUniform(const Tensor& t, float center, float half_width, uint64_t seed) {
+  float* p = t.data<float>();
+  const int64_t n = t.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t bits = SplitMix64(seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(i));
+    const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    p[i] = center + half_width * (2.0f * u - 1.0f);
+  }
+}
+
+// Weight init from the shape alone: vectors (norm scales, biases) near 1; matrices with std
+// 1/sqrt(fan_in), fan_in = dim 1 for [E, in, out] expert stacks, else the trailing dims.
+void FillRandomWeight(const Tensor& t, uint64_t seed) {
+  if (t.numel() == 0) return;
+  if (t.rank() <= 1) return FillUniform(t, 1.0f, 0.05f, seed);
+  const int64_t fan_in = t.rank() == 3 ? t.dim(1) : t.numel() / t.dim(0);
+  FillUniform(t, 0.0f, std::sqrt(3.0f / static_cast<float>(fan_in)), seed);  // std = w / sqrt(3)
+}
+
+enum Op { kGemm, kGroupedGemm, kAttention, kAllocate, kGatherScatter, kElementwise, kNumOps };
+constexpr std::array<const char*, kNumOps> kOpKeys = {
+    "gemm_s", "grouped_gemm_s", "attention_s", "allocate_s", "gather_scatter_s", "elementwise_s"};
+
+struct Counters {
+  std::array<double, kNumOps> op_s{};  // seconds spent in each op class
+  int64_t weight_bytes = 0;  // f32 weights read: Gemm b + bias, non-empty expert groups, norms
+  int64_t experts_hit = 0;   // Σ over Router calls of the distinct experts picked
+  int64_t router_calls = 0;
+
+  Counters& operator+=(const Counters& o) {
+    for (int i = 0; i < kNumOps; ++i) op_s[i] += o.op_s[i];
+    weight_bytes += o.weight_bytes;
+    experts_hit += o.experts_hit;
+    router_calls += o.router_calls;
+    return *this;
+  }
+};
+
+// Delegates every op to a CpuBackend, timing each op class and counting the weight bytes the
+// ops read. With randomize on, Allocate returns random f32 tensors instead of zeros: the
+// WeightLoader allocates every weight of an empty checkpoint through it.
+class MeteredBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "metered_cpu"; }
+  Device device() const override { return Device::kCpu; }
+  Tensor Allocate(DType dtype, Shape shape) override {
+    const Clock::time_point start = Clock::now();
+    Tensor t = cpu_.Allocate(dtype, std::move(shape));
+    if (randomize_ && dtype == DType::kF32) FillRandomWeight(t, ++seed_);
+    counters_.op_s[kAllocate] += SecondsSince(start);
+    return t;
+  }
+  void Copy(const Tensor& src, Tensor& dst) override { Timed(kElementwise, [&] { cpu_.Copy(src, dst); }); }
+  void Synchronize() override {}
+  void Gemm(const GemmParams& p) override {
+    counters_.weight_bytes += p.b.size_bytes() + (p.bias.defined() ? p.bias.size_bytes() : 0);
+    Timed(kGemm, [&] { cpu_.Gemm(p); });
+  }
+  void GroupedGemm(const GroupedGemmParams& p) override {
+    const int64_t group_bytes = p.weights.size_bytes() / std::max<int64_t>(p.weights.dim(0), 1);
+    for (size_t g = 0; g + 1 < p.offsets.size(); ++g) {
+      if (p.offsets[g + 1] > p.offsets[g]) counters_.weight_bytes += group_bytes;
+    }
+    Timed(kGroupedGemm, [&] { cpu_.GroupedGemm(p); });
+  }
+  void RmsNorm(const RmsNormParams& p) override {
+    counters_.weight_bytes += p.weight.size_bytes();
+    Timed(kElementwise, [&] { cpu_.RmsNorm(p); });
+  }
+  void LayerNorm(const LayerNormParams& p) override {
+    counters_.weight_bytes += p.weight.size_bytes() + p.bias.size_bytes();
+    Timed(kElementwise, [&] { cpu_.LayerNorm(p); });
+  }
+  void Rope(const RopeParams& p) override { Timed(kElementwise, [&] { cpu_.Rope(p); }); }
+  void Activation(const ActivationParams& p) override { Timed(kElementwise, [&] { cpu_.Activation(p); }); }
+  void Attention(const AttentionParams& p) override { Timed(kAttention, [&] { cpu_.Attention(p); }); }
+  void Router(const RouterParams& p) override {
+    Timed(kElementwise, [&] { cpu_.Router(p); });
+    std::vector<bool> seen(p.logits.dim(1), false);
+    const int32_t* ids = p.expert_ids.data<int32_t>();
+    for (int64_t i = 0; i < p.expert_ids.numel(); ++i) {
+      if (!seen[ids[i]]) ++counters_.experts_hit;
+      seen[ids[i]] = true;
+    }
+    ++counters_.router_calls;
+  }
+  void GatherRows(const GatherRowsParams& p) override { Timed(kGatherScatter, [&] { cpu_.GatherRows(p); }); }
+  void ScatterAddRows(const ScatterAddRowsParams& p) override {
+    Timed(kGatherScatter, [&] { cpu_.ScatterAddRows(p); });
+  }
+  void Add(const AddParams& p) override { Timed(kElementwise, [&] { cpu_.Add(p); }); }
+
+  void set_randomize(bool on) { randomize_ = on; }
+  void ResetCounters() { counters_ = Counters(); }
+  const Counters& counters() const { return counters_; }
+
+ private:
+  template <typename F>
+  void Timed(Op op, F&& run) {
+    const Clock::time_point start = Clock::now();
+    run();
+    counters_.op_s[op] += SecondsSince(start);
+  }
+
+  CpuBackend cpu_;
+  bool randomize_ = false;
+  uint64_t seed_ = 0;
+  Counters counters_;
+};
+
+// Per-op-class seconds of `c` divided by `divisor`, plus the time of `total_s` spent outside
+// backend ops (KV cache writes and gathers, MoE dispatch bookkeeping, host-side fills).
+Json BreakdownJson(const Counters& c, double total_s, double divisor) {
+  Json out;
+  double in_ops = 0;
+  for (int i = 0; i < kNumOps; ++i) {
+    out[kOpKeys[i]] = c.op_s[i] / divisor;
+    in_ops += c.op_s[i];
+  }
+  out["outside_backend_s"] = (total_s - in_ops) / divisor;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine
+
+struct Machine {
+  int threads = 0;
+  double other_busy_fraction = -1;      // CPU share busy (not us) at start; -1: unknown
+  int64_t copy_bytes = 0;
+  double copy_bytes_per_s = 0;          // all threads, read + write
+  double copy_1thread_bytes_per_s = 0;  // one thread, read + write
+  int64_t sgemm_size = 0;
+  double sgemm_flop_per_s = 0;
+};
+
+// Best-of-`reps` memcpy bandwidth of `bytes` from src to dst split over `threads` threads,
+// counting read + write (2 x bytes).
+double CopyBandwidth(const char* src, char* dst, int64_t bytes, int reps, int threads) {
+  const int64_t chunk = bytes / threads;
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const Clock::time_point start = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int i = 0; i < threads; ++i) std::memcpy(dst + i * chunk, src + i * chunk, chunk);
+    best = std::min(best, SecondsSince(start));
+  }
+  return 2.0 * static_cast<double>(chunk * threads) / best;
+}
+
+// Best-of-`reps` FLOP/s of a square n x n x n cblas_sgemm (after one untimed warm-up).
+double SgemmPeak(int64_t n, int reps) {
+  Tensor a = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
+  Tensor b = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
+  Tensor c = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
+  FillUniform(a, 0.0f, 1.0f, 1);
+  FillUniform(b, 0.0f, 1.0f, 2);
+  double best = 1e30;
+  for (int r = 0; r <= reps; ++r) {
+    const Clock::time_point start = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data<float>(), n,
+                b.data<float>(), n, 0.0f, c.data<float>(), n);
+    if (r > 0) best = std::min(best, SecondsSince(start));
+  }
+  return 2.0 * n * n * static_cast<double>(n) / best;
+}
+
+// Busy (non-idle) share of all CPU time over `window_s`, from /proc/stat; -1 when unreadable.
+// Sampled before measuring: other work on the machine skews every figure, most of all OpenMP
+// barriers when the cores are oversubscribed.
+double BusyCpuFraction(double window_s) {
+  auto sample = [](uint64_t* busy, uint64_t* total) {
+    std::ifstream in("/proc/stat");
+    std::string label;
+    uint64_t v[8] = {};
+    if (!(in >> label >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7])) return false;
+    *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+    *busy = *total - v[3] - v[4];  // minus idle and iowait
+    return true;
+  };
+  uint64_t busy0, total0, busy1, total1;
+  if (!sample(&busy0, &total0)) return -1;
+  std::this_thread::sleep_for(std::chrono::duration<double>(window_s));
+  if (!sample(&busy1, &total1) || total1 == total0) return -1;
+  return static_cast<double>(busy1 - busy0) / static_cast<double>(total1 - total0);
+}
+
+Machine MeasureMachine(bool quick) {
+  Machine m{.threads = CpuThreads(), .other_busy_fraction = BusyCpuFraction(0.5),
+            .copy_bytes = int64_t{1} << 30, .sgemm_size = quick ? 2048 : 4096};
+  if (m.other_busy_fraction > 0.1) {
+    std::cerr << "q3vl_bench: warning: " << static_cast<int>(100 * m.other_busy_fraction)
+              << "% of the CPU was busy with other work at start; the figures will be skewed\n";
+  }
+  {
+    std::unique_ptr<char[]> src(new char[m.copy_bytes]);
+    std::unique_ptr<char[]> dst(new char[m.copy_bytes]);
+    std::memset(src.get(), 1, m.copy_bytes);  // fault the pages in before timing
+    std::memset(dst.get(), 0, m.copy_bytes);
+    const int reps = quick ? 3 : 6;
+    m.copy_bytes_per_s = CopyBandwidth(src.get(), dst.get(), m.copy_bytes, reps, m.threads);
+    m.copy_1thread_bytes_per_s = CopyBandwidth(src.get(), dst.get(), m.copy_bytes, reps, 1);
+  }
+  m.sgemm_flop_per_s = SgemmPeak(m.sgemm_size, 3);
+  return m;
+}
+
+Json MachineJson(const Machine& m) {
+  return {{"cpu_threads", m.threads},
+          {"other_cpu_busy_fraction_at_start", m.other_busy_fraction},
+          {"copy_buffer_bytes", m.copy_bytes},
+          {"copy_bandwidth_bytes_per_s", m.copy_bytes_per_s},
+          {"copy_bandwidth_1thread_bytes_per_s", m.copy_1thread_bytes_per_s},
+          {"sgemm_size", m.sgemm_size},
+          {"sgemm_peak_flop_per_s", m.sgemm_flop_per_s}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+struct Model {
+  model::ModelConfig config;
+  std::unique_ptr<model::VisionTower> vision;
+  std::unique_ptr<model::TextDecoder> decoder;
+  int64_t weight_bytes = 0;  // every declared weight, f32
+};
+
+// Builds the model against an empty checkpoint; the backend fills every weight at random.
+Model BuildModel(MeteredBackend& backend, const model::ModelConfig& config) {
+  Q3VL_CHECK_OK(config.Validate());
+  std::unique_ptr<model::Checkpoint> empty = model::Checkpoint::Empty();
+  model::WeightLoader loader(*empty, backend);
+  Model m;
+  m.config = config;
+  backend.set_randomize(true);
+  m.vision = std::make_unique<model::VisionTower>(config.vision, loader);
+  m.decoder = std::make_unique<model::TextDecoder>(config.text, loader, config.tie_word_embeddings);
+  backend.set_randomize(false);
+  for (const auto& [name, shape] : loader.declarations()) m.weight_bytes += NumElements(shape) * 4;
+  return m;
+}
+
+// One decoder layer and one vision block of Qwen3-VL-235B-A22B at real width. The 16 experts
+// are one rank's share of an 8-way expert split (128 experts); routing picks top-8 among them.
+model::ModelConfig Layer235bConfig() {
+  model::ModelConfig c = model::DemoConfig();  // keeps the special token ids and patch geometry
+  model::TextConfig& t = c.text;
+  t.hidden_size = 4096;
+  t.num_layers = 1;
+  t.num_heads = 64;
+  t.num_kv_heads = 4;
+  t.head_dim = 128;
+  t.vocab_size = 1024;  // small, so the embedding and LM head stay out of the way
+  t.num_experts = 16;
+  t.top_k = 8;
+  t.moe_intermediate_size = 1536;
+  t.intermediate_size = 12288;
+  t.rope_theta = 5e6;
+  t.mrope_section = {24, 20, 20};
+  model::VisionConfig& v = c.vision;
+  v.depth = 1;
+  v.hidden_size = 1152;
+  v.num_heads = 16;
+  v.intermediate_size = 4304;
+  v.num_position_embeddings = 2304;
+  v.out_hidden_size = 4096;
+  v.deepstack_visual_indexes = {};
+  return c;
+}
+
+Json ModelJson(const Model& m) {
+  const model::TextConfig& t = m.config.text;
+  const model::VisionConfig& v = m.config.vision;
+  return {{"hidden", t.hidden_size}, {"layers", t.num_layers}, {"heads", t.num_heads},
+          {"kv_heads", t.num_kv_heads}, {"head_dim", t.head_dim}, {"experts", t.num_experts},
+          {"top_k", t.top_k}, {"moe_intermediate", t.moe_intermediate_size},
+          {"vocab", t.vocab_size}, {"vision_depth", v.depth}, {"vision_hidden", v.hidden_size},
+          {"vision_heads", v.num_heads}, {"vision_intermediate", v.intermediate_size},
+          {"weight_bytes", m.weight_bytes}};
+}
+
+// GEMM FLOPs of one decoder Forward over a single sequence of `s` new tokens and no cache:
+// projections, router, experts (rows = s * top_k) or dense MLP, causal attention (QKᵀ and PV).
+double PrefillFlops(const model::TextConfig& t, int64_t s) {
+  const double d = t.hidden_size, q = t.num_heads * t.head_dim, kv = t.num_kv_heads * t.head_dim;
+  const double projections = 2 * d * q + 2 * 2 * d * kv + 2 * q * d;
+  const double inter = t.moe_intermediate_size;
+  const double moe = 2 * d * t.num_experts + t.top_k * (2 * d * 2 * inter + 2 * inter * d);
+  const double dense = 3 * 2 * d * t.intermediate_size;
+  const double attention = 4.0 * s * s * q / 2;
+  double total = 0;
+  for (int64_t l = 0; l < t.num_layers; ++l) {
+    total += s * (projections + (t.IsMoeLayer(l) ? moe : dense)) + attention;
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder
+
+// A batch of `seqs` sequences (ids 0..seqs-1) with `tokens_each` new random tokens each, the
+// first at text position `first_position` (all three M-RoPE axes equal). Reserves the cache.
+model::DecoderBatch MakeBatch(Backend& backend, const Model& m, kv::PagedKvCache& cache,
+                              int64_t seqs, int64_t tokens_each, int64_t first_position,
+                              std::mt19937_64& rng) {
+  const model::TextConfig& t = m.config.text;
+  const int64_t total = seqs * tokens_each;
+  model::DecoderBatch batch;
+  batch.q_starts = {0};
+  batch.kv = &cache;
+  std::vector<int64_t> ids(total), positions(3 * total);  // positions [3, T]
+  std::uniform_int_distribution<int64_t> token(0, t.vocab_size - 1);
+  for (int64_t s = 0; s < seqs; ++s) {
+    Q3VL_CHECK_OK(cache.Reserve(s, tokens_each));
+    batch.seq_ids.push_back(s);
+    batch.q_starts.push_back((s + 1) * tokens_each);
+    for (int64_t i = 0; i < tokens_each; ++i) {
+      const int64_t row = s * tokens_each + i;
+      ids[row] = token(rng);
+      for (int a = 0; a < 3; ++a) positions[a * total + row] = first_position + i;
+    }
+  }
+  batch.rope = model::MropeTables(t, positions, total);
+  batch.hidden = backend.Allocate(DType::kF32, {total, t.hidden_size});  // [T, D]
+  m.decoder->Embed(backend, Tensor::FromVectorI64(ids, {total}), batch.hidden);
+  return batch;
+}
+
+kv::PagedKvCache MakeCache(Backend& backend, const Model& m, int64_t seqs, int64_t tokens_each) {
+  constexpr int64_t kPageSize = 16;
+  const model::TextConfig& t = m.config.text;
+  return kv::PagedKvCache({.num_layers = t.num_layers, .num_kv_heads = t.num_kv_heads,
+                           .head_dim = t.head_dim, .page_size = kPageSize,
+                           .num_pages = seqs * ((tokens_each + kPageSize - 1) / kPageSize)},
+                          backend);
+}
+
+struct PrefillCase {
+  int64_t tokens = 0;
+  int iterations = 1;
+};
+
+// Best-of-iterations time of TextDecoder::Forward over one fresh sequence of c.tokens tokens.
+Json BenchPrefill(MeteredBackend& backend, const Model& m, const PrefillCase& c, const Machine& machine) {
+  std::mt19937_64 rng(c.tokens);
+  double best_s = 1e30;
+  Counters best;
+  for (int i = 0; i < c.iterations; ++i) {
+    kv::PagedKvCache cache = MakeCache(backend, m, 1, c.tokens);
+    model::DecoderBatch batch = MakeBatch(backend, m, cache, 1, c.tokens, 0, rng);
+    backend.ResetCounters();
+    const Clock::time_point start = Clock::now();
+    m.decoder->Forward(backend, batch);
+    const double seconds = SecondsSince(start);
+    if (seconds < best_s) best_s = seconds, best = backend.counters();
+  }
+  const double flops = PrefillFlops(m.config.text, c.tokens);
+  const double in_gemm_s = best.op_s[kGemm] + best.op_s[kGroupedGemm] + best.op_s[kAttention];
+  return {{"tokens", c.tokens}, {"iterations", c.iterations}, {"forward_s", best_s},
+          {"tokens_per_s", c.tokens / best_s}, {"gemm_flop", flops},
+          {"gemm_flop_per_s", flops / best_s},
+          {"gemm_fraction_of_sgemm_peak", flops / best_s / machine.sgemm_flop_per_s},
+          {"gemm_ops_only_flop_per_s", flops / in_gemm_s},
+          {"gemm_ops_only_fraction_of_sgemm_peak", flops / in_gemm_s / machine.sgemm_flop_per_s},
+          {"breakdown", BreakdownJson(best, best_s, 1.0)}};
+}
+
+// Puts `prefix` random tokens of keys and values into every layer for sequences 0..seqs-1.
+void FillPrefix(kv::PagedKvCache& cache, int64_t seqs, int64_t prefix) {
+  const kv::KvCacheConfig& c = cache.config();
+  Tensor k = Tensor::Empty(DType::kF32, {prefix, c.num_kv_heads, c.head_dim});  // [P, KV, hd]
+  Tensor v = Tensor::Empty(DType::kF32, {prefix, c.num_kv_heads, c.head_dim});  // [P, KV, hd]
+  FillUniform(k, 0.0f, 1.0f, 101);
+  FillUniform(v, 0.0f, 1.0f, 102);
+  for (int64_t s = 0; s < seqs; ++s) {
+    Q3VL_CHECK_OK(cache.Reserve(s, prefix));
+    for (int64_t l = 0; l < c.num_layers; ++l) cache.Write(l, s, k, v);
+    cache.Commit(s, prefix);
+  }
+}
+
+struct DecodeCase {
+  int64_t batch = 1;
+  int64_t prefix = 128;
+  int steps = 1;
+};
+
+// Decode steps of one token per sequence after a prefix already in the cache; one untimed
+// warm-up step, then c.steps timed Forward calls.
+Json BenchDecode(MeteredBackend& backend, const Model& m, const DecodeCase& c, const Machine& machine) {
+  kv::PagedKvCache cache = MakeCache(backend, m, c.batch, c.prefix + c.steps + 1);
+  FillPrefix(cache, c.batch, c.prefix);
+  std::mt19937_64 rng(c.batch);
+  Counters total;
+  double total_s = 0;
+  for (int step = 0; step <= c.steps; ++step) {
+    model::DecoderBatch batch = MakeBatch(backend, m, cache, c.batch, 1, cache.Length(0), rng);
+    backend.ResetCounters();
+    const Clock::time_point start = Clock::now();
+    m.decoder->Forward(backend, batch);
+    const double seconds = SecondsSince(start);
+    if (step == 0) continue;  // warm-up
+    total_s += seconds;
+    total += backend.counters();
+  }
+  const double step_s = total_s / c.steps;
+  const double bytes_per_step = static_cast<double>(total.weight_bytes) / c.steps;
+  return {{"batch", c.batch}, {"prefix_tokens", c.prefix}, {"steps", c.steps},
+          {"step_s", step_s}, {"tokens_per_s", c.batch / step_s},
+          {"experts_hit_per_layer",
+           static_cast<double>(total.experts_hit) / std::max<int64_t>(total.router_calls, 1)},
+          {"weight_bytes_per_step", bytes_per_step},
+          {"weight_bytes_per_s", bytes_per_step / step_s},
+          {"weight_fraction_of_copy_bandwidth", bytes_per_step / step_s / machine.copy_bytes_per_s},
+          {"breakdown_per_step", BreakdownJson(total, total_s, c.steps)}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vision
+
+struct VisionCase {
+  model::GridThw grid;
+  int iterations = 1;
+};
+
+// Best-of-iterations time of VisionTower::Forward on random pixel values for one image grid.
+Json BenchVision(MeteredBackend& backend, const Model& m, const VisionCase& c) {
+  const model::VisionConfig& v = m.config.vision;
+  const int64_t patches = c.grid[0] * c.grid[1] * c.grid[2];
+  model::VisionInput input{.pixel_values = Tensor::Empty(DType::kF32, {patches, v.patch_dim()}),
+                           .grids = {c.grid}};  // pixel_values [N, C tp ps ps]
+  FillUniform(input.pixel_values, 0.0f, 1.0f, 103);
+  Q3VL_CHECK_OK(m.vision->CheckInput(input));
+  double best_s = 1e30;
+  Counters best;
+  for (int i = 0; i < c.iterations; ++i) {
+    backend.ResetCounters();
+    const Clock::time_point start = Clock::now();
+    const model::VisionOutput out = m.vision->Forward(backend, input);
+    const double seconds = SecondsSince(start);
+    if (seconds < best_s) best_s = seconds, best = backend.counters();
+  }
+  return {{"grid_thw", c.grid}, {"patches", patches}, {"iterations", c.iterations},
+          {"forward_s", best_s}, {"patches_per_s", patches / best_s},
+          {"breakdown", BreakdownJson(best, best_s, 1.0)}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+
+struct Plan {
+  std::string name;
+  model::ModelConfig config;
+  std::vector<PrefillCase> prefill;
+  std::vector<DecodeCase> decode;
+  std::vector<VisionCase> vision;
+};
+
+std::vector<Plan> MakePlans(bool quick) {
+  const int f = quick ? 1 : 0;  // index 1: --quick
+  const int tiny_decode_steps[] = {32, 8};
+  const int layer_decode_steps[] = {8, 3};
+  Plan tiny{
+      .name = "tiny",
+      .config = model::DemoConfig(),
+      .prefill = {{.tokens = 512, .iterations = quick ? 2 : 5}, {.tokens = 4096, .iterations = quick ? 1 : 3}},
+      .decode = {{.batch = 1, .prefix = 128, .steps = tiny_decode_steps[f]},
+                 {.batch = 16, .prefix = 128, .steps = tiny_decode_steps[f]}},
+      .vision = {{.grid = {1, 32, 32}, .iterations = quick ? 1 : 3},
+                 {.grid = {1, 64, 64}, .iterations = quick ? 1 : 3}},
+  };
+  Plan layer{
+      .name = "235b_layer",
+      .config = Layer235bConfig(),
+      .prefill = {{.tokens = 512, .iterations = quick ? 1 : 3}},
+      .decode = {{.batch = 1, .prefix = 128, .steps = layer_decode_steps[f]},
+                 {.batch = 16, .prefix = 128, .steps = layer_decode_steps[f]}},
+      .vision = {{.grid = {1, 32, 32}, .iterations = quick ? 1 : 3},
+                 {.grid = {1, 64, 64}, .iterations = quick ? 1 : 2}},
+  };
+  if (!quick) layer.prefill.push_back({.tokens = 4096, .iterations = 2});  // 1st: cold pages
+  return {tiny, layer};
+}
+
+Json RunPlan(MeteredBackend& backend, const Plan& plan, const Machine& machine) {
+  const Clock::time_point build_start = Clock::now();
+  const Model m = BuildModel(backend, plan.config);
+  Json out = {{"model", ModelJson(m)}, {"build_s", SecondsSince(build_start)}};
+  for (const PrefillCase& c : plan.prefill) {
+    std::cerr << "q3vl_bench: " << plan.name << " prefill " << c.tokens << " tokens\n";
+    out["prefill"].push_back(BenchPrefill(backend, m, c, machine));
+  }
+  for (const DecodeCase& c : plan.decode) {
+    std::cerr << "q3vl_bench: " << plan.name << " decode batch " << c.batch << "\n";
+    out["decode"].push_back(BenchDecode(backend, m, c, machine));
+  }
+  for (const VisionCase& c : plan.vision) {
+    std::cerr << "q3vl_bench: " << plan.name << " vision " << c.grid[1] << "x" << c.grid[2] << "\n";
+    out["vision"].push_back(BenchVision(backend, m, c));
+  }
+  return out;
+}
+
+constexpr char kUsage[] =
+    "usage: q3vl_bench [--quick] [--help]\n"
+    "Prints one JSON object of CPU throughput figures to stdout (see benchmarks/README.md).\n"
+    "  --quick  fewer iterations; skips the 4096-token prefill of the 235B layer\n";
+
+int Main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      quick = true;
+    } else if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      return 0;
+    } else {
+      std::cerr << "q3vl_bench: unknown argument " << arg << "\n" << kUsage;
+      return 2;
+    }
+  }
+  const Clock::time_point start = Clock::now();
+  std::cerr << "q3vl_bench: measuring the machine\n";
+  const Machine machine = MeasureMachine(quick);
+  Json out = {{"benchmark", "q3vl_bench"}, {"mode", quick ? "quick" : "full"},
+              {"machine", MachineJson(machine)}};
+  MeteredBackend backend;
+  for (const Plan& plan : MakePlans(quick)) out["configs"][plan.name] = RunPlan(backend, plan, machine);
+  out["total_s"] = SecondsSince(start);
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace q3vl::bench
+
+int main(int argc, char** argv) { return q3vl::bench::Main(argc, argv); }
