@@ -67,16 +67,7 @@ TEST(SafetensorsTest, TruncatedFileIsAnErrorNotACrash) {
   EXPECT_NE(std::string(ckpt.status().message()).find("trunc.safetensors"), std::string::npos);
 }
 
-// Greedy tokens of a small random model written with the given layout.
-std::vector<int64_t> RunLayout(const std::string& dir, const MakeModelOptions& options) {
-  ModelConfig config = DemoConfig();
-  config.text.vocab_size = 512;
-  config.text.num_layers = 3;
-  config.text.hidden_size = config.vision.out_hidden_size = 64;
-  config.text.moe_intermediate_size = 32;  // D == 2I: layout must come from names, not shapes
-  MakeModelOptions o = options;
-  o.dir = dir;
-  Q3VL_CHECK_OK(WriteRandomCheckpoint(config, o));
+std::vector<int64_t> Greedy(const std::string& dir) {
   auto backend = *CreateBackend(BackendKind::kCpu);
   auto model = Qwen3VL::Load(dir, *backend);
   Q3VL_CHECK_OK(model);
@@ -87,6 +78,19 @@ std::vector<int64_t> RunLayout(const std::string& dir, const MakeModelOptions& o
   auto out = gen.Generate({r});
   Q3VL_CHECK_OK(out);
   return (*out)[0].tokens;
+}
+
+// Greedy tokens of a small random model written with the given layout.
+std::vector<int64_t> RunLayout(const std::string& dir, const MakeModelOptions& options) {
+  ModelConfig config = DemoConfig();
+  config.text.vocab_size = 512;
+  config.text.num_layers = 3;
+  config.text.hidden_size = config.vision.out_hidden_size = 64;
+  config.text.moe_intermediate_size = 32;  // D == 2I: layout must come from names, not shapes
+  MakeModelOptions o = options;
+  o.dir = dir;
+  Q3VL_CHECK_OK(WriteRandomCheckpoint(config, o));
+  return Greedy(dir);
 }
 
 // Rewrites the fused experts of `src` as per-expert nn.Linear tensors into `dst`.
@@ -124,19 +128,6 @@ void WritePerExpertCopy(const std::string& src, const std::string& dst) {
   std::filesystem::create_directories(dst);
   std::filesystem::copy_file(src + "/config.json", dst + "/config.json", std::filesystem::copy_options::overwrite_existing);
   Q3VL_CHECK_OK(WriteSafetensors(dst + "/model.safetensors", out));
-}
-
-std::vector<int64_t> Greedy(const std::string& dir) {
-  auto backend = *CreateBackend(BackendKind::kCpu);
-  auto model = Qwen3VL::Load(dir, *backend);
-  Q3VL_CHECK_OK(model);
-  Generator gen(**model, {});
-  GenerationRequest r;
-  r.input_ids = {1, 5, 9, 200, 33};
-  r.sampling.max_new_tokens = 6;
-  auto out = gen.Generate({r});
-  Q3VL_CHECK_OK(out);
-  return (*out)[0].tokens;
 }
 
 TEST(SafetensorsTest, ShardedAndPerExpertLayoutsLoadTheSameModel) {
