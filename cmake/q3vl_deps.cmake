@@ -20,3 +20,12 @@ if(Q3VL_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)
 endif()
+
+# Input pipeline: PCRE2 (pre-tokenizer regex, JIT), utf8proc (NFC), libjpeg-turbo, libpng,
+# FFmpeg's libraries (video). All found through pkg-config as imported targets.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+pkg_check_modules(LIBPNG REQUIRED IMPORTED_TARGET libpng)
+pkg_check_modules(LIBJPEG REQUIRED IMPORTED_TARGET libjpeg)
+pkg_check_modules(FFMPEG REQUIRED IMPORTED_TARGET libavformat libavcodec libavutil libswscale)

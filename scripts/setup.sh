@@ -9,8 +9,9 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config clang
   # core: status, containers, BLAS for the CPU backend (OpenMP build shares our thread pool)
   libabsl-dev libopenblas-openmp-dev
-  # model: config and checkpoint headers
-  nlohmann-json3-dev
+  # model: config and checkpoint headers; tokenizer (regex, NFC); image and video decoding
+  nlohmann-json3-dev libpcre2-dev libutf8proc-dev libjpeg-dev libpng-dev
+  libavformat-dev libavcodec-dev libavutil-dev libswscale-dev
   # launcher: command-line parsing
   libboost-dev libboost-program-options-dev
   # tests and benchmarks
