@@ -219,20 +219,30 @@ absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
 }
 
 absl::Status ModelConfig::Validate() const {
-  auto positive = [](int64_t v, const char* key) -> absl::Status {
-    if (v > 0) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(key, " must be positive, got ", v));
+  // Every size is bounded so that products of a few of them fit in int64 and loops over them
+  // end: a hostile config must fail here, not overflow or spin later.
+  constexpr int64_t kMaxWidth = int64_t{1} << 20;
+  constexpr int64_t kMaxCount = int64_t{1} << 16;
+  auto in_range = [](int64_t v, const char* key, int64_t max) -> absl::Status {
+    if (v > 0 && v <= max) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(key, " must be in [1, ", max, "], got ", v));
   };
   const TextConfig& t = text;
-  Q3VL_RETURN_IF_ERROR(positive(t.hidden_size, "text_config.hidden_size"));
-  Q3VL_RETURN_IF_ERROR(positive(t.num_layers, "text_config.num_hidden_layers"));
-  Q3VL_RETURN_IF_ERROR(positive(t.num_heads, "text_config.num_attention_heads"));
-  Q3VL_RETURN_IF_ERROR(positive(t.num_kv_heads, "text_config.num_key_value_heads"));
-  Q3VL_RETURN_IF_ERROR(positive(t.head_dim, "text_config.head_dim"));
-  Q3VL_RETURN_IF_ERROR(positive(t.vocab_size, "text_config.vocab_size"));
-  Q3VL_RETURN_IF_ERROR(positive(t.num_experts, "text_config.num_experts"));
-  Q3VL_RETURN_IF_ERROR(positive(t.moe_intermediate_size, "text_config.moe_intermediate_size"));
-  Q3VL_RETURN_IF_ERROR(positive(t.decoder_sparse_step, "text_config.decoder_sparse_step"));
+  Q3VL_RETURN_IF_ERROR(in_range(t.hidden_size, "text_config.hidden_size", kMaxWidth));
+  Q3VL_RETURN_IF_ERROR(in_range(t.num_layers, "text_config.num_hidden_layers", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.num_heads, "text_config.num_attention_heads", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.num_kv_heads, "text_config.num_key_value_heads", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.head_dim, "text_config.head_dim", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.vocab_size, "text_config.vocab_size", kMaxWidth * 16));
+  Q3VL_RETURN_IF_ERROR(in_range(t.num_experts, "text_config.num_experts", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.moe_intermediate_size, "text_config.moe_intermediate_size", kMaxWidth));
+  Q3VL_RETURN_IF_ERROR(in_range(t.decoder_sparse_step, "text_config.decoder_sparse_step", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(t.max_position_embeddings, "text_config.max_position_embeddings",
+                                kMaxWidth * 64));
+  if (t.intermediate_size < 0 || t.intermediate_size > kMaxWidth) {
+    return absl::InvalidArgumentError(absl::StrCat("text_config.intermediate_size must be in [0, ",
+                                                   kMaxWidth, "], got ", t.intermediate_size));
+  }
   if (t.num_heads % t.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("num_attention_heads (", t.num_heads,
         ") must be a multiple of num_key_value_heads (", t.num_kv_heads, ")"));
@@ -242,7 +252,8 @@ absl::Status ModelConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("num_experts_per_tok (", t.top_k,
         ") must be in [1, num_experts = ", t.num_experts, "]"));
   }
-  const int64_t section_sum = t.mrope_section[0] + t.mrope_section[1] + t.mrope_section[2];
+  int64_t section_sum = 0;
+  for (int64_t s : t.mrope_section) section_sum += std::clamp<int64_t>(s, -1, t.head_dim);
   if (section_sum != t.head_dim / 2 || t.mrope_section[0] < 0 || t.mrope_section[1] < 0 ||
       t.mrope_section[2] < 0) {
     return absl::InvalidArgumentError(absl::StrCat("mrope_section must sum to head_dim/2 = ",
@@ -263,14 +274,16 @@ absl::Status ModelConfig::Validate() const {
     }
   }
   const VisionConfig& v = vision;
-  Q3VL_RETURN_IF_ERROR(positive(v.depth, "vision_config.depth"));
-  Q3VL_RETURN_IF_ERROR(positive(v.hidden_size, "vision_config.hidden_size"));
-  Q3VL_RETURN_IF_ERROR(positive(v.num_heads, "vision_config.num_heads"));
-  Q3VL_RETURN_IF_ERROR(positive(v.intermediate_size, "vision_config.intermediate_size"));
-  Q3VL_RETURN_IF_ERROR(positive(v.patch_size, "vision_config.patch_size"));
-  Q3VL_RETURN_IF_ERROR(positive(v.temporal_patch_size, "vision_config.temporal_patch_size"));
-  Q3VL_RETURN_IF_ERROR(positive(v.spatial_merge_size, "vision_config.spatial_merge_size"));
-  Q3VL_RETURN_IF_ERROR(positive(v.in_channels, "vision_config.in_channels"));
+  Q3VL_RETURN_IF_ERROR(in_range(v.depth, "vision_config.depth", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(v.hidden_size, "vision_config.hidden_size", kMaxWidth));
+  Q3VL_RETURN_IF_ERROR(in_range(v.num_heads, "vision_config.num_heads", kMaxCount));
+  Q3VL_RETURN_IF_ERROR(in_range(v.intermediate_size, "vision_config.intermediate_size", kMaxWidth));
+  Q3VL_RETURN_IF_ERROR(in_range(v.patch_size, "vision_config.patch_size", 1024));
+  Q3VL_RETURN_IF_ERROR(in_range(v.temporal_patch_size, "vision_config.temporal_patch_size", 64));
+  Q3VL_RETURN_IF_ERROR(in_range(v.spatial_merge_size, "vision_config.spatial_merge_size", 64));
+  Q3VL_RETURN_IF_ERROR(in_range(v.in_channels, "vision_config.in_channels", 64));
+  Q3VL_RETURN_IF_ERROR(in_range(v.num_position_embeddings, "vision_config.num_position_embeddings",
+                                kMaxWidth * 16));
   if (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("vision hidden_size ", v.hidden_size,
         " / num_heads ", v.num_heads, " must be a multiple of 4 (2-D rotary)"));

@@ -6,7 +6,9 @@ set -euo pipefail
 # One list, one place. Grouped by what needs it.
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build ccache pkg-config clang
+  build-essential cmake ninja-build ccache pkg-config
+  # fuzzing (scripts/fuzz.sh): clang with libFuzzer and the sanitizer runtimes
+  clang libclang-rt-14-dev
   # core: status, containers, BLAS for the CPU backend (OpenMP build shares our thread pool)
   libabsl-dev libopenblas-openmp-dev
   # model: config and checkpoint headers; tokenizer (regex, NFC); image and video decoding

@@ -77,5 +77,21 @@ TEST(ConfigTest, RejectsMalformedConfigs) {
   ExpectError(j, "mlp_only_layers");
 }
 
+// Sizes a hostile config could use to overflow products or spin in loops are bounded.
+TEST(ConfigTest, RejectsAbsurdSizes) {
+  nlohmann::json j = CaseConfig();
+  j["vision_config"]["num_position_embeddings"] = int64_t{1} << 62;
+  ExpectError(j, "num_position_embeddings must be in [1, ");
+  j = CaseConfig();
+  j["text_config"]["hidden_size"] = int64_t{1} << 40;
+  ExpectError(j, "text_config.hidden_size must be in [1, ");
+  j = CaseConfig();
+  j["text_config"]["rope_scaling"]["mrope_section"] = {int64_t{1} << 62, int64_t{1} << 62, 8};
+  ExpectError(j, "mrope_section");
+  j = CaseConfig();
+  j["text_config"]["num_hidden_layers"] = 0;
+  ExpectError(j, "num_hidden_layers must be in [1, ");
+}
+
 }  // namespace
 }  // namespace q3vl::model
