@@ -26,13 +26,14 @@ struct GemmParams {
   float beta = 0.0f;
 };
 
-// For each group g: out[offsets[g]:offsets[g+1]] = a[offsets[g]:offsets[g+1]] · weights[g].
-// Groups with no rows are skipped (no weight bytes touched).
+// For each group g: out[offsets[g]:offsets[g+1]] = a[offsets[g]:offsets[g+1]] · op(weights[g]),
+// op = transpose when weights_transposed. Groups with no rows are skipped (no weight bytes read).
 struct GroupedGemmParams {
   Tensor a;                      // [R, K], rows ordered by group
-  Tensor weights;                // [G, K, N]
+  Tensor weights;                // [G, K, N], or [G, N, K] when weights_transposed
   std::vector<int64_t> offsets;  // [G + 1], CSR row offsets
   Tensor out;                    // [R, N]
+  bool weights_transposed = false;
 };
 
 struct RmsNormParams {

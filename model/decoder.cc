@@ -1,5 +1,6 @@
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -42,34 +43,60 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
   }
 }
 
+namespace {
+
+// [E, A, B] -> [E, B, A] into new contiguous storage (load time only).
+Tensor TransposeExperts(const Tensor& w) {
+  const int64_t e = w.dim(0), a = w.dim(1), b = w.dim(2);
+  Tensor out = Tensor::Empty(DType::kF32, {e, b, a});
+  const float* src = w.data<float>();
+  float* dst = out.data<float>();
+  constexpr int64_t kBlock = 64;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t x = 0; x < e; ++x) {
+    for (int64_t i0 = 0; i0 < a; i0 += kBlock) {
+      const float* s = src + x * a * b;
+      float* d = dst + x * a * b;
+      for (int64_t j0 = 0; j0 < b; j0 += kBlock) {
+        for (int64_t i = i0; i < std::min(a, i0 + kBlock); ++i) {
+          for (int64_t j = j0; j < std::min(b, j0 + kBlock); ++j) d[j * a + i] = s[i * b + j];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 // The expert layout is decided from the tensor names, never from shapes: the official fused
 // layout ("experts.gate_up_proj" [E, D, 2I], "experts.down_proj" [E, I, D], used as x @ W) or
-// per-expert nn.Linear tensors ("experts.N.{gate,up,down}_proj.weight").
+// per-expert nn.Linear tensors ("experts.N.{gate,up,down}_proj.weight"). Either way the experts
+// are held as nn.Linear rows, gate_up [E, 2I, D] and down [E, D, I] (see moe/moe.h).
 void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const {
   const int64_t d = config_.hidden_size, e = config_.num_experts, inter = config_.moe_intermediate_size;
   layer.experts.router = loader.Get(prefix + "gate.weight", {e, d});
   const std::string fused = prefix + "experts.gate_up_proj";
   if (loader.Has(fused) || !loader.Has(prefix + "experts.0.gate_proj.weight")) {
-    layer.experts.gate_up = loader.Get(fused, {e, d, 2 * inter});
-    layer.experts.down = loader.Get(prefix + "experts.down_proj", {e, inter, d});
+    const Tensor gate_up = loader.Get(fused, {e, d, 2 * inter});               // [E, D, 2I]
+    const Tensor down = loader.Get(prefix + "experts.down_proj", {e, inter, d});  // [E, I, D]
+    // A missing tensor leaves an undefined Tensor; Finish() reports it.
+    if (gate_up.defined()) layer.experts.gate_up = TransposeExperts(gate_up);
+    if (down.defined()) layer.experts.down = TransposeExperts(down);
     return;
   }
-  Tensor gate_up = Tensor::Empty(DType::kF32, {e, d, 2 * inter});  // [E, D, 2I]
-  Tensor down = Tensor::Empty(DType::kF32, {e, inter, d});         // [E, I, D]
+  Tensor gate_up = Tensor::Empty(DType::kF32, {e, 2 * inter, d});  // [E, 2I, D]
+  Tensor down = Tensor::Empty(DType::kF32, {e, d, inter});         // [E, D, I]
   for (int64_t x = 0; x < e; ++x) {
     const std::string b = absl::StrCat(prefix, "experts.", x, ".");
     const Tensor gate = loader.Get(b + "gate_proj.weight", {inter, d});  // [I, D]
     const Tensor up = loader.Get(b + "up_proj.weight", {inter, d});      // [I, D]
     const Tensor dn = loader.Get(b + "down_proj.weight", {d, inter});    // [D, I]
-    float* gu = gate_up.data<float>() + x * d * 2 * inter;
-    float* dw = down.data<float>() + x * inter * d;
-    for (int64_t i = 0; i < inter; ++i) {
-      for (int64_t j = 0; j < d; ++j) {
-        gu[j * 2 * inter + i] = gate.data<float>()[i * d + j];
-        gu[j * 2 * inter + inter + i] = up.data<float>()[i * d + j];
-        dw[i * d + j] = dn.data<float>()[j * inter + i];
-      }
-    }
+    if (!gate.defined() || !up.defined() || !dn.defined()) continue;
+    Tensor gu = gate_up.Select(x);
+    gu.Slice(0, 0, inter).CopyFrom(gate);
+    gu.Slice(0, inter, 2 * inter).CopyFrom(up);
+    down.Select(x).CopyFrom(dn);
   }
   layer.experts.gate_up = gate_up;
   layer.experts.down = down;

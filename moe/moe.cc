@@ -58,16 +58,18 @@ void LocalDispatcher::Combine(Backend& backend, const DispatchHandle& handle,
 
 void MoeForward(Backend& backend, Dispatcher& dispatcher, const ExpertWeights& experts,
                 const MoeParams& p) {
-  const int64_t inter = experts.down.dim(1);
+  const int64_t inter = experts.down.dim(2);
   Routing routing = Route(backend, p.x, experts.router, p.top_k, p.renormalize);
   DispatchHandle h = dispatcher.Dispatch(backend, p.x, routing, experts);
   const int64_t rows = h.rows.dim(0);
   Tensor gate_up = backend.Allocate(DType::kF32, {rows, 2 * inter});  // [R, 2I]
-  backend.GroupedGemm({.a = h.rows, .weights = experts.gate_up, .offsets = h.offsets, .out = gate_up});
+  backend.GroupedGemm({.a = h.rows, .weights = experts.gate_up, .offsets = h.offsets, .out = gate_up,
+                       .weights_transposed = true});
   Tensor act = backend.Allocate(DType::kF32, {rows, inter});  // [R, I]
   if (rows > 0) backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
   Tensor expert_out = backend.Allocate(DType::kF32, {rows, p.x.dim(1)});  // [R, D]
-  backend.GroupedGemm({.a = act, .weights = experts.down, .offsets = h.offsets, .out = expert_out});
+  backend.GroupedGemm({.a = act, .weights = experts.down, .offsets = h.offsets, .out = expert_out,
+                       .weights_transposed = true});
   Tensor out = p.out;
   out.Fill(0.0f);
   dispatcher.Combine(backend, h, expert_out, out);

@@ -1,6 +1,8 @@
 // Mixture-of-experts block: route -> dispatch -> experts -> combine.
 //   p = softmax(x Wgᵀ); top-k experts by p; w = p_top / sum(p_top) (when renormalising)
-//   y_t = Σ_k w_tk · (silu(x_t G_e) ⊙ (x_t U_e)) D_e,   [G_e | U_e] = gate_up[e] ([D, 2I])
+//   y_t = Σ_k w_tk · (silu(x_t G_eᵀ) ⊙ (x_t U_eᵀ)) D_eᵀ,   [G_e ; U_e] = gate_up[e] ([2I, D])
+// Expert weights are held as nn.Linear rows ([out, in]): a decode step reads each weight row
+// once and contiguously (see core/cpu/small_gemm.h).
 // The dispatcher is a strategy: Dispatch() groups token rows by local expert and returns a
 // handle that Combine() consumes. LocalDispatcher keeps everything on this rank; the
 // expert-parallel all-to-all dispatcher lives with the communicators. Stateless between calls.
@@ -16,8 +18,8 @@ namespace q3vl::moe {
 
 struct ExpertWeights {
   Tensor router;        // [E, D] (all experts: routing is global)
-  Tensor gate_up;       // [E_local, D, 2I]
-  Tensor down;          // [E_local, I, D]
+  Tensor gate_up;       // [E_local, 2I, D]: rows [0, I) gate, [I, 2I) up
+  Tensor down;          // [E_local, D, I]
   int64_t first_expert = 0;  // global id of local expert 0
 };
 

@@ -1,7 +1,8 @@
-// GEMM and grouped GEMM on OpenBLAS.
+// GEMM and grouped GEMM: OpenBLAS, except a few rows (decode) which go to SmallGemm.
 #include <cblas.h>
 
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/small_gemm.h"
 
 namespace q3vl {
 namespace {
@@ -20,6 +21,12 @@ void Sgemm(const Tensor& a, const Tensor& b, bool b_transposed, float beta, Tens
   Q3VL_CHECK_EQ(b_transposed ? b.dim(1) : b.dim(0), k) << a.DebugString() << " x " << b.DebugString();
   Q3VL_CHECK_EQ(b_transposed ? b.dim(0) : b.dim(1), n) << b.DebugString() << " -> " << out.DebugString();
   if (m == 0 || n == 0) return;
+  if (m <= cpu::kSmallGemmMaxRows) {
+    return cpu::SmallGemm({.a = a.data<float>(), .lda = RowStride(a, "a"), .b = b.data<float>(),
+                           .ldb = RowStride(b, "b"), .b_transposed = b_transposed, .beta = beta,
+                           .out = out.data<float>(), .ldo = RowStride(out, "out"), .m = m, .n = n,
+                           .k = k});
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, m, n, k,
               1.0f, a.data<float>(), RowStride(a, "a"), b.data<float>(), RowStride(b, "b"), beta,
               out.data<float>(), RowStride(out, "out"));
@@ -53,7 +60,7 @@ void CpuBackend::GroupedGemm(const GroupedGemmParams& p) {
     const int64_t begin = p.offsets[g], end = p.offsets[g + 1];
     if (begin == end) continue;
     Tensor out = p.out.Slice(0, begin, end);
-    Sgemm(p.a.Slice(0, begin, end), p.weights.Select(g), /*b_transposed=*/false, 0.0f, out);
+    Sgemm(p.a.Slice(0, begin, end), p.weights.Select(g), p.weights_transposed, 0.0f, out);
   }
 }
 

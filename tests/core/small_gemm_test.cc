@@ -1,0 +1,88 @@
+// The small-row GEMM kernels of every ISA this CPU runs, against a double-precision loop:
+// rows 1..17 (register-tile remainders), column and depth tails, strided operands, beta.
+#include "core/cpu/small_gemm.h"
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace q3vl::cpu {
+namespace {
+
+struct Isa {
+  const char* name;
+  void (*kernel)(const SmallGemmArgs&);
+  bool supported;
+};
+
+std::vector<Isa> Isas() {
+  __builtin_cpu_init();
+  return {{"avx512", SmallGemmAvx512,
+           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")},
+          {"avx2", SmallGemmAvx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")},
+          {"baseline", SmallGemmBaseline, true}};
+}
+
+// (m, n, k, b_transposed)
+class SmallGemmTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t, bool>> {};
+
+TEST_P(SmallGemmTest, MatchesDoubleLoopOnEveryIsa) {
+  const auto [m, n, k, transposed] = GetParam();
+  // Padded row strides, so a kernel that assumes packed rows fails.
+  const int64_t lda = k + 3, ldb = (transposed ? k : n) + 5, ldo = n + 2;
+  const Tensor a = testing::RandomTensor({m, lda}, 1);
+  const Tensor b = testing::RandomTensor({transposed ? n : k, ldb}, 2);
+  const Tensor init = testing::RandomTensor({m, ldo}, 3);
+  for (float beta : {0.0f, 0.5f}) {
+    std::vector<double> ref(m * n);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double s = beta == 0.0f ? 0.0 : beta * double{init.data<float>()[i * ldo + j]};
+        for (int64_t x = 0; x < k; ++x) {
+          const float bv = transposed ? b.data<float>()[j * ldb + x] : b.data<float>()[x * ldb + j];
+          s += double{a.data<float>()[i * lda + x]} * bv;
+        }
+        ref[i * n + j] = s;
+      }
+    }
+    for (const Isa& isa : Isas()) {
+      if (!isa.supported) {
+        std::printf("note: %s not supported by this CPU, not tested here\n", isa.name);
+        continue;
+      }
+      Tensor out = init.Clone();
+      if (beta == 0.0f) out.Fill(NAN);  // beta == 0 must ignore out's contents
+      isa.kernel({.a = a.data<float>(), .lda = lda, .b = b.data<float>(), .ldb = ldb,
+                  .b_transposed = transposed, .beta = beta, .out = out.data<float>(), .ldo = ldo,
+                  .m = m, .n = n, .k = k});
+      double worst = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          worst = std::max(worst, std::fabs(out.data<float>()[i * ldo + j] - ref[i * n + j]));
+        }
+        if (beta == 0.0f) {
+          for (int64_t j = n; j < ldo; ++j) ASSERT_TRUE(std::isnan(out.data<float>()[i * ldo + j]));
+        }
+      }
+      EXPECT_LE(worst, 1e-4 * std::sqrt(static_cast<double>(k) + 1)) << isa.name << " beta " << beta;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SmallGemmTest,
+    ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 8, 13, 16),
+                       ::testing::Values(1, 5, 64, 131, 512),
+                       ::testing::Values(0, 1, 17, 64, 300), ::testing::Bool()));
+
+TEST(SmallGemmTest, DispatchNamesAnIsa) {
+  const std::string isa = SmallGemmIsa();
+  EXPECT_TRUE(isa == "avx512" || isa == "avx2" || isa == "baseline") << isa;
+}
+
+}  // namespace
+}  // namespace q3vl::cpu
