@@ -15,6 +15,7 @@ using Args = std::vector<std::string>;
 int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
 int MakeModelCommand(const Args& args);
+int TokenizeCommand(const Args& args);
 
 // Prints "q3vl <command>: <message>" to stderr and returns 1 (or 2 for InvalidArgument
 // raised by argument parsing, see UsageError).

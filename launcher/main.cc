@@ -20,6 +20,8 @@ constexpr Command kCommands[] = {
      q3vl::launcher::EvalCaseCommand},
     {"make-model", "write a random-weight Qwen3-VL-MoE checkpoint in the Hugging Face layout",
      q3vl::launcher::MakeModelCommand},
+    {"tokenize", "text to token ids (or ids to text) with a tokenizer.json, JSON lines on stdin/stdout",
+     q3vl::launcher::TokenizeCommand},
 };
 
 void PrintUsage(FILE* out) {

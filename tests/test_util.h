@@ -13,6 +13,11 @@ namespace q3vl::testing {
 // tests/data in the source tree.
 inline std::string TestDataDir() { return Q3VL_TEST_DATA_DIR; }
 
+// A path in the source tree, e.g. SourcePath("model/assets/qwen3/tokenizer.json").
+inline std::string SourcePath(const std::string& relative) {
+  return (std::filesystem::path(TestDataDir()).parent_path().parent_path() / relative).string();
+}
+
 // Directory of golden case `name`: the repo copy, else ../shared/golden/cases (large cases).
 // Empty when neither exists.
 inline std::string GoldenCaseDir(const std::string& name) {

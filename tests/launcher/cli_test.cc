@@ -68,5 +68,28 @@ TEST(CliTest, BadInputExitsNonZeroWithAReason) {
   EXPECT_EQ(RunQ3vl("eval-case --help").code, 0);
 }
 
+TEST(CliTest, TokenizeEncodesAndDecodesJsonLines) {
+  const std::string tokenizer = testing::SourcePath("model/assets/qwen3/tokenizer.json");
+  const std::string in = ::testing::TempDir() + "/tokenize_in.jsonl";
+  std::ofstream(in) << "{\"text\": \"Hello, world!\"}\n\n{\"text\": \" <|im_end|> \"}\nnot json\n{\"text\": \"ok\"}\n";
+  CommandResult r = RunQ3vl("tokenize --tokenizer " + tokenizer + " < " + in);
+  EXPECT_EQ(r.code, 1) << r.output;  // line 4 is bad; lines 1, 3 and 5 still answered
+  EXPECT_NE(r.output.find("{\"ids\":[9707,11,1879,0]}\n{\"ids\":[220,151645,220]}\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("q3vl tokenize: line 4: not valid JSON"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("{\"ids\":[562]}"), std::string::npos) << r.output;
+
+  std::ofstream(in) << "{\"ids\": [151644, 9707, 151645]}\n";
+  r = RunQ3vl("tokenize --tokenizer " + tokenizer + " --decode --skip-special-tokens < " + in);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output, "{\"text\":\"Hello\"}\n");
+  std::ofstream(in) << "{\"ids\": [1, 999999]}\n";
+  r = RunQ3vl("tokenize --tokenizer " + tokenizer + " --decode < " + in);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("line 1: ids[1] = 999999 is not a token id"), std::string::npos) << r.output;
+  EXPECT_EQ(RunQ3vl("tokenize --tokenizer /nonexistent/tokenizer.json < " + in).code, 1);
+  EXPECT_EQ(RunQ3vl("tokenize --tokenizer " + tokenizer + " --skip-special-tokens < " + in).code, 2);
+  EXPECT_EQ(RunQ3vl("tokenize --help").code, 0);
+}
+
 }  // namespace
 }  // namespace q3vl
