@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -176,6 +177,15 @@ Tensor Tensor::ToF32() const {
   float* dst = out.data<float>();
   const char* s = static_cast<const char*>(raw_data());
   const size_t es = DTypeSize(dtype_);
+  if (is_contiguous()) {  // the common case (whole tensors, row and expert ranges): all threads
+    const int64_t n = numel();
+    constexpr int64_t kChunk = int64_t{1} << 16;
+#pragma omp parallel for schedule(static) if (n > 4 * kChunk)
+    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
+      ConvertToF32(dtype_, s + c * kChunk * es, dst + c * kChunk, std::min(kChunk, n - c * kChunk));
+    }
+    return out;
+  }
   ForEachRun(shape_, strides_, [&](int64_t d, int64_t so, int64_t n) {
     ConvertToF32(dtype_, s + so * es, dst + d, n);
   });

@@ -4,12 +4,23 @@
 #ifndef Q3VL_CORE_CPU_CPU_BACKEND_H_
 #define Q3VL_CORE_CPU_CPU_BACKEND_H_
 
+#include <memory>
+
 #include "core/backend.h"
+#include "core/cpu/host_pool.h"
 
 namespace q3vl {
 
+struct CpuBackendOptions {
+  // Freed activation blocks kept for reuse (see core/cpu/host_pool.h).
+  size_t max_cached_bytes = size_t{4} << 30;
+};
+
 class CpuBackend final : public Backend {
  public:
+  explicit CpuBackend(const CpuBackendOptions& options = {})
+      : pool_(cpu::HostPool::Create(options.max_cached_bytes)) {}
+
   absl::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
   Tensor Allocate(DType dtype, Shape shape) override;
@@ -27,6 +38,11 @@ class CpuBackend final : public Backend {
   void GatherRows(const GatherRowsParams& p) override;
   void ScatterAddRows(const ScatterAddRowsParams& p) override;
   void Add(const AddParams& p) override;
+
+  const cpu::HostPool& pool() const { return *pool_; }
+
+ private:
+  std::shared_ptr<cpu::HostPool> pool_;
 };
 
 // Number of threads the CPU ops use (OpenMP's maximum).

@@ -35,7 +35,11 @@ int64_t IdAt(const Tensor& ids, int64_t i) {
 
 int CpuThreads() { return omp_get_max_threads(); }
 
-Tensor CpuBackend::Allocate(DType dtype, Shape shape) { return Tensor::Empty(dtype, std::move(shape)); }
+Tensor CpuBackend::Allocate(DType dtype, Shape shape) {
+  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+  std::shared_ptr<Buffer> buffer = pool_->Allocate(NumElements(shape) * DTypeSize(dtype));
+  return Tensor(std::move(buffer), dtype, std::move(shape));
+}
 
 void CpuBackend::Copy(const Tensor& src, Tensor& dst) { dst.CopyFrom(src); }
 
