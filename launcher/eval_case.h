@@ -24,6 +24,11 @@ struct EvalCaseOutput {
   double seconds = 0.0;
 };
 
+// --from-raw: replaces the shipped pixel values by the project's own preprocessing of the raw
+// images and frames in CASE_DIR/inputs (image_N.npy, videos.json + video_N_frames.npy), with the
+// processor configs in CASE_DIR/model. Internal error if the grids differ from the shipped ones.
+absl::Status ReplaceWithRawPixels(GoldenCase& golden);
+
 // Runs a case on `model` with every prefill logit kept. `trace` is optional.
 absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
                                              const model::TraceFn* trace = nullptr);

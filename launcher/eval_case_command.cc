@@ -15,16 +15,12 @@ int EvalCaseCommand(const Args& args) {
       ("out", po::value<std::string>()->required(), "output directory (created)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
       ("mesh", po::value<std::string>(), "parallel mesh (vision=V,pp=P,tp=T,ep=E); single rank only in this build")
-      ("from-raw", po::bool_switch(), "compute pixel values from the raw images/frames (not yet available)");
+      ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
   positional.add("case", 1);
   auto parsed = ParseArgs(kName, "CASE_DIR --out OUT_DIR [options]", options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
-  if (vm["from-raw"].as<bool>()) {
-    return Fail(kName, absl::UnimplementedError("--from-raw needs the image/video preprocessing pipeline, "
-                                                "which this build does not have yet"));
-  }
   if (vm.count("mesh") && vm["mesh"].as<std::string>() != "tp=1" && !vm["mesh"].as<std::string>().empty()) {
     return Fail(kName, absl::UnimplementedError("multi-rank meshes are not available in this build; "
                                                 "run without --mesh"));
@@ -35,6 +31,9 @@ int EvalCaseCommand(const Args& args) {
   if (!backend.ok()) return Fail(kName, backend.status());
   auto golden = ReadGoldenCase(vm["case"].as<std::string>());
   if (!golden.ok()) return Fail(kName, golden.status());
+  if (vm["from-raw"].as<bool>()) {
+    if (absl::Status s = ReplaceWithRawPixels(*golden); !s.ok()) return Fail(kName, s);
+  }
   auto model = model::Qwen3VL::Load(golden->dir + "/model", **backend);
   if (!model.ok()) return Fail(kName, model.status());
   auto output = RunGoldenCase(**model, *golden);

@@ -1,16 +1,27 @@
-// q3vl generate --model DIR --ids 1,2,3: generation from token ids with streaming output.
+// q3vl generate: generation from a chat prompt (text, images, videos, or a messages file) or
+// from token ids, streaming the output as it is sampled.
 #include <chrono>
+#include <fstream>
 #include <iostream>
+#include <optional>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "core/backend.h"
 #include "launcher/options.h"
 #include "model/generator.h"
+#include "model/processor.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& text) {
   std::vector<int64_t> ids;
@@ -25,15 +36,66 @@ absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& text) {
   return ids;
 }
 
+template <typename T>
+std::vector<T> Many(const po::variables_map& vm, const char* key) {
+  return vm.count(key) ? vm[key].as<std::vector<T>>() : std::vector<T>{};
+}
+
+// The chat messages: --messages FILE, or one user turn built from --system, --image, --video
+// and --prompt (images, then videos, then the text, as the reference examples order them).
+absl::StatusOr<nlohmann::ordered_json> Messages(const po::variables_map& vm) {
+  if (vm.count("messages")) {
+    const std::string path = vm["messages"].as<std::string>();
+    std::ifstream in(path);
+    if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+    std::stringstream text;
+    text << in.rdbuf();
+    auto json = nlohmann::ordered_json::parse(text.str(), nullptr, false);
+    if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+    if (json.is_object() && json.contains("messages")) json = json["messages"];
+    return json;
+  }
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  if (vm.count("system")) {
+    messages.push_back({{"role", "system"}, {"content", vm["system"].as<std::string>()}});
+  }
+  nlohmann::ordered_json content = nlohmann::ordered_json::array();
+  for (const std::string& image : Many<std::string>(vm, "image")) {
+    content.push_back({{"type", "image"}, {"image", image}});
+  }
+  for (const std::string& video : Many<std::string>(vm, "video")) {
+    content.push_back({{"type", "video"}, {"video", video}});
+  }
+  if (vm.count("prompt")) content.push_back({{"type", "text"}, {"text", vm["prompt"].as<std::string>()}});
+  messages.push_back({{"role", "user"}, {"content", content}});
+  return messages;
+}
+
+model::SamplingParams Sampling(const po::variables_map& vm, const model::ModelConfig& config) {
+  model::SamplingParams sp;
+  sp.max_new_tokens = vm["max-new-tokens"].as<int64_t>();
+  sp.temperature = vm["greedy"].as<bool>() ? 0.0f : vm["temperature"].as<float>();
+  sp.top_k = vm["top-k"].as<int64_t>();
+  sp.top_p = vm["top-p"].as<float>();
+  sp.seed = vm["seed"].as<uint64_t>();
+  if (!vm["ignore-eos"].as<bool>()) sp.stop_tokens = config.text.eos_token_ids;
+  return sp;
+}
+
 }  // namespace
 
 int GenerateCommand(const Args& args) {
   constexpr char kName[] = "generate";
   po::options_description options("options");
   options.add_options()
-      ("model", po::value<std::string>()->required(), "checkpoint directory (HF layout: config.json + safetensors)")
-      ("ids", po::value<std::string>()->required(), "prompt token ids, comma separated (expanded prompt)")
-      ("max-new-tokens", po::value<int64_t>()->default_value(16), "tokens to generate at most")
+      ("model", po::value<std::string>()->required(), "model directory (HF layout: config.json, safetensors, tokenizer.json, chat template)")
+      ("prompt", po::value<std::string>(), "user text")
+      ("image", po::value<std::vector<std::string>>()->composing(), "image: file path, file:// or data: URL (repeatable)")
+      ("video", po::value<std::vector<std::string>>()->composing(), "video file (repeatable)")
+      ("system", po::value<std::string>(), "system message")
+      ("messages", po::value<std::string>(), "JSON file with OpenAI-style chat messages (instead of --prompt/--image/--video/--system)")
+      ("ids", po::value<std::string>(), "prompt token ids, comma separated, already expanded (bypasses the tokenizer and template)")
+      ("max-new-tokens", po::value<int64_t>()->default_value(128), "tokens to generate at most")
       ("temperature", po::value<float>()->default_value(0.0f), "sampling temperature (0: greedy)")
       ("top-k", po::value<int64_t>()->default_value(0), "sample from the k most likely tokens (0: all)")
       ("top-p", po::value<float>()->default_value(1.0f), "nucleus sampling mass in (0, 1]")
@@ -42,58 +104,88 @@ int GenerateCommand(const Args& args) {
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
       ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("json", po::bool_switch(), "print one JSON object at the end instead of streaming");
+      ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
   po::positional_options_description positional;
-  auto parsed = ParseArgs(kName, "--model DIR --ids 1,2,3 [options]", options, positional, args);
+  auto parsed = ParseArgs(kName, "--model DIR (--prompt TEXT [--image P]... [--video P]... | --messages FILE | --ids 1,2,3) [options]",
+                          options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
-  auto ids = ParseIds(vm["ids"].as<std::string>());
-  if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()));
+  const bool chat_inputs = vm.count("prompt") || vm.count("image") || vm.count("video") || vm.count("system");
+  if (vm.count("ids") + vm.count("messages") + (chat_inputs ? 1 : 0) != 1) {
+    return UsageError(kName, "give exactly one of --ids, --messages, or --prompt/--image/--video/--system");
+  }
   if (vm["batch"].as<int>() < 1) return UsageError(kName, "--batch must be >= 1");
+  if (vm["max-new-tokens"].as<int64_t>() < 1) return UsageError(kName, "--max-new-tokens must be >= 1");
+  const std::string model_dir = vm["model"].as<std::string>();
+
+  model::GenerationRequest request;
+  std::optional<model::Processor> processor;
+  const Clock::time_point process_start = Clock::now();
+  if (vm.count("ids")) {
+    auto ids = ParseIds(vm["ids"].as<std::string>());
+    if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()));
+    request.input_ids = *ids;
+  } else {
+    auto loaded = model::Processor::Load(model_dir);
+    if (!loaded.ok()) return Fail(kName, loaded.status());
+    processor.emplace(*std::move(loaded));
+    auto messages = Messages(vm);
+    if (!messages.ok()) return Fail(kName, messages.status());
+    auto processed = processor->Process(*messages, {});
+    if (!processed.ok()) return Fail(kName, processed.status());
+    request.input_ids = processed->input_ids;
+    request.images = std::move(processed->images);
+    request.videos = std::move(processed->videos);
+  }
+  const double process_s = SecondsSince(process_start);
+
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
   auto backend = CreateBackend(*kind);
   if (!backend.ok()) return Fail(kName, backend.status());
-
-  const auto load_start = std::chrono::steady_clock::now();
-  auto model = model::Qwen3VL::Load(vm["model"].as<std::string>(), **backend);
+  const Clock::time_point load_start = Clock::now();
+  auto model = model::Qwen3VL::Load(model_dir, **backend);
   if (!model.ok()) return Fail(kName, model.status());
-  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-
-  model::GenerationRequest request;
-  request.input_ids = *ids;
-  model::SamplingParams& sp = request.sampling;
-  sp.max_new_tokens = vm["max-new-tokens"].as<int64_t>();
-  sp.temperature = vm["greedy"].as<bool>() ? 0.0f : vm["temperature"].as<float>();
-  sp.top_k = vm["top-k"].as<int64_t>();
-  sp.top_p = vm["top-p"].as<float>();
-  sp.seed = vm["seed"].as<uint64_t>();
-  if (!vm["ignore-eos"].as<bool>()) sp.stop_tokens = (*model)->config().text.eos_token_ids;
+  const double load_s = SecondsSince(load_start);
+  request.sampling = Sampling(vm, (*model)->config());
   const std::vector<model::GenerationRequest> requests(vm["batch"].as<int>(), request);
 
   const bool json = vm["json"].as<bool>();
-  const auto start = std::chrono::steady_clock::now();
+  std::optional<model::StreamDecoder> stream;
+  if (processor) stream.emplace(processor->tokenizer(), /*skip_special_tokens=*/true);
+  const Clock::time_point start = Clock::now();
   double first_token_s = 0.0;
   int64_t emitted = 0;
   model::Generator generator(**model, {.on_token = [&](size_t seq, int64_t token) {
-    if (emitted++ == 0) first_token_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!json && seq == 0) std::cout << token << " " << std::flush;
+    if (emitted++ == 0) first_token_s = SecondsSince(start);
+    if (json || seq != 0) return;
+    if (stream) {
+      std::cout << stream->Push(static_cast<int32_t>(token)) << std::flush;
+    } else {
+      std::cout << token << " " << std::flush;
+    }
   }});
   auto results = generator.Generate(requests);
   if (!results.ok()) return Fail(kName, results.status());
-  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const int64_t prompt_tokens = static_cast<int64_t>(ids->size()) * static_cast<int64_t>(requests.size());
+  const double total_s = SecondsSince(start);
+  const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size() * requests.size());
   const double decode_tokens = static_cast<double>(emitted - static_cast<int64_t>(requests.size()));
-  const double decode_s = total_s - first_token_s;
   const nlohmann::json stats = {
-      {"load_s", load_s}, {"prompt_tokens", prompt_tokens}, {"generated_tokens", emitted},
+      {"preprocess_s", process_s}, {"load_s", load_s}, {"prompt_tokens", prompt_tokens},
+      {"generated_tokens", emitted},
       {"prefill_tokens_per_s", prompt_tokens / std::max(first_token_s, 1e-9)},
-      {"decode_tokens_per_s", decode_tokens > 0 ? decode_tokens / std::max(decode_s, 1e-9) : 0.0},
+      {"decode_tokens_per_s", decode_tokens > 0 ? decode_tokens / std::max(total_s - first_token_s, 1e-9) : 0.0},
       {"finish_reason", (*results)[0].finish_reason}};
+  const std::vector<int64_t>& generated = (*results)[0].tokens;
   if (json) {
-    const nlohmann::json out = {{"input_ids", *ids}, {"generated_ids", (*results)[0].tokens}, {"stats", stats}};
+    nlohmann::json out = {{"input_ids", request.input_ids}, {"generated_ids", generated}, {"stats", stats}};
+    if (processor) {
+      const std::vector<int32_t> ids(generated.begin(), generated.end());
+      out["text"] = processor->tokenizer().Decode(ids, /*skip_special_tokens=*/true);
+    }
     std::cout << out.dump() << std::endl;
   } else {
+    if (stream) std::cout << stream->Flush();
     std::cout << "\n" << stats.dump() << std::endl;
   }
   return 0;

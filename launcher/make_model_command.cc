@@ -1,6 +1,8 @@
 // q3vl make-model --out DIR: a random-weight demo checkpoint in the Hugging Face layout.
+#include <filesystem>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "launcher/options.h"
 #include "model/demo_model.h"
 
@@ -14,7 +16,9 @@ int MakeModelCommand(const Args& args) {
       ("config", po::value<std::string>(), "config.json to use instead of the built-in demo config")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed of the weights")
       ("shards", po::value<int>()->default_value(1), "number of safetensors shards (>1 writes an index)")
-      ("per-expert", po::bool_switch(), "write experts.N.{gate,up,down}_proj.weight instead of the fused layout");
+      ("per-expert", po::bool_switch(), "write experts.N.{gate,up,down}_proj.weight instead of the fused layout")
+      ("tokenizer-dir", po::value<std::string>()->default_value(Q3VL_DEFAULT_TOKENIZER_DIR),
+       "copy tokenizer.json and tokenizer_config.json (with the chat template) from here; \"\" for none");
   po::positional_options_description positional;
   auto parsed = ParseArgs(kName, "--out DIR [options]", options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
@@ -31,6 +35,18 @@ int MakeModelCommand(const Args& args) {
                                                          .num_shards = vm["shards"].as<int>(),
                                                          .per_expert_layout = vm["per-expert"].as<bool>()});
   if (!s.ok()) return Fail(kName, s);
+  const std::string tokenizer_dir = vm["tokenizer-dir"].as<std::string>();
+  if (!tokenizer_dir.empty()) {
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::error_code error;
+      std::filesystem::copy_file(std::filesystem::path(tokenizer_dir) / file, std::filesystem::path(out) / file,
+                                 std::filesystem::copy_options::overwrite_existing, error);
+      if (error) {
+        return Fail(kName, absl::NotFoundError(absl::StrCat(tokenizer_dir, "/", file, ": cannot copy (",
+                                                            error.message(), "); --tokenizer-dir \"\" skips it")));
+      }
+    }
+  }
   std::cerr << "make-model: wrote " << out << std::endl;
   return 0;
 }

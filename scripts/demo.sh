@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: sets up, builds, writes a random-weight demo
-# checkpoint in the Hugging Face layout (once), then runs greedy generation on it and prints
-# the tokens and the speed.
+# checkpoint in the Hugging Face layout with the real Qwen tokenizer and chat template (once),
+# then runs greedy generation on a chat prompt with an image and a video, streaming the text
+# and printing the speed. (Random weights: the text is noise; the pipeline is the real one.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C build q3vl
 MODEL=build/demo-model
-[[ -f $MODEL/config.json ]] || ./build/launcher/q3vl make-model --out "$MODEL" --seed 0
-# "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n" as Qwen token ids.
+[[ -f $MODEL/tokenizer.json ]] || ./build/launcher/q3vl make-model --out "$MODEL" --seed 0
 ./build/launcher/q3vl generate --model "$MODEL" \
-  --ids 151644,872,198,9707,151645,198,151644,77091,198 --max-new-tokens 32 --greedy --ignore-eos "$@"
+  --image tests/data/media/shapes_333x517.jpg --video tests/data/media/testsrc2_320x240_4s.mp4 \
+  --prompt "What happens in the video, and which shapes are in the picture?" \
+  --max-new-tokens 32 --greedy --ignore-eos "$@"

@@ -1,5 +1,6 @@
 // The q3vl binary as users run it: eval-case writes the golden contract files, make-model +
 // generate work end to end, and bad input exits non-zero with one line naming the problem.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -7,6 +8,7 @@
 
 #include "core/npy.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
 namespace q3vl {
@@ -51,6 +53,32 @@ TEST(CliTest, MakeModelThenGenerate) {
   const CommandResult r = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 --json");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("\"generated_ids\""), std::string::npos) << r.output;
+}
+
+// The README's main job: make-model ships the real tokenizer and chat template, and generate
+// takes a chat prompt with an image and a video through the whole pipeline.
+TEST(CliTest, MakeModelThenGenerateFromPromptImageAndVideo) {
+  const std::string dir = ::testing::TempDir() + "/demo_chat";
+  ASSERT_EQ(RunQ3vl("make-model --out " + dir).code, 0);
+  const std::string media = testing::TestDataDir() + "/media/";
+  const CommandResult r = RunQ3vl("generate --model " + dir + " --image " + media + "shapes_333x517.jpg --video " +
+                                  media + "testsrc2_320x240_4s.mp4 --prompt 'What is shown?' --max-new-tokens 4 "
+                                  "--ignore-eos --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto json_start = r.output.find('{');
+  ASSERT_NE(json_start, std::string::npos) << r.output;
+  const auto out = nlohmann::json::parse(r.output.substr(json_start));
+  const auto ids = out["input_ids"].get<std::vector<int64_t>>();
+  const auto count = [&](int64_t id) { return std::count(ids.begin(), ids.end(), id); };
+  EXPECT_EQ(count(151655), 160);  // <|image_pad|>: 512x320 after smart_resize / 32^2
+  EXPECT_GT(count(151656), 0);    // <|video_pad|>
+  EXPECT_EQ(out["generated_ids"].size(), 4u);
+  EXPECT_TRUE(out["text"].is_string());
+  // A missing image: exit 1, one line naming the file; nothing generated.
+  const CommandResult bad = RunQ3vl("generate --model " + dir + " --image /nonexistent.png --prompt hi");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.output.find("/nonexistent.png"), std::string::npos) << bad.output;
+  EXPECT_EQ(RunQ3vl("generate --model " + dir + " --prompt hi --ids 1,2").code, 2);
 }
 
 TEST(CliTest, BadInputExitsNonZeroWithAReason) {

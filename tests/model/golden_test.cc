@@ -115,6 +115,21 @@ TEST_P(GoldenVisionTest, VisionFeatures) {
   EXPECT_GT(checked, 0) << "case has no images or videos";
 }
 
+// eval-case --from-raw: our preprocessing (frame sampling, smart_resize, resize, normalise,
+// patchify) of the raw uint8 inputs reproduces the shipped pixel values to the last float bit or
+// so (the cases' generator normalises in another order: 1 ulp, 1.2e-7).
+TEST_P(GoldenVisionTest, RawPreprocessingReproducesShippedPixels) {
+  launcher::GoldenCase raw = golden_;
+  ASSERT_TRUE(launcher::ReplaceWithRawPixels(raw).ok());
+  const struct { const model::VisionInput& ours; const model::VisionInput& shipped; } kinds[] = {
+      {raw.request.images, golden_.request.images}, {raw.request.videos, golden_.request.videos}};
+  for (const auto& k : kinds) {
+    EXPECT_EQ(k.ours.grids, k.shipped.grids);
+    if (k.shipped.grids.empty()) continue;
+    EXPECT_NE(k.ours.pixel_values.buffer(), k.shipped.pixel_values.buffer());  // really recomputed
+    EXPECT_LE(testing::MaxAbsDiff(k.ours.pixel_values, k.shipped.pixel_values), 2e-7f);
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(Cases, GoldenTest,
                          ::testing::Values("01_text_only", "02_image_single", "03_two_images", "04_video",

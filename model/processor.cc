@@ -1,0 +1,107 @@
+#include "model/processor.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status_macros.h"
+#include "model/chat_messages.h"
+#include "model/chat_template.h"
+#include "model/image_decode.h"
+#include "model/video_processor.h"
+
+namespace q3vl::model {
+namespace {
+
+// The processor config at DIR/name overlaid on `defaults`; the defaults when the file is absent.
+absl::StatusOr<VisionProcessorConfig> ReadProcessorConfig(const std::filesystem::path& dir,
+                                                          const char* name,
+                                                          const VisionProcessorConfig& defaults) {
+  const std::filesystem::path path = dir / name;
+  if (!std::filesystem::exists(path)) return defaults;
+  std::ifstream in(path);
+  if (!in) return absl::PermissionDeniedError(absl::StrCat(path.string(), ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  return VisionProcessorConfig::FromJson(text.str(), path.string(), defaults);
+}
+
+// A media reference as written in a message: data: and file:// URLs and absolute paths as they
+// are, relative paths under `root`.
+std::string Resolve(const std::string& source, const std::string& root) {
+  if (root.empty() || absl::StartsWith(source, "data:") || absl::StrContains(source, "://") ||
+      std::filesystem::path(source).is_absolute()) {
+    return source;
+  }
+  return (std::filesystem::path(root) / source).string();
+}
+
+std::string FilePath(const std::string& reference) {
+  return absl::StartsWith(reference, "file://") ? reference.substr(7) : reference;
+}
+
+}  // namespace
+
+absl::StatusOr<Processor> Processor::Load(const std::string& model_dir) {
+  const std::filesystem::path dir(model_dir);
+  Q3VL_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::FromFile((dir / "tokenizer.json").string()));
+  Q3VL_RETURN_IF_ERROR(CheckModelChatTemplate(model_dir));
+  Q3VL_ASSIGN_OR_RETURN(VisionProcessorConfig image_config,
+                        ReadProcessorConfig(dir, "preprocessor_config.json",
+                                            VisionProcessorConfig::ImageDefaults()));
+  Q3VL_ASSIGN_OR_RETURN(VisionProcessorConfig video_config,
+                        ReadProcessorConfig(dir, "video_preprocessor_config.json",
+                                            VisionProcessorConfig::VideoDefaults()));
+  return Processor(std::make_shared<const Tokenizer>(std::move(tokenizer)), image_config, video_config);
+}
+
+absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json& messages,
+                                                    const ProcessOptions& options) const {
+  ChatRequest chat{.add_generation_prompt = options.add_generation_prompt,
+                   .add_vision_id = options.add_vision_id};
+  Q3VL_ASSIGN_OR_RETURN(chat.messages, ParseChatMessages(messages));
+  const RenderedChat rendered = RenderChat(chat);
+
+  ProcessedRequest out;
+  out.prompt_text = rendered.text;
+  std::vector<ProcessedImage> images;
+  std::vector<ImagePlaceholder> image_slots;
+  for (size_t i = 0; i < rendered.image_sources.size(); ++i) {
+    const std::string ref = Resolve(rendered.image_sources[i], options.media_root);
+    auto image = LoadImage(ref);
+    if (!image.ok()) return Annotate(image.status(), absl::StrCat("image ", i + 1));
+    auto processed = ProcessImage(*image, image_config_);
+    if (!processed.ok()) return Annotate(processed.status(), absl::StrCat("image ", i + 1, " (", ref, ")"));
+    image_slots.push_back({.num_tokens = processed->num_tokens});
+    images.push_back(*std::move(processed));
+  }
+  std::vector<ProcessedVideo> videos;
+  std::vector<VideoPlaceholder> video_slots;
+  for (size_t i = 0; i < rendered.video_sources.size(); ++i) {
+    const std::string ref = Resolve(rendered.video_sources[i], options.media_root);
+    if (absl::StartsWith(ref, "data:") || absl::StrContains(FilePath(ref), "://")) {
+      return absl::UnimplementedError(absl::StrCat(
+          "video ", i + 1, ": only local files are read (got \"", ref.substr(0, 40), "\")"));
+    }
+    auto video = LoadVideo(FilePath(ref), video_config_);
+    if (!video.ok()) return Annotate(video.status(), absl::StrCat("video ", i + 1));
+    video_slots.push_back({.timestamps = video->plan.timestamps,
+                           .tokens_per_group = video->plan.tokens_per_group});
+    out.video_timestamps.push_back(absl::StrJoin(video->plan.timestamps, ""));
+    videos.push_back(*std::move(video));
+  }
+  Q3VL_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                        BuildPromptIds(*tokenizer_, {.text = rendered.text,
+                                                     .images = image_slots,
+                                                     .videos = video_slots,
+                                                     .video_layout = options.video_layout}));
+  out.input_ids.assign(ids.begin(), ids.end());
+  if (!images.empty()) out.images = MakeVisionInput(images);
+  if (!videos.empty()) out.videos = MakeVisionInput(videos);
+  return out;
+}
+
+}  // namespace q3vl::model
