@@ -3,6 +3,21 @@ find_package(absl REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(OpenMP REQUIRED)
 find_package(Threads REQUIRED)
+# OpenMPI: the MPI communicator (parallel/mpi) and mpirun for multirank tests.
+find_package(MPI REQUIRED COMPONENTS CXX)
+
+# NCCL for the GPU communicator (parallel/nccl), from the CUDA install (/usr/local/cuda).
+if(Q3VL_CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  find_path(Q3VL_NCCL_INCLUDE nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+  find_library(Q3VL_NCCL_LIB nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+  if(NOT Q3VL_NCCL_INCLUDE OR NOT Q3VL_NCCL_LIB)
+    message(FATAL_ERROR "NCCL not found under /usr/local/cuda (needed with -DQ3VL_CUDA=ON)")
+  endif()
+  add_library(q3vl_nccl INTERFACE)
+  target_include_directories(q3vl_nccl INTERFACE ${Q3VL_NCCL_INCLUDE})
+  target_link_libraries(q3vl_nccl INTERFACE ${Q3VL_NCCL_LIB})
+endif()
 
 # The OpenMP build of OpenBLAS, so BLAS calls and our own parallel loops share one pool.
 find_path(Q3VL_CBLAS_INCLUDE cblas.h PATHS /usr/include/x86_64-linux-gnu/openblas-openmp

@@ -25,5 +25,15 @@ for folder in "${!allowed[@]}"; do
     fi
   done < <(grep -rn '#include "[a-z_]*/' "$folder" --include='*.h' --include='*.cc' --include='*.cu' || true)
 done
+# Optional backends stay in their sub-targets: only parallel/mpi/ includes <mpi.h>, only
+# parallel/nccl/ includes <nccl.h>.
+for header in mpi nccl; do
+  while IFS=: read -r file _; do
+    if [[ $file != parallel/$header/* ]]; then
+      echo "layering violation: $file includes <$header.h> (only parallel/$header/ may)"
+      bad=1
+    fi
+  done < <(grep -rln "#include <$header.h>" "${!allowed[@]}" 2>/dev/null || true)
+done
 ((bad == 0)) && echo "check_deps: layering ok"
 exit $bad

@@ -14,6 +14,8 @@ PACKAGES=(
   # model: config and checkpoint headers; tokenizer (regex, NFC); image and video decoding
   nlohmann-json3-dev libpcre2-dev libutf8proc-dev libjpeg-dev libpng-dev
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev
+  # parallel: the MPI communicator and mpirun (multirank tests, CPU meshes)
+  libopenmpi-dev openmpi-bin
   # launcher: command-line parsing
   libboost-dev libboost-program-options-dev
   # tests and benchmarks
