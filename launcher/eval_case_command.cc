@@ -3,6 +3,7 @@
 
 #include "core/backend.h"
 #include "launcher/eval_case.h"
+#include "launcher/mesh.h"
 #include "launcher/options.h"
 
 namespace q3vl::launcher {
@@ -14,37 +15,50 @@ int EvalCaseCommand(const Args& args) {
       ("case", po::value<std::string>()->required(), "golden case directory (model/, inputs/, case.json)")
       ("out", po::value<std::string>()->required(), "output directory (created)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh (vision=V,pp=P,tp=T,ep=E); single rank only in this build")
+      ("mesh", po::value<std::string>(), "parallel mesh tp=T,ep=E (run under mpirun -np max(T,E)); pp and vision stages are not available yet")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
   positional.add("case", 1);
   auto parsed = ParseArgs(kName, "CASE_DIR --out OUT_DIR [options]", options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
-  if (vm.count("mesh") && vm["mesh"].as<std::string>() != "tp=1" && !vm["mesh"].as<std::string>().empty()) {
-    return Fail(kName, absl::UnimplementedError("multi-rank meshes are not available in this build; "
-                                                "run without --mesh"));
+  std::unique_ptr<MeshRun> mesh;
+  if (vm.count("mesh")) {
+    auto started = MeshRun::Start(vm["mesh"].as<std::string>());
+    if (!started.ok()) return Fail(kName, started.status());
+    mesh = *std::move(started);
   }
+  // Under a mesh every step ends with an agreement, so a failure on one rank stops all of them
+  // at once; only the leader reports.
+  auto step = [&](const absl::Status& status) -> absl::Status {
+    return mesh ? mesh->Agree(status) : status;
+  };
+  const auto fail = [&](const absl::Status& status) {
+    return (!mesh || mesh->leader()) ? Fail(kName, status) : 1;
+  };
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
   auto backend = CreateBackend(*kind);
   if (!backend.ok()) return Fail(kName, backend.status());
   auto golden = ReadGoldenCase(vm["case"].as<std::string>());
-  if (!golden.ok()) return Fail(kName, golden.status());
-  if (vm["from-raw"].as<bool>()) {
-    if (absl::Status s = ReplaceWithRawPixels(*golden); !s.ok()) return Fail(kName, s);
+  if (golden.ok() && vm["from-raw"].as<bool>()) {
+    if (absl::Status s = ReplaceWithRawPixels(*golden); !s.ok()) golden = s;
   }
-  auto model = model::Qwen3VL::Load(golden->dir + "/model", **backend);
-  if (!model.ok()) return Fail(kName, model.status());
+  if (absl::Status s = step(golden.status()); !s.ok()) return fail(s);
+  auto model = model::Qwen3VL::Load(golden->dir + "/model", **backend,
+                                    mesh ? mesh->parallel() : model::ModelParallel{});
+  if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   auto output = RunGoldenCase(**model, *golden);
-  if (!output.ok()) return Fail(kName, output.status());
+  if (absl::Status s = step(output.status()); !s.ok()) return fail(s);
   const int64_t seq_len = static_cast<int64_t>(golden->request.input_ids.size());
+  if (mesh && !mesh->leader()) return 0;
   if (absl::Status s = WriteEvalCaseOutputs(vm["out"].as<std::string>(), *output, seq_len); !s.ok()) {
     return Fail(kName, s);
   }
   std::cerr << "eval-case: seq_len " << seq_len << ", rope_delta " << output->result.rope.rope_delta
             << ", " << output->result.tokens.size() << " greedy tokens in " << output->seconds << " s -> "
-            << vm["out"].as<std::string>() << std::endl;
+            << vm["out"].as<std::string>() << (mesh ? " (mesh " + vm["mesh"].as<std::string>() + ")" : "")
+            << ", bytes read by rank 0: " << (*model)->bytes_read() << std::endl;
   return 0;
 }
 

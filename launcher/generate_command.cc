@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "core/backend.h"
+#include "launcher/mesh.h"
 #include "launcher/options.h"
 #include "model/generator.h"
 #include "model/processor.h"
@@ -104,6 +105,7 @@ int GenerateCommand(const Args& args) {
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
       ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
+      ("mesh", po::value<std::string>(), "parallel mesh tp=T,ep=E: run under mpirun -np max(T,E); rank 0 prints")
       ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
   po::positional_options_description positional;
   auto parsed = ParseArgs(kName, "--model DIR (--prompt TEXT [--image P]... [--video P]... | --messages FILE | --ids 1,2,3) [options]",
@@ -117,6 +119,17 @@ int GenerateCommand(const Args& args) {
   if (vm["batch"].as<int>() < 1) return UsageError(kName, "--batch must be >= 1");
   if (vm["max-new-tokens"].as<int64_t>() < 1) return UsageError(kName, "--max-new-tokens must be >= 1");
   const std::string model_dir = vm["model"].as<std::string>();
+  std::unique_ptr<MeshRun> mesh;
+  if (vm.count("mesh")) {
+    auto started = MeshRun::Start(vm["mesh"].as<std::string>());
+    if (!started.ok()) return Fail(kName, started.status());
+    mesh = *std::move(started);
+  }
+  // Under a mesh each step ends in an agreement (a failure on any rank stops every rank at
+  // once) and only the leader (world rank 0) reports and prints.
+  const bool leader = !mesh || mesh->leader();
+  auto step = [&](const absl::Status& status) { return mesh ? mesh->Agree(status) : status; };
+  const auto fail = [&](const absl::Status& status) { return leader ? Fail(kName, status) : 1; };
 
   model::GenerationRequest request;
   std::optional<model::Processor> processor;
@@ -126,13 +139,15 @@ int GenerateCommand(const Args& args) {
     if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()));
     request.input_ids = *ids;
   } else {
+    // Every rank prepares the request itself (same files, same result).
+    // TODO(#4): the leader alone should decode media and broadcast the request.
     auto loaded = model::Processor::Load(model_dir);
-    if (!loaded.ok()) return Fail(kName, loaded.status());
+    if (absl::Status s = step(loaded.status()); !s.ok()) return fail(s);
     processor.emplace(*std::move(loaded));
     auto messages = Messages(vm);
-    if (!messages.ok()) return Fail(kName, messages.status());
+    if (absl::Status s = step(messages.status()); !s.ok()) return fail(s);
     auto processed = processor->Process(*messages, {});
-    if (!processed.ok()) return Fail(kName, processed.status());
+    if (absl::Status s = step(processed.status()); !s.ok()) return fail(s);
     request.input_ids = processed->input_ids;
     request.images = std::move(processed->images);
     request.videos = std::move(processed->videos);
@@ -144,13 +159,13 @@ int GenerateCommand(const Args& args) {
   auto backend = CreateBackend(*kind);
   if (!backend.ok()) return Fail(kName, backend.status());
   const Clock::time_point load_start = Clock::now();
-  auto model = model::Qwen3VL::Load(model_dir, **backend);
-  if (!model.ok()) return Fail(kName, model.status());
+  auto model = model::Qwen3VL::Load(model_dir, **backend, mesh ? mesh->parallel() : model::ModelParallel{});
+  if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   const double load_s = SecondsSince(load_start);
   request.sampling = Sampling(vm, (*model)->config());
   const std::vector<model::GenerationRequest> requests(vm["batch"].as<int>(), request);
 
-  const bool json = vm["json"].as<bool>();
+  const bool json = vm["json"].as<bool>() || !leader;  // non-leaders print nothing
   std::optional<model::StreamDecoder> stream;
   if (processor) stream.emplace(processor->tokenizer(), /*skip_special_tokens=*/true);
   const Clock::time_point start = Clock::now();
@@ -166,7 +181,8 @@ int GenerateCommand(const Args& args) {
     }
   }});
   auto results = generator.Generate(requests);
-  if (!results.ok()) return Fail(kName, results.status());
+  if (absl::Status s = step(results.status()); !s.ok()) return fail(s);
+  if (!leader) return 0;
   const double total_s = SecondsSince(start);
   const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size() * requests.size());
   const double decode_tokens = static_cast<double>(emitted - static_cast<int64_t>(requests.size()));

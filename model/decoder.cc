@@ -2,31 +2,64 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "moe/ep_dispatcher.h"
 
 namespace q3vl::model {
 namespace {
 constexpr char kPrefix[] = "model.language_model.";
 }  // namespace
 
-TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings)
-    : config_(config) {
-  const int64_t d = config.hidden_size, hd = config.head_dim;
+namespace {
+
+int Rank(const parallel::Communicator* c) { return c ? c->rank() : 0; }
+int Size(const parallel::Communicator* c) { return c ? c->size() : 1; }
+
+// [begin, end) of part `rank` of `n` split into `parts` as evenly as possible.
+std::pair<int64_t, int64_t> EvenPart(int64_t n, int rank, int parts) {
+  return {n * rank / parts, n * (rank + 1) / parts};
+}
+
+}  // namespace
+
+TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings,
+                         const DecoderShard& shard)
+    : config_(config), shard_(shard) {
+  DecoderShard& s = shard_;
+  if (s.num_heads == 0) s.first_head = 0, s.num_heads = config.num_heads;
+  if (s.num_kv_heads == 0) s.first_kv_head = 0, s.num_kv_heads = config.num_kv_heads;
+  if (s.num_experts == 0) s.first_expert = 0, s.num_experts = config.num_experts;
+  if (s.num_inter == 0) s.first_inter = 0, s.num_inter = config.moe_intermediate_size;
+  const int64_t d = config.hidden_size, hd = config.head_dim, v = config.vocab_size;
   const std::string p = kPrefix;
-  embed_ = loader.GetStored(p + "embed_tokens.weight", {config.vocab_size, d});
+  const int tp_rank = Rank(s.tp), tp = Size(s.tp);
+  // Every rank reads embedding rows straight from the mapped checkpoint (only the rows of its
+  // tokens are touched), so the embedding needs no collective.
+  embed_ = loader.GetStored(p + "embed_tokens.weight", {v, d});
   norm_ = loader.Get(p + "norm.weight", {d});
-  lm_head_ = tie_word_embeddings ? embed_.ToF32()
-                                 : loader.Get("lm_head.weight", {config.vocab_size, d});
+  vocab_chunk_ = (v + tp - 1) / tp;
+  vocab_begin_ = tp_rank * vocab_chunk_;
+  const int64_t vocab_end = std::min(v, vocab_begin_ + vocab_chunk_);
+  const Tensor head = tie_word_embeddings
+                          ? embed_.Slice(0, vocab_begin_, vocab_end).ToF32()
+                          : loader.Get("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
+  lm_head_ = head.dim(0) == vocab_chunk_ ? head : Tensor::Empty(DType::kF32, {vocab_chunk_, d});
+  if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head.Clone());
+  const std::vector<SliceRange> q_rows = {{0, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
+  const std::vector<SliceRange> kv_rows = {{0, s.first_kv_head * hd, (s.first_kv_head + s.num_kv_heads) * hd}};
+  const std::vector<SliceRange> o_cols = {{1, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const std::string b = absl::StrCat(p, "layers.", l, ".");
     Layer layer{
         .input_norm = loader.Get(b + "input_layernorm.weight", {d}),
         .post_norm = loader.Get(b + "post_attention_layernorm.weight", {d}),
-        .q_proj = loader.Get(b + "self_attn.q_proj.weight", {config.num_heads * hd, d}),
-        .k_proj = loader.Get(b + "self_attn.k_proj.weight", {config.num_kv_heads * hd, d}),
-        .v_proj = loader.Get(b + "self_attn.v_proj.weight", {config.num_kv_heads * hd, d}),
-        .o_proj = loader.Get(b + "self_attn.o_proj.weight", {d, config.num_heads * hd}),
+        .q_proj = loader.Get(b + "self_attn.q_proj.weight", {config.num_heads * hd, d}, q_rows),
+        .k_proj = loader.Get(b + "self_attn.k_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
+        .v_proj = loader.Get(b + "self_attn.v_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
+        .o_proj = loader.Get(b + "self_attn.o_proj.weight", {d, config.num_heads * hd}, o_cols),
         .q_norm = loader.Get(b + "self_attn.q_norm.weight", {hd}),
         .k_norm = loader.Get(b + "self_attn.k_norm.weight", {hd}),
         .moe = config.IsMoeLayer(l),
@@ -35,9 +68,10 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
       LoadExperts(loader, b + "mlp.", layer);
     } else {
       const int64_t inter = config.intermediate_size;
-      layer.dense_gate = loader.Get(b + "mlp.gate_proj.weight", {inter, d});
-      layer.dense_up = loader.Get(b + "mlp.up_proj.weight", {inter, d});
-      layer.dense_down = loader.Get(b + "mlp.down_proj.weight", {d, inter});
+      const auto [i0, i1] = EvenPart(inter, tp_rank, tp);
+      layer.dense_gate = loader.Get(b + "mlp.gate_proj.weight", {inter, d}, {{0, i0, i1}});
+      layer.dense_up = loader.Get(b + "mlp.up_proj.weight", {inter, d}, {{0, i0, i1}});
+      layer.dense_down = loader.Get(b + "mlp.down_proj.weight", {d, inter}, {{1, i0, i1}});
     }
     layers_.push_back(std::move(layer));
   }
@@ -75,28 +109,41 @@ Tensor TransposeExperts(const Tensor& w) {
 // are held as nn.Linear rows, gate_up [E, 2I, D] and down [E, D, I] (see moe/moe.h).
 void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const {
   const int64_t d = config_.hidden_size, e = config_.num_experts, inter = config_.moe_intermediate_size;
+  const int64_t e0 = shard_.first_expert, ne = shard_.num_experts;
+  const int64_t i0 = shard_.first_inter, ni = shard_.num_inter;
   layer.experts.router = loader.Get(prefix + "gate.weight", {e, d});
+  layer.experts.first_expert = e0;
   const std::string fused = prefix + "experts.gate_up_proj";
   if (loader.Has(fused) || !loader.Has(prefix + "experts.0.gate_proj.weight")) {
-    const Tensor gate_up = loader.Get(fused, {e, d, 2 * inter});               // [E, D, 2I]
-    const Tensor down = loader.Get(prefix + "experts.down_proj", {e, inter, d});  // [E, I, D]
-    // A missing tensor leaves an undefined Tensor; Finish() reports it.
-    if (gate_up.defined()) layer.experts.gate_up = TransposeExperts(gate_up);
-    if (down.defined()) layer.experts.down = TransposeExperts(down);
+    // [E, D, 2I] = [gate | up] along the last dim: this rank's columns of each half.
+    const Tensor gate = loader.Get(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});
+    const Tensor up = loader.Get(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
+    const Tensor down = loader.Get(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
+    Tensor gate_up = Tensor::Empty(DType::kF32, {ne, d, 2 * ni});  // [E_local, D, 2I_local]
+    for (int64_t row = 0; row < ne * d; ++row) {  // gate and up are contiguous [E_local, D, I_local]
+      float* dst = gate_up.data<float>() + row * 2 * ni;
+      std::copy_n(gate.data<float>() + row * ni, ni, dst);
+      std::copy_n(up.data<float>() + row * ni, ni, dst + ni);
+    }
+    layer.experts.gate_up = TransposeExperts(gate_up);
+    layer.experts.down = TransposeExperts(down);
     return;
   }
-  Tensor gate_up = Tensor::Empty(DType::kF32, {e, 2 * inter, d});  // [E, 2I, D]
-  Tensor down = Tensor::Empty(DType::kF32, {e, d, inter});         // [E, D, I]
+  Tensor gate_up = Tensor::Empty(DType::kF32, {ne, 2 * ni, d});  // [E_local, 2I_local, D]
+  Tensor down = Tensor::Empty(DType::kF32, {ne, d, ni});         // [E_local, D, I_local]
   for (int64_t x = 0; x < e; ++x) {
     const std::string b = absl::StrCat(prefix, "experts.", x, ".");
-    const Tensor gate = loader.Get(b + "gate_proj.weight", {inter, d});  // [I, D]
-    const Tensor up = loader.Get(b + "up_proj.weight", {inter, d});      // [I, D]
-    const Tensor dn = loader.Get(b + "down_proj.weight", {d, inter});    // [D, I]
-    if (!gate.defined() || !up.defined() || !dn.defined()) continue;
-    Tensor gu = gate_up.Select(x);
-    gu.Slice(0, 0, inter).CopyFrom(gate);
-    gu.Slice(0, inter, 2 * inter).CopyFrom(up);
-    down.Select(x).CopyFrom(dn);
+    if (x < e0 || x >= e0 + ne) {  // another rank's expert
+      for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) loader.Skip(b + w);
+      continue;
+    }
+    const Tensor gate = loader.Get(b + "gate_proj.weight", {inter, d}, {{0, i0, i0 + ni}});  // [I_local, D]
+    const Tensor up = loader.Get(b + "up_proj.weight", {inter, d}, {{0, i0, i0 + ni}});      // [I_local, D]
+    const Tensor dn = loader.Get(b + "down_proj.weight", {d, inter}, {{1, i0, i0 + ni}});    // [D, I_local]
+    Tensor gu = gate_up.Select(x - e0);
+    gu.Slice(0, 0, ni).CopyFrom(gate);
+    gu.Slice(0, ni, 2 * ni).CopyFrom(up);
+    down.Select(x - e0).CopyFrom(dn);
   }
   layer.experts.gate_up = gate_up;
   layer.experts.down = down;
@@ -108,7 +155,7 @@ void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const 
 
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t index, DecoderBatch& batch,
                             const Tensor& x, Tensor& out) const {
-  const int64_t t = x.dim(0), h = config_.num_heads, kvh = config_.num_kv_heads, hd = config_.head_dim;
+  const int64_t t = x.dim(0), h = shard_.num_heads, kvh = shard_.num_kv_heads, hd = config_.head_dim;
   Tensor q = backend.Allocate(DType::kF32, {t, h, hd});    // [T, H, hd]
   Tensor k = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
   Tensor v = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
@@ -132,16 +179,24 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t index,
   backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = k_starts,
                      .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
+  AllReduce(shard_.tp, out);
+}
+
+void TextDecoder::AllReduce(parallel::Communicator* comm, Tensor& partial) {
+  if (comm == nullptr || comm->size() == 1) return;
+  // A failed collective means a lost peer: this rank aborts and the launcher ends the job.
+  Q3VL_CHECK_OK(comm->AllReduce({.in = partial, .out = partial}));
 }
 
 void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const {
-  const int64_t t = x.dim(0), inter = config_.intermediate_size;
+  const int64_t t = x.dim(0), inter = layer.dense_gate.dim(0);
   Tensor gate_up = backend.Allocate(DType::kF32, {t, 2 * inter});  // [T, 2 Iff] = [gate | up]
   backend.Gemm({.a = x, .b = layer.dense_gate, .out = gate_up.Slice(1, 0, inter)});
   backend.Gemm({.a = x, .b = layer.dense_up, .out = gate_up.Slice(1, inter, 2 * inter)});
   Tensor act = backend.Allocate(DType::kF32, {t, inter});  // [T, Iff]
   backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
   backend.Gemm({.a = act, .b = layer.dense_down, .out = out});
+  AllReduce(shard_.tp, out);
 }
 
 void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
@@ -149,7 +204,10 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   const int64_t t = h.dim(0), d = config_.hidden_size;
   Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
   Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
-  moe::LocalDispatcher dispatcher;
+  moe::LocalDispatcher local;
+  std::optional<moe::AllToAllDispatcher> all_to_all;
+  if (shard_.ep != nullptr && shard_.ep->size() > 1) all_to_all.emplace(*shard_.ep, shard_.num_experts);
+  moe::Dispatcher& dispatcher = all_to_all ? static_cast<moe::Dispatcher&>(*all_to_all) : local;
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const Layer& layer = layers_[l];
     backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
@@ -162,6 +220,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
                       {.x = a, .out = delta, .top_k = static_cast<int>(config_.top_k),
                        .renormalize = config_.norm_topk_prob,
                        .routing_out = batch.trace ? &routing : nullptr});
+      AllReduce(shard_.etp, delta);
       if (batch.trace) Trace(batch.trace, "router_topk", l, routing.expert_ids);
     } else {
       DenseMlp(backend, layer, a, delta);
@@ -185,8 +244,21 @@ Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::ve
   backend.GatherRows({.table = hidden, .ids = Tensor::FromVectorI64(rows, {n}), .out = selected});
   backend.RmsNorm({.x = selected, .weight = norm_, .out = selected, .eps = config_.rms_norm_eps});
   Trace(trace, "final_hidden_normed", 0, selected);
-  Tensor logits = backend.Allocate(DType::kF32, {n, config_.vocab_size});  // [N, V]
-  backend.Gemm({.a = selected, .b = lm_head_, .out = logits});
+  Tensor local = backend.Allocate(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
+  backend.Gemm({.a = selected, .b = lm_head_, .out = local});
+  if (shard_.tp == nullptr || shard_.tp->size() == 1) return local;
+  // Vocab-parallel LM head: every rank's chunk, then [T, N, chunk] -> [N, V].
+  const int tp = shard_.tp->size();
+  Tensor gathered = backend.Allocate(DType::kF32, {tp * n, vocab_chunk_});  // [T N, V_chunk]
+  Q3VL_CHECK_OK(shard_.tp->AllGather({.in = local, .out = gathered}));
+  const int64_t v = config_.vocab_size;
+  Tensor logits = backend.Allocate(DType::kF32, {n, v});  // [N, V]
+  for (int r = 0; r < tp; ++r) {
+    const int64_t begin = r * vocab_chunk_, width = std::min(v, begin + vocab_chunk_) - begin;
+    for (int64_t i = 0; i < n && width > 0; ++i) {
+      std::copy_n(gathered.data<float>() + (r * n + i) * vocab_chunk_, width, logits.data<float>() + i * v + begin);
+    }
+  }
   return logits;
 }
 

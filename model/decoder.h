@@ -14,8 +14,27 @@
 #include "model/trace.h"
 #include "model/weight_loader.h"
 #include "moe/moe.h"
+#include "parallel/communicator.h"
 
 namespace q3vl::model {
+
+// This rank's part of the decoder and the groups its parallel layers talk to; the default is one
+// rank holding everything. Counts of 0 mean "all". The math per layer:
+//   attention: heads split over tp (q, k, v column-parallel; o row-parallel: Y = Σ_r X_r O_rᵀ,
+//              all-reduced over tp); KV heads split too, or replicated when tp > KV heads
+//   MoE:       experts split over ep (tokens exchanged by all-to-all, moe/ep_dispatcher.h), each
+//              expert's intermediate width split over etp (down row-parallel, all-reduced)
+//   dense MLP: intermediate split over tp (all-reduced); LM head: vocab split over tp
+//              (all-gathered, so every tp rank holds identical logits)
+struct DecoderShard {
+  int64_t first_head = 0, num_heads = 0;        // query heads
+  int64_t first_kv_head = 0, num_kv_heads = 0;  // KV heads
+  int64_t first_expert = 0, num_experts = 0;    // local experts
+  int64_t first_inter = 0, num_inter = 0;       // slice of each expert's intermediate width
+  parallel::Communicator* tp = nullptr;   // attention, dense MLP, LM head (nullptr: size 1)
+  parallel::Communicator* ep = nullptr;   // expert all-to-all (nullptr: all experts local)
+  parallel::Communicator* etp = nullptr;  // expert intermediate slices (nullptr: size 1)
+};
 
 // One forward step over packed sequences (prefill chunks and decode tokens alike).
 struct DecoderBatch {
@@ -31,7 +50,11 @@ struct DecoderBatch {
 
 class TextDecoder {
  public:
-  TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings);
+  TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings,
+              const DecoderShard& shard = {});
+
+  // KV heads this rank caches (size its PagedKvCache with it).
+  int64_t local_kv_heads() const { return shard_.num_kv_heads; }
 
   // out [N, D] = embed_tokens[ids].
   void Embed(Backend& backend, const Tensor& ids, Tensor& out) const;
@@ -45,27 +68,31 @@ class TextDecoder {
   struct Layer {
     Tensor input_norm;   // [D]
     Tensor post_norm;    // [D]
-    Tensor q_proj;       // [H hd, D]
-    Tensor k_proj;       // [KV hd, D]
-    Tensor v_proj;       // [KV hd, D]
-    Tensor o_proj;       // [D, H hd]
+    Tensor q_proj;       // [H_local hd, D]
+    Tensor k_proj;       // [KV_local hd, D]
+    Tensor v_proj;       // [KV_local hd, D]
+    Tensor o_proj;       // [D, H_local hd]
     Tensor q_norm;       // [hd]
     Tensor k_norm;       // [hd]
     bool moe = true;
     moe::ExpertWeights experts;
-    Tensor dense_gate;   // [Iff, D] (dense layers)
-    Tensor dense_up;     // [Iff, D]
-    Tensor dense_down;   // [D, Iff]
+    Tensor dense_gate;   // [Iff_local, D] (dense layers)
+    Tensor dense_up;     // [Iff_local, D]
+    Tensor dense_down;   // [D, Iff_local]
   };
   void LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const;
   void Attention(Backend& backend, const Layer& layer, int64_t index, DecoderBatch& batch,
                  const Tensor& x, Tensor& out) const;
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
+  // Sums a row-parallel partial result over `comm` in place (no-op without a group).
+  static void AllReduce(parallel::Communicator* comm, Tensor& partial);
 
   TextConfig config_;
+  DecoderShard shard_;     // counts filled in (never 0)
+  int64_t vocab_begin_ = 0, vocab_chunk_ = 0;  // LM head rows [begin, begin + chunk) (padded)
   Tensor embed_;    // [V, D], as stored
   Tensor norm_;     // [D]
-  Tensor lm_head_;  // [V, D]
+  Tensor lm_head_;  // [vocab_chunk, D]: this rank's vocab rows (zero past V)
   std::vector<Layer> layers_;
 };
 

@@ -2,19 +2,65 @@
 
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 
 namespace q3vl::model {
 
-absl::StatusOr<std::unique_ptr<Qwen3VL>> Qwen3VL::Load(const std::string& dir, Backend& backend) {
+namespace {
+
+parallel::Communicator* DataPlane(const parallel::CommGroups& groups, const char* name) {
+  const parallel::CommGroup& g = groups.group(name);
+  return g.size() > 1 ? g.device.get() : nullptr;
+}
+
+DecoderShard ShardFor(const parallel::ShardPlan& plan, const parallel::Topology& topology,
+                      const parallel::CommGroups& groups) {
+  const parallel::RankCoords& c = topology.coords();
+  return {.first_head = plan.FirstHead(c.tp_rank), .num_heads = plan.local_heads,
+          .first_kv_head = plan.FirstKvHead(c.tp_rank), .num_kv_heads = plan.local_kv_heads,
+          .first_expert = plan.FirstExpert(c.ep_rank), .num_experts = plan.local_experts,
+          .first_inter = plan.FirstIntermediate(c.etp_rank), .num_inter = plan.local_moe_intermediate,
+          .tp = DataPlane(groups, "tp"), .ep = DataPlane(groups, "ep"), .etp = DataPlane(groups, "etp")};
+}
+
+}  // namespace
+
+absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
+                                               const parallel::ParallelConfig& mesh) {
+  const TextConfig& t = config.text;
+  Q3VL_ASSIGN_OR_RETURN(
+      parallel::ShardPlan plan,
+      parallel::ComputeShardPlan(mesh, {.num_heads = static_cast<int>(t.num_heads),
+                                        .num_kv_heads = static_cast<int>(t.num_kv_heads),
+                                        .num_experts = static_cast<int>(t.num_experts),
+                                        .moe_intermediate = static_cast<int>(t.moe_intermediate_size),
+                                        .num_layers = static_cast<int>(t.num_layers),
+                                        .num_deepstack = static_cast<int>(config.vision.deepstack_visual_indexes.size())}));
+  if (mesh.pp > 1 || mesh.vision > 0 || mesh.dp > 1) {
+    // TODO(#4): pipeline stages, dedicated vision ranks, replicas.
+    return absl::UnimplementedError(absl::StrCat(
+        "mesh ", mesh.ToString(), ": this build runs single-stage meshes (tp and ep, one dividing "
+        "the other) without vision ranks; pp > 1, vision > 0 and dp > 1 are not available yet"));
+  }
+  return plan;
+}
+
+absl::StatusOr<std::unique_ptr<Qwen3VL>> Qwen3VL::Load(const std::string& dir, Backend& backend,
+                                                       const ModelParallel& parallel) {
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   Q3VL_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(config_path));
+  DecoderShard shard;
+  if (parallel.topology != nullptr) {
+    Q3VL_ASSIGN_OR_RETURN(parallel::ShardPlan plan, PlanShards(config, parallel.topology->config()));
+    shard = ShardFor(plan, *parallel.topology, *parallel.groups);
+  }
   std::unique_ptr<Qwen3VL> model(new Qwen3VL(std::move(config), backend));
   Q3VL_ASSIGN_OR_RETURN(model->checkpoint_, Checkpoint::Open(dir));
   WeightLoader loader(*model->checkpoint_, backend);
   model->vision_ = std::make_unique<VisionTower>(model->config_.vision, loader);
   model->decoder_ = std::make_unique<TextDecoder>(model->config_.text, loader,
-                                                  model->config_.tie_word_embeddings);
+                                                  model->config_.tie_word_embeddings, shard);
   Q3VL_RETURN_IF_ERROR(Annotate(loader.Finish(), dir));
   return model;
 }

@@ -14,14 +14,31 @@
 #include "model/decoder.h"
 #include "model/safetensors.h"
 #include "model/vision.h"
+#include "parallel/comm_groups.h"
+#include "parallel/shard_plan.h"
+#include "parallel/topology.h"
 
 namespace q3vl::model {
+
+// How this rank takes part in a mesh. Absent (null topology): one rank holds the whole model.
+struct ModelParallel {
+  const parallel::Topology* topology = nullptr;
+  const parallel::CommGroups* groups = nullptr;  // REQUIRES: made from *topology
+};
+
+// The mesh checked against the model before any weight is read (InvalidArgument saying what
+// would be valid). Meshes this build cannot run yet (pp > 1, vision ranks) are Unimplemented.
+absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
+                                               const parallel::ParallelConfig& mesh);
 
 class Qwen3VL {
  public:
   // Reads DIR/config.json and the safetensors checkpoint in DIR; every missing, mismatched or
   // unexpected tensor is reported in one error.
-  static absl::StatusOr<std::unique_ptr<Qwen3VL>> Load(const std::string& dir, Backend& backend);
+  // With `parallel`, this rank reads only its slices (heads, experts, vocab rows) and its
+  // decoder layers use the mesh's groups.
+  static absl::StatusOr<std::unique_ptr<Qwen3VL>> Load(const std::string& dir, Backend& backend,
+                                                       const ModelParallel& parallel = {});
 
   const ModelConfig& config() const { return config_; }
   const VisionTower& vision() const { return *vision_; }

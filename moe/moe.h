@@ -30,6 +30,16 @@ struct DispatchHandle {
   Tensor source_token;           // [R] i64: token index each row came from
   Tensor weight;                 // [R] f32: routing weight of the row
   int64_t num_tokens = 0;
+
+  // Expert-parallel dispatch only (ep_dispatcher.h): the sending side of the exchange.
+  struct Exchange {
+    int64_t shard_begin = 0, shard_end = 0;  // this rank's token share [begin, end)
+    std::vector<int64_t> send_counts;        // [E] rows sent to each rank
+    std::vector<int64_t> recv_counts;        // [E] rows received from each rank
+    Tensor sent_token;                       // [R_send] i64: token of each sent row
+    Tensor sent_weight;                      // [R_send] f32: its routing weight
+    Tensor order;                            // [R_recv] i64: received index of each grouped row
+  } exchange;
 };
 
 struct Routing {

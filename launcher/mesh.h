@@ -1,0 +1,46 @@
+// A distributed run of a q3vl command under mpirun: MPI started, the world communicator, the
+// Topology of --mesh and its groups. Rank 0 of the world is the leader: it alone writes files
+// and prints results. Owned by the command for its whole run; one thread.
+#ifndef Q3VL_LAUNCHER_MESH_H_
+#define Q3VL_LAUNCHER_MESH_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/qwen3_vl.h"
+#include "parallel/comm_groups.h"
+#include "parallel/communicator.h"
+#include "parallel/mpi/mpi_comm.h"
+#include "parallel/topology.h"
+
+namespace q3vl::launcher {
+
+class MeshRun {
+ public:
+  // Starts MPI and builds the mesh. InvalidArgument when the world size is not the mesh's
+  // (the message gives the mpirun -np to use).
+  static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh);
+  ~MeshRun();
+
+  bool leader() const { return world_->rank() == 0; }
+  int rank() const { return world_->rank(); }
+  model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
+
+  // Collective: OK iff `status` is OK on every rank. A failed rank prints its own error (with
+  // its rank) to stderr; every rank then returns an error, so no rank waits on a dead peer.
+  absl::Status Agree(const absl::Status& status);
+
+ private:
+  MeshRun() = default;
+
+  std::unique_ptr<parallel::MpiRuntime> mpi_;  // destroyed last
+  std::shared_ptr<parallel::Communicator> world_;
+  std::optional<parallel::Topology> topology_;
+  std::optional<parallel::CommGroups> groups_;
+};
+
+}  // namespace q3vl::launcher
+
+#endif  // Q3VL_LAUNCHER_MESH_H_

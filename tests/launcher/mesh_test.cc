@@ -1,0 +1,92 @@
+// `mpirun -np N q3vl eval-case CASE --mesh M` on every golden case and the meshes this build
+// runs: rank 0's files must equal the single-rank reference (position ids and greedy tokens
+// exact, logits within 2e-3). Plus a bad mesh and a wrong world size: exit non-zero, promptly,
+// with the reason. Real processes, real MPI (label multirank).
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "core/npy.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace q3vl {
+namespace {
+
+struct MpiResult {
+  int code;
+  std::string output;
+  double seconds;
+};
+
+MpiResult Mpirun(int np, const std::string& args) {
+  const std::string cmd = std::string(Q3VL_MPIEXEC) + " --allow-run-as-root --oversubscribe -np " +
+                          std::to_string(np) + " " + Q3VL_BINARY + " " + args + " 2>&1";
+  const auto start = std::chrono::steady_clock::now();
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+}
+
+class MeshEvalCaseTest : public ::testing::TestWithParam<std::tuple<std::string, int, std::string>> {};
+
+TEST_P(MeshEvalCaseTest, RankZeroWritesTheSingleRankResult) {
+  const auto& [mesh, np, name] = GetParam();
+  const std::string dir = testing::GoldenCaseDir(name);
+  ASSERT_FALSE(dir.empty()) << name;
+  const std::string out = ::testing::TempDir() + "/mesh_" + std::to_string(np) + "_" + name;
+  std::filesystem::remove_all(out);
+  const MpiResult r = Mpirun(np, "eval-case " + dir + " --mesh " + mesh + " --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* file : {"position_ids.npy", "greedy_tokens.npy", "logits.npy"}) {
+    auto got = ReadNpy(out + "/" + file);
+    auto want = ReadNpy(dir + "/expected/" + file);
+    ASSERT_TRUE(got.ok() && want.ok()) << file;
+    EXPECT_LE(testing::MaxAbsDiff(*got, *want), std::string(file) == "logits.npy" ? 2e-3f : 0.0f) << file;
+  }
+}
+
+std::vector<std::tuple<std::string, int, std::string>> Params() {
+  std::vector<std::tuple<std::string, int, std::string>> params;
+  const std::pair<const char*, int> meshes[] = {{"tp=2", 2}, {"ep=2", 2}, {"tp=2,ep=2", 2}};
+  for (const auto& [mesh, np] : meshes) {
+    for (const char* name : {"01_text_only", "02_image_single", "03_two_images", "04_video",
+                             "05_video_all_frames_ties", "06_image_and_video", "07_realvocab_image",
+                             "08_optional_dense_layer"}) {
+      params.emplace_back(mesh, np, name);
+    }
+  }
+  return params;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, MeshEvalCaseTest, ::testing::ValuesIn(Params()), [](const auto& info) {
+  std::string mesh = std::get<0>(info.param);
+  for (char& c : mesh) c = (c == '=' || c == ',') ? '_' : c;
+  return mesh + "_" + std::get<2>(info.param);
+});
+
+TEST(MeshTest, BadMeshesFailFastWithTheReason) {
+  const std::string dir = testing::GoldenCaseDir("01_text_only");
+  const std::string out = ::testing::TempDir() + "/mesh_bad";
+  MpiResult r = Mpirun(2, "eval-case " + dir + " --mesh tp=4 --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("needs 4 ranks, this job has 2"), std::string::npos) << r.output;
+  r = Mpirun(3, "eval-case " + dir + " --mesh tp=3 --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("valid tp for this model: 1, 2, 4"), std::string::npos) << r.output;
+  EXPECT_LT(r.seconds, 30.0);
+  EXPECT_FALSE(std::filesystem::exists(out + "/logits.npy"));
+}
+
+}  // namespace
+}  // namespace q3vl
