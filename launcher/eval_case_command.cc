@@ -15,7 +15,7 @@ int EvalCaseCommand(const Args& args) {
       ("case", po::value<std::string>()->required(), "golden case directory (model/, inputs/, case.json)")
       ("out", po::value<std::string>()->required(), "output directory (created)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh tp=T,ep=E (run under mpirun -np max(T,E)); pp and vision stages are not available yet")
+      ("mesh", po::value<std::string>(), "parallel mesh pp=P,tp=T,ep=E (run under mpirun -np P*max(T,E)); vision=V and dp=D are not available yet")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
   positional.add("case", 1);

@@ -33,6 +33,8 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
   if (s.num_kv_heads == 0) s.first_kv_head = 0, s.num_kv_heads = config.num_kv_heads;
   if (s.num_experts == 0) s.first_expert = 0, s.num_experts = config.num_experts;
   if (s.num_inter == 0) s.first_inter = 0, s.num_inter = config.moe_intermediate_size;
+  if (s.num_layers == 0) s.first_layer = 0, s.num_layers = config.num_layers;
+  const bool last_stage = Rank(s.pp) == Size(s.pp) - 1;
   const int64_t d = config.hidden_size, hd = config.head_dim, v = config.vocab_size;
   const std::string p = kPrefix;
   const int tp_rank = Rank(s.tp), tp = Size(s.tp);
@@ -43,16 +45,24 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
   vocab_chunk_ = (v + tp - 1) / tp;
   vocab_begin_ = tp_rank * vocab_chunk_;
   const int64_t vocab_end = std::min(v, vocab_begin_ + vocab_chunk_);
-  const Tensor head = tie_word_embeddings
-                          ? embed_.Slice(0, vocab_begin_, vocab_end).ToF32()
-                          : loader.Get("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
-  lm_head_ = head.dim(0) == vocab_chunk_ ? head : Tensor::Empty(DType::kF32, {vocab_chunk_, d});
-  if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head.Clone());
+  if (!last_stage) {
+    loader.Skip("lm_head.weight");  // only the last stage computes logits
+  } else {
+    const Tensor head = tie_word_embeddings
+                            ? embed_.Slice(0, vocab_begin_, vocab_end).ToF32()
+                            : loader.Get("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
+    lm_head_ = head.dim(0) == vocab_chunk_ ? head : Tensor::Empty(DType::kF32, {vocab_chunk_, d});
+    if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head.Clone());
+  }
   const std::vector<SliceRange> q_rows = {{0, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   const std::vector<SliceRange> kv_rows = {{0, s.first_kv_head * hd, (s.first_kv_head + s.num_kv_heads) * hd}};
   const std::vector<SliceRange> o_cols = {{1, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const std::string b = absl::StrCat(p, "layers.", l, ".");
+    if (l < s.first_layer || l >= s.first_layer + s.num_layers) {
+      loader.SkipPrefix(b);
+      continue;
+    }
     Layer layer{
         .input_norm = loader.Get(b + "input_layernorm.weight", {d}),
         .post_norm = loader.Get(b + "post_attention_layernorm.weight", {d}),
@@ -204,12 +214,15 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   const int64_t t = h.dim(0), d = config_.hidden_size;
   Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
   Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
+  const int stage = Rank(shard_.pp), num_stages = Size(shard_.pp);
+  if (stage > 0) Q3VL_CHECK_OK(shard_.pp->Recv(h, stage - 1));  // the previous stage's output
   moe::LocalDispatcher local;
   std::optional<moe::AllToAllDispatcher> all_to_all;
   if (shard_.ep != nullptr && shard_.ep->size() > 1) all_to_all.emplace(*shard_.ep, shard_.num_experts);
   moe::Dispatcher& dispatcher = all_to_all ? static_cast<moe::Dispatcher&>(*all_to_all) : local;
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    const Layer& layer = layers_[l];
+  for (int64_t i = 0; i < shard_.num_layers; ++i) {
+    const int64_t l = shard_.first_layer + i;  // global layer index (KV cache, DeepStack, traces)
+    const Layer& layer = layers_[i];
     backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
     Attention(backend, layer, l, batch, a, delta);
     backend.Add({.a = h, .b = delta, .out = h});
@@ -232,6 +245,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     }
     Trace(batch.trace, "layer_hidden", l, h);
   }
+  if (stage + 1 < num_stages) Q3VL_CHECK_OK(shard_.pp->Send(h, stage + 1));
   for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
     batch.kv->Commit(batch.seq_ids[s], batch.q_starts[s + 1] - batch.q_starts[s]);
   }
@@ -239,6 +253,18 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
 
 Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                            const TraceFn* trace) const {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  const int last = Size(shard_.pp) - 1;
+  if (last == 0) return StageLogits(backend, hidden, rows, trace);
+  // TODO(#4): broadcast sampled tokens instead of whole logits once sampling is distributed.
+  Tensor logits = Rank(shard_.pp) == last ? StageLogits(backend, hidden, rows, trace)
+                                          : backend.Allocate(DType::kF32, {n, config_.vocab_size});
+  Q3VL_CHECK_OK(shard_.pp->Broadcast(logits, last));
+  return logits;
+}
+
+Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                                const TraceFn* trace) const {
   const int64_t n = static_cast<int64_t>(rows.size()), d = config_.hidden_size;
   Tensor selected = backend.Allocate(DType::kF32, {n, d});  // [N, D]
   backend.GatherRows({.table = hidden, .ids = Tensor::FromVectorI64(rows, {n}), .out = selected});

@@ -31,9 +31,14 @@ struct DecoderShard {
   int64_t first_kv_head = 0, num_kv_heads = 0;  // KV heads
   int64_t first_expert = 0, num_experts = 0;    // local experts
   int64_t first_inter = 0, num_inter = 0;       // slice of each expert's intermediate width
+  int64_t first_layer = 0, num_layers = 0;      // this pipeline stage's layers
   parallel::Communicator* tp = nullptr;   // attention, dense MLP, LM head (nullptr: size 1)
   parallel::Communicator* ep = nullptr;   // expert all-to-all (nullptr: all experts local)
   parallel::Communicator* etp = nullptr;  // expert intermediate slices (nullptr: size 1)
+  // Pipeline: one rank per stage, rank = stage. Stage p receives the hidden states from p - 1,
+  // runs its layers and sends them to p + 1; the last stage's logits are broadcast to all
+  // stages so that every rank samples the same token.
+  parallel::Communicator* pp = nullptr;
 };
 
 // One forward step over packed sequences (prefill chunks and decode tokens alike).
@@ -86,6 +91,9 @@ class TextDecoder {
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
   // Sums a row-parallel partial result over `comm` in place (no-op without a group).
   static void AllReduce(parallel::Communicator* comm, Tensor& partial);
+  // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp.
+  Tensor StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                     const TraceFn* trace) const;
 
   TextConfig config_;
   DecoderShard shard_;     // counts filled in (never 0)
@@ -93,7 +101,7 @@ class TextDecoder {
   Tensor embed_;    // [V, D], as stored
   Tensor norm_;     // [D]
   Tensor lm_head_;  // [vocab_chunk, D]: this rank's vocab rows (zero past V)
-  std::vector<Layer> layers_;
+  std::vector<Layer> layers_;  // layers [shard_.first_layer, + num_layers)
 };
 
 }  // namespace q3vl::model

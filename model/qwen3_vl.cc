@@ -21,7 +21,9 @@ DecoderShard ShardFor(const parallel::ShardPlan& plan, const parallel::Topology&
           .first_kv_head = plan.FirstKvHead(c.tp_rank), .num_kv_heads = plan.local_kv_heads,
           .first_expert = plan.FirstExpert(c.ep_rank), .num_experts = plan.local_experts,
           .first_inter = plan.FirstIntermediate(c.etp_rank), .num_inter = plan.local_moe_intermediate,
-          .tp = DataPlane(groups, "tp"), .ep = DataPlane(groups, "ep"), .etp = DataPlane(groups, "etp")};
+          .first_layer = plan.FirstLayer(c.stage), .num_layers = plan.NumLayers(c.stage),
+          .tp = DataPlane(groups, "tp"), .ep = DataPlane(groups, "ep"), .etp = DataPlane(groups, "etp"),
+          .pp = DataPlane(groups, "pp")};
 }
 
 }  // namespace
@@ -37,11 +39,11 @@ absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
                                         .moe_intermediate = static_cast<int>(t.moe_intermediate_size),
                                         .num_layers = static_cast<int>(t.num_layers),
                                         .num_deepstack = static_cast<int>(config.vision.deepstack_visual_indexes.size())}));
-  if (mesh.pp > 1 || mesh.vision > 0 || mesh.dp > 1) {
-    // TODO(#4): pipeline stages, dedicated vision ranks, replicas.
+  if (mesh.vision > 0 || mesh.dp > 1) {
+    // TODO(#4): dedicated vision ranks, replicas.
     return absl::UnimplementedError(absl::StrCat(
-        "mesh ", mesh.ToString(), ": this build runs single-stage meshes (tp and ep, one dividing "
-        "the other) without vision ranks; pp > 1, vision > 0 and dp > 1 are not available yet"));
+        "mesh ", mesh.ToString(), ": this build runs decoder meshes (pp, tp, ep) with the vision "
+        "tower on the stage-0 ranks; vision > 0 and dp > 1 are not available yet"));
   }
   return plan;
 }

@@ -33,6 +33,12 @@ class WeightLoader {
   Tensor GetStored(const std::string& name, const Shape& shape);
   // Marks `name` as known without loading it (a tensor another rank or stage owns).
   void Skip(const std::string& name) { declared_.insert(name); }
+  // Skip for every checkpoint tensor whose name starts with `prefix` (another stage's layer).
+  void SkipPrefix(const std::string& prefix) {
+    for (const std::string& name : checkpoint_.Names()) {
+      if (name.compare(0, prefix.size(), prefix) == 0) declared_.insert(name);
+    }
+  }
 
   // OK, or InvalidArgument/NotFound listing all missing, mismatched and unexpected tensors.
   absl::Status Finish() const;
