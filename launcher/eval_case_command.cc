@@ -15,7 +15,7 @@ int EvalCaseCommand(const Args& args) {
       ("case", po::value<std::string>()->required(), "golden case directory (model/, inputs/, case.json)")
       ("out", po::value<std::string>()->required(), "output directory (created)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh pp=P,tp=T,ep=E (run under mpirun -np P*max(T,E)); vision=V and dp=D are not available yet")
+      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E (run under mpirun -np V+P*max(T,E)); dp=D is not available yet")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
   positional.add("case", 1);
@@ -48,6 +48,12 @@ int EvalCaseCommand(const Args& args) {
   auto model = model::Qwen3VL::Load(golden->dir + "/model", **backend,
                                     mesh ? mesh->parallel() : model::ModelParallel{});
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
+  if ((*model)->is_vision_rank()) {  // the vision stage serves the tower, then is done
+    for (const model::VisionInput* input : {&golden->request.images, &golden->request.videos}) {
+      if (!input->grids.empty()) (*model)->ServeVision(*input);
+    }
+    return step(absl::OkStatus()).ok() ? 0 : 1;
+  }
   auto output = RunGoldenCase(**model, *golden);
   if (absl::Status s = step(output.status()); !s.ok()) return fail(s);
   const int64_t seq_len = static_cast<int64_t>(golden->request.input_ids.size());
@@ -58,7 +64,7 @@ int EvalCaseCommand(const Args& args) {
   std::cerr << "eval-case: seq_len " << seq_len << ", rope_delta " << output->result.rope.rope_delta
             << ", " << output->result.tokens.size() << " greedy tokens in " << output->seconds << " s -> "
             << vm["out"].as<std::string>() << (mesh ? " (mesh " + vm["mesh"].as<std::string>() + ")" : "")
-            << ", bytes read by rank 0: " << (*model)->bytes_read() << std::endl;
+            << ", checkpoint bytes read here: " << (*model)->bytes_read() << std::endl;
   return 0;
 }
 

@@ -105,7 +105,7 @@ int GenerateCommand(const Args& args) {
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
       ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh pp=P,tp=T,ep=E: run under mpirun -np P*max(T,E); rank 0 prints")
+      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E: run under mpirun -np V+P*max(T,E); the first stage-0 rank prints")
       ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
   po::positional_options_description positional;
   auto parsed = ParseArgs(kName, "--model DIR (--prompt TEXT [--image P]... [--video P]... | --messages FILE | --ids 1,2,3) [options]",
@@ -164,6 +164,14 @@ int GenerateCommand(const Args& args) {
   const double load_s = SecondsSince(load_start);
   request.sampling = Sampling(vm, (*model)->config());
   const std::vector<model::GenerationRequest> requests(vm["batch"].as<int>(), request);
+  if ((*model)->is_vision_rank()) {  // the vision stage: the tower for each request, then done
+    for (const model::GenerationRequest& r : requests) {
+      for (const model::VisionInput* input : {&r.images, &r.videos}) {
+        if (!input->grids.empty()) (*model)->ServeVision(*input);
+      }
+    }
+    return step(absl::OkStatus()).ok() ? 0 : 1;
+  }
 
   const bool json = vm["json"].as<bool>() || !leader;  // non-leaders print nothing
   std::optional<model::StreamDecoder> stream;

@@ -1,6 +1,6 @@
 // A distributed run of a q3vl command under mpirun: MPI started, the world communicator, the
-// Topology of --mesh and its groups. Rank 0 of the world is the leader: it alone writes files
-// and prints results. Owned by the command for its whole run; one thread.
+// Topology of --mesh and its groups. The replica leader (the first stage-0 rank, after the
+// vision ranks) alone writes files and prints results. Owned by the command; one thread.
 #ifndef Q3VL_LAUNCHER_MESH_H_
 #define Q3VL_LAUNCHER_MESH_H_
 
@@ -24,7 +24,8 @@ class MeshRun {
   static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh);
   ~MeshRun();
 
-  bool leader() const { return world_->rank() == 0; }
+  // The replica leader (stage 0, stage rank 0): it writes files and prints.
+  bool leader() const { return topology_->ReplicaLeader() == world_->rank(); }
   int rank() const { return world_->rank(); }
   model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
 

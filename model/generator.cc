@@ -144,8 +144,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     }
     if (visual_ids.empty()) continue;
     VisionOutput image, video;
-    if (!r.images.grids.empty()) image = model_.vision().Forward(backend, r.images, options_.trace);
-    if (!r.videos.grids.empty()) video = model_.vision().Forward(backend, r.videos, options_.trace);
+    if (!r.images.grids.empty()) image = model_.RunVision(r.images, options_.trace);
+    if (!r.videos.grids.empty()) video = model_.RunVision(r.videos, options_.trace);
     visual_embeds.push_back(Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d));
     for (size_t k = 0; k < num_deepstack; ++k) {
       deepstack[k].push_back(Interleave(backend, image.deepstack.empty() ? Tensor() : image.deepstack[k],

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 
 namespace q3vl::model {
@@ -39,11 +40,10 @@ absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
                                         .moe_intermediate = static_cast<int>(t.moe_intermediate_size),
                                         .num_layers = static_cast<int>(t.num_layers),
                                         .num_deepstack = static_cast<int>(config.vision.deepstack_visual_indexes.size())}));
-  if (mesh.vision > 0 || mesh.dp > 1) {
-    // TODO(#4): dedicated vision ranks, replicas.
-    return absl::UnimplementedError(absl::StrCat(
-        "mesh ", mesh.ToString(), ": this build runs decoder meshes (pp, tp, ep) with the vision "
-        "tower on the stage-0 ranks; vision > 0 and dp > 1 are not available yet"));
+  if (mesh.dp > 1) {
+    // TODO(#4): replicas (each its own copy of this mesh) behind the coordinator.
+    return absl::UnimplementedError(absl::StrCat("mesh ", mesh.ToString(),
+                                                 ": dp > 1 (replicas) is not available yet"));
   }
   return plan;
 }
@@ -53,18 +53,57 @@ absl::StatusOr<std::unique_ptr<Qwen3VL>> Qwen3VL::Load(const std::string& dir, B
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   Q3VL_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(config_path));
   DecoderShard shard;
+  Role role = Role::kLocal;
+  VisionStageGroups vision_groups;
   if (parallel.topology != nullptr) {
-    Q3VL_ASSIGN_OR_RETURN(parallel::ShardPlan plan, PlanShards(config, parallel.topology->config()));
-    shard = ShardFor(plan, *parallel.topology, *parallel.groups);
+    const parallel::Topology& topology = *parallel.topology;
+    Q3VL_ASSIGN_OR_RETURN(parallel::ShardPlan plan, PlanShards(config, topology.config()));
+    const bool has_vision_stage = topology.config().vision > 0;
+    vision_groups = {.vision = parallel.groups->group("vision").device.get(),
+                     .bcast = parallel.groups->group("vision_bcast").device.get()};
+    if (topology.is_vision()) {
+      role = Role::kVision;
+    } else {
+      shard = ShardFor(plan, topology, *parallel.groups);
+      if (topology.coords().stage > 0) {
+        role = Role::kPlaceholder;
+      } else if (has_vision_stage) {
+        role = Role::kReceive;
+      }
+    }
   }
   std::unique_ptr<Qwen3VL> model(new Qwen3VL(std::move(config), backend));
+  model->role_ = role;
+  model->vision_groups_ = vision_groups;
   Q3VL_ASSIGN_OR_RETURN(model->checkpoint_, Checkpoint::Open(dir));
   WeightLoader loader(*model->checkpoint_, backend);
+  // TODO(#4): decoder ranks of a mesh with vision ranks need only the vision config, not weights.
   model->vision_ = std::make_unique<VisionTower>(model->config_.vision, loader);
-  model->decoder_ = std::make_unique<TextDecoder>(model->config_.text, loader,
-                                                  model->config_.tie_word_embeddings, shard);
+  if (role == Role::kVision) {
+    loader.SkipPrefix("model.language_model.");
+    loader.SkipPrefix("lm_head.");
+  } else {
+    model->decoder_ = std::make_unique<TextDecoder>(model->config_.text, loader,
+                                                    model->config_.tie_word_embeddings, shard);
+  }
   Q3VL_RETURN_IF_ERROR(Annotate(loader.Finish(), dir));
   return model;
+}
+
+VisionOutput Qwen3VL::RunVision(const VisionInput& input, const TraceFn* trace) const {
+  switch (role_) {
+    case Role::kReceive:
+      return ReceiveVision(backend_, config_, input, vision_groups_);
+    case Role::kPlaceholder:
+      return PlaceholderVision(backend_, config_, input);
+    default:
+      return vision_->Forward(backend_, input, trace);
+  }
+}
+
+void Qwen3VL::ServeVision(const VisionInput& input) const {
+  Q3VL_CHECK(role_ == Role::kVision);
+  model::ServeVision(backend_, *vision_, input, vision_groups_);
 }
 
 }  // namespace q3vl::model

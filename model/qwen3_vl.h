@@ -14,6 +14,7 @@
 #include "model/decoder.h"
 #include "model/safetensors.h"
 #include "model/vision.h"
+#include "model/vision_stage.h"
 #include "parallel/comm_groups.h"
 #include "parallel/shard_plan.h"
 #include "parallel/topology.h"
@@ -42,12 +43,28 @@ class Qwen3VL {
 
   const ModelConfig& config() const { return config_; }
   const VisionTower& vision() const { return *vision_; }
+  // REQUIRES: !is_vision_rank() (vision ranks hold no decoder).
   const TextDecoder& decoder() const { return *decoder_; }
+  // A rank of the mesh's vision stage: it serves the tower (ServeVision) and holds no decoder.
+  bool is_vision_rank() const { return role_ == Role::kVision; }
+
+  // The vision features of `input` as this rank needs them: the tower run here (one rank, or
+  // stage 0 of a mesh without vision ranks), received from the vision stage (stage 0 of a mesh
+  // with vision ranks), or zero placeholders (later pipeline stages never read them).
+  // Collective under a mesh with vision ranks: matches ServeVision on the vision ranks.
+  VisionOutput RunVision(const VisionInput& input, const TraceFn* trace = nullptr) const;
+  // Vision ranks: this rank's part of the tower for `input` (see model/vision_stage.h).
+  void ServeVision(const VisionInput& input) const;
   Backend& backend() const { return backend_; }
   uint64_t bytes_read() const { return checkpoint_->bytes_read(); }
 
  private:
   Qwen3VL(ModelConfig config, Backend& backend) : config_(std::move(config)), backend_(backend) {}
+
+  // What this rank does with the vision tower.
+  enum class Role : unsigned char { kLocal, kVision, kReceive, kPlaceholder };
+  Role role_ = Role::kLocal;
+  VisionStageGroups vision_groups_;
 
   ModelConfig config_;
   Backend& backend_;

@@ -34,6 +34,8 @@ class VisionTower {
   // "vision_block" (index = block).
   VisionOutput Forward(Backend& backend, const VisionInput& input, const TraceFn* trace = nullptr) const;
 
+  const VisionConfig& config() const { return config_; }
+
   // Validates pixel_values against the grids (shape, patch size, merge divisibility).
   absl::Status CheckInput(const VisionInput& input) const;
 

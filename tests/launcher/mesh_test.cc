@@ -59,7 +59,8 @@ TEST_P(MeshEvalCaseTest, RankZeroWritesTheSingleRankResult) {
 std::vector<std::tuple<std::string, int, std::string>> Params() {
   std::vector<std::tuple<std::string, int, std::string>> params;
   const std::pair<const char*, int> meshes[] = {{"tp=2", 2}, {"ep=2", 2}, {"tp=2,ep=2", 2}, {"pp=2", 2},
-                                                {"pp=2,tp=2", 4}};
+                                                {"pp=2,tp=2", 4}, {"vision=1,tp=2", 3},
+                                                {"vision=2,pp=2,tp=2", 6}};
   for (const auto& [mesh, np] : meshes) {
     for (const char* name : {"01_text_only", "02_image_single", "03_two_images", "04_video",
                              "05_video_all_frames_ties", "06_image_and_video", "07_realvocab_image",
