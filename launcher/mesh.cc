@@ -27,7 +27,8 @@ void SplitCoresAmongLocalRanks() {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh) {
+absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh,
+                                                        const parallel::DataPlaneFactory& data_plane) {
   SplitCoresAmongLocalRanks();
   Q3VL_ASSIGN_OR_RETURN(parallel::ParallelConfig config, parallel::ParallelConfig::FromString(mesh));
   std::unique_ptr<MeshRun> run(new MeshRun());
@@ -42,7 +43,7 @@ absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh)
   Q3VL_ASSIGN_OR_RETURN(parallel::Topology topology,
                         parallel::Topology::Create(config, run->world_->size(), run->world_->rank()));
   run->topology_.emplace(std::move(topology));
-  Q3VL_ASSIGN_OR_RETURN(parallel::CommGroups groups, parallel::CommGroups::Create(*run->topology_, run->world_));
+  Q3VL_ASSIGN_OR_RETURN(parallel::CommGroups groups, parallel::CommGroups::Create(*run->topology_, run->world_, data_plane));
   run->groups_.emplace(std::move(groups));
   return run;
 }

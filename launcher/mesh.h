@@ -21,12 +21,16 @@ class MeshRun {
  public:
   // Starts MPI and builds the mesh. InvalidArgument when the world size is not the mesh's
   // (the message gives the mpirun -np to use).
-  static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh);
+  // `data_plane` (optional) wraps or replaces each group's data-plane communicator.
+  static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh,
+                                                        const parallel::DataPlaneFactory& data_plane = nullptr);
   ~MeshRun();
 
   // The replica leader (stage 0, stage rank 0): it writes files and prints.
   bool leader() const { return topology_->ReplicaLeader() == world_->rank(); }
   int rank() const { return world_->rank(); }
+  parallel::Communicator& world() { return *world_; }
+  const parallel::Topology& topology() const { return *topology_; }
   model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
 
   // Collective: OK iff `status` is OK on every rank. A failed rank prints its own error (with
