@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -16,6 +17,14 @@ inline std::string TestDataDir() { return Q3VL_TEST_DATA_DIR; }
 // A path in the source tree, e.g. SourcePath("model/assets/qwen3/tokenizer.json").
 inline std::string SourcePath(const std::string& relative) {
   return (std::filesystem::path(TestDataDir()).parent_path().parent_path() / relative).string();
+}
+
+// Every model case of ../shared/golden/cases (public set), in order.
+inline const std::vector<std::string>& GoldenCaseNames() {
+  static const std::vector<std::string> names = {
+      "01_text_only", "02_image_single", "03_two_images", "04_video", "05_video_all_frames_ties",
+      "06_image_and_video", "07_realvocab_image", "08_optional_dense_layer"};
+  return names;
 }
 
 // Directory of golden case `name`: the repo copy, else ../shared/golden/cases (large cases).

@@ -62,9 +62,7 @@ std::vector<std::tuple<std::string, int, std::string>> Params() {
                                                 {"pp=2,tp=2", 4}, {"vision=1,tp=2", 3},
                                                 {"vision=2,pp=2,tp=2", 6}};
   for (const auto& [mesh, np] : meshes) {
-    for (const char* name : {"01_text_only", "02_image_single", "03_two_images", "04_video",
-                             "05_video_all_frames_ties", "06_image_and_video", "07_realvocab_image",
-                             "08_optional_dense_layer"}) {
+    for (const std::string& name : testing::GoldenCaseNames()) {
       params.emplace_back(mesh, np, name);
     }
   }

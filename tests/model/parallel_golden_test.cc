@@ -91,11 +91,9 @@ std::vector<std::tuple<std::string, std::string>> Params() {
   for (const char* mesh : {"tp=2", "ep=2", "tp=2,ep=2", "tp=4", "tp=2,ep=4", "tp=4,ep=2", "pp=2", "pp=3",
                            "pp=2,tp=2", "pp=2,tp=2,ep=2", "vision=1,tp=2", "vision=2",
                            "vision=3,pp=2", "vision=2,pp=2,tp=2"}) {
-    for (const char* name : {"01_text_only", "02_image_single", "03_two_images", "04_video",
-                             "05_video_all_frames_ties", "06_image_and_video", "07_realvocab_image",
-                             "08_optional_dense_layer"}) {
+    for (const std::string& name : testing::GoldenCaseNames()) {
       // 07 has 4 layers, 3 of them DeepStack layers that stage 0 must own: pp <= 2.
-      if (std::string(mesh) == "pp=3" && std::string(name) == "07_realvocab_image") continue;
+      if (std::string(mesh) == "pp=3" && name == "07_realvocab_image") continue;
       params.emplace_back(mesh, name);
     }
   }
