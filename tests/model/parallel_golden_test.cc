@@ -4,6 +4,7 @@
 // mpirun in tests/launcher (multirank label).
 #include <omp.h>
 
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -114,8 +115,13 @@ TEST(ParallelLoadTest, EachRankReadsItsShare) {
   const std::vector<RankOutcome> single = RunMesh(dir, "tp=1");
   const std::vector<RankOutcome> split = RunMesh(dir, "tp=2,ep=2");
   ASSERT_EQ(single[0].error, "");
-  for (const RankOutcome& o : split) {
+  for (size_t r = 0; r < split.size(); ++r) {
+    const RankOutcome& o = split[r];
     ASSERT_EQ(o.error, "");
+    std::printf("tp=2,ep=2 rank %zu read %llu of %llu bytes (%.2f)\n", r,
+                static_cast<unsigned long long>(o.bytes_read),
+                static_cast<unsigned long long>(single[0].bytes_read),
+                static_cast<double>(o.bytes_read) / single[0].bytes_read);
     EXPECT_LT(o.bytes_read, single[0].bytes_read * 0.7) << o.bytes_read << " of " << single[0].bytes_read;
   }
 }
