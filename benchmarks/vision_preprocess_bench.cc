@@ -1,30 +1,23 @@
-// vision_preprocess_bench: the input pipeline's CPU cost, as one JSON object on stdout. Image:
-// decode + preprocess (smart_resize, uint8 bicubic, normalise, patchify) of a synthetic
-// 1-megapixel JPEG. Video: frame sampling + decode of synthetic MPEG-4 Part 2 MP4s (60 s 640x360
-// and 15 min 192x108; GOP 30, B-frames), by seeking and by sequential decoding, and the whole
-// LoadVideo pipeline.
-// Inputs are generated in memory / a temp file, so no data files are needed.
+// vision_preprocess_bench: the input pipeline's CPU cost, as one JSON object on stdout. Images:
+// decode + preprocess (smart_resize, uint8 bicubic, normalise, patchify) of synthetic 1 MP, 1080p
+// and 4K JPEGs. Videos: frame sampling + decode of synthetic MPEG-4 Part 2 MP4s (60 s 640x360 and
+// 15 min 192x108) by seeking and sequentially, and a 10-minute 720p H.264 video from the ffmpeg
+// CLI through the whole LoadVideo (decode + 2 fps sampling + preprocess), in s per video-minute.
+// Inputs are generated (bench_media.h) in memory or the temp directory, so no data files are needed.
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_media.h"
 #include "model/image_decode.h"
 #include "model/video_decode.h"
 #include "model/video_processor.h"
 #include "model/vision_processor.h"
 #include "nlohmann/json.hpp"
-
-// clang-format off
-#include <jpeglib.h>
-extern "C" {
-#include <libavcodec/avcodec.h>
-#include <libavformat/avformat.h>
-}
-// clang-format on
 
 namespace q3vl::bench {
 namespace {
@@ -36,46 +29,8 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Gradients plus a hashed texture, so the JPEG has realistic entropy.
-std::string SyntheticJpeg(int width, int height) {
-  std::vector<uint8_t> rgb(static_cast<size_t>(width) * height * 3);
-  uint32_t state = 12345;
-  for (int y = 0; y < height; ++y) {
-    for (int x = 0; x < width; ++x) {
-      state = state * 1664525u + 1013904223u;
-      uint8_t* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
-      p[0] = static_cast<uint8_t>(x * 255 / width);
-      p[1] = static_cast<uint8_t>(y * 255 / height);
-      p[2] = static_cast<uint8_t>(((x / 16 + y / 16) % 2) * 128 + (state >> 27));
-    }
-  }
-  jpeg_compress_struct cinfo;
-  jpeg_error_mgr err;
-  cinfo.err = jpeg_std_error(&err);
-  jpeg_create_compress(&cinfo);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&cinfo, &buffer, &size);
-  cinfo.image_width = width;
-  cinfo.image_height = height;
-  cinfo.input_components = 3;
-  cinfo.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&cinfo);
-  jpeg_set_quality(&cinfo, 90, TRUE);
-  jpeg_start_compress(&cinfo, TRUE);
-  while (cinfo.next_scanline < cinfo.image_height) {
-    JSAMPROW row = &rgb[static_cast<size_t>(cinfo.next_scanline) * width * 3];
-    jpeg_write_scanlines(&cinfo, &row, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  jpeg_destroy_compress(&cinfo);
-  std::string out(reinterpret_cast<char*>(buffer), size);
-  free(buffer);
-  return out;
-}
-
-Json BenchImage(int iterations) {
-  const std::string jpeg = SyntheticJpeg(1000, 1000);
+Json BenchImage(int width, int height, int iterations) {
+  const std::string jpeg = SyntheticJpeg(width, height);
   const auto config = model::VisionProcessorConfig::ImageDefaults();
   std::vector<double> decode_s, preprocess_s;
   Json out;
@@ -93,88 +48,20 @@ Json BenchImage(int iterations) {
   }
   const double decode = *std::min_element(decode_s.begin(), decode_s.end());
   const double preprocess = *std::min_element(preprocess_s.begin(), preprocess_s.end());
-  out["input"] = "synthetic 1000x1000 JPEG, quality 90, 4:2:0";
+  out["input"] = std::to_string(width) + "x" + std::to_string(height) + " synthetic JPEG, quality 90, 4:2:0";
   out["jpeg_bytes"] = jpeg.size();
   out["iterations"] = iterations;
   out["decode_ms"] = decode * 1e3;
   out["preprocess_ms"] = preprocess * 1e3;
   out["total_ms"] = (decode + preprocess) * 1e3;
+  out["images_per_s"] = 1.0 / (decode + preprocess);
   return out;
 }
 
-struct VideoCase {
-  int seconds = 0;
-  int width = 0;
-  int height = 0;
-};
-constexpr int kFps = 30;
-
-// Writes the case's video at 30 fps with FFmpeg's native MPEG-4 encoder. Returns "" on failure.
-std::string SyntheticVideo(const std::string& path, const VideoCase& c) {
-  const int kWidth = c.width, kHeight = c.height;
-  const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_MPEG4);
-  AVFormatContext* fmt = nullptr;
-  if (codec == nullptr || avformat_alloc_output_context2(&fmt, nullptr, "mp4", path.c_str()) < 0) return "";
-  AVStream* st = avformat_new_stream(fmt, nullptr);
-  AVCodecContext* enc = avcodec_alloc_context3(codec);
-  enc->width = kWidth;
-  enc->height = kHeight;
-  enc->pix_fmt = AV_PIX_FMT_YUV420P;
-  enc->time_base = {1, kFps};
-  enc->framerate = {kFps, 1};
-  enc->gop_size = 30;
-  enc->max_b_frames = 2;
-  enc->bit_rate = 1500000;
-  if (fmt->oformat->flags & AVFMT_GLOBALHEADER) enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
-  bool ok =
-      avcodec_open2(enc, codec, nullptr) >= 0 && avcodec_parameters_from_context(st->codecpar, enc) >= 0;
-  st->time_base = enc->time_base;
-  st->avg_frame_rate = enc->framerate;
-  ok = ok && avio_open(&fmt->pb, path.c_str(), AVIO_FLAG_WRITE) >= 0 &&
-       avformat_write_header(fmt, nullptr) >= 0;
-  AVFrame* frame = av_frame_alloc();
-  AVPacket* pkt = av_packet_alloc();
-  frame->width = kWidth;
-  frame->height = kHeight;
-  frame->format = AV_PIX_FMT_YUV420P;
-  ok = ok && av_frame_get_buffer(frame, 0) >= 0;
-  auto drain = [&]() {
-    while (avcodec_receive_packet(enc, pkt) >= 0) {
-      av_packet_rescale_ts(pkt, enc->time_base, st->time_base);
-      pkt->stream_index = st->index;
-      av_interleaved_write_frame(fmt, pkt);
-    }
-  };
-  for (int i = 0; ok && i < c.seconds * kFps; ++i) {
-    ok = av_frame_make_writable(frame) >= 0;
-    for (int y = 0; y < kHeight; ++y) {
-      for (int x = 0; x < kWidth; ++x)
-        frame->data[0][y * frame->linesize[0] + x] = static_cast<uint8_t>(x + y + 3 * i);
-    }
-    for (int y = 0; y < kHeight / 2; ++y) {
-      for (int x = 0; x < kWidth / 2; ++x) {
-        frame->data[1][y * frame->linesize[1] + x] = static_cast<uint8_t>(128 + y - i);
-        frame->data[2][y * frame->linesize[2] + x] = static_cast<uint8_t>(64 + x + i);
-      }
-    }
-    frame->pts = i;
-    ok = ok && avcodec_send_frame(enc, frame) >= 0;
-    drain();
-  }
-  avcodec_send_frame(enc, nullptr);
-  drain();
-  if (ok) av_write_trailer(fmt);
-  av_packet_free(&pkt);
-  av_frame_free(&frame);
-  avcodec_free_context(&enc);
-  avio_closep(&fmt->pb);
-  avformat_free_context(fmt);
-  return ok ? path : "";
-}
-
-Json BenchDecode(const std::string& path, const std::vector<int64_t>& indices, bool sequential) {
+Json BenchDecode(const std::string& path, const std::vector<int64_t>& indices,
+                 const model::VideoReaderOptions& options) {
   const Clock::time_point t = Clock::now();
-  auto reader = model::VideoReader::Open(path, {.sequential = sequential});
+  auto reader = model::VideoReader::Open(path, options);
   if (!reader.ok()) return {{"error", reader.status().ToString()}};
   const double open_s = SecondsSince(t);
   const absl::Status s =
@@ -187,15 +74,14 @@ Json BenchDecode(const std::string& path, const std::vector<int64_t>& indices, b
           {"sampled_frames_per_s", static_cast<double>(indices.size()) / total_s},
           {"source_frames_per_s", static_cast<double>((*reader)->info().num_frames) / total_s},
           {"seeks", stats.seeks},
-          {"packets_decoded", stats.packets_decoded}};
+          {"packets_decoded", stats.packets_decoded},
+          {"frames_decoded", stats.frames_decoded}};
 }
 
-Json BenchVideo(const VideoCase& c) {
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("vision_preprocess_bench_" + std::to_string(getpid()) + ".mp4"))
-                               .string();
+Json BenchVideo(const VideoSpec& c) {
+  const std::string path = TempPath("mpeg4.mp4");
   const Clock::time_point t = Clock::now();
-  if (SyntheticVideo(path, c).empty()) return {{"error", "cannot encode the synthetic video"}};
+  if (!WriteMpeg4Video(path, c)) return {{"error", "cannot encode the synthetic video"}};
   Json out = {{"input", "synthetic MPEG-4 Part 2 MP4, 30 fps, GOP 30, 2 B-frames"},
               {"width", c.width},
               {"height", c.height},
@@ -207,8 +93,8 @@ Json BenchVideo(const VideoCase& c) {
   if (!plan.ok()) return {{"error", plan.status().ToString()}};
   out["source_frames"] = (*reader)->info().num_frames;
   out["sampled_frames"] = plan->frame_indices.size();
-  out["decode_sample_seek"] = BenchDecode(path, plan->frame_indices, /*sequential=*/false);
-  out["decode_sample_sequential"] = BenchDecode(path, plan->frame_indices, /*sequential=*/true);
+  out["decode_sample_seek"] = BenchDecode(path, plan->frame_indices, {});
+  out["decode_sample_sequential"] = BenchDecode(path, plan->frame_indices, {.sequential = true});
   const Clock::time_point load = Clock::now();
   auto video = model::LoadVideo(path, config);
   out["load_video_s"] = SecondsSince(load);
@@ -221,26 +107,93 @@ Json BenchVideo(const VideoCase& c) {
   return out;
 }
 
+Json MeasureLongVideo(const std::string& path, const model::VideoReaderOptions& options) {
+  auto reader = model::VideoReader::Open(path, options);
+  const auto config = model::VisionProcessorConfig::VideoDefaults();
+  auto plan = reader.ok() ? model::PlanVideo((*reader)->info(), config) : reader.status();
+  if (!plan.ok()) return {{"error", plan.status().ToString()}};
+  const double minutes = static_cast<double>((*reader)->info().num_frames) / (*reader)->info().fps / 60.0;
+  Json out = {{"source_frames", (*reader)->info().num_frames}, {"sampled_frames", plan->frame_indices.size()}};
+  out["decode_sample_seek"] = BenchDecode(path, plan->frame_indices, options);
+  const Clock::time_point load = Clock::now();
+  auto video = model::LoadVideo(path, config, options);
+  const double load_s = SecondsSince(load);
+  if (!video.ok()) return {{"error", video.status().ToString()}};
+  out["video_grid_thw"] = {video->grid[0], video->grid[1], video->grid[2]};
+  out["load_video_s"] = load_s;
+  out["s_per_video_minute"] = load_s / minutes;
+  out["video_minutes_per_s"] = minutes / load_s;
+  return out;
+}
+
+// The long-video case: `path` is used as it is when it exists (--long-video), else encoded there
+// with the ffmpeg CLI (and deleted afterwards unless `keep`).
+Json BenchLongVideo(const std::string& path, const VideoSpec& spec, bool keep,
+                    const model::VideoReaderOptions& options) {
+  Json out = {{"input", "testsrc2 H.264 (libx264 superfast, GOP 60, B-frames) MP4, 30 fps"},
+              {"width", spec.width},
+              {"height", spec.height},
+              {"seconds", spec.seconds}};
+  if (std::filesystem::exists(path)) {
+    out["file"] = path;
+  } else {
+    out["command"] = FfmpegH264Command(path, spec);
+    const Clock::time_point t = Clock::now();
+    const std::string error = EncodeH264WithFfmpegCli(path, spec);
+    if (!error.empty()) {
+      out["skipped"] = error;
+      return out;
+    }
+    out["encode_s"] = SecondsSince(t);
+  }
+  out["decoder_threads"] = options.num_threads;
+  out["skip_unrequested_nonref"] = options.skip_unrequested_nonref;
+  out.update(MeasureLongVideo(path, options));
+  if (!keep) std::filesystem::remove(path);
+  return out;
+}
+
 int Main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, long_only = false;
+  std::string long_video;
+  model::VideoReaderOptions long_options;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       quick = true;
+    } else if (arg == "--long-video" && i + 1 < argc) {
+      long_video = argv[++i];
+    } else if (arg == "--long-video-only") {
+      long_only = true;
+    } else if (arg == "--decoder-threads" && i + 1 < argc) {
+      long_options.num_threads = std::atoi(argv[++i]);
+    } else if (arg == "--no-skip-nonref") {
+      long_options.skip_unrequested_nonref = false;
     } else {
-      std::cerr << "usage: vision_preprocess_bench [--quick]\n"
-                   "Prints one JSON object (see benchmarks/README.md).\n";
+      std::cerr << "usage: vision_preprocess_bench [--quick] [--long-video FILE] [--long-video-only]\n"
+                   "                               [--decoder-threads N] [--no-skip-nonref]\n"
+                   "Prints one JSON object (see benchmarks/README.md). --long-video: the 720p H.264 video to\n"
+                   "use, encoded there with the ffmpeg CLI and kept when it does not exist yet. The last\n"
+                   "two set the long video's VideoReaderOptions (0 threads: FFmpeg's choice).\n";
       return arg == "--help" || arg == "-h" ? 0 : 2;
     }
   }
   const Clock::time_point start = Clock::now();
-  std::cerr << "vision_preprocess_bench: image\n";
   Json out = {{"benchmark", "vision_preprocess_bench"}, {"mode", quick ? "quick" : "full"}};
-  out["image"] = BenchImage(quick ? 3 : 10);
-  std::cerr << "vision_preprocess_bench: video\n";
-  out["video"].push_back(BenchVideo({.seconds = quick ? 10 : 60, .width = 640, .height = 360}));
-  // Longer than max_frames / fps (384 s): samples are further apart than a GOP, so seeking pays.
-  if (!quick) out["video"].push_back(BenchVideo({.seconds = 900, .width = 192, .height = 108}));
+  if (!long_only) {
+    std::cerr << "vision_preprocess_bench: images\n";
+    out["image"] = BenchImage(1000, 1000, quick ? 3 : 10);
+    out["image_1080p"] = BenchImage(1920, 1080, quick ? 3 : 10);
+    out["image_4k"] = BenchImage(3840, 2160, quick ? 2 : 5);
+    std::cerr << "vision_preprocess_bench: videos\n";
+    out["video"].push_back(BenchVideo({.seconds = quick ? 10 : 60, .width = 640, .height = 360}));
+    // Longer than max_frames / fps (384 s): samples are further apart than a GOP, so seeking pays.
+    if (!quick) out["video"].push_back(BenchVideo({.seconds = 900, .width = 192, .height = 108}));
+  }
+  std::cerr << "vision_preprocess_bench: long H.264 video\n";
+  const VideoSpec long_spec = {.seconds = quick ? 60 : 600, .width = 1280, .height = 720};
+  out["long_video"] = BenchLongVideo(long_video.empty() ? TempPath("h264.mp4") : long_video, long_spec,
+                                     /*keep=*/!long_video.empty(), long_options);
   out["total_s"] = SecondsSince(start);
   std::cout << out.dump(2) << std::endl;
   return 0;

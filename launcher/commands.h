@@ -12,9 +12,11 @@ namespace q3vl::launcher {
 
 using Args = std::vector<std::string>;
 
+int ChatTemplateCommand(const Args& args);
 int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
 int MakeModelCommand(const Args& args);
+int PreprocessCommand(const Args& args);
 int TokenizeCommand(const Args& args);
 
 // Prints "q3vl <command>: <message>" to stderr and returns 1 (or 2 for InvalidArgument

@@ -20,6 +20,10 @@ constexpr Command kCommands[] = {
      q3vl::launcher::EvalCaseCommand},
     {"make-model", "write a random-weight Qwen3-VL-MoE checkpoint in the Hugging Face layout",
      q3vl::launcher::MakeModelCommand},
+    {"chat-template", "render chat messages with the chat template: {messages, kwargs} JSON in, {text, ids} out",
+     q3vl::launcher::ChatTemplateCommand},
+    {"preprocess", "one image or video through the vision processors: pixel_values, grid_thw (.npy)",
+     q3vl::launcher::PreprocessCommand},
     {"tokenize", "text to token ids (or ids to text) with a tokenizer.json, JSON lines on stdin/stdout",
      q3vl::launcher::TokenizeCommand},
 };
@@ -28,7 +32,7 @@ void PrintUsage(FILE* out) {
   std::fprintf(out,
                "q3vl: a runtime for Qwen3-VL Mixture-of-Experts models\n\n"
                "usage: q3vl <command> [options]   (q3vl <command> --help for its options)\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
 }
 
 }  // namespace

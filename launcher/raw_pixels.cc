@@ -9,6 +9,7 @@
 #include "core/npy.h"
 #include "core/status_macros.h"
 #include "launcher/eval_case.h"
+#include "model/processor.h"
 #include "model/resize.h"
 #include "model/video_processor.h"
 #include "model/vision_processor.h"
@@ -18,15 +19,6 @@ namespace q3vl::launcher {
 namespace {
 
 namespace fs = std::filesystem;
-
-absl::StatusOr<model::VisionProcessorConfig> ReadConfig(const fs::path& path,
-                                                        const model::VisionProcessorConfig& defaults) {
-  if (!fs::exists(path)) return defaults;
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return model::VisionProcessorConfig::FromJson(text.str(), path.string(), defaults);
-}
 
 // Frame `i` of a uint8 [T, H, W, 3] (or one [H, W, 3] image when rank 3) tensor.
 absl::StatusOr<model::Image> FrameOf(const Tensor& t, int64_t i, const std::string& path) {
@@ -53,12 +45,10 @@ absl::Status SameGrids(const std::vector<model::GridThw>& got, const std::vector
 
 absl::Status ReplaceWithRawPixels(GoldenCase& golden) {
   const fs::path dir(golden.dir);
-  Q3VL_ASSIGN_OR_RETURN(model::VisionProcessorConfig image_config,
-                        ReadConfig(dir / "model/preprocessor_config.json",
-                                   model::VisionProcessorConfig::ImageDefaults()));
-  Q3VL_ASSIGN_OR_RETURN(model::VisionProcessorConfig video_config,
-                        ReadConfig(dir / "model/video_preprocessor_config.json",
-                                   model::VisionProcessorConfig::VideoDefaults()));
+  Q3VL_ASSIGN_OR_RETURN(model::VisionProcessorConfigs configs,
+                        model::LoadVisionProcessorConfigs((dir / "model").string()));
+  const model::VisionProcessorConfig& image_config = configs.image;
+  const model::VisionProcessorConfig& video_config = configs.video;
   std::vector<model::ProcessedImage> images;
   for (int i = 0; fs::exists(dir / "inputs" / absl::StrCat("image_", i, ".npy")); ++i) {
     const std::string path = (dir / "inputs" / absl::StrCat("image_", i, ".npy")).string();

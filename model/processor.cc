@@ -45,17 +45,20 @@ std::string FilePath(const std::string& reference) {
 
 }  // namespace
 
+absl::StatusOr<VisionProcessorConfigs> LoadVisionProcessorConfigs(const std::string& model_dir) {
+  const std::filesystem::path dir(model_dir);
+  VisionProcessorConfigs configs;
+  Q3VL_ASSIGN_OR_RETURN(configs.image, ReadProcessorConfig(dir, "preprocessor_config.json", configs.image));
+  Q3VL_ASSIGN_OR_RETURN(configs.video, ReadProcessorConfig(dir, "video_preprocessor_config.json", configs.video));
+  return configs;
+}
+
 absl::StatusOr<Processor> Processor::Load(const std::string& model_dir) {
   const std::filesystem::path dir(model_dir);
   Q3VL_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::FromFile((dir / "tokenizer.json").string()));
   Q3VL_RETURN_IF_ERROR(CheckModelChatTemplate(model_dir));
-  Q3VL_ASSIGN_OR_RETURN(VisionProcessorConfig image_config,
-                        ReadProcessorConfig(dir, "preprocessor_config.json",
-                                            VisionProcessorConfig::ImageDefaults()));
-  Q3VL_ASSIGN_OR_RETURN(VisionProcessorConfig video_config,
-                        ReadProcessorConfig(dir, "video_preprocessor_config.json",
-                                            VisionProcessorConfig::VideoDefaults()));
-  return Processor(std::make_shared<const Tokenizer>(std::move(tokenizer)), image_config, video_config);
+  Q3VL_ASSIGN_OR_RETURN(VisionProcessorConfigs configs, LoadVisionProcessorConfigs(model_dir));
+  return Processor(std::make_shared<const Tokenizer>(std::move(tokenizer)), configs.image, configs.video);
 }
 
 absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json& messages,

@@ -18,6 +18,14 @@
 
 namespace q3vl::model {
 
+// DIR/preprocessor_config.json (images) and DIR/video_preprocessor_config.json (videos), each
+// overlaid on transformers' defaults; a file that is absent gives the defaults.
+struct VisionProcessorConfigs {
+  VisionProcessorConfig image = VisionProcessorConfig::ImageDefaults();
+  VisionProcessorConfig video = VisionProcessorConfig::VideoDefaults();
+};
+absl::StatusOr<VisionProcessorConfigs> LoadVisionProcessorConfigs(const std::string& model_dir);
+
 struct ProcessOptions {
   bool add_generation_prompt = true;
   bool add_vision_id = false;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 
 extern "C" {
@@ -58,6 +59,7 @@ struct VideoReader::Impl {
   std::vector<int64_t> frame_pts;  // [num packets] sorted: presentation order
   std::vector<int64_t> keyframes;  // pts of the keyframes in decode order
   std::unordered_map<int64_t, int64_t> keyframe_by_pts;
+  std::vector<int64_t> requested_pts;  // sorted: pts of the frames the current ReadFrames wants
   bool by_pts = true;  // every frame has a distinct pts: seek and match by pts
   // Decoder position: the last keyframe fed since the last seek (-1: none), and whether the
   // decoder has been drained (it must be flushed by a seek before reuse).
@@ -79,6 +81,15 @@ struct VideoReader::Impl {
   // (sequential) comes out, and converts it into `out`. Missed() when it went by or the stream ended.
   absl::Status DecodeForward(int64_t target, Image* out);
   absl::Status DecodeByPts(int64_t index, Image* out);
+  // The last keyframe (decode order) whose pts is at or before frame `index`'s.
+  int64_t KeyframeOf(int64_t index) const {
+    if (!by_pts) return 0;
+    int64_t best = 0;
+    for (size_t k = 0; k < keyframes.size(); ++k) {
+      if (keyframes[k] <= frame_pts[index]) best = static_cast<int64_t>(k);
+    }
+    return best;
+  }
   absl::Status Convert(const AVFrame& src, Image* out);
 };
 
@@ -221,6 +232,7 @@ absl::Status VideoReader::Impl::DecodeForward(int64_t target, Image* out) {
   while (true) {
     int err = avcodec_receive_frame(codec.get(), frame.get());
     if (err == 0) {
+      ++stats.frames_decoded;
       const int64_t position = by_pts ? frame->best_effort_timestamp : sequential_next++;
       if (position != AV_NOPTS_VALUE) last_output_pts = position;
       if (position == target) {
@@ -251,6 +263,10 @@ absl::Status VideoReader::Impl::DecodeForward(int64_t target, Image* out) {
       const auto it = keyframe_by_pts.find(packet->pts);
       if (it != keyframe_by_pts.end()) fed_keyframe = it->second;
     }
+    // The decoder reads skip_frame per packet (frame threads copy it when the packet is queued).
+    const bool requested = !by_pts || !options.skip_unrequested_nonref || packet->pts == AV_NOPTS_VALUE ||
+                           std::binary_search(requested_pts.begin(), requested_pts.end(), packet->pts);
+    codec->skip_frame = requested ? AVDISCARD_DEFAULT : AVDISCARD_NONREF;
     err = avcodec_send_packet(codec.get(), packet.get());
     av_packet_unref(packet.get());
     ++stats.packets_decoded;
@@ -266,10 +282,7 @@ absl::Status VideoReader::Impl::DecodeForward(int64_t target, Image* out) {
 // finally from the first one.
 absl::Status VideoReader::Impl::DecodeByPts(int64_t index, Image* out) {
   const int64_t target = frame_pts[index];
-  int64_t best = 0;
-  for (size_t k = 0; k < keyframes.size(); ++k) {
-    if (keyframes[k] <= target) best = static_cast<int64_t>(k);
-  }
+  const int64_t best = KeyframeOf(index);
   absl::Status s = Missed();
   if (!drained && fed_keyframe >= best && last_output_pts < target) s = DecodeForward(target, out);
   std::vector<int64_t> starts = {best};
@@ -342,6 +355,25 @@ absl::StatusOr<std::unique_ptr<VideoReader>> VideoReader::Open(const std::string
 }
 
 const VideoInfo& VideoReader::info() const { return impl_->info; }
+
+absl::StatusOr<std::unique_ptr<VideoReader>> VideoReader::Reopen(const VideoReaderOptions& options) const {
+  auto impl = std::make_unique<Impl>();
+  impl->path = impl_->path;
+  impl->options = options;
+  Q3VL_RETURN_IF_ERROR(impl->OpenDecoder());
+  impl->info = impl_->info;
+  impl->frame_pts = impl_->frame_pts;
+  impl->keyframes = impl_->keyframes;
+  impl->keyframe_by_pts = impl_->keyframe_by_pts;
+  impl->by_pts = impl_->by_pts && !options.sequential;
+  return std::unique_ptr<VideoReader>(new VideoReader(std::move(impl)));
+}
+
+int64_t VideoReader::KeyframeOf(int64_t index) const {
+  Q3VL_CHECK(index >= 0 && index < static_cast<int64_t>(impl_->frame_pts.size())) << index;
+  return impl_->KeyframeOf(index);
+}
+
 const VideoReadStats& VideoReader::last_read_stats() const { return impl_->stats; }
 
 absl::Status VideoReader::ReadFrames(absl::Span<const int64_t> indices,
@@ -357,6 +389,10 @@ absl::Status VideoReader::ReadFrames(absl::Span<const int64_t> indices,
   }
   // Sequential mode always starts from the beginning of the stream.
   if (!m.by_pts) Q3VL_RETURN_IF_ERROR(m.SeekToStart());
+  m.requested_pts.clear();
+  if (m.by_pts) {
+    for (int64_t index : indices) m.requested_pts.push_back(m.frame_pts[index]);  // sorted, as indices are
+  }
   Image image;
   int64_t current = -1;
   for (size_t i = 0; i < indices.size(); ++i) {

@@ -146,21 +146,23 @@ Tensor PatchifyFrames(absl::Span<const Image* const> frames, const VisionProcess
   const int64_t gh = height / ps, gw = width / ps, groups = static_cast<int64_t>(frames.size()) / tp;
   const int64_t patch_dim = kChannels * tp * ps * ps;
   Tensor out = Tensor::Empty(DType::kF32, {groups * gh * gw, patch_dim});  // [N, patch_dim]
-  float* row = out.data<float>();
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t br = 0; br < gh / m; ++br) {
-      for (int64_t bc = 0; bc < gw / m; ++bc) {
-        for (int64_t r = 0; r < m; ++r) {
-          for (int64_t c = 0; c < m; ++c, row += patch_dim) {
-            const int64_t y0 = (br * m + r) * ps, x0 = (bc * m + c) * ps;
-            float* dst = row;
-            for (int ch = 0; ch < kChannels; ++ch) {
-              for (int64_t t = 0; t < tp; ++t) {
-                const Image& f = *frames[g * tp + t];
-                for (int64_t py = 0; py < ps; ++py) {
-                  const uint8_t* src = f.row(y0 + py) + x0 * kChannels + ch;
-                  for (int64_t px = 0; px < ps; ++px) *dst++ = lut[ch][src[px * kChannels]];
-                }
+  // One task per row of merge blocks: m * m * (gw / m) consecutive output rows.
+  const int64_t block_rows = gh / m, rows_per_task = gw * m;
+#pragma omp parallel for schedule(static) if (out.numel() >= (int64_t{1} << 20))
+  for (int64_t task = 0; task < groups * block_rows; ++task) {
+    const int64_t g = task / block_rows, br = task % block_rows;
+    float* row = out.data<float>() + task * rows_per_task * patch_dim;
+    for (int64_t bc = 0; bc < gw / m; ++bc) {
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < m; ++c, row += patch_dim) {
+          const int64_t y0 = (br * m + r) * ps, x0 = (bc * m + c) * ps;
+          float* dst = row;
+          for (int ch = 0; ch < kChannels; ++ch) {
+            for (int64_t t = 0; t < tp; ++t) {
+              const Image& f = *frames[g * tp + t];
+              for (int64_t py = 0; py < ps; ++py) {
+                const uint8_t* src = f.row(y0 + py) + x0 * kChannels + ch;
+                for (int64_t px = 0; px < ps; ++px) *dst++ = lut[ch][src[px * kChannels]];
               }
             }
           }

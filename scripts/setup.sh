@@ -18,8 +18,8 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   # launcher: command-line parsing
   libboost-dev libboost-program-options-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks (the ffmpeg CLI encodes vision_preprocess_bench's long H.264 video)
+  libgtest-dev libgmock-dev libbenchmark-dev ffmpeg
 )
 
 missing=()

@@ -1,14 +1,17 @@
 // The q3vl binary as users run it: eval-case writes the golden contract files, make-model +
-// generate work end to end, and bad input exits non-zero with one line naming the problem.
+// generate work end to end, chat-template and preprocess reproduce the input goldens, and bad
+// input exits non-zero with one line naming the problem.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "core/npy.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/model/input_test_util.h"
 #include "tests/test_util.h"
 
 namespace q3vl {
@@ -117,6 +120,132 @@ TEST(CliTest, TokenizeEncodesAndDecodesJsonLines) {
   EXPECT_EQ(RunQ3vl("tokenize --tokenizer /nonexistent/tokenizer.json < " + in).code, 1);
   EXPECT_EQ(RunQ3vl("tokenize --tokenizer " + tokenizer + " --skip-special-tokens < " + in).code, 2);
   EXPECT_EQ(RunQ3vl("tokenize --help").code, 0);
+}
+
+// A make-model directory (real tokenizer and chat template, processor configs), made once.
+const std::string& InputModelDir() {
+  static const std::string dir = [] {
+    const std::string d = ::testing::TempDir() + "/input_model";
+    const CommandResult r = RunQ3vl("make-model --out " + d);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return d;
+  }();
+  return dir;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(CliTest, ChatTemplateRendersTheGoldenCases) {
+  using OrderedJson = nlohmann::ordered_json;  // tool definitions must keep their key order
+  const OrderedJson cases =
+      OrderedJson::parse(ReadFile(testing::TestDataDir() + "/inputs/chat_template/cases.json"));
+  const std::string in = ::testing::TempDir() + "/chat_template_in.json";
+  int checked = 0;
+  for (const OrderedJson& c : cases) {
+    const std::string name = c["name"].get<std::string>();
+    if (name != "tools_call_and_response" && name != "image_video_with_vision_id" &&
+        name != "special_tokens_and_unicode_in_text" && name != "full_exchange_no_generation_prompt") {
+      continue;
+    }
+    std::ofstream(in) << OrderedJson{{"messages", c["messages"]}, {"kwargs", c["kwargs"]}}.dump();
+    const CommandResult r = RunQ3vl("chat-template --model " + InputModelDir() + " < " + in);
+    ASSERT_EQ(r.code, 0) << name << ": " << r.output;
+    const auto out = nlohmann::json::parse(r.output, nullptr, false);
+    ASSERT_TRUE(out.is_object()) << name << ": " << r.output;
+    EXPECT_EQ(out["text"], c["text"].get<std::string>()) << name;
+    EXPECT_EQ(out["ids"].get<std::vector<int64_t>>(), c["ids"].get<std::vector<int64_t>>()) << name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 4);
+
+  std::ofstream(in) << R"({"messages": [{"role": "user", "content": [{"type": "image"}]}]})";
+  CommandResult r = RunQ3vl("chat-template --model " + InputModelDir() + " < " + in);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("q3vl chat-template: messages[0].content[0]"), std::string::npos) << r.output;
+  std::ofstream(in) << R"({"messages": [{"role": "user", "content": "hi"}], "kwargs": {"add_vision_id": 1}})";
+  r = RunQ3vl("chat-template --model " + InputModelDir() + " < " + in);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("kwargs.add_vision_id must be true or false"), std::string::npos) << r.output;
+  std::ofstream(in) << "[1, 2";
+  r = RunQ3vl("chat-template --model " + InputModelDir() + " < " + in);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("not valid JSON"), std::string::npos) << r.output;
+  r = RunQ3vl("chat-template --model /nonexistent < " + in);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/tokenizer.json"), std::string::npos) << r.output;
+  EXPECT_EQ(RunQ3vl("chat-template").code, 2);
+  EXPECT_EQ(RunQ3vl("chat-template --help").code, 0);
+}
+
+TEST(CliTest, PreprocessImageMatchesTheGolden) {
+  const nlohmann::json want = testing::ReadCaseJson("image/p02_333x517/case.json")["variants"]["jpg"];
+  const std::string out = ::testing::TempDir() + "/preprocess_image";
+  const CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --image " + testing::TestDataDir() +
+                                  "/media/shapes_333x517.jpg --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto pixels = ReadNpy(out + "/pixel_values.npy");
+  auto grid = ReadNpy(out + "/grid_thw.npy");
+  ASSERT_TRUE(pixels.ok() && grid.ok()) << r.output;
+  EXPECT_EQ(pixels->dtype(), DType::kF32);
+  EXPECT_EQ((std::vector<int64_t>{pixels->dim(0), pixels->dim(1)}), testing::JsonInts(want["pixel_values_shape"]));
+  EXPECT_EQ(testing::Sha256Of(*pixels), want["pixel_values_sha256"].get<std::string>());
+  ASSERT_EQ(grid->dtype(), DType::kI64);
+  ASSERT_EQ(grid->shape(), (Shape{1, 3}));
+  EXPECT_EQ(std::vector<int64_t>(grid->data<int64_t>(), grid->data<int64_t>() + 3),
+            testing::JsonInts(want["image_grid_thw"]));
+  EXPECT_FALSE(std::filesystem::exists(out + "/timestamps.json"));
+}
+
+TEST(CliTest, PreprocessVideoMatchesTheGolden) {
+  const nlohmann::json want = testing::ReadCaseJson("video/v1_testsrc2_320x240_24fps_4s/case.json");
+  const std::string out = ::testing::TempDir() + "/preprocess_video";
+  const CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --video " + testing::TestDataDir() +
+                                  "/media/testsrc2_320x240_4s.mp4 --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto pixels = ReadNpy(out + "/pixel_values.npy");
+  auto grid = ReadNpy(out + "/grid_thw.npy");
+  auto indices = ReadNpy(out + "/frame_indices.npy");
+  ASSERT_TRUE(pixels.ok() && grid.ok() && indices.ok()) << r.output;
+  EXPECT_EQ((std::vector<int64_t>{pixels->dim(0), pixels->dim(1)}),
+            testing::JsonInts(want["pixel_values_videos_shape"]));
+  EXPECT_EQ(testing::Sha256Of(*pixels), want["pixel_values_videos_sha256"].get<std::string>());
+  ASSERT_EQ(grid->numel(), 3);
+  EXPECT_EQ(std::vector<int64_t>(grid->data<int64_t>(), grid->data<int64_t>() + 3),
+            testing::JsonInts(want["video_grid_thw"]));
+  ASSERT_EQ(indices->dtype(), DType::kI64);
+  EXPECT_EQ(std::vector<int64_t>(indices->data<int64_t>(), indices->data<int64_t>() + indices->numel()),
+            testing::JsonInts(want["sampled_frame_indices"]));
+  const auto timestamps = nlohmann::json::parse(ReadFile(out + "/timestamps.json"), nullptr, false);
+  EXPECT_EQ(timestamps, want["group_timestamp_strings"]);
+}
+
+TEST(CliTest, PreprocessBadInputNamesTheFile) {
+  const std::string media = testing::TestDataDir() + "/media/";
+  const std::string out = ::testing::TempDir() + "/preprocess_bad";
+  CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --image /nonexistent/x.jpg --out " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/x.jpg"), std::string::npos) << r.output;
+  r = RunQ3vl("preprocess --model " + InputModelDir() + " --video /nonexistent/x.mp4 --out " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("/nonexistent/x.mp4"), std::string::npos) << r.output;
+  const std::string garbage = ::testing::TempDir() + "/garbage.bin";
+  std::ofstream(garbage) << "this is not an image or a video";
+  for (const char* flag : {"--image", "--video"}) {
+    r = RunQ3vl("preprocess --model " + InputModelDir() + " " + flag + " " + garbage + " --out " + out);
+    EXPECT_EQ(r.code, 1) << flag;
+    EXPECT_NE(r.output.find(garbage), std::string::npos) << flag << ": " << r.output;
+  }
+  r = RunQ3vl("preprocess --model " + InputModelDir() + " --image " + media + "shapes_333x517.jpg --video " + media +
+              "testsrc2_320x240_4s.mp4 --out " + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("exactly one of --image and --video"), std::string::npos) << r.output;
+  EXPECT_EQ(RunQ3vl("preprocess --model " + InputModelDir() + " --out " + out).code, 2);
+  EXPECT_EQ(RunQ3vl("preprocess --help").code, 0);
 }
 
 }  // namespace

@@ -159,6 +159,19 @@ TEST_F(TokenizerTest, InvalidUtf8InputIsEncodedAsReplacementChars) {
   EXPECT_EQ(tokenizer_->Encode(absl::string_view("nul\0byte", 8)).size(), 4u);
 }
 
+// NFC as Python and HF's normalizer give it. U+11A7 is not a trailing consonant (T index 0), so
+// it never joins a Hangul syllable; Debian's utf8proc 2.8 joins (drops) it when handed "LV U+11A7"
+// (JuliaStrings/utf8proc#317), which NormalizeNfc must never do. Found by tokenizer_fuzz.
+TEST_F(TokenizerTest, NfcKeepsU11A7AfterAHangulSyllable) {
+  const std::string ga = "\xEA\xB0\x80", l = "\xE1\x84\x80", v = "\xE1\x85\xA1", u11a7 = "\xE1\x86\xA7";
+  for (const std::string& text : {ga + u11a7, l + v + u11a7, l + v + u11a7 + "\xCC\x81", "x" + l + v + u11a7 + v}) {
+    std::string expected = text;
+    for (size_t at; (at = expected.find(l + v)) != std::string::npos;) expected.replace(at, 6, ga);
+    EXPECT_EQ(tokenizer_->Decode(tokenizer_->Encode(text)), expected);
+  }
+  EXPECT_EQ(tokenizer_->Decode(tokenizer_->Encode("e\xCC\x81 <\xCC\xB8")), "\xC3\xA9 \xE2\x89\xAE");
+}
+
 TEST_F(TokenizerTest, LargeInputsRoundTrip) {
   const std::vector<std::string> inputs = {
       std::string(1 << 20, ' '), std::string(1 << 20, 'a'), std::string(1 << 20, '\n'),

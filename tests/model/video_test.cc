@@ -1,8 +1,10 @@
 // Every video golden (golden/inputs/video: H.264 MP4 and VP9 WebM) through the FFmpeg reader
 // and the Qwen3-VL video processor: frame count, fps, sampled indices, timestamps, grids and
-// token counts exact; decoded frames, resized frames and pixel_values_videos bit-exact (seeking
-// and sequential decoding alike); the e2e requests' vision inputs; and bad or truncated files
-// returning a clear Status.
+// token counts exact; decoded frames, resized frames and pixel_values_videos bit-exact (seeking,
+// sequential decoding, dropped non-reference frames and parallel readers alike); the e2e
+// requests' vision inputs; and bad or truncated files returning a clear Status.
+#include <omp.h>
+
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -173,6 +175,48 @@ TEST_P(VideoGoldenTest, SeekingMatchesSequentialDecode) {
   ASSERT_EQ(seek.size(), seq.size());
   for (size_t f = 0; f < seek.size(); ++f) EXPECT_EQ(seek[f].rgb, seq[f].rgb) << "frame " << f;
   EXPECT_LE(seek_stats.packets_decoded, seq_stats.packets_decoded);
+  // Letting the decoder drop unrequested non-reference frames changes no pixel.
+  VideoReadStats all_stats;
+  const std::vector<Image> all = Decode({.skip_unrequested_nonref = false}, &all_stats);
+  ASSERT_EQ(all.size(), seek.size());
+  for (size_t f = 0; f < seek.size(); ++f) EXPECT_EQ(seek[f].rgb, all[f].rgb) << "frame " << f;
+  EXPECT_LE(seek_stats.frames_decoded, all_stats.frames_decoded);
+}
+
+// A reopened reader shares the packet index and decodes the same frames; keyframes never
+// decrease along the frames, and the whole LoadVideo (runs of frames on parallel readers) is the
+// same on one thread and on several.
+TEST_P(VideoGoldenTest, ParallelReadersMatchOneReader) {
+  auto reader = VideoReader::Open(path_);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto again = (*reader)->Reopen({.num_threads = 1});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->info().num_frames, (*reader)->info().num_frames);
+  const std::vector<int64_t> indices = JsonInts(c_["sampled_frame_indices"]);
+  for (size_t i = 1; i < indices.size(); ++i)
+    EXPECT_LE((*reader)->KeyframeOf(indices[i - 1]), (*reader)->KeyframeOf(indices[i]));
+  EXPECT_EQ((*reader)->KeyframeOf(0), 0);
+  const std::vector<Image> expected = Decode({});
+  size_t checked = 0;
+  ASSERT_TRUE((*again)
+                  ->ReadFrames(indices,
+                               [&](size_t i, const Image& f) {
+                                 checked += f.rgb == expected[i].rgb;
+                                 return absl::OkStatus();
+                               })
+                  .ok());
+  EXPECT_EQ(checked, indices.size());
+
+  const auto config = VisionProcessorConfig::VideoDefaults();
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  auto one = LoadVideo(path_, config);
+  omp_set_num_threads(4);
+  auto four = LoadVideo(path_, config);
+  omp_set_num_threads(threads);
+  ASSERT_TRUE(one.ok() && four.ok());
+  EXPECT_EQ(Sha256Of(one->pixel_values), Sha256Of(four->pixel_values));
+  EXPECT_EQ(Sha256Of(four->pixel_values), c_["pixel_values_videos_sha256"].get<std::string>());
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, VideoGoldenTest,
