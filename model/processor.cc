@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
 #include "model/chat_messages.h"
+#include "model/byte_level.h"
 #include "model/chat_template.h"
 #include "model/image_decode.h"
 #include "model/video_processor.h"
@@ -43,6 +44,24 @@ std::string FilePath(const std::string& reference) {
   return absl::StartsWith(reference, "file://") ? reference.substr(7) : reference;
 }
 
+// Every string in a request must be UTF-8: silently replacing bytes would change the prompt.
+absl::Status CheckUtf8(const nlohmann::ordered_json& value, const std::string& path) {
+  if (value.is_string()) {
+    if (IsValidUtf8(value.get_ref<const std::string&>())) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(path, ": text is not valid UTF-8"));
+  }
+  if (value.is_array()) {
+    for (size_t i = 0; i < value.size(); ++i) {
+      Q3VL_RETURN_IF_ERROR(CheckUtf8(value[i], absl::StrCat(path, "[", i, "]")));
+    }
+  } else if (value.is_object()) {
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      Q3VL_RETURN_IF_ERROR(CheckUtf8(it.value(), absl::StrCat(path, ".", it.key())));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<VisionProcessorConfigs> LoadVisionProcessorConfigs(const std::string& model_dir) {
@@ -63,6 +82,7 @@ absl::StatusOr<Processor> Processor::Load(const std::string& model_dir) {
 
 absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json& messages,
                                                     const ProcessOptions& options) const {
+  Q3VL_RETURN_IF_ERROR(CheckUtf8(messages, "messages"));
   ChatRequest chat{.add_generation_prompt = options.add_generation_prompt,
                    .add_vision_id = options.add_vision_id};
   Q3VL_ASSIGN_OR_RETURN(chat.messages, ParseChatMessages(messages));

@@ -115,6 +115,14 @@ TEST(ProcessorTest, BadRequestsNameTheProblem) {
   ASSERT_FALSE(bad_role.ok());
   EXPECT_NE(std::string(bad_role.status().message()).find("messages[0]"), std::string::npos) << bad_role.status();
   EXPECT_FALSE(Processor::Load("/nonexistent_model_dir").ok());
+  nlohmann::ordered_json bad_text =
+      nlohmann::ordered_json::parse(R"([{"role": "user", "content": [{"type": "text", "text": ""}]}])");
+  bad_text[0]["content"][0]["text"] = std::string("caf\xc3 au lait");  // a truncated UTF-8 sequence
+  auto invalid = processor->Process(bad_text, {});
+  ASSERT_FALSE(invalid.ok());
+  EXPECT_NE(std::string(invalid.status().message()).find("messages[0].content[0].text: text is not valid UTF-8"),
+            std::string::npos)
+      << invalid.status();
 }
 
 }  // namespace
