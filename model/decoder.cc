@@ -163,7 +163,7 @@ void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const 
   backend.GatherRows({.table = embed_, .ids = ids, .out = out});
 }
 
-void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t index, DecoderBatch& batch,
+void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
                             const Tensor& x, Tensor& out) const {
   const int64_t t = x.dim(0), h = shard_.num_heads, kvh = shard_.num_kv_heads, hd = config_.head_dim;
   Tensor q = backend.Allocate(DType::kF32, {t, h, hd});    // [T, H, hd]
@@ -179,12 +179,12 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t index,
   std::vector<int64_t> pending;
   for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
     const int64_t begin = batch.q_starts[s], end = batch.q_starts[s + 1];
-    batch.kv->Write(index, batch.seq_ids[s], k.Slice(0, begin, end), v.Slice(0, begin, end));
+    batch.kv->Write(cache_layer, batch.seq_ids[s], k.Slice(0, begin, end), v.Slice(0, begin, end));
     pending.push_back(end - begin);
   }
   Tensor keys, values;  // [sum context, KV, hd]
   std::vector<int64_t> k_starts;
-  batch.kv->Gather(index, batch.seq_ids, pending, &keys, &values, &k_starts);
+  batch.kv->Gather(cache_layer, batch.seq_ids, pending, &keys, &values, &k_starts);
   Tensor attn = backend.Allocate(DType::kF32, {t, h, hd});  // [T, H, hd]
   backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = k_starts,
                      .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
@@ -224,7 +224,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     const int64_t l = shard_.first_layer + i;  // global layer index (KV cache, DeepStack, traces)
     const Layer& layer = layers_[i];
     backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
-    Attention(backend, layer, l, batch, a, delta);
+    Attention(backend, layer, i, batch, a, delta);  // KV cache layers are this stage's
     backend.Add({.a = h, .b = delta, .out = h});
     backend.RmsNorm({.x = h, .weight = layer.post_norm, .out = a, .eps = config_.rms_norm_eps});
     if (layer.moe) {

@@ -58,8 +58,10 @@ class TextDecoder {
   TextDecoder(const TextConfig& config, WeightLoader& loader, bool tie_word_embeddings,
               const DecoderShard& shard = {});
 
-  // KV heads this rank caches (size its PagedKvCache with it).
+  // KV heads and layers this rank caches (size its PagedKvCache with them; cache layer i is
+  // decoder layer first_layer + i).
   int64_t local_kv_heads() const { return shard_.num_kv_heads; }
+  int64_t local_layers() const { return shard_.num_layers; }
 
   // out [N, D] = embed_tokens[ids].
   void Embed(Backend& backend, const Tensor& ids, Tensor& out) const;
@@ -86,7 +88,7 @@ class TextDecoder {
     Tensor dense_down;   // [D, Iff_local]
   };
   void LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const;
-  void Attention(Backend& backend, const Layer& layer, int64_t index, DecoderBatch& batch,
+  void Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
                  const Tensor& x, Tensor& out) const;
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
   // Sums a row-parallel partial result over `comm` in place (no-op without a group).

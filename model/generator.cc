@@ -114,7 +114,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     const int64_t tokens = static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
     pages += (tokens + options_.page_size - 1) / options_.page_size;
   }
-  kv::PagedKvCache cache({.num_layers = cfg.text.num_layers, .num_kv_heads = model_.decoder().local_kv_heads(),
+  kv::PagedKvCache cache({.num_layers = decoder.local_layers(), .num_kv_heads = decoder.local_kv_heads(),
                           .head_dim = cfg.text.head_dim, .page_size = options_.page_size,
                           .num_pages = options_.kv_pages > 0 ? options_.kv_pages : pages}, backend);
 
