@@ -263,7 +263,7 @@ Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::ve
   return logits;
 }
 
-Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                 const TraceFn* trace) const {
   const int64_t n = static_cast<int64_t>(rows.size()), d = config_.hidden_size;
   Tensor selected = backend.Allocate(DType::kF32, {n, d});  // [N, D]
@@ -272,6 +272,13 @@ Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const st
   Trace(trace, "final_hidden_normed", 0, selected);
   Tensor local = backend.Allocate(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
   backend.Gemm({.a = selected, .b = lm_head_, .out = local});
+  return local;
+}
+
+Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                                const TraceFn* trace) const {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  Tensor local = LocalLogits(backend, hidden, rows, trace);  // [N, V_chunk]
   if (shard_.tp == nullptr || shard_.tp->size() == 1) return local;
   // Vocab-parallel LM head: every rank's chunk, then [T, N, chunk] -> [N, V].
   const int tp = shard_.tp->size();

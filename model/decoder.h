@@ -11,6 +11,7 @@
 #include "kv/paged_kv_cache.h"
 #include "model/config.h"
 #include "model/rope.h"
+#include "model/sampler.h"
 #include "model/trace.h"
 #include "model/weight_loader.h"
 #include "moe/moe.h"
@@ -71,6 +72,16 @@ class TextDecoder {
   Tensor Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                 const TraceFn* trace = nullptr) const;
 
+  // One token per row of `hidden` (rows[i] sampled with *params[i] and *rngs[i]) without the
+  // full logits on any rank: each tp rank's vocab chunk yields its argmax or its top-k (value,
+  // id) pairs, the candidates are all-gathered and sampled identically on every tp rank
+  // (SampleCandidates); top-p without top-k falls back to gathering whole rows. Under a
+  // pipeline the last stage samples and broadcasts the tokens over pp. Every rank returns the
+  // same tokens; only the last stage's Rngs advance.
+  std::vector<int64_t> SampleRows(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                                  const std::vector<const SamplingParams*>& params,
+                                  const std::vector<Rng*>& rngs) const;
+
  private:
   struct Layer {
     Tensor input_norm;   // [D]
@@ -96,6 +107,13 @@ class TextDecoder {
   // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp.
   Tensor StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                      const TraceFn* trace) const;
+  // This rank's chunk of the logits: [N, vocab_chunk_] (columns past V are padding).
+  Tensor LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                     const TraceFn* trace) const;
+  // SampleRows on the last stage.
+  std::vector<int64_t> SampleStage(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                                   const std::vector<const SamplingParams*>& params,
+                                   const std::vector<Rng*>& rngs) const;
 
   TextConfig config_;
   DecoderShard shard_;     // counts filled in (never 0)

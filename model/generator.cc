@@ -174,20 +174,19 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     const int64_t begin = options_.keep_prefill_logits ? batch.q_starts[i] : batch.q_starts[i + 1] - 1;
     for (int64_t row = begin; row < batch.q_starts[i + 1]; ++row) logit_rows.push_back(row);
   }
-  Tensor logits = decoder.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
 
   // Sample the first token of each sequence, then decode the active ones together.
   std::vector<Rng> rngs;
+  for (size_t i = 0; i < n; ++i) rngs.emplace_back(requests[i].sampling.seed);
   std::vector<int64_t> lengths(n);  // tokens in the KV cache per sequence
   std::vector<bool> active(n, true);
-  auto emit = [&](size_t i, const float* row) {
+  auto emit = [&](size_t i, int64_t token) {
     const SamplingParams& sp = requests[i].sampling;
     if (static_cast<int64_t>(results[i].tokens.size()) >= sp.max_new_tokens) {
       results[i].finish_reason = "length";
       active[i] = false;
       return;
     }
-    const int64_t token = Sample(row, vocab, sp, rngs[i]);
     results[i].tokens.push_back(token);
     if (options_.on_token) options_.on_token(i, token);
     if (std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), token) != sp.stop_tokens.end()) {
@@ -198,16 +197,30 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       active[i] = false;
     }
   };
-  int64_t row = 0;
+  // Sampling never needs the full logits (decoder.SampleRows); only a caller that keeps every
+  // prefill logit (eval-case) gathers them.
+  auto sample = [&](const Tensor& hidden, const std::vector<int64_t>& rows, const std::vector<int64_t>& seqs) {
+    std::vector<const SamplingParams*> params;
+    std::vector<Rng*> seq_rngs;
+    for (int64_t s : seqs) params.push_back(&requests[s].sampling), seq_rngs.push_back(&rngs[s]);
+    return decoder.SampleRows(backend, hidden, rows, params, seq_rngs);
+  };
+  std::vector<int64_t> all_seqs(n);
   for (size_t i = 0; i < n; ++i) {
-    rngs.emplace_back(requests[i].sampling.seed);
+    all_seqs[i] = static_cast<int64_t>(i);
     lengths[i] = static_cast<int64_t>(requests[i].input_ids.size());
-    const int64_t rows = options_.keep_prefill_logits ? lengths[i] : 1;
-    if (options_.keep_prefill_logits) {
-      results[i].prefill_logits = logits.Slice(0, row, row + rows).Clone();
+  }
+  if (options_.keep_prefill_logits) {
+    const Tensor logits = decoder.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
+    int64_t row = 0;
+    for (size_t i = 0; i < n; ++i) {
+      results[i].prefill_logits = logits.Slice(0, row, row + lengths[i]).Clone();
+      row += lengths[i];
+      emit(i, Sample(logits.data<float>() + (row - 1) * vocab, vocab, requests[i].sampling, rngs[i]));
     }
-    emit(i, logits.data<float>() + (row + rows - 1) * vocab);
-    row += rows;
+  } else {
+    const std::vector<int64_t> first = sample(batch.hidden, logit_rows, all_seqs);
+    for (size_t i = 0; i < n; ++i) emit(i, first[i]);
   }
   while (true) {
     DecoderBatch step{.q_starts = {0}, .kv = &cache};
@@ -231,8 +244,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     decoder.Forward(backend, step);
     std::vector<int64_t> rows(m);
     for (int64_t j = 0; j < m; ++j) rows[j] = j;
-    Tensor step_logits = decoder.Logits(backend, step.hidden, rows);
-    for (int64_t j = 0; j < m; ++j) emit(static_cast<size_t>(step.seq_ids[j]), step_logits.data<float>() + j * vocab);
+    const std::vector<int64_t> next = sample(step.hidden, rows, step.seq_ids);
+    for (int64_t j = 0; j < m; ++j) emit(static_cast<size_t>(step.seq_ids[j]), next[j]);
   }
   return results;
 }

@@ -52,4 +52,18 @@ int64_t Sample(const float* logits, int64_t vocab, const SamplingParams& params,
   return order[dist(rng)];
 }
 
+int64_t SampleCandidates(const float* logits, const int64_t* ids, int64_t n, const SamplingParams& params,
+                         Rng& rng) {
+  // Candidates in full-row order (logit descending, id ascending): Sample on them then picks
+  // the same top-k prefix, the same nucleus and, with the same Rng state, the same token.
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && ids[a] < ids[b]);
+  });
+  std::vector<float> sorted(n);
+  for (int64_t i = 0; i < n; ++i) sorted[i] = logits[order[i]];
+  return ids[order[Sample(sorted.data(), n, params, rng)]];
+}
+
 }  // namespace q3vl::model

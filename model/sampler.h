@@ -28,6 +28,12 @@ using Rng = std::mt19937_64;
 
 int64_t Sample(const float* logits, int64_t vocab, const SamplingParams& params, Rng& rng);
 
+// The same draw from candidates (logits[i] of token ids[i], any order) known to contain the
+// top_k tokens of the full row (greedy: its maximum): the result equals Sample on the full row.
+// Vocab-parallel sampling gathers each rank's local top-k and calls this on the union.
+int64_t SampleCandidates(const float* logits, const int64_t* ids, int64_t n, const SamplingParams& params,
+                         Rng& rng);
+
 }  // namespace q3vl::model
 
 #endif  // Q3VL_MODEL_SAMPLER_H_

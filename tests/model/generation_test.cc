@@ -2,6 +2,8 @@
 // results, sampling is seeded and validated, and the KV cache reports exhaustion.
 #include "model/generator.h"
 
+#include <algorithm>
+
 #include "core/backend.h"
 #include "gtest/gtest.h"
 #include "launcher/eval_case.h"
@@ -71,6 +73,37 @@ TEST_F(GenerationTest, SamplingIsSeededAndStopsOnStopTokens) {
   EXPECT_EQ((*c)[0].finish_reason, "stop");
   EXPECT_LE((*c)[0].tokens.size(), 3u);
   EXPECT_EQ((*c)[0].tokens.back(), (*a)[0].tokens[2]);
+}
+
+// Vocab-parallel sampling: the union of each chunk's top-k, sampled by SampleCandidates, draws
+// exactly what Sample draws on the full row (same Rng state), ties included.
+TEST(SamplerTest, CandidatesFromChunksDrawLikeTheFullRow) {
+  constexpr int64_t kVocab = 1000, kChunks = 4;
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    Tensor row = testing::RandomTensor({kVocab}, seed, 3.0f);
+    float* logits = row.data<float>();
+    for (int64_t i = 0; i < kVocab; i += 97) logits[i] = 2.5f;  // ties across chunks
+    for (const SamplingParams& sp : {SamplingParams{}, SamplingParams{.temperature = 0.7f, .top_k = 30},
+                                     SamplingParams{.temperature = 1.3f, .top_k = 5, .top_p = 0.6f}}) {
+      const int64_t k = sp.temperature == 0.0f ? 1 : sp.top_k;
+      std::vector<float> cand_logit;
+      std::vector<int64_t> cand_id;
+      for (int64_t c = 0; c < kChunks; ++c) {  // each chunk's top k, any order
+        std::vector<int64_t> ids;
+        for (int64_t i = c * kVocab / kChunks; i < (c + 1) * kVocab / kChunks; ++i) ids.push_back(i);
+        std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int64_t a, int64_t b) {
+          return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        });
+        for (int64_t j = k - 1; j >= 0; --j) cand_logit.push_back(logits[ids[j]]), cand_id.push_back(ids[j]);
+      }
+      Rng full(seed), parts(seed);
+      for (int draw = 0; draw < 5; ++draw) {
+        EXPECT_EQ(SampleCandidates(cand_logit.data(), cand_id.data(), static_cast<int64_t>(cand_id.size()), sp, parts),
+                  Sample(logits, kVocab, sp, full))
+            << "seed " << seed << " top_k " << sp.top_k;
+      }
+    }
+  }
 }
 
 TEST_F(GenerationTest, BadRequestsAreRejectedWithReasons) {

@@ -14,6 +14,7 @@
 #include "core/npy.h"
 #include "gtest/gtest.h"
 #include "launcher/eval_case.h"
+#include "model/generator.h"
 #include "model/qwen3_vl.h"
 #include "parallel/comm_groups.h"
 #include "parallel/inprocess_comm.h"
@@ -106,6 +107,55 @@ INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params(
   for (char& c : mesh) c = (c == '=' || c == ',') ? '_' : c;
   return mesh + "_" + std::get<1>(info.param);
 });
+
+// Generation on a mesh samples without gathering logits (vocab-parallel argmax / top-k
+// candidates, the last stage broadcasting tokens): greedy, top-k and top-p sampling must pick
+// exactly the single-rank tokens on every rank.
+std::vector<std::vector<int64_t>> Generate(const std::string& case_dir, const std::string& mesh,
+                                           const model::SamplingParams& sampling) {
+  auto config = parallel::ParallelConfig::FromString(mesh);
+  Q3VL_CHECK_OK(config.status());
+  std::vector<std::vector<int64_t>> tokens(config->world_size());
+  parallel::RunInProcessRanks(config->world_size(), {}, [&](parallel::Communicator& world) {
+    omp_set_num_threads(1);
+    auto topology = parallel::Topology::Create(*config, config->world_size(), world.rank());
+    Q3VL_CHECK_OK(topology.status());
+    auto groups = parallel::CommGroups::Create(
+        *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}));
+    Q3VL_CHECK_OK(groups.status());
+    auto backend = CreateBackend(BackendKind::kCpu);
+    auto golden = launcher::ReadGoldenCase(case_dir);
+    Q3VL_CHECK_OK(golden.status());
+    auto model = model::Qwen3VL::Load(case_dir + "/model", **backend, {.topology = &*topology, .groups = &*groups});
+    Q3VL_CHECK_OK(model.status());
+    model::GenerationRequest request = golden->request;
+    request.sampling = sampling;
+    model::Generator generator(**model, {});
+    auto results = generator.Generate({request, request});  // two sequences, same seed
+    Q3VL_CHECK_OK(results.status());
+    tokens[world.rank()] = (*results)[0].tokens;
+    tokens[world.rank()].insert(tokens[world.rank()].end(), (*results)[1].tokens.begin(), (*results)[1].tokens.end());
+  });
+  return tokens;
+}
+
+TEST(ParallelSamplingTest, MeshesSampleTheSingleRankTokens) {
+  const std::string dir = testing::GoldenCaseDir("07_realvocab_image");
+  ASSERT_FALSE(dir.empty());
+  model::SamplingParams greedy{.max_new_tokens = 6};
+  model::SamplingParams top_k{.temperature = 1.5f, .top_k = 40, .seed = 11, .max_new_tokens = 6};
+  model::SamplingParams top_p{.temperature = 1.5f, .top_p = 0.9f, .seed = 5, .max_new_tokens = 6};
+  for (const model::SamplingParams& sp : {greedy, top_k, top_p}) {
+    const std::vector<int64_t> want = Generate(dir, "tp=1", sp)[0];
+    ASSERT_EQ(want.size(), 12u);
+    for (const char* mesh : {"tp=2", "tp=4", "pp=2,tp=2", "tp=2,ep=2"}) {
+      const auto got = Generate(dir, mesh, sp);
+      for (size_t r = 0; r < got.size(); ++r) {
+        EXPECT_EQ(got[r], want) << mesh << " rank " << r << " temperature " << sp.temperature << " top_k " << sp.top_k;
+      }
+    }
+  }
+}
 
 // Sharded loading reads about 1/ranks of the sharded tensors: on tp=2,ep=2 of the
 // real-vocabulary case (LM head and experts dominate) each rank reads well under the whole.
