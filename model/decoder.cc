@@ -38,8 +38,8 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
   const int64_t d = config.hidden_size, hd = config.head_dim, v = config.vocab_size;
   const std::string p = kPrefix;
   const int tp_rank = Rank(s.tp), tp = Size(s.tp);
-  // Every rank reads embedding rows straight from the mapped checkpoint (only the rows of its
-  // tokens are touched), so the embedding needs no collective.
+  // The stored (mapped) table: a rank touches only its vocab rows of it, and of those only the
+  // rows of the tokens it embeds.
   embed_ = loader.GetStored(p + "embed_tokens.weight", {v, d});
   norm_ = loader.Get(p + "norm.weight", {d});
   vocab_chunk_ = (v + tp - 1) / tp;
@@ -160,7 +160,26 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
 }
 
 void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const {
-  backend.GatherRows({.table = embed_, .ids = ids, .out = out});
+  if (shard_.tp == nullptr || shard_.tp->size() == 1) {
+    backend.GatherRows({.table = embed_, .ids = ids, .out = out});
+    return;
+  }
+  // Vocab-parallel: this rank's rows [vocab_begin_, end), zeros for the other ranks' ids, summed
+  // over tp (a sum of one row and zeros: every rank gets the exact embedding).
+  const int64_t n = ids.numel(), d = config_.hidden_size;
+  const int64_t end = std::min(config_.vocab_size, vocab_begin_ + vocab_chunk_);
+  Q3VL_CHECK(ids.dtype() == DType::kI64) << ids.DebugString();
+  Tensor local = Tensor::Empty(DType::kI64, {n});  // [N] row in this rank's slice (0 if not ours)
+  std::vector<int64_t> others;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids.data<int64_t>()[i];
+    const bool mine = id >= vocab_begin_ && id < end;
+    local.data<int64_t>()[i] = mine ? id - vocab_begin_ : 0;
+    if (!mine) others.push_back(i);
+  }
+  backend.GatherRows({.table = embed_.Slice(0, vocab_begin_, end), .ids = local, .out = out});
+  for (int64_t i : others) std::fill_n(out.data<float>() + i * d, d, 0.0f);
+  AllReduce(shard_.tp, out);
 }
 
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,

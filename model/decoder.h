@@ -64,7 +64,7 @@ class TextDecoder {
   int64_t local_kv_heads() const { return shard_.num_kv_heads; }
   int64_t local_layers() const { return shard_.num_layers; }
 
-  // out [N, D] = embed_tokens[ids].
+  // out [N, D] = embed_tokens[ids] (vocab-parallel over tp: this rank's rows, all-reduced).
   void Embed(Backend& backend, const Tensor& ids, Tensor& out) const;
   // Runs every layer; appends the new tokens to the KV cache (committed at the end).
   void Forward(Backend& backend, DecoderBatch& batch) const;
@@ -118,7 +118,7 @@ class TextDecoder {
   TextConfig config_;
   DecoderShard shard_;     // counts filled in (never 0)
   int64_t vocab_begin_ = 0, vocab_chunk_ = 0;  // LM head rows [begin, begin + chunk) (padded)
-  Tensor embed_;    // [V, D], as stored
+  Tensor embed_;    // [V, D], as stored (mapped); this rank reads rows [vocab_begin_, +chunk)
   Tensor norm_;     // [D]
   Tensor lm_head_;  // [vocab_chunk, D]: this rank's vocab rows (zero past V)
   std::vector<Layer> layers_;  // layers [shard_.first_layer, + num_layers)
