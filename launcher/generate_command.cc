@@ -138,19 +138,26 @@ int GenerateCommand(const Args& args) {
     auto ids = ParseIds(vm["ids"].as<std::string>());
     if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()));
     request.input_ids = *ids;
-  } else {
-    // Every rank prepares the request itself (same files, same result).
-    // TODO(#4): the leader alone should decode media and broadcast the request.
+  } else if (leader) {  // the leader alone renders, tokenizes and decodes media
+    absl::Status status;
     auto loaded = model::Processor::Load(model_dir);
-    if (absl::Status s = step(loaded.status()); !s.ok()) return fail(s);
-    processor.emplace(*std::move(loaded));
-    auto messages = Messages(vm);
-    if (absl::Status s = step(messages.status()); !s.ok()) return fail(s);
-    auto processed = processor->Process(*messages, {});
-    if (absl::Status s = step(processed.status()); !s.ok()) return fail(s);
-    request.input_ids = processed->input_ids;
-    request.images = std::move(processed->images);
-    request.videos = std::move(processed->videos);
+    if (loaded.ok()) {
+      processor.emplace(*std::move(loaded));
+      auto messages = Messages(vm);
+      auto processed = messages.ok() ? processor->Process(*messages, {})
+                                     : absl::StatusOr<model::ProcessedRequest>(messages.status());
+      if (processed.ok()) {
+        request.input_ids = processed->input_ids;
+        request.images = std::move(processed->images);
+        request.videos = std::move(processed->videos);
+      }
+      status = processed.status();
+    } else {
+      status = loaded.status();
+    }
+    if (absl::Status s = step(status); !s.ok()) return fail(s);
+  } else if (absl::Status s = step(absl::OkStatus()); !s.ok()) {  // the leader's verdict
+    return fail(s);
   }
   const double process_s = SecondsSince(process_start);
 
@@ -163,6 +170,12 @@ int GenerateCommand(const Args& args) {
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   const double load_s = SecondsSince(load_start);
   request.sampling = Sampling(vm, (*model)->config());
+  if (mesh) {
+    if (absl::Status s = mesh->BroadcastRequest(request); !s.ok()) {
+      std::cerr << "[rank " << mesh->rank() << "] " << s.message() << std::endl;
+      parallel::MpiRuntime::Abort(1);
+    }
+  }
   const std::vector<model::GenerationRequest> requests(vm["batch"].as<int>(), request);
   if ((*model)->is_vision_rank()) {  // the vision stage: the tower for each request, then done
     for (const model::GenerationRequest& r : requests) {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {
 
@@ -53,6 +54,54 @@ MeshRun::~MeshRun() {
   world_.reset();
 }
 
+namespace {
+
+nlohmann::json VisionMeta(const model::VisionInput& in) {
+  nlohmann::json grids = nlohmann::json::array();
+  for (const model::GridThw& g : in.grids) grids.push_back({g[0], g[1], g[2]});
+  return {{"grids", grids},
+          {"rows", in.grids.empty() ? 0 : in.pixel_values.dim(0)},
+          {"cols", in.grids.empty() ? 0 : in.pixel_values.dim(1)}};
+}
+
+}  // namespace
+
+absl::Status MeshRun::BroadcastRequest(model::GenerationRequest& request) {
+  const int root = topology_->ReplicaLeader();
+  std::string meta;
+  if (leader()) {
+    const model::SamplingParams& s = request.sampling;
+    meta = nlohmann::json{{"ids", request.input_ids},
+                          {"sampling", {{"temperature", s.temperature}, {"top_k", s.top_k},
+                                        {"top_p", s.top_p}, {"seed", s.seed},
+                                        {"max_new_tokens", s.max_new_tokens}, {"stop", s.stop_tokens}}},
+                          {"images", VisionMeta(request.images)},
+                          {"videos", VisionMeta(request.videos)}}
+               .dump();
+  }
+  Q3VL_RETURN_IF_ERROR(parallel::BroadcastString(*world_, meta, root));
+  if (!leader()) {
+    const nlohmann::json m = nlohmann::json::parse(meta);
+    request.input_ids = m["ids"].get<std::vector<int64_t>>();
+    const nlohmann::json& s = m["sampling"];
+    request.sampling = {.temperature = s["temperature"].get<float>(), .top_k = s["top_k"].get<int64_t>(),
+                        .top_p = s["top_p"].get<float>(), .seed = s["seed"].get<uint64_t>(),
+                        .max_new_tokens = s["max_new_tokens"].get<int64_t>(),
+                        .stop_tokens = s["stop"].get<std::vector<int64_t>>()};
+    for (auto [in, key] : {std::pair{&request.images, "images"}, std::pair{&request.videos, "videos"}}) {
+      in->grids.clear();
+      for (const auto& g : m[key]["grids"]) in->grids.push_back({g[0].get<int64_t>(), g[1].get<int64_t>(), g[2].get<int64_t>()});
+      in->pixel_values = in->grids.empty() ? Tensor()
+                                           : Tensor::Empty(DType::kF32, {m[key]["rows"].get<int64_t>(),
+                                                                         m[key]["cols"].get<int64_t>()});
+    }
+  }
+  for (model::VisionInput* in : {&request.images, &request.videos}) {
+    if (!in->grids.empty()) Q3VL_RETURN_IF_ERROR(world_->Broadcast(in->pixel_values, root));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MeshRun::Agree(const absl::Status& status) {
   auto codes = parallel::AllGatherValue(*world_, static_cast<int64_t>(status.code()));
   if (!codes.ok()) {
@@ -64,7 +113,11 @@ absl::Status MeshRun::Agree(const absl::Status& status) {
     if ((*codes)[r] != 0 && first_failed < 0) first_failed = static_cast<int>(r);
   }
   if (first_failed < 0) return absl::OkStatus();
-  // The first failed rank speaks for all that failed the same way (a bad mesh fails everywhere).
+  // The leader reports its own failure itself (the command prints it). Otherwise the first
+  // failed rank speaks for all that failed the same way (a bad mesh fails everywhere).
+  const int leader_rank = topology_->ReplicaLeader();
+  if (!status.ok() && rank() == leader_rank) return status;
+  if ((*codes)[leader_rank] != 0) return absl::AbortedError("the leader failed");
   if (!status.ok() && (rank() == first_failed || (*codes)[first_failed] != static_cast<int64_t>(status.code()))) {
     std::cerr << "[rank " << rank() << "] " << status.message() << std::endl;
   }

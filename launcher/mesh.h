@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "model/generator.h"
 #include "model/qwen3_vl.h"
 #include "parallel/comm_groups.h"
 #include "parallel/communicator.h"
@@ -32,6 +33,10 @@ class MeshRun {
   parallel::Communicator& world() { return *world_; }
   const parallel::Topology& topology() const { return *topology_; }
   model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
+
+  // Collective over the world: the leader's `request` (ids, sampling, images and videos with
+  // their pixels) replaces every other rank's, so media are decoded once, by the leader.
+  absl::Status BroadcastRequest(model::GenerationRequest& request);
 
   // Collective: OK iff `status` is OK on every rank. A failed rank prints its own error (with
   // its rank) to stderr; every rank then returns an error, so no rank waits on a dead peer.

@@ -75,6 +75,32 @@ INSTANTIATE_TEST_SUITE_P(Meshes, MeshEvalCaseTest, ::testing::ValuesIn(Params())
   return mesh + "_" + std::get<2>(info.param);
 });
 
+// `mpirun q3vl generate --mesh`: only the leader decodes the media and broadcasts the request;
+// the streamed result equals the single-rank run, and a bad image stops every rank at once.
+TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
+  const std::string dir = ::testing::TempDir() + "/mesh_demo_model";
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(Mpirun(1, "make-model --out " + dir).code, 0);
+  const std::string media = testing::TestDataDir() + "/media/";
+  const std::string args = "generate --model " + dir + " --image " + media + "shapes_333x517.jpg --video " + media +
+                           "testsrc2_320x240_4s.mp4 --prompt 'What happens?' --max-new-tokens 6 --ignore-eos --json";
+  auto ids_of = [](const std::string& out) {
+    const auto at = out.find("\"generated_ids\"");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find(']', at) - at);
+  };
+  const MpiResult one = Mpirun(1, args);
+  ASSERT_EQ(one.code, 0) << one.output;
+  ASSERT_FALSE(ids_of(one.output).empty()) << one.output;
+  for (const auto& [mesh, np] : {std::pair{"vision=1,tp=2", 3}, std::pair{"pp=2,tp=2", 4}}) {
+    const MpiResult many = Mpirun(np, args + " --mesh " + mesh);
+    ASSERT_EQ(many.code, 0) << many.output;
+    EXPECT_EQ(ids_of(many.output), ids_of(one.output)) << mesh;
+  }
+  const MpiResult bad = Mpirun(3, "generate --model " + dir + " --mesh vision=1,tp=2 --image /nonexistent.png --prompt hi");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("image file '/nonexistent.png' cannot be opened"), std::string::npos) << bad.output;
+}
+
 TEST(MeshTest, BadMeshesFailFastWithTheReason) {
   const std::string dir = testing::GoldenCaseDir("01_text_only");
   const std::string out = ::testing::TempDir() + "/mesh_bad";
