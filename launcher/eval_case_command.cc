@@ -15,7 +15,7 @@ int EvalCaseCommand(const Args& args) {
       ("case", po::value<std::string>()->required(), "golden case directory (model/, inputs/, case.json)")
       ("out", po::value<std::string>()->required(), "output directory (created)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E (run under mpirun -np V+P*max(T,E)); dp=D is not available yet")
+      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D (run under mpirun -np D*(V+P*max(T,E))); every replica runs the case, replica 0 writes")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
   positional.add("case", 1);

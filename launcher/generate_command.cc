@@ -103,9 +103,9 @@ int GenerateCommand(const Args& args) {
       ("seed", po::value<uint64_t>()->default_value(0), "random seed for sampling")
       ("greedy", po::bool_switch(), "greedy decoding (overrides --temperature)")
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
-      ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch")
+      ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch (split over dp replicas)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
-      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E: run under mpirun -np V+P*max(T,E); the first stage-0 rank prints")
+      ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D: run under mpirun -np D*(V+P*max(T,E)); replica 0's first stage-0 rank prints")
       ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
   po::positional_options_description positional;
   auto parsed = ParseArgs(kName, "--model DIR (--prompt TEXT [--image P]... [--video P]... | --messages FILE | --ids 1,2,3) [options]",
@@ -176,14 +176,29 @@ int GenerateCommand(const Args& args) {
       parallel::MpiRuntime::Abort(1);
     }
   }
-  const std::vector<model::GenerationRequest> requests(vm["batch"].as<int>(), request);
+  // Replicas (dp) split the batch round-robin: replica r runs sequences r, r + D, ... (replica 0,
+  // whose leader prints sequence 0, always has one).
+  const int batch = vm["batch"].as<int>(), replicas = mesh ? mesh->num_replicas() : 1;
+  const int replica = mesh ? mesh->replica() : 0;
+  const std::vector<model::GenerationRequest> requests((batch - replica + replicas - 1) / replicas, request);
+  // Every rank's count of generated tokens, summed over the job (replica leaders count theirs).
+  auto total_tokens = [&](int64_t mine) -> int64_t {
+    if (!mesh) return mine;
+    auto all = parallel::AllGatherValue(mesh->world(), mine);
+    if (!all.ok()) parallel::MpiRuntime::Abort(1);
+    int64_t sum = 0;
+    for (int64_t v : *all) sum += v;
+    return sum;
+  };
   if ((*model)->is_vision_rank()) {  // the vision stage: the tower for each request, then done
     for (const model::GenerationRequest& r : requests) {
       for (const model::VisionInput* input : {&r.images, &r.videos}) {
         if (!input->grids.empty()) (*model)->ServeVision(*input);
       }
     }
-    return step(absl::OkStatus()).ok() ? 0 : 1;
+    if (!step(absl::OkStatus()).ok()) return 1;
+    total_tokens(0);
+    return 0;
   }
 
   const bool json = vm["json"].as<bool>() || !leader;  // non-leaders print nothing
@@ -201,12 +216,16 @@ int GenerateCommand(const Args& args) {
       std::cout << token << " " << std::flush;
     }
   }});
-  auto results = generator.Generate(requests);
+  auto results = requests.empty()
+                     ? absl::StatusOr<std::vector<model::GenerationResult>>(std::vector<model::GenerationResult>{})
+                     : generator.Generate(requests);
   if (absl::Status s = step(results.status()); !s.ok()) return fail(s);
+  const bool counts = mesh ? mesh->topology().ReplicaLeader() == mesh->rank() : true;
+  emitted = total_tokens(counts ? emitted : 0);
   if (!leader) return 0;
   const double total_s = SecondsSince(start);
-  const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size() * requests.size());
-  const double decode_tokens = static_cast<double>(emitted - static_cast<int64_t>(requests.size()));
+  const int64_t prompt_tokens = static_cast<int64_t>(request.input_ids.size()) * batch;
+  const double decode_tokens = static_cast<double>(emitted - batch);
   const nlohmann::json stats = {
       {"preprocess_s", process_s}, {"load_s", load_s}, {"prompt_tokens", prompt_tokens},
       {"generated_tokens", emitted},

@@ -67,7 +67,7 @@ nlohmann::json VisionMeta(const model::VisionInput& in) {
 }  // namespace
 
 absl::Status MeshRun::BroadcastRequest(model::GenerationRequest& request) {
-  const int root = topology_->ReplicaLeader();
+  const int root = leader_rank();
   std::string meta;
   if (leader()) {
     const model::SamplingParams& s = request.sampling;
@@ -115,9 +115,8 @@ absl::Status MeshRun::Agree(const absl::Status& status) {
   if (first_failed < 0) return absl::OkStatus();
   // The leader reports its own failure itself (the command prints it). Otherwise the first
   // failed rank speaks for all that failed the same way (a bad mesh fails everywhere).
-  const int leader_rank = topology_->ReplicaLeader();
-  if (!status.ok() && rank() == leader_rank) return status;
-  if ((*codes)[leader_rank] != 0) return absl::AbortedError("the leader failed");
+  if (!status.ok() && leader()) return status;
+  if ((*codes)[leader_rank()] != 0) return absl::AbortedError("the leader failed");
   if (!status.ok() && (rank() == first_failed || (*codes)[first_failed] != static_cast<int64_t>(status.code()))) {
     std::cerr << "[rank " << rank() << "] " << status.message() << std::endl;
   }

@@ -27,8 +27,11 @@ class MeshRun {
                                                         const parallel::DataPlaneFactory& data_plane = nullptr);
   ~MeshRun();
 
-  // The replica leader (stage 0, stage rank 0): it writes files and prints.
-  bool leader() const { return topology_->ReplicaLeader() == world_->rank(); }
+  // The job leader, replica 0's leader (its first stage-0 rank): it writes files and prints.
+  int leader_rank() const { return topology_->config().vision; }
+  bool leader() const { return world_->rank() == leader_rank(); }
+  int replica() const { return topology_->coords().replica; }
+  int num_replicas() const { return topology_->config().dp; }
   int rank() const { return world_->rank(); }
   parallel::Communicator& world() { return *world_; }
   const parallel::Topology& topology() const { return *topology_; }

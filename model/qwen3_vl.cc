@@ -40,11 +40,6 @@ absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
                                         .moe_intermediate = static_cast<int>(t.moe_intermediate_size),
                                         .num_layers = static_cast<int>(t.num_layers),
                                         .num_deepstack = static_cast<int>(config.vision.deepstack_visual_indexes.size())}));
-  if (mesh.dp > 1) {
-    // TODO(#4): replicas (each its own copy of this mesh) behind the coordinator.
-    return absl::UnimplementedError(absl::StrCat("mesh ", mesh.ToString(),
-                                                 ": dp > 1 (replicas) is not available yet"));
-  }
   return plan;
 }
 

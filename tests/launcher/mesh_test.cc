@@ -60,7 +60,7 @@ std::vector<std::tuple<std::string, int, std::string>> Params() {
   std::vector<std::tuple<std::string, int, std::string>> params;
   const std::pair<const char*, int> meshes[] = {{"tp=2", 2}, {"ep=2", 2}, {"tp=2,ep=2", 2}, {"pp=2", 2},
                                                 {"pp=2,tp=2", 4}, {"vision=1,tp=2", 3},
-                                                {"vision=2,pp=2,tp=2", 6}};
+                                                {"vision=2,pp=2,tp=2", 6}, {"dp=2,tp=2", 4}};
   for (const auto& [mesh, np] : meshes) {
     for (const std::string& name : testing::GoldenCaseNames()) {
       params.emplace_back(mesh, np, name);
@@ -91,7 +91,7 @@ TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
   const MpiResult one = Mpirun(1, args);
   ASSERT_EQ(one.code, 0) << one.output;
   ASSERT_FALSE(ids_of(one.output).empty()) << one.output;
-  for (const auto& [mesh, np] : {std::pair{"vision=1,tp=2", 3}, std::pair{"pp=2,tp=2", 4}}) {
+  for (const auto& [mesh, np] : {std::pair{"vision=1,tp=2", 3}, std::pair{"pp=2,tp=2", 4}, std::pair{"dp=2", 2}}) {
     const MpiResult many = Mpirun(np, args + " --mesh " + mesh);
     ASSERT_EQ(many.code, 0) << many.output;
     EXPECT_EQ(ids_of(many.output), ids_of(one.output)) << mesh;
