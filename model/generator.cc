@@ -84,7 +84,7 @@ absl::Status Generator::Check(const GenerationRequest& r) const {
   for (const auto& k : kinds) {
     int64_t patches = 0;
     for (const GridThw& g : k.in.grids) patches += g[0] * g[1] * g[2];
-    if (!k.in.grids.empty()) Q3VL_RETURN_IF_ERROR(Annotate(model_.vision().CheckInput(k.in), k.what));
+    if (!k.in.grids.empty()) Q3VL_RETURN_IF_ERROR(Annotate(CheckVisionInput(cfg.vision, k.in), k.what));
     const int64_t placeholders = CountToken(r.input_ids, k.token);
     if (placeholders != patches / merge) {
       return absl::InvalidArgumentError(absl::StrCat("prompt has ", placeholders, " ", k.what,

@@ -72,8 +72,13 @@ absl::StatusOr<std::unique_ptr<Qwen3VL>> Qwen3VL::Load(const std::string& dir, B
   model->vision_groups_ = vision_groups;
   Q3VL_ASSIGN_OR_RETURN(model->checkpoint_, Checkpoint::Open(dir));
   WeightLoader loader(*model->checkpoint_, backend);
-  // TODO(#4): decoder ranks of a mesh with vision ranks need only the vision config, not weights.
-  model->vision_ = std::make_unique<VisionTower>(model->config_.vision, loader);
+  // Only ranks that run the tower load it: decoder ranks of a mesh with vision ranks, and later
+  // pipeline stages, receive or skip the features.
+  if (role == Role::kLocal || role == Role::kVision) {
+    model->vision_ = std::make_unique<VisionTower>(model->config_.vision, loader);
+  } else {
+    loader.SkipPrefix("model.visual.");
+  }
   if (role == Role::kVision) {
     loader.SkipPrefix("model.language_model.");
     loader.SkipPrefix("lm_head.");

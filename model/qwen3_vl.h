@@ -42,7 +42,9 @@ class Qwen3VL {
                                                        const ModelParallel& parallel = {});
 
   const ModelConfig& config() const { return config_; }
+  // REQUIRES: has_vision_tower() (ranks that receive vision features hold no tower).
   const VisionTower& vision() const { return *vision_; }
+  bool has_vision_tower() const { return vision_ != nullptr; }
   // REQUIRES: !is_vision_rank() (vision ranks hold no decoder).
   const TextDecoder& decoder() const { return *decoder_; }
   // A rank of the mesh's vision stage: it serves the tower (ServeVision) and holds no decoder.

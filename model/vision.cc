@@ -57,7 +57,11 @@ VisionTower::VisionTower(const VisionConfig& config, WeightLoader& loader) : con
 }
 
 absl::Status VisionTower::CheckInput(const VisionInput& input) const {
-  const int64_t m = config_.spatial_merge_size;
+  return CheckVisionInput(config_, input);
+}
+
+absl::Status CheckVisionInput(const VisionConfig& config, const VisionInput& input) {
+  const int64_t m = config.spatial_merge_size;
   int64_t patches = 0;
   for (const GridThw& g : input.grids) {
     if (g[0] <= 0 || g[1] <= 0 || g[2] <= 0 || g[1] % m != 0 || g[2] % m != 0) {
@@ -67,9 +71,9 @@ absl::Status VisionTower::CheckInput(const VisionInput& input) const {
     patches += g[0] * g[1] * g[2];
   }
   if (input.pixel_values.rank() != 2 || input.pixel_values.dim(0) != patches ||
-      input.pixel_values.dim(1) != config_.patch_dim()) {
+      input.pixel_values.dim(1) != config.patch_dim()) {
     return absl::InvalidArgumentError(absl::StrCat("pixel_values ", ShapeString(input.pixel_values.shape()),
-        " do not match the grids: expected [", patches, ", ", config_.patch_dim(), "]"));
+        " do not match the grids: expected [", patches, ", ", config.patch_dim(), "]"));
   }
   return absl::OkStatus();
 }

@@ -25,6 +25,10 @@ struct VisionOutput {
   std::vector<Tensor> deepstack;  // per DeepStack index: [N / m^2, out_hidden]
 };
 
+// Validates pixel_values against the grids (shape, patch size, merge divisibility): needs only
+// the config, so ranks without the tower's weights check requests too.
+absl::Status CheckVisionInput(const VisionConfig& config, const VisionInput& input);
+
 class VisionTower {
  public:
   // Declares and loads every "model.visual.*" weight.

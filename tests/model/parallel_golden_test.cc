@@ -174,6 +174,16 @@ TEST(ParallelLoadTest, EachRankReadsItsShare) {
                 static_cast<double>(o.bytes_read) / single[0].bytes_read);
     EXPECT_LT(o.bytes_read, single[0].bytes_read * 0.7) << o.bytes_read << " of " << single[0].bytes_read;
   }
+  // With a vision stage, the vision rank reads only the tower and the decoder ranks everything
+  // but the tower: together they read each tensor once (the tp-split ones once in total).
+  const std::vector<RankOutcome> staged = RunMesh(dir, "vision=1,tp=2");
+  ASSERT_EQ(staged[0].error, "");
+  ASSERT_TRUE(staged[0].vision_rank);
+  for (size_t r = 0; r < staged.size(); ++r) {
+    std::printf("vision=1,tp=2 rank %zu read %llu bytes\n", r, static_cast<unsigned long long>(staged[r].bytes_read));
+  }
+  EXPECT_LE(staged[0].bytes_read + staged[1].bytes_read + staged[2].bytes_read, single[0].bytes_read * 1.2);
+  EXPECT_LT(staged[1].bytes_read, split[0].bytes_read);
 }
 
 TEST(ParallelLoadTest, InvalidMeshesAreRejectedBeforeAnyWeightIsRead) {
