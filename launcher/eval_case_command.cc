@@ -49,9 +49,7 @@ int EvalCaseCommand(const Args& args) {
                                     mesh ? mesh->parallel() : model::ModelParallel{});
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   if ((*model)->is_vision_rank()) {  // the vision stage serves the tower, then is done
-    for (const model::VisionInput* input : {&golden->request.images, &golden->request.videos}) {
-      if (!input->grids.empty()) (*model)->ServeVision(*input);
-    }
+    model::ServeVisionFor(**model, {golden->request});
     return step(absl::OkStatus()).ok() ? 0 : 1;
   }
   auto output = RunGoldenCase(**model, *golden);

@@ -191,11 +191,7 @@ int GenerateCommand(const Args& args) {
     return sum;
   };
   if ((*model)->is_vision_rank()) {  // the vision stage: the tower for each request, then done
-    for (const model::GenerationRequest& r : requests) {
-      for (const model::VisionInput* input : {&r.images, &r.videos}) {
-        if (!input->grids.empty()) (*model)->ServeVision(*input);
-      }
-    }
+    model::ServeVisionFor(**model, requests);
     if (!step(absl::OkStatus()).ok()) return 1;
     total_tokens(0);
     return 0;

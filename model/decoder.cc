@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "model/parallel_layers.h"
 #include "moe/ep_dispatcher.h"
 
 namespace q3vl::model {
@@ -52,7 +53,7 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
                             ? embed_.Slice(0, vocab_begin_, vocab_end).ToF32()
                             : loader.Get("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
     lm_head_ = head.dim(0) == vocab_chunk_ ? head : Tensor::Empty(DType::kF32, {vocab_chunk_, d});
-    if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head.Clone());
+    if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head);
   }
   const std::vector<SliceRange> q_rows = {{0, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   const std::vector<SliceRange> kv_rows = {{0, s.first_kv_head * hd, (s.first_kv_head + s.num_kv_heads) * hd}};
@@ -179,7 +180,7 @@ void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const 
   }
   backend.GatherRows({.table = embed_.Slice(0, vocab_begin_, end), .ids = local, .out = out});
   for (int64_t i : others) std::fill_n(out.data<float>() + i * d, d, 0.0f);
-  AllReduce(shard_.tp, out);
+  SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
@@ -208,13 +209,7 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
   backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = k_starts,
                      .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
-  AllReduce(shard_.tp, out);
-}
-
-void TextDecoder::AllReduce(parallel::Communicator* comm, Tensor& partial) {
-  if (comm == nullptr || comm->size() == 1) return;
-  // A failed collective means a lost peer: this rank aborts and the launcher ends the job.
-  Q3VL_CHECK_OK(comm->AllReduce({.in = partial, .out = partial}));
+  SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const {
@@ -225,7 +220,7 @@ void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x
   Tensor act = backend.Allocate(DType::kF32, {t, inter});  // [T, Iff]
   backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
   backend.Gemm({.a = act, .b = layer.dense_down, .out = out});
-  AllReduce(shard_.tp, out);
+  SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
@@ -233,8 +228,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   const int64_t t = h.dim(0), d = config_.hidden_size;
   Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
   Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
-  const int stage = Rank(shard_.pp), num_stages = Size(shard_.pp);
-  if (stage > 0) Q3VL_CHECK_OK(shard_.pp->Recv(h, stage - 1));  // the previous stage's output
+  ReceiveFromPreviousStage(shard_.pp, h);
   moe::LocalDispatcher local;
   std::optional<moe::AllToAllDispatcher> all_to_all;
   if (shard_.ep != nullptr && shard_.ep->size() > 1) all_to_all.emplace(*shard_.ep, shard_.num_experts);
@@ -252,7 +246,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
                       {.x = a, .out = delta, .top_k = static_cast<int>(config_.top_k),
                        .renormalize = config_.norm_topk_prob,
                        .routing_out = batch.trace ? &routing : nullptr});
-      AllReduce(shard_.etp, delta);
+      SumPartials(shard_.etp, delta);
       if (batch.trace) Trace(batch.trace, "router_topk", l, routing.expert_ids);
     } else {
       DenseMlp(backend, layer, a, delta);
@@ -264,7 +258,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     }
     Trace(batch.trace, "layer_hidden", l, h);
   }
-  if (stage + 1 < num_stages) Q3VL_CHECK_OK(shard_.pp->Send(h, stage + 1));
+  SendToNextStage(shard_.pp, h);
   for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
     batch.kv->Commit(batch.seq_ids[s], batch.q_starts[s + 1] - batch.q_starts[s]);
   }
@@ -272,13 +266,12 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
 
 Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                            const TraceFn* trace) const {
+  // Whole logits on every rank: eval-case keeps them. Sampling uses SampleRows instead.
   const int64_t n = static_cast<int64_t>(rows.size());
-  const int last = Size(shard_.pp) - 1;
-  if (last == 0) return StageLogits(backend, hidden, rows, trace);
-  // TODO(#4): broadcast sampled tokens instead of whole logits once sampling is distributed.
-  Tensor logits = Rank(shard_.pp) == last ? StageLogits(backend, hidden, rows, trace)
-                                          : backend.Allocate(DType::kF32, {n, config_.vocab_size});
-  Q3VL_CHECK_OK(shard_.pp->Broadcast(logits, last));
+  const bool last_stage = Rank(shard_.pp) == Size(shard_.pp) - 1;
+  Tensor logits = last_stage ? StageLogits(backend, hidden, rows, trace)
+                             : backend.Allocate(DType::kF32, {n, config_.vocab_size});
+  BroadcastFromLastStage(shard_.pp, logits);
   return logits;
 }
 
@@ -296,22 +289,7 @@ Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const st
 
 Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                 const TraceFn* trace) const {
-  const int64_t n = static_cast<int64_t>(rows.size());
-  Tensor local = LocalLogits(backend, hidden, rows, trace);  // [N, V_chunk]
-  if (shard_.tp == nullptr || shard_.tp->size() == 1) return local;
-  // Vocab-parallel LM head: every rank's chunk, then [T, N, chunk] -> [N, V].
-  const int tp = shard_.tp->size();
-  Tensor gathered = backend.Allocate(DType::kF32, {tp * n, vocab_chunk_});  // [T N, V_chunk]
-  Q3VL_CHECK_OK(shard_.tp->AllGather({.in = local, .out = gathered}));
-  const int64_t v = config_.vocab_size;
-  Tensor logits = backend.Allocate(DType::kF32, {n, v});  // [N, V]
-  for (int r = 0; r < tp; ++r) {
-    const int64_t begin = r * vocab_chunk_, width = std::min(v, begin + vocab_chunk_) - begin;
-    for (int64_t i = 0; i < n && width > 0; ++i) {
-      std::copy_n(gathered.data<float>() + (r * n + i) * vocab_chunk_, width, logits.data<float>() + i * v + begin);
-    }
-  }
-  return logits;
+  return GatherVocab(backend, shard_.tp, LocalLogits(backend, hidden, rows, trace), config_.vocab_size);
 }
 
 }  // namespace q3vl::model

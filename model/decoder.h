@@ -102,8 +102,6 @@ class TextDecoder {
   void Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
                  const Tensor& x, Tensor& out) const;
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
-  // Sums a row-parallel partial result over `comm` in place (no-op without a group).
-  static void AllReduce(parallel::Communicator* comm, Tensor& partial);
   // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp.
   Tensor StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                      const TraceFn* trace) const;

@@ -4,6 +4,7 @@
 
 #include "core/check.h"
 #include "model/decoder.h"
+#include "model/parallel_layers.h"
 
 namespace q3vl::model {
 namespace {
@@ -37,7 +38,7 @@ std::vector<int64_t> TextDecoder::SampleRows(Backend& backend, const Tensor& hid
                                         : std::vector<int64_t>(n, 0);
   if (last > 0) {  // the last stage's tokens to every stage
     Tensor t = Tensor::FromVectorI64(tokens, {n});
-    Q3VL_CHECK_OK(shard_.pp->Broadcast(t, last));
+    BroadcastFromLastStage(shard_.pp, t);
     tokens.assign(t.data<int64_t>(), t.data<int64_t>() + n);
   }
   return tokens;
@@ -79,8 +80,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
     float* dst = mine.data<float>() + i * 2 * k;
     LocalCandidates(local.data<float>() + i * vocab_chunk_, width, vocab_begin_, k, v, dst, dst + k);
   }
-  Tensor all = Tensor::Empty(DType::kF32, {tp, n, 2, k});  // [T, N, 2, k]
-  Q3VL_CHECK_OK(shard_.tp->AllGather({.in = mine, .out = all}));
+  const Tensor all = GatherFromAll(shard_.tp, mine);  // [T, N, 2, k]
   std::vector<float> logit(tp * k);
   std::vector<int64_t> id(tp * k);
   for (int64_t i = 0; i < n; ++i) {

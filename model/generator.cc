@@ -250,4 +250,11 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   return results;
 }
 
+void ServeVisionFor(const Qwen3VL& model, const std::vector<GenerationRequest>& requests) {
+  for (const GenerationRequest& r : requests) {
+    if (!r.images.grids.empty()) model.ServeVision(r.images);
+    if (!r.videos.grids.empty()) model.ServeVision(r.videos);
+  }
+}
+
 }  // namespace q3vl::model

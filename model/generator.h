@@ -56,6 +56,11 @@ class Generator {
   GeneratorOptions options_;
 };
 
+// Vision ranks of a mesh: the tower for every image and video of `requests`, in the order in
+// which Generator::Generate on the decoder ranks asks for them (per request: images, then
+// videos). REQUIRES: model.is_vision_rank().
+void ServeVisionFor(const Qwen3VL& model, const std::vector<GenerationRequest>& requests);
+
 }  // namespace q3vl::model
 
 #endif  // Q3VL_MODEL_GENERATOR_H_

@@ -62,29 +62,28 @@ void ServeVision(Backend& backend, const VisionTower& tower, const VisionInput& 
   VisionOutput part;
   if (g1 > g0) part = tower.Forward(backend, mine);
   const int64_t num_features = 1 + static_cast<int64_t>(tower.config().deepstack_visual_indexes.size());
-  const int64_t d = tower.config().out_hidden_size;
-  const int64_t tokens = split.first_row.back() / m2;
-  Tensor packed = backend.Allocate(DType::kF32, {num_features, tokens, d});  // [1 + K, N, D]
+  auto feature = [&](int64_t f) -> const Tensor& { return f == 0 ? part.embeds : part.deepstack[f - 1]; };
   auto rows_of = [&](int p) { return std::make_pair(split.first_row[split.first[p]] / m2,
                                                     split.first_row[split.first[p + 1]] / m2); };
-  if (rank == 0) {
-    const auto [begin, end] = rows_of(0);
+  if (rank != 0) {  // this share to vision rank 0
+    const auto [begin, end] = rows_of(rank);
+    for (int64_t f = 0; f < num_features && end > begin; ++f) Q3VL_CHECK_OK(vision.Send(feature(f), 0));
+    return;
+  }
+  const int64_t tokens = split.first_row.back() / m2, d = tower.config().out_hidden_size;
+  Tensor packed = backend.Allocate(DType::kF32, {num_features, tokens, d});  // [1 + K, N, D]
+  for (int p = 0; p < size; ++p) {
+    const auto [begin, end] = rows_of(p);
     for (int64_t f = 0; f < num_features && end > begin; ++f) {
-      packed.Select(f).Slice(0, begin, end).CopyFrom(f == 0 ? part.embeds : part.deepstack[f - 1]);
-    }
-    for (int p = 1; p < size; ++p) {
-      const auto [b, e] = rows_of(p);
-      for (int64_t f = 0; f < num_features && e > b; ++f) {
-        Q3VL_CHECK_OK(vision.Recv(packed.Select(f).Slice(0, b, e), p));
+      Tensor rows = packed.Select(f).Slice(0, begin, end);
+      if (p == 0) {
+        rows.CopyFrom(feature(f));
+      } else {
+        Q3VL_CHECK_OK(vision.Recv(rows, p));
       }
     }
-  } else {
-    const auto [begin, end] = rows_of(rank);
-    for (int64_t f = 0; f < num_features && end > begin; ++f) {
-      Q3VL_CHECK_OK(vision.Send(f == 0 ? part.embeds : part.deepstack[f - 1], 0));
-    }
   }
-  if (rank == 0) Q3VL_CHECK_OK(groups.bcast->Broadcast(packed, 0));
+  Q3VL_CHECK_OK(groups.bcast->Broadcast(packed, 0));
 }
 
 VisionOutput ReceiveVision(Backend& backend, const ModelConfig& config, const VisionInput& input,

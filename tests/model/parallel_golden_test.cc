@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -32,38 +33,52 @@ struct RankOutcome {
   std::string error;
 };
 
-// Runs `case_dir` on `mesh` with one thread per rank; returns every rank's outcome.
-std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string& mesh) {
+// Loads `case_dir` sharded for `mesh` on one thread per rank and calls body(rank, model, golden)
+// on each; a load failure is returned as that rank's error.
+using RankBody = std::function<void(int, const model::Qwen3VL&, const launcher::GoldenCase&)>;
+std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& mesh, const RankBody& body) {
   auto config = parallel::ParallelConfig::FromString(mesh);
   Q3VL_CHECK_OK(config.status());
   const int world_size = config->world_size();
-  std::vector<RankOutcome> outcomes(world_size);
+  std::vector<std::string> errors(world_size);
   parallel::RunInProcessRanks(world_size, {}, [&](parallel::Communicator& world) {
     omp_set_num_threads(1);
-    RankOutcome& out = outcomes[world.rank()];
+    std::string& error = errors[world.rank()];
     auto topology = parallel::Topology::Create(*config, world_size, world.rank());
-    if (!topology.ok()) return void(out.error = topology.status().ToString());
+    if (!topology.ok()) return void(error = topology.status().ToString());
     auto groups = parallel::CommGroups::Create(
         *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}));
-    if (!groups.ok()) return void(out.error = groups.status().ToString());
+    if (!groups.ok()) return void(error = groups.status().ToString());
     auto backend = CreateBackend(BackendKind::kCpu);
     auto golden = launcher::ReadGoldenCase(case_dir);
-    if (!golden.ok()) return void(out.error = golden.status().ToString());
+    if (!golden.ok()) return void(error = golden.status().ToString());
     auto model = model::Qwen3VL::Load(case_dir + "/model", **backend, {.topology = &*topology, .groups = &*groups});
-    if (!model.ok()) return void(out.error = model.status().ToString());
-    out.bytes_read = (*model)->bytes_read();
-    if ((*model)->is_vision_rank()) {
-      out.vision_rank = true;
-      for (const model::VisionInput* input : {&golden->request.images, &golden->request.videos}) {
-        if (!input->grids.empty()) (*model)->ServeVision(*input);
-      }
-      return;
-    }
-    auto result = launcher::RunGoldenCase(**model, *golden);
-    if (!result.ok()) return void(out.error = result.status().ToString());
-    out.logits = result->result.prefill_logits;
-    out.tokens = result->result.tokens;
+    if (!model.ok()) return void(error = model.status().ToString());
+    body(world.rank(), **model, *golden);
   });
+  return errors;
+}
+
+// Runs `case_dir` on `mesh`; returns every rank's outcome.
+std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string& mesh) {
+  std::vector<RankOutcome> outcomes(parallel::ParallelConfig::FromString(mesh)->world_size());
+  const std::vector<std::string> errors =
+      OnMesh(case_dir, mesh, [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
+        RankOutcome& out = outcomes[rank];
+        out.bytes_read = model.bytes_read();
+        if (model.is_vision_rank()) {
+          out.vision_rank = true;
+          model::ServeVisionFor(model, {golden.request});
+          return;
+        }
+        auto result = launcher::RunGoldenCase(model, golden);
+        if (!result.ok()) return void(out.error = result.status().ToString());
+        out.logits = result->result.prefill_logits;
+        out.tokens = result->result.tokens;
+      });
+  for (size_t r = 0; r < errors.size(); ++r) {
+    if (!errors[r].empty()) outcomes[r].error = errors[r];
+  }
   return outcomes;
 }
 
@@ -113,29 +128,18 @@ INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params(
 // exactly the single-rank tokens on every rank.
 std::vector<std::vector<int64_t>> Generate(const std::string& case_dir, const std::string& mesh,
                                            const model::SamplingParams& sampling) {
-  auto config = parallel::ParallelConfig::FromString(mesh);
-  Q3VL_CHECK_OK(config.status());
-  std::vector<std::vector<int64_t>> tokens(config->world_size());
-  parallel::RunInProcessRanks(config->world_size(), {}, [&](parallel::Communicator& world) {
-    omp_set_num_threads(1);
-    auto topology = parallel::Topology::Create(*config, config->world_size(), world.rank());
-    Q3VL_CHECK_OK(topology.status());
-    auto groups = parallel::CommGroups::Create(
-        *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}));
-    Q3VL_CHECK_OK(groups.status());
-    auto backend = CreateBackend(BackendKind::kCpu);
-    auto golden = launcher::ReadGoldenCase(case_dir);
-    Q3VL_CHECK_OK(golden.status());
-    auto model = model::Qwen3VL::Load(case_dir + "/model", **backend, {.topology = &*topology, .groups = &*groups});
-    Q3VL_CHECK_OK(model.status());
-    model::GenerationRequest request = golden->request;
-    request.sampling = sampling;
-    model::Generator generator(**model, {});
-    auto results = generator.Generate({request, request});  // two sequences, same seed
-    Q3VL_CHECK_OK(results.status());
-    tokens[world.rank()] = (*results)[0].tokens;
-    tokens[world.rank()].insert(tokens[world.rank()].end(), (*results)[1].tokens.begin(), (*results)[1].tokens.end());
-  });
+  std::vector<std::vector<int64_t>> tokens(parallel::ParallelConfig::FromString(mesh)->world_size());
+  const std::vector<std::string> errors =
+      OnMesh(case_dir, mesh, [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
+        model::GenerationRequest request = golden.request;
+        request.sampling = sampling;
+        auto results = model::Generator(model, {}).Generate({request, request});  // two sequences, one seed
+        Q3VL_CHECK_OK(results.status());
+        for (const model::GenerationResult& r : *results) {
+          tokens[rank].insert(tokens[rank].end(), r.tokens.begin(), r.tokens.end());
+        }
+      });
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
   return tokens;
 }
 

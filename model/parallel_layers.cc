@@ -1,0 +1,63 @@
+#include "model/parallel_layers.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+
+namespace q3vl::model {
+namespace {
+
+bool Trivial(const parallel::Communicator* group) { return group == nullptr || group->size() == 1; }
+
+}  // namespace
+
+void SumPartials(parallel::Communicator* group, Tensor& partial) {
+  if (Trivial(group)) return;
+  Q3VL_CHECK_OK(group->AllReduce({.in = partial, .out = partial}));
+}
+
+void ReceiveFromPreviousStage(parallel::Communicator* pp, Tensor& hidden) {
+  if (Trivial(pp) || pp->rank() == 0) return;
+  Q3VL_CHECK_OK(pp->Recv(hidden, pp->rank() - 1));
+}
+
+void SendToNextStage(parallel::Communicator* pp, const Tensor& hidden) {
+  if (Trivial(pp) || pp->rank() + 1 == pp->size()) return;
+  Q3VL_CHECK_OK(pp->Send(hidden, pp->rank() + 1));
+}
+
+void BroadcastFromLastStage(parallel::Communicator* pp, Tensor& data) {
+  if (Trivial(pp)) return;
+  Q3VL_CHECK_OK(pp->Broadcast(data, pp->size() - 1));
+}
+
+Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
+  const int size = group == nullptr ? 1 : group->size();
+  Shape shape = {size};
+  for (int64_t d : mine.shape()) shape.push_back(d);
+  Tensor all = Tensor::Empty(mine.dtype(), shape);  // [size, ...mine]
+  if (size == 1) {
+    all.Select(0).CopyFrom(mine);
+  } else {
+    Q3VL_CHECK_OK(group->AllGather({.in = mine, .out = all}));
+  }
+  return all;
+}
+
+Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& local, int64_t vocab) {
+  if (Trivial(tp)) return local;
+  const int size = tp->size();
+  const int64_t n = local.dim(0), chunk = local.dim(1);
+  Tensor gathered = backend.Allocate(DType::kF32, {size * n, chunk});  // [T N, chunk]
+  Q3VL_CHECK_OK(tp->AllGather({.in = local, .out = gathered}));
+  Tensor logits = backend.Allocate(DType::kF32, {n, vocab});  // [N, V]
+  for (int r = 0; r < size; ++r) {
+    const int64_t begin = r * chunk, width = std::min(vocab, begin + chunk) - begin;
+    for (int64_t i = 0; i < n && width > 0; ++i) {
+      std::copy_n(gathered.data<float>() + (r * n + i) * chunk, width, logits.data<float>() + i * vocab + begin);
+    }
+  }
+  return logits;
+}
+
+}  // namespace q3vl::model

@@ -1,0 +1,32 @@
+// The collectives of the decoder's parallel layers, named by what they mean: the only places
+// where decoder code meets its groups (the MoE all-to-all lives in moe/ep_dispatcher.h, the
+// vision stage in vision_stage.h). Each is a no-op for a missing or size-1 group. A failed
+// collective means a lost peer: the rank aborts and the launcher ends the job. Stateless.
+#ifndef Q3VL_MODEL_PARALLEL_LAYERS_H_
+#define Q3VL_MODEL_PARALLEL_LAYERS_H_
+
+#include "core/backend.h"
+#include "parallel/communicator.h"
+
+namespace q3vl::model {
+
+// Row-parallel output Y = Σ_r X_r W_rᵀ: this rank's partial sum, summed over `group` in place.
+void SumPartials(parallel::Communicator* group, Tensor& partial);
+
+// Pipeline: `hidden` <- the previous stage's output (stage > 0).
+void ReceiveFromPreviousStage(parallel::Communicator* pp, Tensor& hidden);
+// Pipeline: this stage's output -> the next stage (all but the last stage).
+void SendToNextStage(parallel::Communicator* pp, const Tensor& hidden);
+// The last stage's `data` on every stage (same shape everywhere).
+void BroadcastFromLastStage(parallel::Communicator* pp, Tensor& data);
+
+// Every rank's `mine` (one shape on all ranks), stacked in rank order: [size, ...mine].
+Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine);
+
+// Vocab-parallel rows: rank r holds columns [r chunk, (r + 1) chunk) of [N, vocab] as
+// local [N, chunk] (columns past vocab are padding); every rank gets the whole [N, vocab].
+Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& local, int64_t vocab);
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_PARALLEL_LAYERS_H_
