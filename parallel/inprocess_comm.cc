@@ -58,7 +58,7 @@ absl::Status CheckMatching(const std::vector<Contribution>& all) {
   if (first.op != Op::kAllToAll) return absl::OkStatus();
   for (size_t src = 0; src < all.size(); ++src) {
     for (size_t dst = 0; dst < all.size(); ++dst) {
-      const int64_t sent = (*all[src].send_counts)[dst], expected = (*all[dst].recv_counts)[src];
+      const int64_t sent = all[src].send_counts[dst], expected = all[dst].recv_counts[src];
       if (sent != expected) {
         return absl::InvalidArgumentError(absl::StrCat("AllToAll: rank ", src, " sends ", sent,
                                                        " rows to rank ", dst, ", which expects ",
@@ -129,14 +129,14 @@ class InProcessCommunicator final : public Communicator {
   absl::Status DoAllToAll(const AllToAllParams& p) override {
     Contribution mine = Base(Op::kAllToAll, {.in = p.in, .out = p.out});
     mine.row_bytes = RowBytes(p.in);
-    mine.send_counts = &p.send_counts;
-    mine.recv_counts = &p.recv_counts;
+    mine.send_counts = p.send_counts;
+    mine.recv_counts = p.recv_counts;
     const absl::Time deadline = Deadline();
     std::vector<Contribution> all;
     Q3VL_RETURN_IF_ERROR(Start(deadline, mine, &all));
     int64_t out_row = 0;
     for (int q = 0; q < size(); ++q) {
-      const std::vector<int64_t>& sends = *all[q].send_counts;
+      const std::vector<int64_t>& sends = all[q].send_counts;
       int64_t in_row = 0;
       for (int d = 0; d < rank(); ++d) in_row += sends[d];
       const int64_t rows = sends[rank()];

@@ -43,8 +43,10 @@ struct Contribution {
   const char* scratch = nullptr;  // all-reduce: this rank's reduced chunk
   int root = 0;
   int64_t row_bytes = 0;                              // all-to-all
-  const std::vector<int64_t>* send_counts = nullptr;  // all-to-all
-  const std::vector<int64_t>* recv_counts = nullptr;  // all-to-all
+  // All-to-all counts, held by value: a rank that finds a mismatch returns at once, and its
+  // peers must still be able to read what it published.
+  std::vector<int64_t> send_counts;
+  std::vector<int64_t> recv_counts;
   int color = 0;                                      // split
   int key = 0;                                        // split
 };
