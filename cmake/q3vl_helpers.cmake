@@ -28,5 +28,6 @@ function(q3vl_cc_test)
   endif()
   gtest_discover_tests(${Q_NAME}
     PROPERTIES LABELS "${Q_LABELS}" TIMEOUT ${Q_TIMEOUT} ENVIRONMENT "${Q_ENV}"
+               SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
     DISCOVERY_TIMEOUT 60)
 endfunction()

@@ -9,6 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/cpu/cpu_backend.h"
+#ifdef Q3VL_HAVE_CUDA
+#include "core/cuda/cuda_backend.h"
+#endif
 
 namespace q3vl {
 namespace {
@@ -228,8 +231,15 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
   switch (kind) {
     case BackendKind::kCpu:
       return std::unique_ptr<Backend>(new CpuBackend());
-    case BackendKind::kCuda:
+    case BackendKind::kCuda: {
+#ifdef Q3VL_HAVE_CUDA
+      auto cuda = cuda::CudaBackend::Create();
+      if (!cuda.ok()) return cuda.status();
+      return std::unique_ptr<Backend>(*std::move(cuda));
+#else
       return absl::UnimplementedError("this build has no CUDA backend (configure with -DQ3VL_CUDA=ON)");
+#endif
+    }
   }
   return absl::InvalidArgumentError("unknown backend");
 }
