@@ -11,7 +11,7 @@ ctest --test-dir build --output-on-failure --timeout 600 -j2
 # build tree; their tests carry the gpu label and skip, reported as skipped, without a device.
 if [[ -x /usr/local/cuda/bin/nvcc ]]; then
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DQ3VL_CUDA=ON
-  ninja -C build-cuda cuda_backend_test q3vl_parallel_nccl q3vl_parallel_backends
+  ninja -C build-cuda cuda_backend_test nccl_single_gpu_test q3vl_parallel_backends
   ctest --test-dir build-cuda --output-on-failure --timeout 600 -L gpu
 else
   echo "test.sh: no nvcc at /usr/local/cuda/bin: the CUDA targets were not compiled" >&2
