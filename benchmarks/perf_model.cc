@@ -289,33 +289,6 @@ absl::StatusOr<Mesh> MakeMesh(const model::ModelConfig& config, std::string name
   return m;
 }
 
-model::ModelConfig Preset(const std::string& name) {
-  model::ModelConfig c = model::DemoConfig();  // special token ids, patch geometry
-  model::TextConfig& t = c.text;
-  const bool big = name == "235b";
-  t.hidden_size = big ? 4096 : 2048;
-  t.num_layers = big ? 94 : 48;
-  t.num_heads = big ? 64 : 32;
-  t.num_kv_heads = 4;
-  t.head_dim = 128;
-  t.vocab_size = 151936;
-  t.num_experts = 128;
-  t.top_k = 8;
-  t.moe_intermediate_size = big ? 1536 : 768;
-  t.intermediate_size = big ? 12288 : 6144;
-  t.mrope_section = {24, 20, 20};
-  t.rope_theta = 5e6;
-  model::VisionConfig& v = c.vision;
-  v.depth = 27;
-  v.hidden_size = 1152;
-  v.num_heads = 16;
-  v.intermediate_size = 4304;
-  v.num_position_embeddings = 2304;
-  v.out_hidden_size = t.hidden_size;
-  v.deepstack_visual_indexes = {8, 16, 24};
-  return c;
-}
-
 Json HardwareJson(const Hardware& hw) {
   return {{"copy_gbps", hw.copy_gbps}, {"bandwidth_fraction", hw.bandwidth_fraction},
           {"gemm_peak_tflops", hw.gemm_peak_tflops}, {"gemm_fraction", hw.gemm_fraction},
@@ -445,8 +418,8 @@ int Main(int argc, char** argv) {
       return 1;
     }
     config = *loaded;
-  } else if (preset == "235b" || preset == "30b") {
-    config = Preset(preset);
+  } else if (auto published = model::PublishedConfig(preset); published.ok()) {
+    config = *std::move(published);
   } else {
     std::cerr << "perf_model: --model must be 235b or 30b (or pass --config)\n";
     return 2;

@@ -295,27 +295,13 @@ Model BuildModel(MeteredBackend& backend, const model::ModelConfig& config) {
 // One decoder layer and one vision block of Qwen3-VL-235B-A22B at real width. The 16 experts
 // are one rank's share of an 8-way expert split (128 experts); routing picks top-8 among them.
 model::ModelConfig Layer235bConfig() {
-  model::ModelConfig c = model::DemoConfig();  // keeps the special token ids and patch geometry
+  model::ModelConfig c = *model::PublishedConfig("235b");
   model::TextConfig& t = c.text;
-  t.hidden_size = 4096;
   t.num_layers = 1;
-  t.num_heads = 64;
-  t.num_kv_heads = 4;
-  t.head_dim = 128;
   t.vocab_size = 1024;  // small, so the embedding and LM head stay out of the way
   t.num_experts = 16;
-  t.top_k = 8;
-  t.moe_intermediate_size = 1536;
-  t.intermediate_size = 12288;
-  t.rope_theta = 5e6;
-  t.mrope_section = {24, 20, 20};
   model::VisionConfig& v = c.vision;
   v.depth = 1;
-  v.hidden_size = 1152;
-  v.num_heads = 16;
-  v.intermediate_size = 4304;
-  v.num_position_embeddings = 2304;
-  v.out_hidden_size = 4096;
   v.deepstack_visual_indexes = {};
   return c;
 }

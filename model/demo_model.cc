@@ -41,6 +41,37 @@ ModelConfig DemoConfig() {
   return c;
 }
 
+absl::StatusOr<ModelConfig> PublishedConfig(absl::string_view name) {
+  if (name != "235b" && name != "30b") {
+    return absl::InvalidArgumentError(absl::StrCat("no published config \"", name, "\" (235b, 30b)"));
+  }
+  const bool big = name == "235b";
+  ModelConfig c = DemoConfig();  // special token ids, eos, patch geometry
+  TextConfig& t = c.text;
+  t.hidden_size = big ? 4096 : 2048;
+  t.num_layers = big ? 94 : 48;
+  t.num_heads = big ? 64 : 32;
+  t.num_kv_heads = 4;
+  t.head_dim = 128;
+  t.vocab_size = 151936;
+  t.num_experts = 128;
+  t.top_k = 8;
+  t.moe_intermediate_size = big ? 1536 : 768;
+  t.intermediate_size = big ? 12288 : 6144;
+  t.rope_theta = 5e6;
+  t.mrope_section = {24, 20, 20};
+  VisionConfig& v = c.vision;
+  v.depth = 27;
+  v.hidden_size = 1152;
+  v.num_heads = 16;
+  v.intermediate_size = 4304;
+  v.num_position_embeddings = 2304;
+  v.out_hidden_size = t.hidden_size;
+  v.deepstack_visual_indexes = {8, 16, 24};
+  Q3VL_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
 std::string ConfigToJson(const ModelConfig& c) {
   using Json = nlohmann::json;
   const TextConfig& t = c.text;

@@ -7,6 +7,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "model/config.h"
 
 namespace q3vl::model {
@@ -14,6 +16,11 @@ namespace q3vl::model {
 // The default demo: a few layers at small width with the real vocabulary, special token ids
 // and vision patch geometry, so real prompts and images fit it.
 ModelConfig DemoConfig();
+
+// The released shapes (../shared/golden/SPEC.md, section 0): "235b" is Qwen3-VL-235B-A22B,
+// "30b" Qwen3-VL-30B-A3B. For benchmarks and the performance model, which need the real widths
+// without a checkpoint. InvalidArgument for another name.
+absl::StatusOr<ModelConfig> PublishedConfig(absl::string_view name);
 
 struct MakeModelOptions {
   std::string dir;

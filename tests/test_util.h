@@ -2,7 +2,10 @@
 #ifndef Q3VL_TESTS_TEST_UTIL_H_
 #define Q3VL_TESTS_TEST_UTIL_H_
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -10,6 +13,22 @@
 #include "core/tensor.h"
 
 namespace q3vl::testing {
+
+// What a shell command printed on stdout and how it exited (-1: killed by a signal).
+struct CommandResult {
+  int code;
+  std::string output;
+};
+
+// Runs `command` with /bin/sh; add " 2>&1" to capture stderr too.
+inline CommandResult RunCommand(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 // tests/data in the source tree.
 inline std::string TestDataDir() { return Q3VL_TEST_DATA_DIR; }

@@ -1,28 +1,19 @@
 // The perf_model program as users run it: valid JSON whose predictions obey the arithmetic it
 // claims (monotone in batch and context, replicas independent, weights adding up to the model),
 // meshes the runtime would reject listed with the reason, and bad flags refused.
-#include <cstdio>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/test_util.h"
 
 namespace q3vl {
 namespace {
 
-struct CommandResult {
-  int code;
-  std::string out;
-};
+using testing::CommandResult;
 
 CommandResult RunPerfModel(const std::string& args, bool with_stderr = false) {
-  const std::string cmd = std::string(Q3VL_PERF_MODEL) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return testing::RunCommand(std::string(Q3VL_PERF_MODEL) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 const nlohmann::json& FindMesh(const nlohmann::json& out, const std::string& name) {
@@ -36,8 +27,8 @@ const nlohmann::json& FindMesh(const nlohmann::json& out, const std::string& nam
 
 TEST(PerfModelTest, PredictionsFollowTheirArithmetic) {
   const CommandResult r = RunPerfModel("--batches 1,16,64 --contexts 4096,65536 --prefill 2048,8192 --mesh bad:tp=3");
-  ASSERT_EQ(r.code, 0) << r.out;
-  const nlohmann::json out = nlohmann::json::parse(r.out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json out = nlohmann::json::parse(r.output);
   ASSERT_GE(out["meshes"].size(), 9u);
   for (const auto& m : out["meshes"]) {
     SCOPED_TRACE(m["name"].get<std::string>());
@@ -82,7 +73,7 @@ TEST(PerfModelTest, SmallerModelIsFaster) {
   const CommandResult small = RunPerfModel("--model 30b --batches 16 --contexts 8192 --prefill 4096");
   ASSERT_EQ(big.code, 0);
   ASSERT_EQ(small.code, 0);
-  const nlohmann::json b = nlohmann::json::parse(big.out), s = nlohmann::json::parse(small.out);
+  const nlohmann::json b = nlohmann::json::parse(big.output), s = nlohmann::json::parse(small.output);
   EXPECT_EQ(s["model"]["layers"], 48);
   EXPECT_LT(FindMesh(s, "8gpu_tp8_ep8")["decode"][0]["step_ms"].get<double>(),
             FindMesh(b, "8gpu_tp8_ep8")["decode"][0]["step_ms"].get<double>());
@@ -92,7 +83,7 @@ TEST(PerfModelTest, BadFlagsAreRefused) {
   EXPECT_EQ(RunPerfModel("--help").code, 0);
   const CommandResult unknown = RunPerfModel("--no-such-flag", true);
   EXPECT_EQ(unknown.code, 2);
-  EXPECT_NE(unknown.out.find("no-such-flag"), std::string::npos) << unknown.out;
+  EXPECT_NE(unknown.output.find("no-such-flag"), std::string::npos) << unknown.output;
   EXPECT_EQ(RunPerfModel("--model 7b").code, 2);
   EXPECT_EQ(RunPerfModel("--batches 1,x").code, 2);
   EXPECT_EQ(RunPerfModel("--mesh nocolon").code, 2);

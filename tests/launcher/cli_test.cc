@@ -17,19 +17,10 @@
 namespace q3vl {
 namespace {
 
-struct CommandResult {
-  int code;
-  std::string output;
-};
+using testing::CommandResult;
 
 CommandResult RunQ3vl(const std::string& args) {
-  const std::string cmd = std::string(Q3VL_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return testing::RunCommand(std::string(Q3VL_BINARY) + " " + args + " 2>&1");
 }
 
 TEST(CliTest, EvalCaseWritesTheContractFiles) {
