@@ -3,12 +3,16 @@
 #define Q3VL_TESTS_TEST_UTIL_H_
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "core/tensor.h"
 
@@ -28,6 +32,27 @@ inline CommandResult RunCommand(const std::string& command) {
   while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// A directory private to this test process, removed when it exits. ctest runs the cases of
+// one binary as separate processes side by side, so fixed names under /tmp would race.
+inline const std::string& ScratchDir() {
+  static const std::string dir = [] {
+    static const pid_t owner = getpid();
+    const std::filesystem::path d =
+        std::filesystem::path(::testing::TempDir()) / ("q3vl_test_" + std::to_string(owner));
+    std::filesystem::create_directories(d);
+    // Forked children (death tests) exit too; only the owner removes the directory.
+    std::atexit([] {
+      if (getpid() != owner) return;
+      std::error_code ec;
+      std::filesystem::remove_all(std::filesystem::path(::testing::TempDir()) /
+                                      ("q3vl_test_" + std::to_string(owner)),
+                                  ec);
+    });
+    return d.string();
+  }();
+  return dir;
 }
 
 // tests/data in the source tree.

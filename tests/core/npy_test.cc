@@ -3,12 +3,13 @@
 #include <filesystem>
 
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace q3vl {
 namespace {
 
 TEST(NpyTest, RoundTrip) {
-  const std::string path = ::testing::TempDir() + "/rt.npy";
+  const std::string path = ::q3vl::testing::ScratchDir() + "/rt.npy";
   const Tensor t = Tensor::FromVectorI64({1, -2, 3, 4, 5, 6}, {2, 3});
   ASSERT_TRUE(WriteNpy(path, t).ok());
   auto back = ReadNpy(path);

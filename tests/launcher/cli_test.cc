@@ -25,7 +25,7 @@ CommandResult RunQ3vl(const std::string& args) {
 
 TEST(CliTest, EvalCaseWritesTheContractFiles) {
   const std::string dir = testing::GoldenCaseDir("02_image_single");
-  const std::string out = ::testing::TempDir() + "/eval02";
+  const std::string out = ::q3vl::testing::ScratchDir() + "/eval02";
   const CommandResult r = RunQ3vl("eval-case " + dir + " --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   auto greedy = ReadNpy(out + "/greedy_tokens.npy");
@@ -42,7 +42,7 @@ TEST(CliTest, EvalCaseWritesTheContractFiles) {
 }
 
 TEST(CliTest, MakeModelThenGenerate) {
-  const std::string dir = ::testing::TempDir() + "/demo";
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/demo";
   ASSERT_EQ(RunQ3vl("make-model --out " + dir + " --shards 2").code, 0);
   const CommandResult r = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 --json");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -52,7 +52,7 @@ TEST(CliTest, MakeModelThenGenerate) {
 // The README's main job: make-model ships the real tokenizer and chat template, and generate
 // takes a chat prompt with an image and a video through the whole pipeline.
 TEST(CliTest, MakeModelThenGenerateFromPromptImageAndVideo) {
-  const std::string dir = ::testing::TempDir() + "/demo_chat";
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/demo_chat";
   ASSERT_EQ(RunQ3vl("make-model --out " + dir).code, 0);
   const std::string media = testing::TestDataDir() + "/media/";
   const CommandResult r = RunQ3vl("generate --model " + dir + " --image " + media + "shapes_333x517.jpg --video " +
@@ -79,7 +79,7 @@ TEST(CliTest, BadInputExitsNonZeroWithAReason) {
   EXPECT_EQ(RunQ3vl("no-such-command").code, 2);
   EXPECT_EQ(RunQ3vl("generate --model /nonexistent --ids 1").code, 1);
   EXPECT_EQ(RunQ3vl("generate --model /tmp --ids x,y").code, 2);
-  const std::string bad = ::testing::TempDir() + "/badcase";
+  const std::string bad = ::q3vl::testing::ScratchDir() + "/badcase";
   std::filesystem::create_directories(bad + "/inputs");
   std::ofstream(bad + "/case.json") << "{\"num_generated\": 2}";
   std::ofstream(bad + "/inputs/input_ids.npy") << "garbage";
@@ -92,7 +92,7 @@ TEST(CliTest, BadInputExitsNonZeroWithAReason) {
 
 TEST(CliTest, TokenizeEncodesAndDecodesJsonLines) {
   const std::string tokenizer = testing::SourcePath("model/assets/qwen3/tokenizer.json");
-  const std::string in = ::testing::TempDir() + "/tokenize_in.jsonl";
+  const std::string in = ::q3vl::testing::ScratchDir() + "/tokenize_in.jsonl";
   std::ofstream(in) << "{\"text\": \"Hello, world!\"}\n\n{\"text\": \" <|im_end|> \"}\nnot json\n{\"text\": \"ok\"}\n";
   CommandResult r = RunQ3vl("tokenize --tokenizer " + tokenizer + " < " + in);
   EXPECT_EQ(r.code, 1) << r.output;  // line 4 is bad; lines 1, 3 and 5 still answered
@@ -116,7 +116,7 @@ TEST(CliTest, TokenizeEncodesAndDecodesJsonLines) {
 // A make-model directory (real tokenizer and chat template, processor configs), made once.
 const std::string& InputModelDir() {
   static const std::string dir = [] {
-    const std::string d = ::testing::TempDir() + "/input_model";
+    const std::string d = ::q3vl::testing::ScratchDir() + "/input_model";
     const CommandResult r = RunQ3vl("make-model --out " + d);
     EXPECT_EQ(r.code, 0) << r.output;
     return d;
@@ -135,7 +135,7 @@ TEST(CliTest, ChatTemplateRendersTheGoldenCases) {
   using OrderedJson = nlohmann::ordered_json;  // tool definitions must keep their key order
   const OrderedJson cases =
       OrderedJson::parse(ReadFile(testing::TestDataDir() + "/inputs/chat_template/cases.json"));
-  const std::string in = ::testing::TempDir() + "/chat_template_in.json";
+  const std::string in = ::q3vl::testing::ScratchDir() + "/chat_template_in.json";
   int checked = 0;
   for (const OrderedJson& c : cases) {
     const std::string name = c["name"].get<std::string>();
@@ -175,7 +175,7 @@ TEST(CliTest, ChatTemplateRendersTheGoldenCases) {
 
 TEST(CliTest, PreprocessImageMatchesTheGolden) {
   const nlohmann::json want = testing::ReadCaseJson("image/p02_333x517/case.json")["variants"]["jpg"];
-  const std::string out = ::testing::TempDir() + "/preprocess_image";
+  const std::string out = ::q3vl::testing::ScratchDir() + "/preprocess_image";
   const CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --image " + testing::TestDataDir() +
                                   "/media/shapes_333x517.jpg --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -194,7 +194,7 @@ TEST(CliTest, PreprocessImageMatchesTheGolden) {
 
 TEST(CliTest, PreprocessVideoMatchesTheGolden) {
   const nlohmann::json want = testing::ReadCaseJson("video/v1_testsrc2_320x240_24fps_4s/case.json");
-  const std::string out = ::testing::TempDir() + "/preprocess_video";
+  const std::string out = ::q3vl::testing::ScratchDir() + "/preprocess_video";
   const CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --video " + testing::TestDataDir() +
                                   "/media/testsrc2_320x240_4s.mp4 --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -217,14 +217,14 @@ TEST(CliTest, PreprocessVideoMatchesTheGolden) {
 
 TEST(CliTest, PreprocessBadInputNamesTheFile) {
   const std::string media = testing::TestDataDir() + "/media/";
-  const std::string out = ::testing::TempDir() + "/preprocess_bad";
+  const std::string out = ::q3vl::testing::ScratchDir() + "/preprocess_bad";
   CommandResult r = RunQ3vl("preprocess --model " + InputModelDir() + " --image /nonexistent/x.jpg --out " + out);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/nonexistent/x.jpg"), std::string::npos) << r.output;
   r = RunQ3vl("preprocess --model " + InputModelDir() + " --video /nonexistent/x.mp4 --out " + out);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("/nonexistent/x.mp4"), std::string::npos) << r.output;
-  const std::string garbage = ::testing::TempDir() + "/garbage.bin";
+  const std::string garbage = ::q3vl::testing::ScratchDir() + "/garbage.bin";
   std::ofstream(garbage) << "this is not an image or a video";
   for (const char* flag : {"--image", "--video"}) {
     r = RunQ3vl("preprocess --model " + InputModelDir() + " " + flag + " " + garbage + " --out " + out);

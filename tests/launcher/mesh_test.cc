@@ -44,7 +44,7 @@ TEST_P(MeshEvalCaseTest, RankZeroWritesTheSingleRankResult) {
   const auto& [mesh, np, name] = GetParam();
   const std::string dir = testing::GoldenCaseDir(name);
   ASSERT_FALSE(dir.empty()) << name;
-  const std::string out = ::testing::TempDir() + "/mesh_" + std::to_string(np) + "_" + name;
+  const std::string out = ::q3vl::testing::ScratchDir() + "/mesh_" + std::to_string(np) + "_" + name;
   std::filesystem::remove_all(out);
   const MpiResult r = Mpirun(np, "eval-case " + dir + " --mesh " + mesh + " --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -78,7 +78,7 @@ INSTANTIATE_TEST_SUITE_P(Meshes, MeshEvalCaseTest, ::testing::ValuesIn(Params())
 // `mpirun q3vl generate --mesh`: only the leader decodes the media and broadcasts the request;
 // the streamed result equals the single-rank run, and a bad image stops every rank at once.
 TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
-  const std::string dir = ::testing::TempDir() + "/mesh_demo_model";
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/mesh_demo_model";
   std::filesystem::remove_all(dir);
   ASSERT_EQ(Mpirun(1, "make-model --out " + dir).code, 0);
   const std::string media = testing::TestDataDir() + "/media/";
@@ -103,7 +103,7 @@ TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
 
 TEST(MeshTest, BadMeshesFailFastWithTheReason) {
   const std::string dir = testing::GoldenCaseDir("01_text_only");
-  const std::string out = ::testing::TempDir() + "/mesh_bad";
+  const std::string out = ::q3vl::testing::ScratchDir() + "/mesh_bad";
   MpiResult r = Mpirun(2, "eval-case " + dir + " --mesh tp=4 --out " + out);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("needs 4 ranks, this job has 2"), std::string::npos) << r.output;

@@ -105,7 +105,7 @@ TEST(ChatTemplateTest, AcceptsModelDirectoriesWithTheQwen3VlTemplate) {
 class ModelDirTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
+    dir_ = std::filesystem::path(::q3vl::testing::ScratchDir()) /
            ("chat_template_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);

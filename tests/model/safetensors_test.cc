@@ -45,7 +45,7 @@ TEST(SafetensorsTest, ValidatesHeaders) {
 }
 
 TEST(SafetensorsTest, ReadsSlicesOnly) {
-  const std::string path = ::testing::TempDir() + "/slice.safetensors";
+  const std::string path = ::q3vl::testing::ScratchDir() + "/slice.safetensors";
   Tensor t = testing::RandomTensor({4, 6}, 1);
   ASSERT_TRUE(WriteSafetensors(path, {{"w", t}}).ok());
   auto ckpt = Checkpoint::Open(path);
@@ -59,7 +59,7 @@ TEST(SafetensorsTest, ReadsSlicesOnly) {
 }
 
 TEST(SafetensorsTest, TruncatedFileIsAnErrorNotACrash) {
-  const std::string path = ::testing::TempDir() + "/trunc.safetensors";
+  const std::string path = ::q3vl::testing::ScratchDir() + "/trunc.safetensors";
   ASSERT_TRUE(WriteSafetensors(path, {{"w", testing::RandomTensor({64, 64}, 2)}}).ok());
   std::filesystem::resize_file(path, std::filesystem::file_size(path) - 100);
   auto ckpt = Checkpoint::Open(path);
@@ -131,7 +131,7 @@ void WritePerExpertCopy(const std::string& src, const std::string& dst) {
 }
 
 TEST(SafetensorsTest, ShardedAndPerExpertLayoutsLoadTheSameModel) {
-  const std::string base = ::testing::TempDir();
+  const std::string base = ::q3vl::testing::ScratchDir();
   const auto single = RunLayout(base + "/single", {.seed = 3});
   EXPECT_EQ(RunLayout(base + "/sharded", {.seed = 3, .num_shards = 3}), single);
   WritePerExpertCopy(base + "/single", base + "/per_expert");
@@ -148,7 +148,7 @@ TEST(SafetensorsTest, MissingAndUnexpectedTensorsAreListedTogether) {
     tensors.emplace_back(name, (*ckpt)->View(*(*ckpt)->Find(name)));
   }
   tensors.emplace_back("model.extra.weight", testing::RandomTensor({2}, 1));
-  const std::string dir = ::testing::TempDir() + "/broken";
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/broken";
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(src + "/config.json", dir + "/config.json", std::filesystem::copy_options::overwrite_existing);
   ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());

@@ -258,7 +258,7 @@ TEST(TokenizerFileTest, MinimalTokenizerWorksWithBothMergeSpellings) {
 }
 
 TEST(TokenizerFileTest, MalformedFilesGiveAClearError) {
-  const std::string dir = ::testing::TempDir();
+  const std::string dir = ::q3vl::testing::ScratchDir();
   std::ifstream real(TokenizerPath(), std::ios::binary);
   std::string head(4096, '\0');
   real.read(head.data(), head.size());

@@ -269,7 +269,7 @@ TEST(E2eRequestTest, VisionInputsMatchReference) {
 }
 
 std::string WriteTemp(const std::string& name, const std::string& bytes) {
-  const std::string path = ::testing::TempDir() + "/q3vl_video_test_" + name;
+  const std::string path = ::q3vl::testing::ScratchDir() + "/q3vl_video_test_" + name;
   std::ofstream(path, std::ios::binary) << bytes;
   return path;
 }
@@ -330,7 +330,7 @@ TEST(VideoDecodeTest, BadAndTruncatedFiles) {
   // With the index first, a cut file promises more frames than it holds.
   const std::string faststart =
       RemuxFaststart(InputPath("video/v1_testsrc2_320x240_24fps_4s/v1_testsrc2_320x240_24fps_4s.mp4"),
-                     ::testing::TempDir() + "/q3vl_video_test_faststart.mp4");
+                     ::q3vl::testing::ScratchDir() + "/q3vl_video_test_faststart.mp4");
   auto whole = LoadVideo(faststart, VisionProcessorConfig::VideoDefaults());
   ASSERT_TRUE(whole.ok()) << whole.status();
   const std::string remuxed = ReadBytes(faststart);
@@ -373,7 +373,7 @@ TEST(VideoDecodeTest, BadAndTruncatedFiles) {
             absl::StatusCode::kCancelled);
   for (const char* name :
        {"empty.mp4", "garbage.mp4", "half.mp4", "faststart.mp4", "cut.mp4", "cut.webm", "scrambled.webm"}) {
-    std::filesystem::remove(::testing::TempDir() + "/q3vl_video_test_" + name);
+    std::filesystem::remove(::q3vl::testing::ScratchDir() + "/q3vl_video_test_" + name);
   }
 }
 
