@@ -136,13 +136,10 @@ int Main(int argc, char** argv) {
     const std::vector<model::GenerationRequest> requests(batch, request);
     Meter prefill_meter;
     Clock::time_point start = Clock::now(), first;
-    int64_t emitted = 0;
-    model::Generator generator(**model, {.on_token = [&](size_t, int64_t) {
-      if (++emitted == batch) {  // the prefill's tokens: switch meters
-        first = Clock::now();
-        prefill_meter = meter;
-        meter.clear();
-      }
+    model::Generator generator(**model, {.on_prefill = [&] {  // switch meters
+      first = Clock::now();
+      prefill_meter = meter;
+      meter.clear();
     }});
     meter.clear();
     auto results = generator.Generate(requests);
@@ -150,6 +147,7 @@ int Main(int argc, char** argv) {
     const double prefill_s = std::chrono::duration<double>(first - start).count();
     const double decode_s = std::chrono::duration<double>(Clock::now() - first).count();
     out["cases"].push_back({{"batch", batch},
+                            {"leader_sequences", generator.stats().sequences},  // its attention group's
                             {"prefill_s", prefill_s},
                             {"prefill_tokens_per_s", batch * prompt / prefill_s},
                             {"decode_step_s", decode_s / steps},

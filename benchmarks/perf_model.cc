@@ -102,14 +102,14 @@ class Nccl {
 // expert width.
 
 enum class AttentionMode {
-  kReplicated,     // q3vl today: every attention group runs every sequence
-  kDataParallel,   // DESIGN.md target: each attention group takes its own sequences
+  kDataParallel,   // what q3vl runs: each attention group takes its own sequences
+  kReplicated,     // for comparison: every attention group runs every sequence
 };
 
 struct Mesh {
   std::string name;
   std::string spec;  // --mesh string
-  AttentionMode attention = AttentionMode::kReplicated;
+  AttentionMode attention = AttentionMode::kDataParallel;
   parallel::ParallelConfig config;
   parallel::ShardPlan plan;
   int S = 1, A = 1, X = 1;  // stage ranks, attention groups, ranks per expert group
@@ -304,8 +304,9 @@ Json MeshJson(const model::TextConfig& t, const Mesh& m, const Hardware& hw, con
               const std::vector<int64_t>& batches, const std::vector<int64_t>& contexts,
               const std::vector<int64_t>& prefills) {
   Json out = {{"name", m.name}, {"mesh", m.spec}, {"gpus", m.gpus()},
-              {"attention", m.attention == AttentionMode::kDataParallel ? "data_parallel" : "replicated"},
-              {"implemented", m.attention == AttentionMode::kReplicated || m.A == 1},
+              {"attention", m.A == 1 ? "one_group"
+                            : m.attention == AttentionMode::kDataParallel ? "data_parallel" : "replicated"},
+              {"implemented", m.attention == AttentionMode::kDataParallel || m.A == 1},
               {"shard", {{"local_heads", m.plan.local_heads}, {"local_kv_heads", m.plan.local_kv_heads},
                          {"local_experts", m.plan.local_experts},
                          {"local_moe_intermediate", m.plan.local_moe_intermediate},
@@ -380,7 +381,8 @@ int Main(int argc, char** argv) {
       ("model", po::value(&preset)->default_value("235b"), "preset: 235b or 30b (Qwen3-VL-*-A*B shapes)")
       ("config", po::value(&config_path), "a model's config.json instead of a preset")
       ("mesh", po::value(&extra_meshes)->composing(),
-       "extra mesh to predict, NAME:MESH[:dp-attention], e.g. mine:tp=4,ep=8 (repeatable)")
+       "extra mesh to predict, NAME:MESH[:replicated], e.g. mine:tp=4,ep=8 (repeatable); :replicated "
+       "models attention groups that all run every sequence instead of their own (comparison only)")
       ("batches", po::value(&batches_arg)->default_value("1,16,64,256"), "decode batch sizes")
       ("contexts", po::value(&contexts_arg)->default_value("8192,65536"), "decode context lengths")
       ("prefill", po::value(&prefills_arg)->default_value("8192,32768"), "prefill lengths (one sequence)")
@@ -439,26 +441,27 @@ int Main(int argc, char** argv) {
   };
   const auto R = AttentionMode::kReplicated, DP = AttentionMode::kDataParallel;
   std::vector<Candidate> candidates = {
-      {"8gpu_tp8_ep8", "tp=8,ep=8", R},           {"8gpu_tp8", "tp=8", R},
-      {"8gpu_dp_attention_ep8", "ep=8", DP},       {"8gpu_dp_attention_tp2_ep8", "tp=2,ep=8", DP},
-      {"16gpu_tp8_ep8_pp2", "pp=2,tp=8,ep=8", R},  {"16gpu_tp8_ep8_dp2", "tp=8,ep=8,dp=2", R},
-      {"16gpu_tp8_ep16", "tp=8,ep=16", R},         {"16gpu_dp_attention_tp8_ep16", "tp=8,ep=16", DP},
+      {"8gpu_tp8_ep8", "tp=8,ep=8", DP},           {"8gpu_tp8", "tp=8", DP},
+      {"8gpu_dp_attention_ep8", "ep=8", DP},        {"8gpu_dp_attention_tp2_ep8", "tp=2,ep=8", DP},
+      {"16gpu_tp8_ep8_pp2", "pp=2,tp=8,ep=8", DP},  {"16gpu_tp8_ep8_dp2", "tp=8,ep=8,dp=2", DP},
+      {"16gpu_dp_attention_tp8_ep16", "tp=8,ep=16", DP},
+      {"16gpu_tp8_ep16_replicated_attention", "tp=8,ep=16", R},
       {"16gpu_dp_attention_ep16", "ep=16", DP},
   };
   for (const std::string& arg : extra_meshes) {
     const size_t a = arg.find(':');
     if (a == std::string::npos) {
-      std::cerr << "perf_model: --mesh wants NAME:MESH[:dp-attention], got '" << arg << "'\n";
+      std::cerr << "perf_model: --mesh wants NAME:MESH[:replicated], got '" << arg << "'\n";
       return 2;
     }
     std::string spec = arg.substr(a + 1);
-    AttentionMode mode = R;
+    AttentionMode mode = DP;
     if (const size_t b = spec.find(':'); b != std::string::npos) {
-      if (spec.substr(b + 1) != "dp-attention") {
-        std::cerr << "perf_model: the third part of --mesh may only be dp-attention\n";
+      if (spec.substr(b + 1) != "replicated") {
+        std::cerr << "perf_model: the third part of --mesh may only be replicated\n";
         return 2;
       }
-      mode = DP;
+      mode = R;
       spec.resize(b);
     }
     candidates.push_back({arg.substr(0, a), spec, mode});

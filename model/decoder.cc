@@ -231,7 +231,11 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   ReceiveFromPreviousStage(shard_.pp, h);
   moe::LocalDispatcher local;
   std::optional<moe::AllToAllDispatcher> all_to_all;
-  if (shard_.ep != nullptr && shard_.ep->size() > 1) all_to_all.emplace(*shard_.ep, shard_.num_experts);
+  if (shard_.ep != nullptr && shard_.ep->size() > 1) {
+    // The ranks holding this rank's tokens: its attention group when the groups are
+    // data-parallel, else the whole ep group (attention ran tensor-parallel over all of it).
+    all_to_all.emplace(*shard_.ep, shard_.num_experts, shard_.attn_groups > 1 ? shard_.tp : shard_.ep);
+  }
   moe::Dispatcher& dispatcher = all_to_all ? static_cast<moe::Dispatcher&>(*all_to_all) : local;
   for (int64_t i = 0; i < shard_.num_layers; ++i) {
     const int64_t l = shard_.first_layer + i;  // global layer index (KV cache, DeepStack, traces)

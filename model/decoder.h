@@ -40,6 +40,11 @@ struct DecoderShard {
   // runs its layers and sends them to p + 1; the last stage's logits are broadcast to all
   // stages so that every rank samples the same token.
   parallel::Communicator* pp = nullptr;
+  // Data-parallel attention (stage size S > T): the stage's S / T attention groups each run
+  // their own sequences, the MoE all-to-all mixes them, and `stage` (the S ranks' host
+  // communicator) lets the groups agree on the step count and share results (generator.h).
+  int attn_groups = 1, attn_group = 0;
+  parallel::Communicator* stage = nullptr;
 };
 
 // One forward step over packed sequences (prefill chunks and decode tokens alike).
@@ -63,6 +68,8 @@ class TextDecoder {
   // decoder layer first_layer + i).
   int64_t local_kv_heads() const { return shard_.num_kv_heads; }
   int64_t local_layers() const { return shard_.num_layers; }
+  // This rank's part (counts filled in).
+  const DecoderShard& shard() const { return shard_; }
 
   // out [N, D] = embed_tokens[ids] (vocab-parallel over tp: this rank's rows, all-reduced).
   void Embed(Backend& backend, const Tensor& ids, Tensor& out) const;

@@ -1,10 +1,13 @@
 #include "model/generator.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 #include "kv/paged_kv_cache.h"
+#include "model/parallel_layers.h"
 
 namespace q3vl::model {
 namespace {
@@ -94,41 +97,90 @@ absl::Status Generator::Check(const GenerationRequest& r) const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Data-parallel attention: request i runs on one attention group, the one with the fewest
+// tokens (prompt + max_new_tokens) so far, ties to the lowest index, so request 0 runs on
+// group 0 (the replica leader's). Every rank computes the same assignment.
+std::vector<int> AssignAttentionGroups(const std::vector<GenerationRequest>& requests, int groups) {
+  std::vector<int64_t> load(groups, 0);
+  std::vector<int> owner;
+  for (const GenerationRequest& r : requests) {
+    const int g = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner.push_back(g);
+    load[g] += static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
+  }
+  return owner;
+}
+
+int GroupSize(const parallel::Communicator* c) { return c ? c->size() : 1; }
+
+}  // namespace
+
 absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vector<GenerationRequest>& requests) {
   const ModelConfig& cfg = model_.config();
   Backend& backend = model_.backend();
   const TextDecoder& decoder = model_.decoder();
+  const DecoderShard& shard = decoder.shard();
   const int64_t d = cfg.text.hidden_size, vocab = cfg.text.vocab_size;
-  const size_t n = requests.size();
   const size_t num_deepstack = cfg.vision.deepstack_visual_indexes.size();
-  std::vector<GenerationResult> results(n);
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<GenerationResult> results(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
     Q3VL_RETURN_IF_ERROR(Annotate(Check(requests[i]), absl::StrCat("request ", i)));
     Q3VL_ASSIGN_OR_RETURN(results[i].rope, GetRopeIndex({.input_ids = &requests[i].input_ids,
         .image_grids = &requests[i].images.grids, .video_grids = &requests[i].videos.grids,
         .image_token_id = cfg.image_token_id, .video_token_id = cfg.video_token_id,
         .spatial_merge_size = cfg.vision.spatial_merge_size}));
   }
+  // This rank's sequences: all of them, or its attention group's share. Sequence j of this
+  // rank (its KV cache id) is request mine[j].
+  const std::vector<int> owner = AssignAttentionGroups(requests, shard.attn_groups);
+  std::vector<size_t> mine;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (owner[i] == shard.attn_group) mine.push_back(i);
+  }
+  const size_t n = mine.size();
   int64_t pages = 0;
-  for (const auto& r : requests) {
-    const int64_t tokens = static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
+  for (size_t i : mine) {
+    const int64_t tokens = static_cast<int64_t>(requests[i].input_ids.size()) + requests[i].sampling.max_new_tokens;
     pages += (tokens + options_.page_size - 1) / options_.page_size;
   }
+  // The groups share every MoE step: all of them start, or none does.
+  const bool fits = options_.kv_pages == 0 || pages <= options_.kv_pages;
+  if (MaxOverGroup(shard.stage, fits ? 0 : 1) > 0) {
+    return absl::ResourceExhaustedError(
+        fits ? "another attention group's share of the batch does not fit its KV cache"
+             : absl::StrCat("the batch needs ", pages, " KV pages of ", options_.page_size,
+                            " tokens; the cache holds ", options_.kv_pages));
+  }
+  stats_ = {.sequences = static_cast<int64_t>(n), .kv_pages = options_.kv_pages > 0 ? options_.kv_pages : pages};
   kv::PagedKvCache cache({.num_layers = decoder.local_layers(), .num_kv_heads = decoder.local_kv_heads(),
                           .head_dim = cfg.text.head_dim, .page_size = options_.page_size,
-                          .num_pages = options_.kv_pages > 0 ? options_.kv_pages : pages}, backend);
+                          .num_pages = options_.kv_pages > 0 ? options_.kv_pages : std::max<int64_t>(pages, 1)},
+                         backend);
 
-  // Prefill: every prompt packed into one batch.
+  // Prefill: every prompt of this rank packed into one batch (none: the rank still joins the
+  // MoE exchanges with zero tokens).
   DecoderBatch batch{.q_starts = {0}, .kv = &cache, .trace = options_.trace};
   std::vector<int64_t> all_ids, positions[3], visual_rows;
   std::vector<Tensor> visual_embeds;                         // per request [Nv_i, D]
   std::vector<std::vector<Tensor>> deepstack(num_deepstack);  // per layer, per request
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = 0, j = 0; i < requests.size(); ++i) {
     const GenerationRequest& r = requests[i];
+    if (owner[i] != shard.attn_group) {
+      // Another group's request: received features arrive by a collective over all of stage 0,
+      // so take part in it and drop them.
+      if (model_.vision_is_collective()) {
+        if (!r.images.grids.empty()) model_.RunVision(r.images);
+        if (!r.videos.grids.empty()) model_.RunVision(r.videos);
+      }
+      continue;
+    }
+    const int64_t seq = static_cast<int64_t>(j++);
     const int64_t s = static_cast<int64_t>(r.input_ids.size());
     const int64_t base = batch.q_starts.back();
-    Q3VL_RETURN_IF_ERROR(cache.Reserve(static_cast<int64_t>(i), s));
-    batch.seq_ids.push_back(static_cast<int64_t>(i));
+    Q3VL_RETURN_IF_ERROR(cache.Reserve(seq, s));
+    batch.seq_ids.push_back(seq);
     batch.q_starts.push_back(base + s);
     all_ids.insert(all_ids.end(), r.input_ids.begin(), r.input_ids.end());
     for (int a = 0; a < 3; ++a) {
@@ -170,31 +222,32 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   decoder.Forward(backend, batch);
 
   std::vector<int64_t> logit_rows;
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t begin = options_.keep_prefill_logits ? batch.q_starts[i] : batch.q_starts[i + 1] - 1;
-    for (int64_t row = begin; row < batch.q_starts[i + 1]; ++row) logit_rows.push_back(row);
+  for (size_t j = 0; j < n; ++j) {
+    const int64_t begin = options_.keep_prefill_logits ? batch.q_starts[j] : batch.q_starts[j + 1] - 1;
+    for (int64_t row = begin; row < batch.q_starts[j + 1]; ++row) logit_rows.push_back(row);
   }
 
   // Sample the first token of each sequence, then decode the active ones together.
   std::vector<Rng> rngs;
-  for (size_t i = 0; i < n; ++i) rngs.emplace_back(requests[i].sampling.seed);
+  for (size_t i : mine) rngs.emplace_back(requests[i].sampling.seed);
   std::vector<int64_t> lengths(n);  // tokens in the KV cache per sequence
   std::vector<bool> active(n, true);
-  auto emit = [&](size_t i, int64_t token) {
+  auto emit = [&](size_t j, int64_t token) {
+    const size_t i = mine[j];
     const SamplingParams& sp = requests[i].sampling;
     if (static_cast<int64_t>(results[i].tokens.size()) >= sp.max_new_tokens) {
       results[i].finish_reason = "length";
-      active[i] = false;
+      active[j] = false;
       return;
     }
     results[i].tokens.push_back(token);
     if (options_.on_token) options_.on_token(i, token);
     if (std::find(sp.stop_tokens.begin(), sp.stop_tokens.end(), token) != sp.stop_tokens.end()) {
       results[i].finish_reason = "stop";
-      active[i] = false;
+      active[j] = false;
     } else if (static_cast<int64_t>(results[i].tokens.size()) >= sp.max_new_tokens) {
       results[i].finish_reason = "length";
-      active[i] = false;
+      active[j] = false;
     }
   };
   // Sampling never needs the full logits (decoder.SampleRows); only a caller that keeps every
@@ -202,40 +255,44 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   auto sample = [&](const Tensor& hidden, const std::vector<int64_t>& rows, const std::vector<int64_t>& seqs) {
     std::vector<const SamplingParams*> params;
     std::vector<Rng*> seq_rngs;
-    for (int64_t s : seqs) params.push_back(&requests[s].sampling), seq_rngs.push_back(&rngs[s]);
+    for (int64_t j : seqs) params.push_back(&requests[mine[j]].sampling), seq_rngs.push_back(&rngs[j]);
     return decoder.SampleRows(backend, hidden, rows, params, seq_rngs);
   };
   std::vector<int64_t> all_seqs(n);
-  for (size_t i = 0; i < n; ++i) {
-    all_seqs[i] = static_cast<int64_t>(i);
-    lengths[i] = static_cast<int64_t>(requests[i].input_ids.size());
+  for (size_t j = 0; j < n; ++j) {
+    all_seqs[j] = static_cast<int64_t>(j);
+    lengths[j] = static_cast<int64_t>(requests[mine[j]].input_ids.size());
   }
   if (options_.keep_prefill_logits) {
     const Tensor logits = decoder.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
     int64_t row = 0;
-    for (size_t i = 0; i < n; ++i) {
-      results[i].prefill_logits = logits.Slice(0, row, row + lengths[i]).Clone();
-      row += lengths[i];
-      emit(i, Sample(logits.data<float>() + (row - 1) * vocab, vocab, requests[i].sampling, rngs[i]));
+    for (size_t j = 0; j < n; ++j) {
+      const size_t i = mine[j];
+      results[i].prefill_logits = logits.Slice(0, row, row + lengths[j]).Clone();
+      row += lengths[j];
+      emit(j, Sample(logits.data<float>() + (row - 1) * vocab, vocab, requests[i].sampling, rngs[j]));
     }
   } else {
     const std::vector<int64_t> first = sample(batch.hidden, logit_rows, all_seqs);
-    for (size_t i = 0; i < n; ++i) emit(i, first[i]);
+    for (size_t j = 0; j < n; ++j) emit(j, first[j]);
   }
+  if (options_.on_prefill) options_.on_prefill();
   while (true) {
     DecoderBatch step{.q_starts = {0}, .kv = &cache};
     std::vector<int64_t> ids, step_positions;
-    for (size_t i = 0; i < n; ++i) {
-      if (!active[i]) continue;
-      Q3VL_RETURN_IF_ERROR(cache.Reserve(static_cast<int64_t>(i), 1));
-      step.seq_ids.push_back(static_cast<int64_t>(i));
+    for (size_t j = 0; j < n; ++j) {
+      if (!active[j]) continue;
+      Q3VL_RETURN_IF_ERROR(cache.Reserve(static_cast<int64_t>(j), 1));
+      step.seq_ids.push_back(static_cast<int64_t>(j));
       step.q_starts.push_back(step.q_starts.back() + 1);
-      ids.push_back(results[i].tokens.back());
-      step_positions.push_back(lengths[i] + results[i].rope.rope_delta);
-      ++lengths[i];
+      ids.push_back(results[mine[j]].tokens.back());
+      step_positions.push_back(lengths[j] + results[mine[j]].rope.rope_delta);
+      ++lengths[j];
     }
     const int64_t m = static_cast<int64_t>(ids.size());
-    if (m == 0) break;
+    // A group whose sequences are done keeps stepping with zero tokens while another has work.
+    if (MaxOverGroup(shard.stage, m) == 0) break;
+    ++stats_.decode_steps;
     std::vector<int64_t> pos3;
     for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), step_positions.begin(), step_positions.end());
     step.rope = MropeTables(cfg.text, pos3, m);
@@ -247,7 +304,43 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     const std::vector<int64_t> next = sample(step.hidden, rows, step.seq_ids);
     for (int64_t j = 0; j < m; ++j) emit(static_cast<size_t>(step.seq_ids[j]), next[j]);
   }
+  if (shard.attn_groups > 1) ShareResults(requests, owner, results);
   return results;
+}
+
+// Every request's result from the group that ran it (its tp rank 0) to every rank of the
+// stage; tokens of other groups' requests are reported to on_token here, in request order.
+void Generator::ShareResults(const std::vector<GenerationRequest>& requests, const std::vector<int>& owner,
+                             std::vector<GenerationResult>& results) const {
+  const DecoderShard& shard = model_.decoder().shard();
+  const int tp = GroupSize(shard.tp);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const int root = owner[i] * tp;  // stage rank of the owning group's first rank
+    const bool ran_here = owner[i] == shard.attn_group;
+    GenerationResult& r = results[i];
+    std::string bytes;
+    if (ran_here) {
+      bytes = r.finish_reason + '\0';
+      bytes.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size() * sizeof(int64_t));
+    }
+    BroadcastFrom(shard.stage, root, bytes);
+    if (options_.keep_prefill_logits) {
+      if (!ran_here) {
+        r.prefill_logits = Tensor::Empty(DType::kF32, {static_cast<int64_t>(requests[i].input_ids.size()),
+                                                       model_.config().text.vocab_size});
+      }
+      BroadcastFrom(shard.stage, root, r.prefill_logits);
+    }
+    if (ran_here) continue;
+    const size_t end = bytes.find('\0');
+    Q3VL_CHECK(end != std::string::npos && (bytes.size() - end - 1) % sizeof(int64_t) == 0);
+    r.finish_reason = bytes.substr(0, end);
+    r.tokens.resize((bytes.size() - end - 1) / sizeof(int64_t));
+    std::memcpy(r.tokens.data(), bytes.data() + end + 1, r.tokens.size() * sizeof(int64_t));
+    if (options_.on_token) {
+      for (int64_t token : r.tokens) options_.on_token(i, token);
+    }
+  }
 }
 
 void ServeVisionFor(const Qwen3VL& model, const std::vector<GenerationRequest>& requests) {

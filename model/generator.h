@@ -2,6 +2,11 @@
 // runs the vision tower, places visual embeddings and DeepStack rows, prefills all sequences
 // in one packed batch, then decodes them together (one token per sequence per step) over the
 // paged KV cache, sampling each with its own seeded Rng. One Generate call at a time.
+// Under data-parallel attention (a stage of S ranks with tp T < S) each of the S / T attention
+// groups runs its own share of the requests (balanced by tokens) and keeps only their KV
+// cache; a group with nothing left steps with zero tokens, because the MoE exchanges need every
+// rank of the stage. The results are shared at the end, so every decoder rank returns all of
+// them.
 #ifndef Q3VL_MODEL_GENERATOR_H_
 #define Q3VL_MODEL_GENERATOR_H_
 
@@ -37,8 +42,18 @@ struct GeneratorOptions {
   int64_t kv_pages = 0;              // 0: exactly what the batch needs
   bool keep_prefill_logits = false;  // logits at every prompt position
   const TraceFn* trace = nullptr;    // vision and decoder trace points (prefill only)
-  // Called with (request index, token) as each token is sampled.
+  // Called with (request index, token) as each token is sampled (under data-parallel attention:
+  // tokens of requests another attention group ran, when the batch ends).
   std::function<void(size_t, int64_t)> on_token;
+  // Called once on every decoder rank when the prefill's first tokens have been sampled.
+  std::function<void()> on_prefill;
+};
+
+// What the last Generate call did on this rank.
+struct GeneratorStats {
+  int64_t sequences = 0;     // requests this rank's attention group ran
+  int64_t kv_pages = 0;      // pages of its KV cache
+  int64_t decode_steps = 0;  // forward steps after the prefill (every rank of a stage: the same)
 };
 
 class Generator {
@@ -48,12 +63,16 @@ class Generator {
   // InvalidArgument for a bad request (nothing is run); ResourceExhausted if the KV cache
   // cannot hold the batch.
   absl::StatusOr<std::vector<GenerationResult>> Generate(const std::vector<GenerationRequest>& requests);
+  const GeneratorStats& stats() const { return stats_; }
 
  private:
   absl::Status Check(const GenerationRequest& request) const;
+  void ShareResults(const std::vector<GenerationRequest>& requests, const std::vector<int>& owner,
+                    std::vector<GenerationResult>& results) const;
 
   const Qwen3VL& model_;
   GeneratorOptions options_;
+  GeneratorStats stats_;
 };
 
 // Vision ranks of a mesh: the tower for every image and video of `requests`, in the order in

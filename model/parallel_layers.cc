@@ -31,6 +31,23 @@ void BroadcastFromLastStage(parallel::Communicator* pp, Tensor& data) {
   Q3VL_CHECK_OK(pp->Broadcast(data, pp->size() - 1));
 }
 
+int64_t MaxOverGroup(parallel::Communicator* group, int64_t value) {
+  if (Trivial(group)) return value;
+  auto all = parallel::AllGatherValue(*group, value);
+  Q3VL_CHECK_OK(all.status());
+  return *std::max_element(all->begin(), all->end());
+}
+
+void BroadcastFrom(parallel::Communicator* group, int root, Tensor& data) {
+  if (Trivial(group) || data.numel() == 0) return;
+  Q3VL_CHECK_OK(group->Broadcast(data, root));
+}
+
+void BroadcastFrom(parallel::Communicator* group, int root, std::string& bytes) {
+  if (Trivial(group)) return;
+  Q3VL_CHECK_OK(parallel::BroadcastString(*group, bytes, root));
+}
+
 Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
   const int size = group == nullptr ? 1 : group->size();
   Shape shape = {size};

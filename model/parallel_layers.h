@@ -5,6 +5,8 @@
 #ifndef Q3VL_MODEL_PARALLEL_LAYERS_H_
 #define Q3VL_MODEL_PARALLEL_LAYERS_H_
 
+#include <string>
+
 #include "core/backend.h"
 #include "parallel/communicator.h"
 
@@ -19,6 +21,13 @@ void ReceiveFromPreviousStage(parallel::Communicator* pp, Tensor& hidden);
 void SendToNextStage(parallel::Communicator* pp, const Tensor& hidden);
 // The last stage's `data` on every stage (same shape everywhere).
 void BroadcastFromLastStage(parallel::Communicator* pp, Tensor& data);
+
+// The largest `value` over `group` (host control plane): data-parallel attention groups agree
+// on whether any of them still has a step to run.
+int64_t MaxOverGroup(parallel::Communicator* group, int64_t value);
+// `data` (host tensor, same shape everywhere) and `bytes` of rank `root` to every rank of `group`.
+void BroadcastFrom(parallel::Communicator* group, int root, Tensor& data);
+void BroadcastFrom(parallel::Communicator* group, int root, std::string& bytes);
 
 // Every rank's `mine` (one shape on all ranks), stacked in rank order: [size, ...mine].
 Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine);

@@ -24,7 +24,8 @@ DecoderShard ShardFor(const parallel::ShardPlan& plan, const parallel::Topology&
           .first_inter = plan.FirstIntermediate(c.etp_rank), .num_inter = plan.local_moe_intermediate,
           .first_layer = plan.FirstLayer(c.stage), .num_layers = plan.NumLayers(c.stage),
           .tp = DataPlane(groups, "tp"), .ep = DataPlane(groups, "ep"), .etp = DataPlane(groups, "etp"),
-          .pp = DataPlane(groups, "pp")};
+          .pp = DataPlane(groups, "pp"), .attn_groups = topology.config().attn_dp(),
+          .attn_group = c.attn_dp_rank, .stage = groups.group("stage").host.get()};
 }
 
 }  // namespace

@@ -55,6 +55,9 @@ class Qwen3VL {
   // with vision ranks), or zero placeholders (later pipeline stages never read them).
   // Collective under a mesh with vision ranks: matches ServeVision on the vision ranks.
   VisionOutput RunVision(const VisionInput& input, const TraceFn* trace = nullptr) const;
+  // True when RunVision is a collective over stage 0 (features received from vision ranks):
+  // every stage-0 rank must call it for every input, in the same order.
+  bool vision_is_collective() const { return role_ == Role::kReceive; }
   // Vision ranks: this rank's part of the tower for `input` (see model/vision_stage.h).
   void ServeVision(const VisionInput& input) const;
   Backend& backend() const { return backend_; }

@@ -13,15 +13,17 @@ int64_t ShardBegin(int64_t tokens, int rank, int size) { return tokens * rank / 
 
 DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, const Routing& routing,
                                             const ExpertWeights& experts) {
-  const int size = ep_.size(), rank = ep_.rank();
+  const int size = ep_.size();
+  const int share_rank = token_group_ ? token_group_->rank() : 0;
+  const int shares = token_group_ ? token_group_->size() : 1;
   const int64_t tokens = x.dim(0), d = x.dim(1), top_k = routing.expert_ids.dim(1);
   const int64_t num_local = experts.gate_up.dim(0);
   Q3VL_CHECK_EQ(num_local, experts_per_rank_);
   DispatchHandle h;
   h.num_tokens = tokens;
   DispatchHandle::Exchange& ex = h.exchange;
-  ex.shard_begin = ShardBegin(tokens, rank, size);
-  ex.shard_end = ShardBegin(tokens, rank + 1, size);
+  ex.shard_begin = ShardBegin(tokens, share_rank, shares);
+  ex.shard_end = ShardBegin(tokens, share_rank + 1, shares);
   const int32_t* ids = routing.expert_ids.data<int32_t>();
   const float* weights = routing.weights.data<float>();
 
@@ -79,7 +81,7 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
 void AllToAllDispatcher::Combine(Backend& backend, const DispatchHandle& handle, const Tensor& expert_out,
                                  Tensor& out) {
   const DispatchHandle::Exchange& ex = handle.exchange;
-  const int size = ep_.size();
+  const int shares = token_group_ ? token_group_->size() : 1;
   const int64_t d = out.dim(1), tokens = handle.num_tokens;
   const int64_t num_recv = expert_out.dim(0), num_send = ex.sent_token.numel();
   // Back to arrival order, then to the ranks that sent the rows.
@@ -90,9 +92,15 @@ void AllToAllDispatcher::Combine(Backend& backend, const DispatchHandle& handle,
   Tensor returned = backend.Allocate(DType::kF32, {num_send, d});  // [R_send, D]
   Q3VL_CHECK_OK(ep_.AllToAll({.in = arrived, .send_counts = ex.recv_counts, .out = returned,
                               .recv_counts = ex.send_counts}));
+  if (shares == 1) {  // every token is this rank's: weight the rows straight into out
+    if (num_send > 0) {
+      backend.ScatterAddRows({.src = returned, .ids = ex.sent_token, .scale = ex.sent_weight, .out = out});
+    }
+    return;
+  }
   // This rank's share, weighted; shares padded to one size for the all-gather.
-  const int64_t share = (tokens + size - 1) / size;
-  Tensor mine = backend.Allocate(DType::kF32, {share, d});  // [ceil(T / E), D]
+  const int64_t share = (tokens + shares - 1) / shares;
+  Tensor mine = backend.Allocate(DType::kF32, {share, d});  // [ceil(T / G), D]
   if (num_send > 0) {
     Tensor local_token = Tensor::Empty(DType::kI64, {num_send});
     for (int64_t i = 0; i < num_send; ++i) {
@@ -100,11 +108,11 @@ void AllToAllDispatcher::Combine(Backend& backend, const DispatchHandle& handle,
     }
     backend.ScatterAddRows({.src = returned, .ids = local_token, .scale = ex.sent_weight, .out = mine});
   }
-  Tensor all = backend.Allocate(DType::kF32, {size * share, d});  // [E ceil(T / E), D]
-  Q3VL_CHECK_OK(ep_.AllGather({.in = mine, .out = all}));
+  Tensor all = backend.Allocate(DType::kF32, {shares * share, d});  // [G ceil(T / G), D]
+  Q3VL_CHECK_OK(token_group_->AllGather({.in = mine, .out = all}));
   float* o = out.data<float>();
-  for (int p = 0; p < size; ++p) {
-    const int64_t begin = ShardBegin(tokens, p, size), end = ShardBegin(tokens, p + 1, size);
+  for (int p = 0; p < shares; ++p) {
+    const int64_t begin = ShardBegin(tokens, p, shares), end = ShardBegin(tokens, p + 1, shares);
     const float* src = all.data<float>() + p * share * d;
     for (int64_t i = 0; i < (end - begin) * d; ++i) o[begin * d + i] += src[i];
   }

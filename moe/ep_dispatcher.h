@@ -1,9 +1,13 @@
-// Expert-parallel dispatch over the E ranks of an "ep" group. Tokens arrive replicated on every
-// rank of the group (attention ran tensor- or data-parallel before); rank r takes its share
-// [T r / E, T (r+1) / E) of them, routes each (token, slot) to the rank owning the expert
-// (global expert e lives on rank e / experts_per_rank), exchanges token rows with one uneven
-// all-to-all, and Combine sends the expert outputs back, weights them into its share and
-// all-gathers the shares so that every rank again holds the MoE output of all T tokens.
+// Expert-parallel dispatch over the E ranks of an "ep" group. The ranks of `token_group` (a
+// subset of the ep group, this rank included) hold the same tokens: the tensor-parallel
+// attention group that produced them, or the whole ep group when attention ran on every rank
+// of it. Each takes its share [T r / G, T (r+1) / G) (r, G: rank and size in token_group; no
+// token_group: all T tokens are this rank's alone, as under data-parallel attention), routes
+// each (token, slot) to the rank owning the expert (global expert e lives on ep rank
+// e / experts_per_rank), exchanges token rows with one uneven all-to-all, and Combine sends the
+// expert outputs back, weights them into its share and all-gathers the shares over
+// token_group so that every holder again has the MoE output of all T tokens. A rank with no
+// tokens still joins both exchanges.
 //   Dispatch: x[T, D] -> rows [R_recv, D] grouped by local expert
 //   Combine:  expert_out [R_recv, D] -> out[T, D] += Σ_k w_tk · y_tk
 // A failed collective (a lost peer) aborts the rank: the launcher tears the job down.
@@ -18,9 +22,10 @@ namespace q3vl::moe {
 
 class AllToAllDispatcher final : public Dispatcher {
  public:
-  // REQUIRES: ep outlives the dispatcher; experts_per_rank > 0.
-  AllToAllDispatcher(parallel::Communicator& ep, int64_t experts_per_rank)
-      : ep_(ep), experts_per_rank_(experts_per_rank) {}
+  // REQUIRES: ep and token_group outlive the dispatcher; experts_per_rank > 0.
+  AllToAllDispatcher(parallel::Communicator& ep, int64_t experts_per_rank,
+                     parallel::Communicator* token_group)
+      : ep_(ep), experts_per_rank_(experts_per_rank), token_group_(token_group) {}
 
   DispatchHandle Dispatch(Backend& backend, const Tensor& x, const Routing& routing,
                           const ExpertWeights& experts) override;
@@ -30,6 +35,7 @@ class AllToAllDispatcher final : public Dispatcher {
  private:
   parallel::Communicator& ep_;
   const int64_t experts_per_rank_;
+  parallel::Communicator* const token_group_;  // null or size 1: the tokens are this rank's
 };
 
 }  // namespace q3vl::moe

@@ -125,19 +125,29 @@ INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params(
 
 // Generation on a mesh samples without gathering logits (vocab-parallel argmax / top-k
 // candidates, the last stage broadcasting tokens): greedy, top-k and top-p sampling must pick
-// exactly the single-rank tokens on every rank.
+// exactly the single-rank tokens on every rank. One request per entry of `sampling`, all with
+// the case's prompt; returns every rank's tokens of all requests, concatenated.
 std::vector<std::vector<int64_t>> Generate(const std::string& case_dir, const std::string& mesh,
-                                           const model::SamplingParams& sampling) {
+                                           const std::vector<model::SamplingParams>& sampling,
+                                           std::vector<model::GeneratorStats>* stats = nullptr) {
   std::vector<std::vector<int64_t>> tokens(parallel::ParallelConfig::FromString(mesh)->world_size());
+  if (stats) stats->assign(tokens.size(), {});
   const std::vector<std::string> errors =
       OnMesh(case_dir, mesh, [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
-        model::GenerationRequest request = golden.request;
-        request.sampling = sampling;
-        auto results = model::Generator(model, {}).Generate({request, request});  // two sequences, one seed
+        std::vector<model::GenerationRequest> requests(sampling.size(), golden.request);
+        for (size_t i = 0; i < sampling.size(); ++i) requests[i].sampling = sampling[i];
+        if (model.is_vision_rank()) return model::ServeVisionFor(model, requests);
+        std::vector<std::pair<size_t, int64_t>> streamed;
+        model::Generator generator(model, {.on_token = [&](size_t i, int64_t t) { streamed.emplace_back(i, t); }});
+        auto results = generator.Generate(requests);
         Q3VL_CHECK_OK(results.status());
+        if (stats) (*stats)[rank] = generator.stats();
+        size_t count = 0;
         for (const model::GenerationResult& r : *results) {
           tokens[rank].insert(tokens[rank].end(), r.tokens.begin(), r.tokens.end());
+          count += r.tokens.size();
         }
+        EXPECT_EQ(streamed.size(), count) << "rank " << rank << ": every token reaches on_token once";
       });
   for (const std::string& e : errors) EXPECT_EQ(e, "");
   return tokens;
@@ -150,13 +160,50 @@ TEST(ParallelSamplingTest, MeshesSampleTheSingleRankTokens) {
   model::SamplingParams top_k{.temperature = 1.5f, .top_k = 40, .seed = 11, .max_new_tokens = 6};
   model::SamplingParams top_p{.temperature = 1.5f, .top_p = 0.9f, .seed = 5, .max_new_tokens = 6};
   for (const model::SamplingParams& sp : {greedy, top_k, top_p}) {
-    const std::vector<int64_t> want = Generate(dir, "tp=1", sp)[0];
+    const std::vector<int64_t> want = Generate(dir, "tp=1", {sp, sp})[0];  // two sequences, one seed
     ASSERT_EQ(want.size(), 12u);
-    for (const char* mesh : {"tp=2", "tp=4", "pp=2,tp=2", "tp=2,ep=2"}) {
-      const auto got = Generate(dir, mesh, sp);
+    for (const char* mesh : {"tp=2", "tp=4", "pp=2,tp=2", "tp=2,ep=2", "ep=2", "tp=2,ep=4"}) {
+      const auto got = Generate(dir, mesh, {sp, sp});
       for (size_t r = 0; r < got.size(); ++r) {
         EXPECT_EQ(got[r], want) << mesh << " rank " << r << " temperature " << sp.temperature << " top_k " << sp.top_k;
       }
+    }
+  }
+}
+
+// Data-parallel attention (ep > tp): each attention group runs its own requests and keeps only
+// their KV cache. Requests of unequal lengths leave one group idle (stepping with zero tokens
+// in the MoE exchanges) while another decodes, and more groups than requests leave some idle
+// throughout; every rank must still return the single-rank tokens of every request.
+TEST(ParallelSamplingTest, DataParallelAttentionGroupsRunTheirOwnRequests) {
+  const std::string dir = testing::GoldenCaseDir("07_realvocab_image");
+  ASSERT_FALSE(dir.empty());
+  const std::vector<model::SamplingParams> sampling = {
+      {.max_new_tokens = 6},
+      {.temperature = 1.5f, .top_k = 40, .seed = 11, .max_new_tokens = 2},
+      {.temperature = 1.5f, .top_p = 0.9f, .seed = 5, .max_new_tokens = 1}};
+  const std::vector<int64_t> want = Generate(dir, "tp=1", sampling)[0];
+  ASSERT_EQ(want.size(), 9u);
+  // Requests go to the group with the fewest tokens so far: 0 -> group 0, 1 and 2 -> group 1
+  // when there are two groups, one each when there are more.
+  struct Want {
+    const char* mesh;
+    std::vector<int64_t> sequences;  // per rank (-1: the vision rank)
+  };
+  const Want meshes[] = {{"ep=2", {1, 2}},
+                         {"ep=4", {1, 1, 1, 0}},
+                         {"tp=2,ep=4", {1, 1, 2, 2}},
+                         {"pp=2,ep=2", {1, 2, 1, 2}},
+                         {"vision=1,ep=2", {-1, 1, 2}}};
+  for (const Want& m : meshes) {
+    std::vector<model::GeneratorStats> stats;
+    const auto got = Generate(dir, m.mesh, sampling, &stats);
+    for (size_t r = 0; r < got.size(); ++r) {
+      if (m.sequences[r] < 0) continue;
+      EXPECT_EQ(got[r], want) << m.mesh << " rank " << r;
+      EXPECT_EQ(stats[r].sequences, m.sequences[r]) << m.mesh << " rank " << r;
+      // Group 0's request decodes 6 tokens: 5 steps after the prefill, on every rank.
+      EXPECT_EQ(stats[r].decode_steps, 5) << m.mesh << " rank " << r;
     }
   }
 }
