@@ -539,6 +539,38 @@ Json RunPlan(MeteredBackend& backend, const Plan& plan, const Machine& machine) 
   return out;
 }
 
+// Decode-shaped GEMMs alone: m activation rows against 8 expert-sized weights [3072, 4096]
+// (nn.Linear rows, 400 MB: far past the caches), through the backend's Gemm (m <= 16 takes the
+// small-row kernels). Weight bytes/s against copy bandwidth shows where a decode step turns
+// from memory-bound to compute-bound on this machine; FLOP/s against the sgemm peak shows how
+// much compute is left.
+Json BenchDecodeGemm(Backend& backend, const Machine& machine, bool quick) {
+  constexpr int64_t kN = 3072, kK = 4096, kMatrices = 8;
+  Tensor weights = Tensor::Empty(DType::kF32, {kMatrices, kN, kK});
+  FillUniform(weights, 0.0f, 0.02f, 3);
+  Tensor a = Tensor::Empty(DType::kF32, {16, kK});
+  FillUniform(a, 0.0f, 1.0f, 4);
+  Tensor out = Tensor::Empty(DType::kF32, {16, kN});
+  Json rows = Json::array();
+  for (int64_t m : {1, 2, 4, 8, 12, 16}) {
+    double best = 1e30;
+    for (int r = 0; r <= (quick ? 2 : 5); ++r) {
+      const Clock::time_point start = Clock::now();
+      for (int64_t e = 0; e < kMatrices; ++e) {
+        Tensor o = out.Slice(0, 0, m);
+        backend.Gemm({.a = a.Slice(0, 0, m), .b = weights.Select(e), .out = o});
+      }
+      if (r > 0) best = std::min(best, SecondsSince(start));
+    }
+    const double bytes = 4.0 * kMatrices * kN * kK, flop = 2.0 * m * kMatrices * kN * kK;
+    rows.push_back({{"rows", m}, {"seconds", best}, {"weight_bytes_per_s", bytes / best},
+                    {"weight_fraction_of_copy_bandwidth", bytes / best / machine.copy_bytes_per_s},
+                    {"flop_per_s", flop / best},
+                    {"fraction_of_sgemm_peak", flop / best / machine.sgemm_flop_per_s}});
+  }
+  return {{"weight_shape", {kN, kK}}, {"matrices", kMatrices}, {"cases", rows}};
+}
+
 constexpr char kUsage[] =
     "usage: q3vl_bench [--quick] [--help]\n"
     "Prints one JSON object of CPU throughput figures to stdout (see benchmarks/README.md).\n"
@@ -564,6 +596,8 @@ int Main(int argc, char** argv) {
   Json out = {{"benchmark", "q3vl_bench"}, {"mode", quick ? "quick" : "full"},
               {"machine", MachineJson(machine)}};
   MeteredBackend backend;
+  std::cerr << "q3vl_bench: decode-shaped GEMMs\n";
+  out["decode_gemm"] = BenchDecodeGemm(backend, machine, quick);
   for (const Plan& plan : MakePlans(quick)) out["configs"][plan.name] = RunPlan(backend, plan, machine);
   out["total_s"] = SecondsSince(start);
   std::cout << out.dump(2) << std::endl;
