@@ -14,6 +14,7 @@
 
 #include "core/npy.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
 namespace q3vl {
@@ -99,6 +100,34 @@ TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
   const MpiResult bad = Mpirun(3, "generate --model " + dir + " --mesh vision=1,tp=2 --image /nonexistent.png --prompt hi");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.output.find("image file '/nonexistent.png' cannot be opened"), std::string::npos) << bad.output;
+}
+
+// Data-parallel attention under mpirun: with ep > tp a batch of 3 is split over the attention
+// groups, which step together through every MoE exchange; the leader's sequence equals the
+// single-rank run, and every sequence's tokens are counted (the other groups' at the end).
+TEST(MeshTest, DataParallelAttentionBatchMatchesOneRank) {
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/mesh_dp_model";
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(Mpirun(1, "make-model --out " + dir).code, 0);
+  const std::string args = "generate --model " + dir + " --prompt 'One, two, three' --max-new-tokens 5 "
+                           "--ignore-eos --json --batch 3";
+  auto parse = [](const MpiResult& r) {
+    const auto at = r.output.find('{');
+    return at == std::string::npos ? nlohmann::json() : nlohmann::json::parse(r.output.substr(at), nullptr, false);
+  };
+  const MpiResult one = Mpirun(1, args);
+  ASSERT_EQ(one.code, 0) << one.output;
+  const nlohmann::json want = parse(one);
+  ASSERT_TRUE(want.is_object()) << one.output;
+  ASSERT_EQ(want["stats"]["generated_tokens"], 15) << one.output;
+  for (const auto& [mesh, np] : {std::pair{"ep=2", 2}, std::pair{"vision=1,ep=2", 3}, std::pair{"tp=2,ep=4", 4}}) {
+    const MpiResult many = Mpirun(np, args + " --mesh " + mesh);
+    ASSERT_EQ(many.code, 0) << many.output;
+    const nlohmann::json got = parse(many);
+    ASSERT_TRUE(got.is_object()) << many.output;
+    EXPECT_EQ(got["generated_ids"], want["generated_ids"]) << mesh;
+    EXPECT_EQ(got["stats"]["generated_tokens"], 15) << mesh;
+  }
 }
 
 TEST(MeshTest, BadMeshesFailFastWithTheReason) {
