@@ -94,7 +94,7 @@ int GenerateCommand(const Args& args) {
       ("image", po::value<std::vector<std::string>>()->composing(), "image: file path, file:// or data: URL (repeatable)")
       ("video", po::value<std::vector<std::string>>()->composing(), "video file (repeatable)")
       ("system", po::value<std::string>(), "system message")
-      ("messages", po::value<std::string>(), "JSON file with OpenAI-style chat messages (instead of --prompt/--image/--video/--system)")
+      ("messages", po::value<std::string>(), "JSON file with OpenAI-style chat messages (instead of --prompt/--image/--video/--system); relative media paths resolve against the working directory")
       ("ids", po::value<std::string>(), "prompt token ids, comma separated, already expanded (bypasses the tokenizer and template)")
       ("max-new-tokens", po::value<int64_t>()->default_value(128), "tokens to generate at most")
       ("temperature", po::value<float>()->default_value(0.0f), "sampling temperature (0: greedy)")

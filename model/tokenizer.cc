@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 #include "model/bpe.h"
@@ -61,7 +63,15 @@ absl::StatusOr<Tokenizer> Tokenizer::FromFile(const std::string& tokenizer_json_
   std::ostringstream text;
   text << file.rdbuf();
   if (file.bad()) return absl::DataLossError(absl::StrCat(tokenizer_json_path, ": read failed"));
-  return FromJson(text.str(), tokenizer_json_path);
+  const std::string content = text.str();
+  // A symbolic link that a copy or a checkout flattened into a text file holding its target.
+  if (content.size() < 1024 && absl::EndsWith(absl::StripTrailingAsciiWhitespace(content), ".json") &&
+      content.find('{') == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        tokenizer_json_path, ": holds the path '", absl::StripTrailingAsciiWhitespace(content),
+        "' instead of JSON: a symbolic link flattened into a file; copy the real tokenizer.json there"));
+  }
+  return FromJson(content, tokenizer_json_path);
 }
 
 absl::StatusOr<Tokenizer> Tokenizer::FromJson(absl::string_view json_text, absl::string_view source) {

@@ -173,6 +173,44 @@ TEST(CliTest, ChatTemplateRendersTheGoldenCases) {
   EXPECT_EQ(RunQ3vl("chat-template --help").code, 0);
 }
 
+// Every request of golden/inputs/e2e through `q3vl generate --messages`: the prompt ids (4.57
+// video layout, the CLI's) and the 16 greedy tokens equal the reference. The reference model
+// folder's tokenizer.json is a flattened relative link, so the folder is assembled from links.
+TEST(CliTest, GenerateFromMessagesMatchesEveryE2eRequest) {
+  namespace fs = std::filesystem;
+  const fs::path e2e = fs::path(Q3VL_SHARED_DIR) / "golden/inputs/e2e";
+  ASSERT_TRUE(fs::exists(e2e / "model/config.json")) << e2e;
+  const fs::path model = fs::path(testing::ScratchDir()) / "e2e_model";
+  fs::create_directories(model);
+  for (const auto& entry : fs::directory_iterator(e2e / "model")) {
+    if (entry.path().filename() != "tokenizer.json") fs::create_symlink(entry.path(), model / entry.path().filename());
+  }
+  fs::create_symlink(testing::SourcePath("model/assets/qwen3/tokenizer.json"), model / "tokenizer.json");
+  for (const char* name : {"e01_text", "e02_image", "e03_video", "e04_image_video"}) {
+    SCOPED_TRACE(name);
+    const auto c = nlohmann::json::parse(ReadFile((e2e / name / "case.json").string()));
+    const nlohmann::json& want = c["expected"].contains("transformers_4_57_layout")
+                                     ? c["expected"]["transformers_4_57_layout"]
+                                     : c["expected"];
+    const std::string messages = testing::ScratchDir() + "/" + name + "_messages.json";
+    std::ofstream(messages) << c["request"]["messages"].dump();
+    // Media paths in the messages are relative to the e2e folder: run from there.
+    const CommandResult r = testing::RunCommand("cd " + e2e.string() + " && " + Q3VL_BINARY + " generate --model " +
+                                                model.string() + " --messages " + messages +
+                                                " --max-new-tokens 16 --ignore-eos --json 2>&1");
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto at = r.output.find('{');
+    ASSERT_NE(at, std::string::npos) << r.output;
+    const auto out = nlohmann::json::parse(r.output.substr(at), nullptr, false);
+    ASSERT_TRUE(out.is_object()) << r.output;
+    EXPECT_EQ(out["input_ids"], want["input_ids"]);
+    EXPECT_EQ(out["generated_ids"], want["generated_ids"]);
+    if (!c["expected"].contains("transformers_4_57_layout")) {  // the 4.57 text keeps special tokens
+      EXPECT_EQ(out["text"], c["expected"]["generated_text_skip_special"]);
+    }
+  }
+}
+
 TEST(CliTest, PreprocessImageMatchesTheGolden) {
   const nlohmann::json want = testing::ReadCaseJson("image/p02_333x517/case.json")["variants"]["jpg"];
   const std::string out = ::q3vl::testing::ScratchDir() + "/preprocess_image";

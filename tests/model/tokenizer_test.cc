@@ -267,6 +267,12 @@ TEST(TokenizerFileTest, MalformedFilesGiveAClearError) {
   ASSERT_FALSE(truncated.ok());
   EXPECT_NE(truncated.status().message().find(dir + "/truncated.json: not valid JSON"), std::string::npos)
       << truncated.status();
+  std::ofstream(dir + "/flattened.json") << "../../tokenizer/tokenizer.json";
+  auto flattened = Tokenizer::FromFile(dir + "/flattened.json");
+  ASSERT_FALSE(flattened.ok());
+  EXPECT_NE(flattened.status().message().find("holds the path '../../tokenizer/tokenizer.json' instead of JSON"),
+            std::string::npos)
+      << flattened.status();
   auto missing = Tokenizer::FromFile(dir + "/no_such_tokenizer.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("no_such_tokenizer.json"), std::string::npos);
