@@ -92,6 +92,7 @@ Json MeterJson(const Meter& meter, double steps) {
 int Main(int argc, char** argv) {
   std::string mesh = "tp=1", config_path, dir = "/tmp/q3vl_mesh_bench_model";
   int64_t prompt = 128, steps = 16;
+  int micro_batches = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i], value = argv[i + 1];
     if (key == "--mesh") mesh = value;
@@ -99,8 +100,10 @@ int Main(int argc, char** argv) {
     else if (key == "--model-dir") dir = value;
     else if (key == "--prompt") prompt = std::stoll(value);
     else if (key == "--steps") steps = std::stoll(value);
+    else if (key == "--micro-batches") micro_batches = std::stoi(value);
     else {
-      std::cerr << "usage: mesh_bench [--mesh M] [--config config.json] [--model-dir D] [--prompt N] [--steps N]\n";
+      std::cerr << "usage: mesh_bench [--mesh M] [--config config.json] [--model-dir D] [--prompt N] [--steps N]"
+                   " [--micro-batches N]\n";
       return 2;
     }
   }
@@ -127,7 +130,7 @@ int Main(int argc, char** argv) {
   auto model = model::Qwen3VL::Load(dir, **backend, (*run)->parallel());
   if (absl::Status s = (*run)->Agree(model.status()); !s.ok()) return 1;
   Json out = {{"mesh", (*run)->topology().config().ToString()}, {"world_size", (*run)->world().size()},
-              {"prompt_tokens", prompt}, {"decode_steps", steps},
+              {"prompt_tokens", prompt}, {"decode_steps", steps}, {"micro_batches", micro_batches},
               {"checkpoint_bytes_read_by_leader", (*model)->bytes_read()}, {"cases", Json::array()}};
   for (int batch : {1, 16}) {
     model::GenerationRequest request;
@@ -136,11 +139,11 @@ int Main(int argc, char** argv) {
     const std::vector<model::GenerationRequest> requests(batch, request);
     Meter prefill_meter;
     Clock::time_point start = Clock::now(), first;
-    model::Generator generator(**model, {.on_prefill = [&] {  // switch meters
-      first = Clock::now();
-      prefill_meter = meter;
-      meter.clear();
-    }});
+    model::Generator generator(**model, {.micro_batches = micro_batches, .on_prefill = [&] {  // switch meters
+                                           first = Clock::now();
+                                           prefill_meter = meter;
+                                           meter.clear();
+                                         }});
     meter.clear();
     auto results = generator.Generate(requests);
     Q3VL_CHECK_OK(results.status());

@@ -104,6 +104,7 @@ int GenerateCommand(const Args& args) {
       ("greedy", po::bool_switch(), "greedy decoding (overrides --temperature)")
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
       ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch (split over dp replicas)")
+      ("micro-batches", po::value<int>()->default_value(1), "pipeline meshes (pp > 1): decode micro-batches in flight, at most pp (1: every step walks all stages)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D: run under mpirun -np D*(V+P*max(T,E)); replica 0's first stage-0 rank prints")
       ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
@@ -117,6 +118,7 @@ int GenerateCommand(const Args& args) {
     return UsageError(kName, "give exactly one of --ids, --messages, or --prompt/--image/--video/--system");
   }
   if (vm["batch"].as<int>() < 1) return UsageError(kName, "--batch must be >= 1");
+  if (vm["micro-batches"].as<int>() < 1) return UsageError(kName, "--micro-batches must be >= 1");
   if (vm["max-new-tokens"].as<int64_t>() < 1) return UsageError(kName, "--max-new-tokens must be >= 1");
   const std::string model_dir = vm["model"].as<std::string>();
   std::unique_ptr<MeshRun> mesh;
@@ -211,7 +213,7 @@ int GenerateCommand(const Args& args) {
     } else {
       std::cout << token << " " << std::flush;
     }
-  }});
+  }, .micro_batches = vm["micro-batches"].as<int>()});
   auto results = requests.empty()
                      ? absl::StatusOr<std::vector<model::GenerationResult>>(std::vector<model::GenerationResult>{})
                      : generator.Generate(requests);

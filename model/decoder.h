@@ -88,6 +88,11 @@ class TextDecoder {
   std::vector<int64_t> SampleRows(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                   const std::vector<const SamplingParams*>& params,
                                   const std::vector<Rng*>& rngs) const;
+  // SampleRows without the broadcast over pp: the last stage's tokens, there only (a
+  // micro-batched pipeline returns them to stage 0 itself). REQUIRES: this is the last stage.
+  std::vector<int64_t> SampleStage(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
+                                   const std::vector<const SamplingParams*>& params,
+                                   const std::vector<Rng*>& rngs) const;
 
  private:
   struct Layer {
@@ -115,10 +120,6 @@ class TextDecoder {
   // This rank's chunk of the logits: [N, vocab_chunk_] (columns past V are padding).
   Tensor LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                      const TraceFn* trace) const;
-  // SampleRows on the last stage.
-  std::vector<int64_t> SampleStage(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
-                                   const std::vector<const SamplingParams*>& params,
-                                   const std::vector<Rng*>& rngs) const;
 
   TextConfig config_;
   DecoderShard shard_;     // counts filled in (never 0)

@@ -277,6 +277,110 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     for (size_t j = 0; j < n; ++j) emit(j, first[j]);
   }
   if (options_.on_prefill) options_.on_prefill();
+  const int stages = GroupSize(shard.pp);
+  const int64_t micro = std::min<int64_t>(std::max(options_.micro_batches, 1), stages);
+  if (micro > 1 && MaxOverGroup(shard.stage, static_cast<int64_t>(n)) >= 2) {
+    // Micro-batched pipeline: sequence j decodes in micro-batch j % micro, and the stages work
+    // on different micro-batches at once. Stage 0 sends each item (one step of one
+    // micro-batch: its sequences and positions, then the hidden states) down the pipeline; the
+    // last stage samples and returns the tokens to stage 0, which has them by the time that
+    // micro-batch comes round again. The token message is small, so the last stage's send
+    // completes before stage 0 posts its receive.
+    const int stage = shard.pp->rank(), last = stages - 1;
+    std::vector<std::vector<int64_t>> in_flight(micro);  // stage 0: each micro-batch's last item
+    auto run_item = [&](const std::vector<int64_t>& seqs, const std::vector<int64_t>& positions,
+                        const std::vector<int64_t>& ids) -> absl::Status {
+      const int64_t m = static_cast<int64_t>(seqs.size());
+      DecoderBatch step{.seq_ids = seqs, .q_starts = {0}, .kv = &cache};
+      for (int64_t j = 0; j < m; ++j) {
+        Q3VL_RETURN_IF_ERROR(cache.Reserve(seqs[j], 1));
+        step.q_starts.push_back(j + 1);
+      }
+      std::vector<int64_t> pos3;
+      for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), positions.begin(), positions.end());
+      step.rope = MropeTables(cfg.text, pos3, m);
+      step.hidden = backend.Allocate(DType::kF32, {m, d});
+      if (stage == 0) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+      decoder.Forward(backend, step);  // receives from stage - 1, sends to stage + 1
+      ++stats_.decode_steps;
+      if (stage == last) {
+        std::vector<const SamplingParams*> params;
+        std::vector<Rng*> seq_rngs;
+        for (int64_t j : seqs) params.push_back(&requests[mine[j]].sampling), seq_rngs.push_back(&rngs[j]);
+        std::vector<int64_t> rows(m);
+        for (int64_t j = 0; j < m; ++j) rows[j] = j;
+        SendValues(shard.pp, 0, decoder.SampleStage(backend, step.hidden, rows, params, seq_rngs));
+      }
+      return absl::OkStatus();
+    };
+    // Stage 0: the tokens of item `k` from the last stage.
+    auto collect = [&](int64_t k) {
+      const std::vector<int64_t>& seqs = in_flight[k % micro];
+      const std::vector<int64_t> tokens = ReceiveValues(shard.pp, last);
+      Q3VL_CHECK_EQ(tokens.size(), seqs.size());
+      for (size_t j = 0; j < seqs.size(); ++j) emit(static_cast<size_t>(seqs[j]), tokens[j]);
+    };
+    if (stage == 0) {
+      for (int64_t item = 0;; ++item) {
+        if (item >= micro) collect(item - micro);
+        const int64_t remaining = std::count(active.begin(), active.end(), true);
+        // Every attention group stops at the same item (they share the MoE exchanges).
+        if (MaxOverGroup(shard.stage, remaining) == 0) {
+          SendValues(shard.pp, 1, {});  // stop
+          for (int64_t k = std::max<int64_t>(0, item - micro + 1); k < item; ++k) collect(k);
+          break;
+        }
+        std::vector<int64_t> seqs, positions, ids;
+        for (size_t j = item % micro; j < n; j += micro) {
+          if (!active[j]) continue;
+          seqs.push_back(static_cast<int64_t>(j));
+          positions.push_back(lengths[j] + results[mine[j]].rope.rope_delta);
+          ids.push_back(results[mine[j]].tokens.back());
+          ++lengths[j];
+        }
+        std::vector<int64_t> header = {static_cast<int64_t>(seqs.size())};
+        header.insert(header.end(), seqs.begin(), seqs.end());
+        header.insert(header.end(), positions.begin(), positions.end());
+        SendValues(shard.pp, 1, header);
+        in_flight[item % micro] = seqs;
+        Q3VL_RETURN_IF_ERROR(run_item(seqs, positions, ids));
+      }
+    } else {
+      while (true) {
+        const std::vector<int64_t> header = ReceiveValues(shard.pp, stage - 1);
+        if (stage < last) SendValues(shard.pp, stage + 1, header);
+        if (header.empty()) break;  // stop
+        const int64_t m = header[0];
+        Q3VL_CHECK_EQ(static_cast<int64_t>(header.size()), 1 + 2 * m);
+        Q3VL_RETURN_IF_ERROR(run_item(std::vector<int64_t>(header.begin() + 1, header.begin() + 1 + m),
+                                      std::vector<int64_t>(header.begin() + 1 + m, header.end()), {}));
+      }
+      // Only stage 0 saw the tokens: take them from there.
+      for (size_t j = 0; j < n; ++j) {
+        GenerationResult& r = results[mine[j]];
+        std::string bytes;
+        BroadcastFrom(shard.pp, 0, bytes);
+        const size_t end = bytes.find('\0');
+        Q3VL_CHECK(end != std::string::npos);
+        r.finish_reason = bytes.substr(0, end);
+        r.tokens.resize((bytes.size() - end - 1) / sizeof(int64_t));
+        std::memcpy(r.tokens.data(), bytes.data() + end + 1, r.tokens.size() * sizeof(int64_t));
+        if (options_.on_token) {
+          for (size_t t = 1; t < r.tokens.size(); ++t) options_.on_token(mine[j], r.tokens[t]);
+        }
+      }
+    }
+    if (stage == 0) {
+      for (size_t j = 0; j < n; ++j) {
+        const GenerationResult& r = results[mine[j]];
+        std::string bytes = r.finish_reason + '\0';
+        bytes.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size() * sizeof(int64_t));
+        BroadcastFrom(shard.pp, 0, bytes);
+      }
+    }
+    if (shard.attn_groups > 1) ShareResults(requests, owner, results);
+    return results;
+  }
   while (true) {
     DecoderBatch step{.q_starts = {0}, .kv = &cache};
     std::vector<int64_t> ids, step_positions;

@@ -45,6 +45,12 @@ struct GeneratorOptions {
   // Called with (request index, token) as each token is sampled (under data-parallel attention:
   // tokens of requests another attention group ran, when the batch ends).
   std::function<void(size_t, int64_t)> on_token;
+  // Decode micro-batches in flight through a pipeline (pp > 1; at most pp are used). 1: each
+  // step walks every stage with the whole batch. More keeps the stages busy on different
+  // micro-batches, which pays when a step's cost grows with its rows (long contexts, large
+  // batches, stages on their own devices); a weight-bound step re-reads the weights once per
+  // micro-batch instead (see benchmarks/README.md, mesh_bench).
+  int micro_batches = 1;
   // Called once on every decoder rank when the prefill's first tokens have been sampled.
   std::function<void()> on_prefill;
 };

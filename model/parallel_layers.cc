@@ -48,6 +48,23 @@ void BroadcastFrom(parallel::Communicator* group, int root, std::string& bytes) 
   Q3VL_CHECK_OK(parallel::BroadcastString(*group, bytes, root));
 }
 
+void SendValues(parallel::Communicator* pp, int to, const std::vector<int64_t>& values) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  Q3VL_CHECK_OK(pp->Send(Tensor::FromVectorI64({n}, {1}), to));
+  if (n > 0) Q3VL_CHECK_OK(pp->Send(Tensor::FromVectorI64(values, {n}), to));
+}
+
+std::vector<int64_t> ReceiveValues(parallel::Communicator* pp, int from) {
+  Tensor count = Tensor::Empty(DType::kI64, {1});
+  Q3VL_CHECK_OK(pp->Recv(count, from));
+  const int64_t n = count.data<int64_t>()[0];
+  Q3VL_CHECK(n >= 0) << "pipeline message of " << n << " values from stage " << from;
+  if (n == 0) return {};
+  Tensor values = Tensor::Empty(DType::kI64, {n});
+  Q3VL_CHECK_OK(pp->Recv(values, from));
+  return std::vector<int64_t>(values.data<int64_t>(), values.data<int64_t>() + n);
+}
+
 Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
   const int size = group == nullptr ? 1 : group->size();
   Shape shape = {size};

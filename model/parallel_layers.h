@@ -6,6 +6,7 @@
 #define Q3VL_MODEL_PARALLEL_LAYERS_H_
 
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "parallel/communicator.h"
@@ -28,6 +29,11 @@ int64_t MaxOverGroup(parallel::Communicator* group, int64_t value);
 // `data` (host tensor, same shape everywhere) and `bytes` of rank `root` to every rank of `group`.
 void BroadcastFrom(parallel::Communicator* group, int root, Tensor& data);
 void BroadcastFrom(parallel::Communicator* group, int root, std::string& bytes);
+
+// Pipeline messages of any length (a count, then the values) between stages `from` -> `to`
+// of pp, in order; Send returns once the small count is on its way.
+void SendValues(parallel::Communicator* pp, int to, const std::vector<int64_t>& values);
+std::vector<int64_t> ReceiveValues(parallel::Communicator* pp, int from);
 
 // Every rank's `mine` (one shape on all ranks), stacked in rank order: [size, ...mine].
 Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine);

@@ -102,10 +102,11 @@ TEST(MeshTest, GenerateWithImageAndVideoMatchesOneRank) {
   EXPECT_NE(bad.output.find("image file '/nonexistent.png' cannot be opened"), std::string::npos) << bad.output;
 }
 
-// Data-parallel attention under mpirun: with ep > tp a batch of 3 is split over the attention
-// groups, which step together through every MoE exchange; the leader's sequence equals the
-// single-rank run, and every sequence's tokens are counted (the other groups' at the end).
-TEST(MeshTest, DataParallelAttentionBatchMatchesOneRank) {
+// Data-parallel attention and the micro-batched pipeline under mpirun: with ep > tp a batch of
+// 3 is split over the attention groups, which step together through every MoE exchange; with
+// pp > 1 the decode runs as micro-batches in flight on different stages. The leader's sequence
+// equals the single-rank run, and every sequence's tokens are counted.
+TEST(MeshTest, DataParallelAttentionAndPipelinedBatchMatchOneRank) {
   const std::string dir = ::q3vl::testing::ScratchDir() + "/mesh_dp_model";
   std::filesystem::remove_all(dir);
   ASSERT_EQ(Mpirun(1, "make-model --out " + dir).code, 0);
@@ -120,8 +121,9 @@ TEST(MeshTest, DataParallelAttentionBatchMatchesOneRank) {
   const nlohmann::json want = parse(one);
   ASSERT_TRUE(want.is_object()) << one.output;
   ASSERT_EQ(want["stats"]["generated_tokens"], 15) << one.output;
-  for (const auto& [mesh, np] : {std::pair{"ep=2", 2}, std::pair{"vision=1,ep=2", 3}, std::pair{"tp=2,ep=4", 4}}) {
-    const MpiResult many = Mpirun(np, args + " --mesh " + mesh);
+  for (const auto& [mesh, np] : {std::pair{"ep=2", 2}, std::pair{"vision=1,ep=2", 3}, std::pair{"tp=2,ep=4", 4},
+                                 std::pair{"pp=2", 2}, std::pair{"pp=2,ep=2", 4}}) {
+    const MpiResult many = Mpirun(np, args + " --mesh " + mesh + " --micro-batches 2");
     ASSERT_EQ(many.code, 0) << many.output;
     const nlohmann::json got = parse(many);
     ASSERT_TRUE(got.is_object()) << many.output;
