@@ -99,6 +99,14 @@ class MeteredBackend final : public Backend {
     const Clock::time_point start = Clock::now();
     Tensor t = cpu_.Allocate(dtype, std::move(shape));
     if (randomize_ && dtype == DType::kF32) FillRandomWeight(t, ++seed_);
+    if (randomize_ && dtype == DType::kBF16) {  // the same init, rounded to bf16
+      Tensor f = cpu_.Allocate(DType::kF32, t.shape());
+      FillRandomWeight(f, ++seed_);
+      uint16_t* dst = t.data<uint16_t>();
+      const float* src = f.data<float>();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < t.numel(); ++i) dst[i] = F32ToBF16(src[i]);
+    }
     counters_.op_s[kAllocate] += SecondsSince(start);
     return t;
   }
@@ -278,10 +286,10 @@ struct Model {
 };
 
 // Builds the model against an empty checkpoint; the backend fills every weight at random.
-Model BuildModel(MeteredBackend& backend, const model::ModelConfig& config) {
+Model BuildModel(MeteredBackend& backend, const model::ModelConfig& config, DType matrices) {
   Q3VL_CHECK_OK(config.Validate());
   std::unique_ptr<model::Checkpoint> empty = model::Checkpoint::Empty();
-  model::WeightLoader loader(*empty, backend);
+  model::WeightLoader loader(*empty, backend, matrices);
   Model m;
   m.config = config;
   backend.set_randomize(true);
@@ -489,6 +497,7 @@ Json BenchVision(MeteredBackend& backend, const Model& m, const VisionCase& c) {
 struct Plan {
   std::string name;
   model::ModelConfig config;
+  DType matrices = DType::kF32;  // decoder GEMM weights (the vision tower stays f32)
   std::vector<PrefillCase> prefill;
   std::vector<DecodeCase> decode;
   std::vector<VisionCase> vision;
@@ -517,13 +526,24 @@ std::vector<Plan> MakePlans(bool quick) {
                  {.grid = {1, 64, 64}, .iterations = quick ? 1 : 2}},
   };
   if (!quick) layer.prefill.push_back({.tokens = 4096, .iterations = 2});  // 1st: cold pages
-  return {tiny, layer};
+  // The same layer with its GEMM weights in bf16, as checkpoints store them and the loader keeps
+  // them: half the bytes per decode step, widened exactly in the kernels.
+  Plan layer_bf16{
+      .name = "235b_layer_bf16",
+      .config = Layer235bConfig(),
+      .matrices = DType::kBF16,
+      .prefill = {{.tokens = 512, .iterations = quick ? 1 : 3}},
+      .decode = {{.batch = 1, .prefix = 128, .steps = layer_decode_steps[f]},
+                 {.batch = 16, .prefix = 128, .steps = layer_decode_steps[f]}},
+  };
+  return {tiny, layer, layer_bf16};
 }
 
 Json RunPlan(MeteredBackend& backend, const Plan& plan, const Machine& machine) {
   const Clock::time_point build_start = Clock::now();
-  const Model m = BuildModel(backend, plan.config);
-  Json out = {{"model", ModelJson(m)}, {"build_s", SecondsSince(build_start)}};
+  const Model m = BuildModel(backend, plan.config, plan.matrices);
+  Json out = {{"model", ModelJson(m)}, {"gemm_weight_dtype", std::string(DTypeName(plan.matrices))},
+              {"build_s", SecondsSince(build_start)}};
   for (const PrefillCase& c : plan.prefill) {
     std::cerr << "q3vl_bench: " << plan.name << " prefill " << c.tokens << " tokens\n";
     out["prefill"].push_back(BenchPrefill(backend, m, c, machine));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -49,11 +50,12 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
   if (!last_stage) {
     loader.Skip("lm_head.weight");  // only the last stage computes logits
   } else {
-    const Tensor head = tie_word_embeddings
-                            ? embed_.Slice(0, vocab_begin_, vocab_end).ToF32()
-                            : loader.Get("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
-    lm_head_ = head.dim(0) == vocab_chunk_ ? head : Tensor::Empty(DType::kF32, {vocab_chunk_, d});
-    if (head.dim(0) != vocab_chunk_) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head);
+    // GEMM weights stay bf16 when stored so (half the memory; the backends widen exactly).
+    Tensor head = tie_word_embeddings ? embed_.Slice(0, vocab_begin_, vocab_end)
+                                      : loader.GetMatrix("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
+    if (head.dtype() != DType::kBF16) head = head.ToF32();
+    lm_head_ = head.dim(0) == vocab_chunk_ && head.is_contiguous() ? head : Tensor::Empty(head.dtype(), {vocab_chunk_, d});
+    if (lm_head_.buffer() != head.buffer()) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head);
   }
   const std::vector<SliceRange> q_rows = {{0, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   const std::vector<SliceRange> kv_rows = {{0, s.first_kv_head * hd, (s.first_kv_head + s.num_kv_heads) * hd}};
@@ -67,10 +69,10 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
     Layer layer{
         .input_norm = loader.Get(b + "input_layernorm.weight", {d}),
         .post_norm = loader.Get(b + "post_attention_layernorm.weight", {d}),
-        .q_proj = loader.Get(b + "self_attn.q_proj.weight", {config.num_heads * hd, d}, q_rows),
-        .k_proj = loader.Get(b + "self_attn.k_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
-        .v_proj = loader.Get(b + "self_attn.v_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
-        .o_proj = loader.Get(b + "self_attn.o_proj.weight", {d, config.num_heads * hd}, o_cols),
+        .q_proj = loader.GetMatrix(b + "self_attn.q_proj.weight", {config.num_heads * hd, d}, q_rows),
+        .k_proj = loader.GetMatrix(b + "self_attn.k_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
+        .v_proj = loader.GetMatrix(b + "self_attn.v_proj.weight", {config.num_kv_heads * hd, d}, kv_rows),
+        .o_proj = loader.GetMatrix(b + "self_attn.o_proj.weight", {d, config.num_heads * hd}, o_cols),
         .q_norm = loader.Get(b + "self_attn.q_norm.weight", {hd}),
         .k_norm = loader.Get(b + "self_attn.k_norm.weight", {hd}),
         .moe = config.IsMoeLayer(l),
@@ -80,9 +82,9 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
     } else {
       const int64_t inter = config.intermediate_size;
       const auto [i0, i1] = EvenPart(inter, tp_rank, tp);
-      layer.dense_gate = loader.Get(b + "mlp.gate_proj.weight", {inter, d}, {{0, i0, i1}});
-      layer.dense_up = loader.Get(b + "mlp.up_proj.weight", {inter, d}, {{0, i0, i1}});
-      layer.dense_down = loader.Get(b + "mlp.down_proj.weight", {d, inter}, {{1, i0, i1}});
+      layer.dense_gate = loader.GetMatrix(b + "mlp.gate_proj.weight", {inter, d}, {{0, i0, i1}});
+      layer.dense_up = loader.GetMatrix(b + "mlp.up_proj.weight", {inter, d}, {{0, i0, i1}});
+      layer.dense_down = loader.GetMatrix(b + "mlp.down_proj.weight", {d, inter}, {{1, i0, i1}});
     }
     layers_.push_back(std::move(layer));
   }
@@ -90,24 +92,33 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
 
 namespace {
 
-// [E, A, B] -> [E, B, A] into new contiguous storage (load time only).
-Tensor TransposeExperts(const Tensor& w) {
+// [E, A, B] -> [E, B, A] into new contiguous storage of the same dtype (load time only).
+template <typename T>
+void TransposeExpertsAs(const Tensor& w, Tensor& out) {
   const int64_t e = w.dim(0), a = w.dim(1), b = w.dim(2);
-  Tensor out = Tensor::Empty(DType::kF32, {e, b, a});
-  const float* src = w.data<float>();
-  float* dst = out.data<float>();
+  const T* src = w.data<T>();
+  T* dst = out.data<T>();
   constexpr int64_t kBlock = 64;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t x = 0; x < e; ++x) {
     for (int64_t i0 = 0; i0 < a; i0 += kBlock) {
-      const float* s = src + x * a * b;
-      float* d = dst + x * a * b;
+      const T* s = src + x * a * b;
+      T* d = dst + x * a * b;
       for (int64_t j0 = 0; j0 < b; j0 += kBlock) {
         for (int64_t i = i0; i < std::min(a, i0 + kBlock); ++i) {
           for (int64_t j = j0; j < std::min(b, j0 + kBlock); ++j) d[j * a + i] = s[i * b + j];
         }
       }
     }
+  }
+}
+
+Tensor TransposeExperts(const Tensor& w) {
+  Tensor out = Tensor::Empty(w.dtype(), {w.dim(0), w.dim(2), w.dim(1)});
+  if (w.dtype() == DType::kBF16) {
+    TransposeExpertsAs<uint16_t>(w, out);
+  } else {
+    TransposeExpertsAs<float>(w, out);
   }
   return out;
 }
@@ -127,30 +138,41 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
   const std::string fused = prefix + "experts.gate_up_proj";
   if (loader.Has(fused) || !loader.Has(prefix + "experts.0.gate_proj.weight")) {
     // [E, D, 2I] = [gate | up] along the last dim: this rank's columns of each half.
-    const Tensor gate = loader.Get(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});
-    const Tensor up = loader.Get(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
-    const Tensor down = loader.Get(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
-    Tensor gate_up = Tensor::Empty(DType::kF32, {ne, d, 2 * ni});  // [E_local, D, 2I_local]
+    Tensor gate = loader.GetMatrix(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});
+    Tensor up = loader.GetMatrix(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
+    Tensor down = loader.GetMatrix(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
+    if (gate.dtype() != up.dtype()) gate = gate.ToF32(), up = up.ToF32();  // a failed read is f32 zeros
+    Tensor gate_up = Tensor::Empty(gate.dtype(), {ne, d, 2 * ni});  // [E_local, D, 2I_local]
+    const size_t es = DTypeSize(gate.dtype());
     for (int64_t row = 0; row < ne * d; ++row) {  // gate and up are contiguous [E_local, D, I_local]
-      float* dst = gate_up.data<float>() + row * 2 * ni;
-      std::copy_n(gate.data<float>() + row * ni, ni, dst);
-      std::copy_n(up.data<float>() + row * ni, ni, dst + ni);
+      char* dst = static_cast<char*>(gate_up.raw_data()) + row * 2 * ni * es;
+      std::memcpy(dst, static_cast<const char*>(gate.raw_data()) + row * ni * es, ni * es);
+      std::memcpy(dst + ni * es, static_cast<const char*>(up.raw_data()) + row * ni * es, ni * es);
     }
     layer.experts.gate_up = TransposeExperts(gate_up);
     layer.experts.down = TransposeExperts(down);
     return;
   }
-  Tensor gate_up = Tensor::Empty(DType::kF32, {ne, 2 * ni, d});  // [E_local, 2I_local, D]
-  Tensor down = Tensor::Empty(DType::kF32, {ne, d, ni});         // [E_local, D, I_local]
+  // bf16 when every local expert is stored bf16, else f32.
+  DType dtype = DType::kBF16;
+  for (int64_t x = e0; x < e0 + ne; ++x) {
+    for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
+      const TensorInfo* info = loader.Find(absl::StrCat(prefix, "experts.", x, ".", w));
+      if (info == nullptr || info->dtype != DType::kBF16) dtype = DType::kF32;
+    }
+  }
+  auto as = [&](const Tensor& t) { return t.dtype() == dtype ? t : t.ToF32(); };
+  Tensor gate_up = Tensor::Empty(dtype, {ne, 2 * ni, d});  // [E_local, 2I_local, D]
+  Tensor down = Tensor::Empty(dtype, {ne, d, ni});         // [E_local, D, I_local]
   for (int64_t x = 0; x < e; ++x) {
     const std::string b = absl::StrCat(prefix, "experts.", x, ".");
     if (x < e0 || x >= e0 + ne) {  // another rank's expert
       for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) loader.Skip(b + w);
       continue;
     }
-    const Tensor gate = loader.Get(b + "gate_proj.weight", {inter, d}, {{0, i0, i0 + ni}});  // [I_local, D]
-    const Tensor up = loader.Get(b + "up_proj.weight", {inter, d}, {{0, i0, i0 + ni}});      // [I_local, D]
-    const Tensor dn = loader.Get(b + "down_proj.weight", {d, inter}, {{1, i0, i0 + ni}});    // [D, I_local]
+    const Tensor gate = as(loader.GetMatrix(b + "gate_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));  // [I_local, D]
+    const Tensor up = as(loader.GetMatrix(b + "up_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));      // [I_local, D]
+    const Tensor dn = as(loader.GetMatrix(b + "down_proj.weight", {d, inter}, {{1, i0, i0 + ni}}));    // [D, I_local]
     Tensor gu = gate_up.Select(x - e0);
     gu.Slice(0, 0, ni).CopyFrom(gate);
     gu.Slice(0, ni, 2 * ni).CopyFrom(up);

@@ -226,6 +226,15 @@ Tensor Checkpoint::View(const TensorInfo& info) const {
 }
 
 absl::StatusOr<Tensor> Checkpoint::ReadF32(absl::string_view name, const std::vector<SliceRange>& ranges) const {
+  return Read(name, ranges, /*keep_bf16=*/false);
+}
+
+absl::StatusOr<Tensor> Checkpoint::ReadKeepBf16(absl::string_view name, const std::vector<SliceRange>& ranges) const {
+  return Read(name, ranges, /*keep_bf16=*/true);
+}
+
+absl::StatusOr<Tensor> Checkpoint::Read(absl::string_view name, const std::vector<SliceRange>& ranges,
+                                        bool keep_bf16) const {
   const TensorInfo* info = Find(name);
   if (info == nullptr) return absl::NotFoundError(absl::StrCat("tensor \"", name, "\" not in checkpoint"));
   Tensor view = View(*info);
@@ -242,7 +251,7 @@ absl::StatusOr<Tensor> Checkpoint::ReadF32(absl::string_view name, const std::ve
       return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\" has non-float dtype ",
                                                      DTypeName(info->dtype)));
   }
-  Tensor out = view.ToF32();
+  Tensor out = keep_bf16 && info->dtype == DType::kBF16 ? view.Clone() : view.ToF32();
   if (out.buffer() == view.buffer()) out = out.Clone();
   bytes_read_ += view.size_bytes();
   return out;

@@ -59,11 +59,16 @@ class Checkpoint {
   // A contiguous f32 copy of `name`, restricted to `ranges` (at most one per dimension).
   // Only the bytes inside the slice are read.
   absl::StatusOr<Tensor> ReadF32(absl::string_view name, const std::vector<SliceRange>& ranges = {}) const;
+  // Like ReadF32, but a bf16 tensor stays bf16 (a contiguous copy of the slice): GEMM weights,
+  // which the backends read as stored and widen per tile.
+  absl::StatusOr<Tensor> ReadKeepBf16(absl::string_view name, const std::vector<SliceRange>& ranges = {}) const;
 
   // Bytes of tensor data copied out of the files so far (for sharded-loading reports).
   uint64_t bytes_read() const { return bytes_read_.load(); }
 
  private:
+  absl::StatusOr<Tensor> Read(absl::string_view name, const std::vector<SliceRange>& ranges, bool keep_bf16) const;
+
   struct Mapping;
   Checkpoint() = default;
   absl::Status AddFile(const std::string& path);

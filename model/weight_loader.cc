@@ -7,26 +7,36 @@ namespace q3vl::model {
 
 Tensor WeightLoader::Get(const std::string& name, const Shape& shape,
                          const std::vector<SliceRange>& ranges) {
+  return Load(name, shape, ranges, /*keep_bf16=*/false);
+}
+
+Tensor WeightLoader::GetMatrix(const std::string& name, const Shape& shape,
+                               const std::vector<SliceRange>& ranges) {
+  return Load(name, shape, ranges, /*keep_bf16=*/true);
+}
+
+Tensor WeightLoader::Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges,
+                          bool keep_bf16) {
   if (declared_.insert(name).second) declarations_.emplace_back(name, shape);
   Shape local = shape;
   for (const SliceRange& r : ranges) local[r.dim] = r.end - r.start;
   const TensorInfo* info = checkpoint_.Find(name);
   if (info == nullptr) {
     missing_.push_back(name);
-    return backend_.Allocate(DType::kF32, local);
+    return backend_.Allocate(keep_bf16 ? missing_matrix_dtype_ : DType::kF32, local);
   }
   if (info->shape != shape) {
     mismatched_.push_back(absl::StrCat(name, " is ", ShapeString(info->shape), ", expected ",
                                        ShapeString(shape)));
     return backend_.Allocate(DType::kF32, local);
   }
-  absl::StatusOr<Tensor> host = checkpoint_.ReadF32(name, ranges);
+  absl::StatusOr<Tensor> host = keep_bf16 ? checkpoint_.ReadKeepBf16(name, ranges) : checkpoint_.ReadF32(name, ranges);
   if (!host.ok()) {
     mismatched_.push_back(absl::StrCat(name, ": ", host.status().message()));
     return backend_.Allocate(DType::kF32, local);
   }
   if (backend_.device() == Device::kCpu) return *host;
-  Tensor out = backend_.Allocate(DType::kF32, local);
+  Tensor out = backend_.Allocate(host->dtype(), local);
   backend_.Copy(*host, out);
   return out;
 }

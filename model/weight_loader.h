@@ -1,6 +1,6 @@
 // Declarative weight loading: each module declares every parameter once (checkpoint name,
 // logical shape, optional slice for its shard); the loader maps the name to the local f32
-// tensor. Problems are collected, not returned one at a time: Finish() reports every missing
+// tensor (GEMM weights: bf16 as stored, see GetMatrix). Problems are collected, not returned one at a time: Finish() reports every missing
 // tensor, every shape mismatch and every checkpoint tensor nobody declared in one error.
 // Not thread-safe; one loader per model load.
 #ifndef Q3VL_MODEL_WEIGHT_LOADER_H_
@@ -18,16 +18,23 @@ namespace q3vl::model {
 
 class WeightLoader {
  public:
-  // Tensors are widened to f32 and placed on `backend`.
-  WeightLoader(const Checkpoint& checkpoint, Backend& backend)
-      : checkpoint_(checkpoint), backend_(backend) {}
+  // Tensors are widened to f32 (GetMatrix: kept bf16) and placed on `backend`. A missing
+  // tensor is recorded and replaced by a zero tensor, f32 or, from GetMatrix,
+  // `missing_matrix_dtype` (a benchmark building a model without a checkpoint picks bf16).
+  WeightLoader(const Checkpoint& checkpoint, Backend& backend, DType missing_matrix_dtype = DType::kF32)
+      : checkpoint_(checkpoint), backend_(backend), missing_matrix_dtype_(missing_matrix_dtype) {}
 
   bool Has(const std::string& name) const { return checkpoint_.Find(name) != nullptr; }
+  // The checkpoint's entry for `name` (dtype, shape), or nullptr.
+  const TensorInfo* Find(const std::string& name) const { return checkpoint_.Find(name); }
 
   // Declares `name` with full logical `shape`; returns the slice `ranges` of it (the whole
   // tensor when empty). On a problem, records it and returns a zero tensor of the sliced shape
   // so that construction can continue and every problem is reported by Finish().
   Tensor Get(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
+  // Like Get, but a bf16 tensor stays bf16 (half the memory): for GEMM weights, which every
+  // backend reads as stored (the CPU widens per tile, exactly).
+  Tensor GetMatrix(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
   // Like Get, but returns the stored bytes as they are (bf16 stays bf16) without copying;
   // host backends only. For tables read a few rows at a time (the token embedding).
   Tensor GetStored(const std::string& name, const Shape& shape);
@@ -48,8 +55,11 @@ class WeightLoader {
   const std::vector<std::pair<std::string, Shape>>& declarations() const { return declarations_; }
 
  private:
+  Tensor Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges, bool keep_bf16);
+
   const Checkpoint& checkpoint_;
   Backend& backend_;
+  const DType missing_matrix_dtype_;
   std::set<std::string> declared_;
   std::vector<std::pair<std::string, Shape>> declarations_;
   std::vector<std::string> missing_;

@@ -1,6 +1,10 @@
 // GEMM and grouped GEMM: OpenBLAS, except a few rows (decode) which go to SmallGemm.
 #include <cblas.h>
 
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
 #include "core/cpu/cpu_backend.h"
 #include "core/cpu/small_gemm.h"
 
@@ -15,12 +19,51 @@ int64_t RowStride(const Tensor& t, const char* what) {
   return std::max<int64_t>(t.strides()[0], std::max<int64_t>(t.dim(1), 1));
 }
 
+// out = beta * out + a @ bᵀ for bf16 b [n, k] (nn.Linear rows, contiguous). Decode-sized a goes
+// to SmallGemm, which widens b in registers; otherwise b is widened a block of rows at a time
+// into an f32 buffer of about 8 MB and multiplied by OpenBLAS (widening is exact, so the
+// results equal those of the f32 weights).
+void SgemmBf16(const Tensor& a, const Tensor& b, float beta, Tensor& out) {
+  const int64_t m = a.dim(0), k = a.dim(1), n = out.dim(1);
+  Q3VL_CHECK(b.rank() == 2 && b.is_contiguous()) << "bf16 weights must be contiguous [N, K]: " << b.DebugString();
+  const uint16_t* w = b.data<uint16_t>();
+  if (m <= cpu::kSmallGemmMaxRows) {
+    return cpu::SmallGemm({.a = a.data<float>(), .lda = RowStride(a, "a"), .b_bf16 = w, .ldb = k,
+                           .b_transposed = true, .beta = beta, .out = out.data<float>(),
+                           .ldo = RowStride(out, "out"), .m = m, .n = n, .k = k});
+  }
+  const int64_t block = std::min(n, std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(k, 1)));
+  // Reused across calls (a fresh buffer would be zero-filled and page-faulted every time).
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local int64_t capacity = 0;
+  if (capacity < block * k) {
+    buffer.reset(new float[static_cast<size_t>(block * k)]);
+    capacity = block * k;
+  }
+  float* const widened = buffer.get();
+  for (int64_t n0 = 0; n0 < n; n0 += block) {
+    const int64_t rows = std::min(block, n - n0);
+    const uint16_t* src = w + n0 * k;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows * k; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+      std::memcpy(&widened[i], &bits, sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, rows, k, 1.0f, a.data<float>(), RowStride(a, "a"),
+                widened, k, beta, out.data<float>() + n0, RowStride(out, "out"));
+  }
+}
+
 void Sgemm(const Tensor& a, const Tensor& b, bool b_transposed, float beta, Tensor& out) {
   const int64_t m = a.dim(0), k = a.dim(1), n = out.dim(1);
   Q3VL_CHECK_EQ(out.dim(0), m);
   Q3VL_CHECK_EQ(b_transposed ? b.dim(1) : b.dim(0), k) << a.DebugString() << " x " << b.DebugString();
   Q3VL_CHECK_EQ(b_transposed ? b.dim(0) : b.dim(1), n) << b.DebugString() << " -> " << out.DebugString();
   if (m == 0 || n == 0) return;
+  if (b.dtype() == DType::kBF16) {
+    Q3VL_CHECK(b_transposed) << "bf16 weights are supported as nn.Linear rows [N, K] only";
+    return SgemmBf16(a, b, beta, out);
+  }
   if (m <= cpu::kSmallGemmMaxRows) {
     return cpu::SmallGemm({.a = a.data<float>(), .lda = RowStride(a, "a"), .b = b.data<float>(),
                            .ldb = RowStride(b, "b"), .b_transposed = b_transposed, .beta = beta,

@@ -18,6 +18,8 @@ struct SmallGemmArgs {
   const float* a = nullptr;
   int64_t lda = 0;
   const float* b = nullptr;
+  const uint16_t* b_bf16 = nullptr;  // instead of b: bf16 weights, widened in registers (exact);
+                                     // b_transposed only
   int64_t ldb = 0;
   bool b_transposed = false;
   float beta = 0.0f;

@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/backend.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 
@@ -78,6 +79,52 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 8, 13, 16),
                        ::testing::Values(1, 5, 64, 131, 512),
                        ::testing::Values(0, 1, 17, 64, 300), ::testing::Bool()));
+
+// A bf16 copy of f32 `t` (rounded to nearest even).
+Tensor ToBf16(const Tensor& t) {
+  Tensor out = Tensor::Empty(DType::kBF16, t.shape());
+  for (int64_t i = 0; i < t.numel(); ++i) out.data<uint16_t>()[i] = F32ToBF16(t.data<float>()[i]);
+  return out;
+}
+
+// bf16 weights [n, k] (rounded from random f32): every ISA's kernel widened in registers must
+// give exactly what it gives on the f32 copy of the same values; so must the backend's Gemm and
+// GroupedGemm on both sides of the small-row threshold (OpenBLAS on blocks widened to f32).
+TEST(SmallGemmTest, Bf16WeightsEqualTheirF32Widening) {
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{5, 17}, {131, 300}, {64, 64}, {700, 33}}) {
+    const Tensor b16 = ToBf16(testing::RandomTensor({n, k}, 7));
+    const Tensor b32 = b16.ToF32();
+    for (int64_t m : {1, 3, 4, 13, 16}) {
+      const Tensor a = testing::RandomTensor({m, k}, 8);
+      for (const Isa& isa : Isas()) {
+        if (!isa.supported) continue;
+        Tensor want = Tensor::Empty(DType::kF32, {m, n}), got = Tensor::Empty(DType::kF32, {m, n});
+        isa.kernel({.a = a.data<float>(), .lda = k, .b = b32.data<float>(), .ldb = k, .b_transposed = true,
+                    .out = want.data<float>(), .ldo = n, .m = m, .n = n, .k = k});
+        isa.kernel({.a = a.data<float>(), .lda = k, .b_bf16 = b16.data<uint16_t>(), .ldb = k, .b_transposed = true,
+                    .out = got.data<float>(), .ldo = n, .m = m, .n = n, .k = k});
+        EXPECT_EQ(testing::MaxAbsDiff(got, want), 0.0f) << isa.name << " m " << m << " n " << n << " k " << k;
+      }
+    }
+    auto backend = CreateBackend(BackendKind::kCpu);
+    ASSERT_TRUE(backend.ok());
+    for (int64_t m : {2, 16, 17, 200}) {
+      const Tensor a = testing::RandomTensor({m, k}, 9);
+      Tensor want = Tensor::Empty(DType::kF32, {m, n}), got = Tensor::Empty(DType::kF32, {m, n});
+      (*backend)->Gemm({.a = a, .b = b32, .out = want});
+      (*backend)->Gemm({.a = a, .b = b16, .out = got});
+      EXPECT_LE(testing::MaxAbsDiff(got, want), 1e-5f) << "Gemm m " << m << " n " << n << " k " << k;
+    }
+  }
+  auto backend = CreateBackend(BackendKind::kCpu);
+  const Tensor w16 = ToBf16(testing::RandomTensor({3, 40, 24}, 10));
+  const Tensor a = testing::RandomTensor({30, 24}, 11);
+  const std::vector<int64_t> offsets = {0, 4, 4, 30};  // an empty group, and one past the small-row path
+  Tensor want = Tensor::Empty(DType::kF32, {30, 40}), got = Tensor::Empty(DType::kF32, {30, 40});
+  (*backend)->GroupedGemm({.a = a, .weights = w16.ToF32(), .offsets = offsets, .out = want, .weights_transposed = true});
+  (*backend)->GroupedGemm({.a = a, .weights = w16, .offsets = offsets, .out = got, .weights_transposed = true});
+  EXPECT_LE(testing::MaxAbsDiff(got, want), 1e-5f);
+}
 
 TEST(SmallGemmTest, DispatchNamesAnIsa) {
   const std::string isa = SmallGemmIsa();
