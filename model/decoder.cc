@@ -92,35 +92,39 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
 
 namespace {
 
-// [E, A, B] -> [E, B, A] into new contiguous storage of the same dtype (load time only).
+// dst[x][j][i] = src[x][i][j] for x < E, i < A, j < B: src any strides (a view of the mapped
+// checkpoint), dst rows of `dst_row` elements, experts `dst_expert` apart. One pass, blocked
+// so both sides stay in cache; experts and row blocks run in parallel (load time only).
 template <typename T>
-void TransposeExpertsAs(const Tensor& w, Tensor& out) {
-  const int64_t e = w.dim(0), a = w.dim(1), b = w.dim(2);
-  const T* src = w.data<T>();
-  T* dst = out.data<T>();
-  constexpr int64_t kBlock = 64;
+void TransposeInto(const Tensor& src, T* dst, int64_t dst_expert, int64_t dst_row) {
+  const int64_t e = src.dim(0), a = src.dim(1), b = src.dim(2);
+  const int64_t se = src.strides()[0], sa = src.strides()[1], sb = src.strides()[2];
+  const T* base = static_cast<const T*>(src.raw_data());
+  constexpr int64_t kBlock = 32;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t x = 0; x < e; ++x) {
-    for (int64_t i0 = 0; i0 < a; i0 += kBlock) {
-      const T* s = src + x * a * b;
-      T* d = dst + x * a * b;
-      for (int64_t j0 = 0; j0 < b; j0 += kBlock) {
-        for (int64_t i = i0; i < std::min(a, i0 + kBlock); ++i) {
-          for (int64_t j = j0; j < std::min(b, j0 + kBlock); ++j) d[j * a + i] = s[i * b + j];
+    for (int64_t j0 = 0; j0 < b; j0 += kBlock) {
+      const T* s = base + x * se;
+      T* d = dst + x * dst_expert;
+      for (int64_t i0 = 0; i0 < a; i0 += kBlock) {
+        const int64_t i1 = std::min(a, i0 + kBlock), j1 = std::min(b, j0 + kBlock);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t j = j0; j < j1; ++j) d[j * dst_row + i] = s[i * sa + j * sb];
         }
       }
     }
   }
 }
 
-Tensor TransposeExperts(const Tensor& w) {
-  Tensor out = Tensor::Empty(w.dtype(), {w.dim(0), w.dim(2), w.dim(1)});
-  if (w.dtype() == DType::kBF16) {
-    TransposeExpertsAs<uint16_t>(w, out);
+// dst [E, B, A] region (see TransposeInto) of `out` from `src` [E, A, B]; both f32 or both bf16.
+void TransposeExperts(const Tensor& src, Tensor& out, int64_t first_row) {
+  Q3VL_CHECK(src.dtype() == out.dtype()) << src.DebugString() << " into " << out.DebugString();
+  const int64_t dst_expert = out.dim(1) * out.dim(2), dst_row = out.dim(2);
+  if (src.dtype() == DType::kBF16) {
+    TransposeInto(src, out.data<uint16_t>() + first_row * dst_row, dst_expert, dst_row);
   } else {
-    TransposeExpertsAs<float>(w, out);
+    TransposeInto(src, out.data<float>() + first_row * dst_row, dst_expert, dst_row);
   }
-  return out;
 }
 
 }  // namespace
@@ -138,19 +142,17 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
   const std::string fused = prefix + "experts.gate_up_proj";
   if (loader.Has(fused) || !loader.Has(prefix + "experts.0.gate_proj.weight")) {
     // [E, D, 2I] = [gate | up] along the last dim: this rank's columns of each half.
-    Tensor gate = loader.GetMatrix(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});
-    Tensor up = loader.GetMatrix(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
-    Tensor down = loader.GetMatrix(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
+    // Views of the mapped checkpoint, transposed straight into nn.Linear rows: one pass and
+    // one allocation per weight.
+    Tensor gate = loader.GetView(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});  // [E_l, D, I_l]
+    Tensor up = loader.GetView(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
+    Tensor down = loader.GetView(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
     if (gate.dtype() != up.dtype()) gate = gate.ToF32(), up = up.ToF32();  // a failed read is f32 zeros
-    Tensor gate_up = Tensor::Empty(gate.dtype(), {ne, d, 2 * ni});  // [E_local, D, 2I_local]
-    const size_t es = DTypeSize(gate.dtype());
-    for (int64_t row = 0; row < ne * d; ++row) {  // gate and up are contiguous [E_local, D, I_local]
-      char* dst = static_cast<char*>(gate_up.raw_data()) + row * 2 * ni * es;
-      std::memcpy(dst, static_cast<const char*>(gate.raw_data()) + row * ni * es, ni * es);
-      std::memcpy(dst + ni * es, static_cast<const char*>(up.raw_data()) + row * ni * es, ni * es);
-    }
-    layer.experts.gate_up = TransposeExperts(gate_up);
-    layer.experts.down = TransposeExperts(down);
+    layer.experts.gate_up = Tensor::Empty(gate.dtype(), {ne, 2 * ni, d});  // [E_local, 2I_local, D]
+    TransposeExperts(gate, layer.experts.gate_up, 0);
+    TransposeExperts(up, layer.experts.gate_up, ni);
+    layer.experts.down = Tensor::Empty(down.dtype(), {ne, d, ni});  // [E_local, D, I_local]
+    TransposeExperts(down, layer.experts.down, 0);
     return;
   }
   // bf16 when every local expert is stored bf16, else f32.

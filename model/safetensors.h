@@ -65,6 +65,8 @@ class Checkpoint {
 
   // Bytes of tensor data copied out of the files so far (for sharded-loading reports).
   uint64_t bytes_read() const { return bytes_read_.load(); }
+  // Adds bytes read through a View (a caller copying out of the mapping itself).
+  void NoteRead(uint64_t bytes) const { bytes_read_ += bytes; }
 
  private:
   absl::StatusOr<Tensor> Read(absl::string_view name, const std::vector<SliceRange>& ranges, bool keep_bf16) const;

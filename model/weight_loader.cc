@@ -41,6 +41,24 @@ Tensor WeightLoader::Load(const std::string& name, const Shape& shape, const std
   return out;
 }
 
+Tensor WeightLoader::GetView(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges) {
+  const TensorInfo* info = checkpoint_.Find(name);
+  if (info == nullptr || info->shape != shape || backend_.device() != Device::kCpu ||
+      (info->dtype != DType::kBF16 && info->dtype != DType::kF32)) {
+    return GetMatrix(name, shape, ranges);  // records the problem, converts, or copies
+  }
+  Tensor view = checkpoint_.View(*info);
+  for (const SliceRange& r : ranges) {
+    if (r.dim < 0 || r.dim >= view.rank() || r.start < 0 || r.start > r.end || r.end > view.dim(r.dim)) {
+      return GetMatrix(name, shape, ranges);  // records the bad slice
+    }
+    view = view.Slice(r.dim, r.start, r.end);
+  }
+  if (declared_.insert(name).second) declarations_.emplace_back(name, shape);
+  checkpoint_.NoteRead(view.size_bytes());
+  return view;
+}
+
 Tensor WeightLoader::GetStored(const std::string& name, const Shape& shape) {
   const TensorInfo* info = checkpoint_.Find(name);
   if (info == nullptr || info->shape != shape || backend_.device() != Device::kCpu) {

@@ -35,6 +35,11 @@ class WeightLoader {
   // Like Get, but a bf16 tensor stays bf16 (half the memory): for GEMM weights, which every
   // backend reads as stored (the CPU widens per tile, exactly).
   Tensor GetMatrix(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
+  // The slice `ranges` of `name` as a strided view of the mapped bytes (no copy), counted as
+  // read; for a caller that rearranges the weight into its own layout in one pass. Host
+  // backends and f32/bf16 tensors only: otherwise, and on a problem (recorded), it returns
+  // GetMatrix's result (a contiguous copy or zeros).
+  Tensor GetView(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges);
   // Like Get, but returns the stored bytes as they are (bf16 stays bf16) without copying;
   // host backends only. For tables read a few rows at a time (the token embedding).
   Tensor GetStored(const std::string& name, const Shape& shape);
