@@ -60,6 +60,15 @@ Tensor Tensor::Empty(DType dtype, Shape shape) {
   return Tensor(std::move(buffer), dtype, std::move(shape));
 }
 
+Tensor Tensor::LazyZeros(DType dtype, Shape shape) {
+  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+  const size_t bytes = std::max<size_t>(NumElements(shape) * DTypeSize(dtype), 1);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  Q3VL_CHECK(p != MAP_FAILED) << "cannot map " << bytes << " bytes of zeros";
+  std::shared_ptr<const void> owner(p, [bytes](const void* q) { munmap(const_cast<void*>(q), bytes); });
+  return Tensor(std::make_shared<BorrowedBuffer>(p, bytes, std::move(owner)), dtype, std::move(shape));
+}
+
 Tensor Tensor::FromVector(const std::vector<float>& values, Shape shape) {
   Tensor t = Empty(DType::kF32, std::move(shape));
   Q3VL_CHECK_EQ(static_cast<int64_t>(values.size()), t.numel());

@@ -70,6 +70,9 @@ class Tensor {
 
   // New zero-filled contiguous host tensor.
   static Tensor Empty(DType dtype, Shape shape);
+  // Zeros that take no memory until written (anonymous mapping): placeholders that are
+  // probably only read, such as the stand-ins for missing weights.
+  static Tensor LazyZeros(DType dtype, Shape shape);
   // New contiguous f32 host tensor holding `values` with `shape`.
   static Tensor FromVector(const std::vector<float>& values, Shape shape);
   static Tensor FromVectorI64(const std::vector<int64_t>& values, Shape shape);

@@ -147,6 +147,7 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
     Tensor gate = loader.GetView(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, i0, i0 + ni}});  // [E_l, D, I_l]
     Tensor up = loader.GetView(fused, {e, d, 2 * inter}, {{0, e0, e0 + ne}, {2, inter + i0, inter + i0 + ni}});
     Tensor down = loader.GetView(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
+    if (loader.declare_only()) return;  // names and shapes are all that is wanted
     if (gate.dtype() != up.dtype()) gate = gate.ToF32(), up = up.ToF32();  // a failed read is f32 zeros
     layer.experts.gate_up = Tensor::Empty(gate.dtype(), {ne, 2 * ni, d});  // [E_local, 2I_local, D]
     TransposeExperts(gate, layer.experts.gate_up, 0);

@@ -107,17 +107,26 @@ std::string ConfigToJson(const ModelConfig& c) {
 
 namespace {
 
-// N(0, std) bf16 weights; norm scales near 1, biases near 0.
-Tensor RandomTensor(const std::string& name, const Shape& shape, std::mt19937_64& rng) {
-  Tensor t = Tensor::Empty(DType::kBF16, shape);
+// N(0, std) bf16 weights; norm scales near 1, biases near 0. Filled in blocks of 1M elements,
+// each from its own generator seeded by (seed, tensor, block), in parallel: the values do not
+// depend on the thread count.
+void FillRandom(const std::string& name, uint64_t seed, size_t index, Tensor& t) {
   uint16_t* p = t.data<uint16_t>();
+  const Shape& shape = t.shape();
   const bool is_norm = absl::StrContains(name, "norm") && absl::EndsWith(name, ".weight");
   const bool is_bias = absl::EndsWith(name, ".bias");
   const int64_t fan_in = shape.size() >= 2 ? shape.back() : 1;
   const float stddev = is_norm ? 0.05f : is_bias ? 0.02f : 1.0f / std::sqrt(static_cast<float>(fan_in));
-  std::normal_distribution<float> dist(0.0f, stddev);
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = F32ToBF16((is_norm ? 1.0f : 0.0f) + dist(rng));
-  return t;
+  const float mean = is_norm ? 1.0f : 0.0f;
+  constexpr int64_t kBlock = int64_t{1} << 20;
+  const int64_t n = t.numel(), blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::seed_seq seq{seed, static_cast<uint64_t>(index), static_cast<uint64_t>(b)};
+    std::mt19937_64 rng(seq);
+    std::normal_distribution<float> dist(mean, stddev);
+    for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) p[i] = F32ToBF16(dist(rng));
+  }
 }
 
 absl::Status WriteText(const std::string& path, const std::string& text) {
@@ -135,10 +144,11 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& config, const MakeModelOpt
   std::error_code ec;
   fs::create_directories(options.dir, ec);
   if (ec) return absl::PermissionDeniedError(absl::StrCat(options.dir, ": ", ec.message()));
-  // Enumerate the declarations by constructing the model against an empty checkpoint.
+  // Enumerate the declarations by constructing the model against an empty checkpoint (no
+  // weight is allocated), then write one tensor at a time: memory stays at the largest tensor.
   CpuBackend backend;
   auto empty = Checkpoint::Empty();
-  WeightLoader loader(*empty, backend);
+  WeightLoader loader = WeightLoader::DeclareOnly(*empty, backend);
   {
     VisionTower vision(config.vision, loader);
     TextDecoder decoder(config.text, loader, config.tie_word_embeddings);
@@ -162,18 +172,22 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& config, const MakeModelOpt
     }
     decls = std::move(expanded);
   }
-  std::mt19937_64 rng(options.seed);
   const int shards = std::max(1, options.num_shards);
-  std::vector<std::vector<std::pair<std::string, Tensor>>> files(shards);
+  std::vector<std::vector<TensorSpec>> files(shards);
+  std::vector<std::vector<size_t>> decl_index(shards);  // declaration index of each file's tensors
   for (size_t i = 0; i < decls.size(); ++i) {
-    files[i * shards / decls.size()].emplace_back(decls[i].first, RandomTensor(decls[i].first, decls[i].second, rng));
+    const size_t f = i * shards / decls.size();
+    files[f].push_back({decls[i].first, DType::kBF16, decls[i].second});
+    decl_index[f].push_back(i);
   }
   nlohmann::json weight_map = nlohmann::json::object();
   for (int s = 0; s < shards; ++s) {
     const std::string file = shards == 1 ? "model.safetensors"
                                          : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, shards);
-    Q3VL_RETURN_IF_ERROR(WriteSafetensors((fs::path(options.dir) / file).string(), files[s]));
-    for (const auto& [name, t] : files[s]) weight_map[name] = file;
+    Q3VL_RETURN_IF_ERROR(WriteSafetensorsStreaming(
+        (fs::path(options.dir) / file).string(), files[s],
+        [&](size_t i, Tensor& t) { FillRandom(files[s][i].name, options.seed, decl_index[s][i], t); }));
+    for (const TensorSpec& t : files[s]) weight_map[t.name] = file;
   }
   if (shards > 1) {
     const nlohmann::json index = {{"metadata", nlohmann::json::object()}, {"weight_map", weight_map}};

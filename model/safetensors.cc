@@ -257,15 +257,16 @@ absl::StatusOr<Tensor> Checkpoint::Read(absl::string_view name, const std::vecto
   return out;
 }
 
-absl::Status WriteSafetensors(const std::string& path,
-                              const std::vector<std::pair<std::string, Tensor>>& tensors) {
+absl::Status WriteSafetensorsStreaming(const std::string& path, const std::vector<TensorSpec>& specs,
+                                       const std::function<void(size_t, Tensor&)>& fill) {
   Json header = Json::object();
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    header[name] = {{"dtype", std::string(DTypeToSafetensors(t.dtype()))},
-                    {"shape", std::vector<int64_t>(t.shape().begin(), t.shape().end())},
-                    {"data_offsets", {offset, offset + t.size_bytes()}}};
-    offset += t.size_bytes();
+  for (const TensorSpec& t : specs) {
+    const uint64_t bytes = NumElements(t.shape) * DTypeSize(t.dtype);
+    header[t.name] = {{"dtype", std::string(DTypeToSafetensors(t.dtype))},
+                      {"shape", std::vector<int64_t>(t.shape.begin(), t.shape.end())},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
   }
   header["__metadata__"] = {{"format", "pt"}};
   std::string text = header.dump();
@@ -275,12 +276,20 @@ absl::Status WriteSafetensors(const std::string& path,
   const uint64_t len = text.size();
   out.write(reinterpret_cast<const char*>(&len), 8);
   out.write(text.data(), text.size());
-  for (const auto& [name, t] : tensors) {
-    const Tensor c = t.is_contiguous() ? t : t.Clone();
-    out.write(static_cast<const char*>(c.raw_data()), c.size_bytes());
+  for (size_t i = 0; i < specs.size() && out; ++i) {
+    Tensor t = Tensor::Empty(specs[i].dtype, specs[i].shape);
+    fill(i, t);
+    out.write(static_cast<const char*>(t.raw_data()), t.size_bytes());
   }
   if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed"));
   return absl::OkStatus();
+}
+
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.dtype(), t.shape()});
+  return WriteSafetensorsStreaming(path, specs, [&](size_t i, Tensor& t) { t.CopyFrom(tensors[i].second); });
 }
 
 }  // namespace q3vl::model

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <functional>
 #include <string>
 #include "absl/strings/string_view.h"
 #include <vector>
@@ -81,6 +82,16 @@ class Checkpoint {
   mutable std::atomic<uint64_t> bytes_read_{0};
 };
 
+// A tensor to be written: its name, dtype and shape.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  Shape shape;
+};
+// Writes the tensors of `specs` in order, each produced by fill(i, t) into a contiguous host
+// tensor `t` of spec i's dtype and shape: one tensor in memory at a time.
+absl::Status WriteSafetensorsStreaming(const std::string& path, const std::vector<TensorSpec>& specs,
+                                       const std::function<void(size_t, Tensor&)>& fill);
 // Writes `tensors` (name -> tensor, any dtype) as one safetensors file.
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, Tensor>>& tensors);

@@ -23,22 +23,28 @@ Tensor WeightLoader::Load(const std::string& name, const Shape& shape, const std
   const TensorInfo* info = checkpoint_.Find(name);
   if (info == nullptr) {
     missing_.push_back(name);
-    return backend_.Allocate(keep_bf16 ? missing_matrix_dtype_ : DType::kF32, local);
+    return Placeholder(keep_bf16 ? missing_matrix_dtype_ : DType::kF32, local);
   }
   if (info->shape != shape) {
     mismatched_.push_back(absl::StrCat(name, " is ", ShapeString(info->shape), ", expected ",
                                        ShapeString(shape)));
-    return backend_.Allocate(DType::kF32, local);
+    return Placeholder(DType::kF32, local);
   }
   absl::StatusOr<Tensor> host = keep_bf16 ? checkpoint_.ReadKeepBf16(name, ranges) : checkpoint_.ReadF32(name, ranges);
   if (!host.ok()) {
     mismatched_.push_back(absl::StrCat(name, ": ", host.status().message()));
-    return backend_.Allocate(DType::kF32, local);
+    return Placeholder(DType::kF32, local);
   }
   if (backend_.device() == Device::kCpu) return *host;
   Tensor out = backend_.Allocate(host->dtype(), local);
   backend_.Copy(*host, out);
   return out;
+}
+
+Tensor WeightLoader::Placeholder(DType dtype, const Shape& shape) {
+  // Declaring a model of any size must not allocate it: zeros that cost nothing until written.
+  if (declare_only_ && backend_.device() == Device::kCpu) return Tensor::LazyZeros(dtype, shape);
+  return backend_.Allocate(dtype, shape);  // (a benchmark's backend fills these with random weights)
 }
 
 Tensor WeightLoader::GetView(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges) {

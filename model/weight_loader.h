@@ -24,6 +24,16 @@ class WeightLoader {
   WeightLoader(const Checkpoint& checkpoint, Backend& backend, DType missing_matrix_dtype = DType::kF32)
       : checkpoint_(checkpoint), backend_(backend), missing_matrix_dtype_(missing_matrix_dtype) {}
 
+  // A loader that only collects the declarations (names and shapes) of a model built against
+  // it: every tensor is a zero placeholder that takes no memory, and modules skip the work
+  // they would do on real weights (declare_only()). For writing checkpoints of any size.
+  static WeightLoader DeclareOnly(const Checkpoint& empty, Backend& backend) {
+    WeightLoader loader(empty, backend);
+    loader.declare_only_ = true;
+    return loader;
+  }
+  bool declare_only() const { return declare_only_; }
+
   bool Has(const std::string& name) const { return checkpoint_.Find(name) != nullptr; }
   // The checkpoint's entry for `name` (dtype, shape), or nullptr.
   const TensorInfo* Find(const std::string& name) const { return checkpoint_.Find(name); }
@@ -61,10 +71,13 @@ class WeightLoader {
 
  private:
   Tensor Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges, bool keep_bf16);
+  // A zero stand-in for a tensor that could not be read (the load fails in Finish()).
+  Tensor Placeholder(DType dtype, const Shape& shape);
 
   const Checkpoint& checkpoint_;
   Backend& backend_;
   const DType missing_matrix_dtype_;
+  bool declare_only_ = false;
   std::set<std::string> declared_;
   std::vector<std::pair<std::string, Shape>> declarations_;
   std::vector<std::string> missing_;

@@ -2,11 +2,14 @@
 // sharded / single-file and fused / per-expert layouts.
 #include "model/safetensors.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
 #include "core/backend.h"
 #include "gtest/gtest.h"
+#include "core/cpu/cpu_backend.h"
+#include "model/decoder.h"
 #include "model/demo_model.h"
 #include "model/generator.h"
 #include "tests/test_util.h"
@@ -160,6 +163,39 @@ TEST(SafetensorsTest, MissingAndUnexpectedTensorsAreListedTogether) {
   EXPECT_NE(msg.find("layers.1.self_attn.q_proj.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.visual.merger.norm.bias"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.extra.weight"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace q3vl::model
+
+namespace q3vl::model {
+namespace {
+
+// Resident set size of this process in bytes (Linux).
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * 4096;
+}
+
+// make-model declares a model without allocating it: the 235B (about 470 GB in bf16) declares
+// every tensor while the process grows by far less than one layer's experts (2.4 GB).
+TEST(WeightLoaderTest, DeclaringTheLargestModelAllocatesNothing) {
+  const ModelConfig config = *PublishedConfig("235b");
+  CpuBackend backend;
+  auto empty = Checkpoint::Empty();
+  const int64_t before = ResidentBytes();
+  WeightLoader loader = WeightLoader::DeclareOnly(*empty, backend);
+  { TextDecoder decoder(config.text, loader, config.tie_word_embeddings); }
+  const int64_t grown = ResidentBytes() - before;
+  EXPECT_LT(grown, int64_t{512} << 20) << grown << " bytes";
+  int64_t elements = 0;
+  for (const auto& [name, shape] : loader.declarations()) elements += NumElements(shape);
+  EXPECT_GT(elements * 2, int64_t{400} << 30) << "the decoder declares its 235B weights";
+  EXPECT_NE(std::find_if(loader.declarations().begin(), loader.declarations().end(),
+                         [](const auto& d) { return d.first == "model.language_model.layers.93.mlp.experts.down_proj"; }),
+            loader.declarations().end());
 }
 
 }  // namespace
