@@ -115,6 +115,21 @@ std::vector<int> AssignAttentionGroups(const std::vector<GenerationRequest>& req
 
 int GroupSize(const parallel::Communicator* c) { return c ? c->size() : 1; }
 
+// A result's finish reason and tokens as bytes for a broadcast, and back.
+std::string PackResult(const GenerationResult& r) {
+  std::string bytes = r.finish_reason + '\0';
+  bytes.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size() * sizeof(int64_t));
+  return bytes;
+}
+
+void UnpackResult(const std::string& bytes, GenerationResult& r) {
+  const size_t end = bytes.find('\0');
+  Q3VL_CHECK(end != std::string::npos && (bytes.size() - end - 1) % sizeof(int64_t) == 0);
+  r.finish_reason = bytes.substr(0, end);
+  r.tokens.resize((bytes.size() - end - 1) / sizeof(int64_t));
+  std::memcpy(r.tokens.data(), bytes.data() + end + 1, r.tokens.size() * sizeof(int64_t));
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vector<GenerationRequest>& requests) {
@@ -360,11 +375,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         GenerationResult& r = results[mine[j]];
         std::string bytes;
         BroadcastFrom(shard.pp, 0, bytes);
-        const size_t end = bytes.find('\0');
-        Q3VL_CHECK(end != std::string::npos);
-        r.finish_reason = bytes.substr(0, end);
-        r.tokens.resize((bytes.size() - end - 1) / sizeof(int64_t));
-        std::memcpy(r.tokens.data(), bytes.data() + end + 1, r.tokens.size() * sizeof(int64_t));
+        UnpackResult(bytes, r);
         if (options_.on_token) {
           for (size_t t = 1; t < r.tokens.size(); ++t) options_.on_token(mine[j], r.tokens[t]);
         }
@@ -372,9 +383,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     }
     if (stage == 0) {
       for (size_t j = 0; j < n; ++j) {
-        const GenerationResult& r = results[mine[j]];
-        std::string bytes = r.finish_reason + '\0';
-        bytes.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size() * sizeof(int64_t));
+        std::string bytes = PackResult(results[mine[j]]);
         BroadcastFrom(shard.pp, 0, bytes);
       }
     }
@@ -422,11 +431,7 @@ void Generator::ShareResults(const std::vector<GenerationRequest>& requests, con
     const int root = owner[i] * tp;  // stage rank of the owning group's first rank
     const bool ran_here = owner[i] == shard.attn_group;
     GenerationResult& r = results[i];
-    std::string bytes;
-    if (ran_here) {
-      bytes = r.finish_reason + '\0';
-      bytes.append(reinterpret_cast<const char*>(r.tokens.data()), r.tokens.size() * sizeof(int64_t));
-    }
+    std::string bytes = ran_here ? PackResult(r) : std::string();
     BroadcastFrom(shard.stage, root, bytes);
     if (options_.keep_prefill_logits) {
       if (!ran_here) {
@@ -436,11 +441,7 @@ void Generator::ShareResults(const std::vector<GenerationRequest>& requests, con
       BroadcastFrom(shard.stage, root, r.prefill_logits);
     }
     if (ran_here) continue;
-    const size_t end = bytes.find('\0');
-    Q3VL_CHECK(end != std::string::npos && (bytes.size() - end - 1) % sizeof(int64_t) == 0);
-    r.finish_reason = bytes.substr(0, end);
-    r.tokens.resize((bytes.size() - end - 1) / sizeof(int64_t));
-    std::memcpy(r.tokens.data(), bytes.data() + end + 1, r.tokens.size() * sizeof(int64_t));
+    UnpackResult(bytes, r);
     if (options_.on_token) {
       for (int64_t token : r.tokens) options_.on_token(i, token);
     }
