@@ -200,6 +200,7 @@ TEST(ParallelSamplingTest, DataParallelAttentionGroupsRunTheirOwnRequests) {
                          {"ep=4", {1, 1, 1, 0}, 5},
                          {"tp=2,ep=4", {1, 1, 2, 2}, 5},
                          {"pp=2,ep=2", {1, 2, 1, 2}, 10},
+                         {"pp=2,ep=4", {1, 1, 1, 0, 1, 1, 1, 0}, 5},  // one request per group at most: not micro-batched
                          {"vision=1,ep=2", {-1, 1, 2}, 5}};
   for (const Want& m : meshes) {
     std::vector<model::GeneratorStats> stats;
