@@ -155,6 +155,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     if (owner[i] == shard.attn_group) mine.push_back(i);
   }
   const size_t n = mine.size();
+  // Later pipeline stages receive their hidden states: only stage 0 embeds tokens and places
+  // visual features (DeepStack layers are stage 0's too).
+  const bool first_stage = shard.pp == nullptr || shard.pp->rank() == 0;
   int64_t pages = 0;
   for (size_t i : mine) {
     const int64_t tokens = static_cast<int64_t>(requests[i].input_ids.size()) + requests[i].sampling.max_new_tokens;
@@ -209,7 +212,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         visual_ids.push_back(r.input_ids[t]);
       }
     }
-    if (visual_ids.empty()) continue;
+    if (visual_ids.empty() || !first_stage) continue;
     VisionOutput image, video;
     if (!r.images.grids.empty()) image = model_.RunVision(r.images, options_.trace);
     if (!r.videos.grids.empty()) video = model_.RunVision(r.videos, options_.trace);
@@ -223,8 +226,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   const int64_t total = static_cast<int64_t>(all_ids.size());
   const int64_t num_visual = static_cast<int64_t>(visual_rows.size());
   batch.hidden = backend.Allocate(DType::kF32, {total, d});
-  decoder.Embed(backend, Tensor::FromVectorI64(all_ids, {total}), batch.hidden);
-  if (num_visual > 0) {
+  if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(all_ids, {total}), batch.hidden);
+  if (num_visual > 0 && first_stage) {
     batch.visual_rows = Tensor::FromVectorI64(visual_rows, {num_visual});
     backend.ScatterAddRows({.src = ConcatRows(backend, visual_embeds), .ids = batch.visual_rows,
                             .out = batch.hidden, .accumulate = false});
@@ -315,7 +318,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), positions.begin(), positions.end());
       step.rope = MropeTables(cfg.text, pos3, m);
       step.hidden = backend.Allocate(DType::kF32, {m, d});
-      if (stage == 0) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+      if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
       decoder.Forward(backend, step);  // receives from stage - 1, sends to stage + 1
       ++stats_.decode_steps;
       if (stage == last) {
@@ -410,7 +413,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), step_positions.begin(), step_positions.end());
     step.rope = MropeTables(cfg.text, pos3, m);
     step.hidden = backend.Allocate(DType::kF32, {m, d});
-    decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+    if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
     decoder.Forward(backend, step);
     std::vector<int64_t> rows(m);
     for (int64_t j = 0; j < m; ++j) rows[j] = j;

@@ -64,14 +64,16 @@ absl::StatusOr<Tokenizer> Tokenizer::FromFile(const std::string& tokenizer_json_
   text << file.rdbuf();
   if (file.bad()) return absl::DataLossError(absl::StrCat(tokenizer_json_path, ": read failed"));
   const std::string content = text.str();
+  absl::StatusOr<Tokenizer> tokenizer = FromJson(content, tokenizer_json_path);
   // A symbolic link that a copy or a checkout flattened into a text file holding its target.
-  if (content.size() < 1024 && absl::EndsWith(absl::StripTrailingAsciiWhitespace(content), ".json") &&
-      content.find('{') == std::string::npos) {
+  const absl::string_view target = absl::StripTrailingAsciiWhitespace(content);
+  if (!tokenizer.ok() && target.size() < 1024 && absl::EndsWith(target, ".json") &&
+      target.find('{') == absl::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
-        tokenizer_json_path, ": holds the path '", absl::StripTrailingAsciiWhitespace(content),
+        tokenizer_json_path, ": holds the path '", target,
         "' instead of JSON: a symbolic link flattened into a file; copy the real tokenizer.json there"));
   }
-  return FromJson(content, tokenizer_json_path);
+  return tokenizer;
 }
 
 absl::StatusOr<Tokenizer> Tokenizer::FromJson(absl::string_view json_text, absl::string_view source) {

@@ -63,6 +63,26 @@ inline std::string SourcePath(const std::string& relative) {
   return (std::filesystem::path(TestDataDir()).parent_path().parent_path() / relative).string();
 }
 
+// ../shared/golden/inputs/e2e: chat requests with their reference ids and tokens.
+inline std::string E2eDir() { return std::string(Q3VL_SHARED_DIR) + "/golden/inputs/e2e"; }
+
+// The e2e reference model folder, assembled from links in this process's scratch directory:
+// the shipped folder's tokenizer.json is a relative link flattened into a text file, and the
+// repo ships the same file (same SHA-256).
+inline const std::string& E2eModelDir() {
+  static const std::string dir = [] {
+    namespace fs = std::filesystem;
+    const fs::path d = fs::path(ScratchDir()) / "e2e_model";
+    fs::create_directories(d);
+    for (const auto& entry : fs::directory_iterator(E2eDir() + "/model")) {
+      if (entry.path().filename() != "tokenizer.json") fs::create_symlink(entry.path(), d / entry.path().filename());
+    }
+    fs::create_symlink(SourcePath("model/assets/qwen3/tokenizer.json"), d / "tokenizer.json");
+    return d.string();
+  }();
+  return dir;
+}
+
 // Every model case of ../shared/golden/cases (public set), in order.
 inline const std::vector<std::string>& GoldenCaseNames() {
   static const std::vector<std::string> names = {

@@ -174,18 +174,12 @@ TEST(CliTest, ChatTemplateRendersTheGoldenCases) {
 }
 
 // Every request of golden/inputs/e2e through `q3vl generate --messages`: the prompt ids (4.57
-// video layout, the CLI's) and the 16 greedy tokens equal the reference. The reference model
-// folder's tokenizer.json is a flattened relative link, so the folder is assembled from links.
+// video layout, the CLI's) and the 16 greedy tokens equal the reference.
 TEST(CliTest, GenerateFromMessagesMatchesEveryE2eRequest) {
   namespace fs = std::filesystem;
-  const fs::path e2e = fs::path(Q3VL_SHARED_DIR) / "golden/inputs/e2e";
+  const fs::path e2e = testing::E2eDir();
   ASSERT_TRUE(fs::exists(e2e / "model/config.json")) << e2e;
-  const fs::path model = fs::path(testing::ScratchDir()) / "e2e_model";
-  fs::create_directories(model);
-  for (const auto& entry : fs::directory_iterator(e2e / "model")) {
-    if (entry.path().filename() != "tokenizer.json") fs::create_symlink(entry.path(), model / entry.path().filename());
-  }
-  fs::create_symlink(testing::SourcePath("model/assets/qwen3/tokenizer.json"), model / "tokenizer.json");
+  const fs::path model = testing::E2eModelDir();
   for (const char* name : {"e01_text", "e02_image", "e03_video", "e04_image_video"}) {
     SCOPED_TRACE(name);
     const auto c = nlohmann::json::parse(ReadFile((e2e / name / "case.json").string()));

@@ -1,13 +1,10 @@
 // End-to-end against golden/inputs/e2e: chat messages with images and videos -> Processor ->
 // Generator on the tiny real-vocabulary checkpoint. Prompt ids and 16 greedy tokens must equal
 // the reference in both video layouts (4.57 / vLLM and transformers 5), and the decoded text too.
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <system_error>
 
 #include "core/backend.h"
 #include "gtest/gtest.h"
@@ -21,7 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string E2eDir() { return std::string(Q3VL_SHARED_DIR) + "/golden/inputs/e2e"; }
+using ::q3vl::testing::E2eDir;
 
 nlohmann::ordered_json ReadJson(const std::string& path) {
   std::ifstream in(path);
@@ -30,33 +27,7 @@ nlohmann::ordered_json ReadJson(const std::string& path) {
   return nlohmann::ordered_json::parse(text.str(), nullptr, false);
 }
 
-// The reference model folder links tokenizer.json relatively into the tokenizer goldens; the
-// repo ships the same file (same SHA-256), so the test assembles the folder from links in a
-// per-process directory that is removed at exit.
-class LinkedModelDir {
- public:
-  LinkedModelDir() : dir_(fs::temp_directory_path() / ("q3vl_e2e_model_" + std::to_string(::getpid()))) {
-    fs::create_directories(dir_);
-    for (const auto& entry : fs::directory_iterator(E2eDir() + "/model")) {
-      if (entry.path().filename() == "tokenizer.json") continue;
-      fs::create_symlink(entry.path(), dir_ / entry.path().filename());
-    }
-    fs::create_symlink(testing::SourcePath("model/assets/qwen3/tokenizer.json"), dir_ / "tokenizer.json");
-  }
-  ~LinkedModelDir() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  std::string path() const { return dir_.string(); }
-
- private:
-  fs::path dir_;
-};
-
-std::string ModelDir() {
-  static const LinkedModelDir dir;
-  return dir.path();
-}
+std::string ModelDir() { return testing::E2eModelDir(); }
 
 class E2eTest : public ::testing::TestWithParam<std::string> {};
 
