@@ -112,6 +112,7 @@ class MeteredBackend final : public Backend {
   }
   void Copy(const Tensor& src, Tensor& dst) override { Timed(kElementwise, [&] { cpu_.Copy(src, dst); }); }
   void Synchronize() override {}
+  void Zero(Tensor& t) override { Timed(kElementwise, [&] { cpu_.Zero(t); }); }
   void Gemm(const GemmParams& p) override {
     counters_.weight_bytes += p.b.size_bytes() + (p.bias.defined() ? p.bias.size_bytes() : 0);
     Timed(kGemm, [&] { cpu_.Gemm(p); });
@@ -368,7 +369,7 @@ model::DecoderBatch MakeBatch(Backend& backend, const Model& m, kv::PagedKvCache
   }
   batch.rope = model::MropeTables(t, positions, total);
   batch.hidden = backend.Allocate(DType::kF32, {total, t.hidden_size});  // [T, D]
-  m.decoder->Embed(backend, Tensor::FromVectorI64(ids, {total}), batch.hidden);
+  m.decoder->Embed(backend, ids, batch.hidden);
   return batch;
 }
 
@@ -420,7 +421,8 @@ void FillPrefix(kv::PagedKvCache& cache, int64_t seqs, int64_t prefix) {
   FillUniform(v, 0.0f, 1.0f, 102);
   for (int64_t s = 0; s < seqs; ++s) {
     Q3VL_CHECK_OK(cache.Reserve(s, prefix));
-    for (int64_t l = 0; l < c.num_layers; ++l) cache.Write(l, s, k, v);
+    const kv::KvStepPlan plan = cache.Plan({s}, {0, prefix});
+    for (int64_t l = 0; l < c.num_layers; ++l) cache.Write(l, plan, k, v);
     cache.Commit(s, prefix);
   }
 }

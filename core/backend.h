@@ -131,6 +131,8 @@ class Backend {
   virtual void Copy(const Tensor& src, Tensor& dst) = 0;
   // Waits until all queued work is done.
   virtual void Synchronize() = 0;
+  // t = 0 (contiguous, or a rank-2 view whose rows are contiguous).
+  virtual void Zero(Tensor& t) = 0;
 
   virtual void Gemm(const GemmParams& p) = 0;
   virtual void GroupedGemm(const GroupedGemmParams& p) = 0;
@@ -144,6 +146,13 @@ class Backend {
   virtual void ScatterAddRows(const ScatterAddRowsParams& p) = 0;
   virtual void Add(const AddParams& p) = 0;
 };
+
+// `t` in `backend`'s memory: t itself when it already is there, else a new tensor copied from it
+// (host inputs such as token ids, positions and rotary tables going to a device).
+Tensor Upload(Backend& backend, const Tensor& t);
+// `t` in host memory: t itself when it is a host tensor, else a new host copy (the backend
+// finishes the work that writes it first). The way model code reads a result on the host.
+Tensor Download(Backend& backend, const Tensor& t);
 
 enum class BackendKind : uint8_t { kCpu, kCuda };
 

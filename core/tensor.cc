@@ -96,6 +96,19 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(buffer_->data()) + offset_bytes_;
 }
 
+void Tensor::CheckHost(const char* what) const {
+  Q3VL_CHECK(device() == Device::kCpu) << what << " on device memory: " << DebugString()
+                                        << " (copy it to the host with the backend first)";
+}
+
+Tensor Tensor::Rebind(std::shared_ptr<Buffer> buffer) const {
+  Q3VL_CHECK(buffer != nullptr && buffer_ != nullptr);
+  Q3VL_CHECK_GE(buffer->size_bytes(), buffer_->size_bytes()) << DebugString();
+  Tensor out = *this;
+  out.buffer_ = std::move(buffer);
+  return out;
+}
+
 Tensor Tensor::Slice(int d, int64_t start, int64_t end) const {
   if (d < 0) d += rank();
   Q3VL_CHECK(d >= 0 && d < rank());
@@ -175,6 +188,8 @@ void Tensor::CopyFrom(const Tensor& src) {
   Q3VL_CHECK(shape_ == src.shape_) << ShapeString(shape_) << " vs " << ShapeString(src.shape_);
   Q3VL_CHECK(dtype_ == src.dtype_);
   Q3VL_CHECK(is_contiguous()) << "CopyFrom into a non-contiguous view";
+  CheckHost("CopyFrom");
+  src.CheckHost("CopyFrom");
   const size_t es = DTypeSize(dtype_);
   char* dst = static_cast<char*>(raw_data());
   const char* s = static_cast<const char*>(src.raw_data());
@@ -188,6 +203,7 @@ void Tensor::CopyFrom(const Tensor& src) {
 }
 
 Tensor Tensor::ToF32() const {
+  CheckHost("ToF32");
   if (dtype_ == DType::kF32 && is_contiguous()) return *this;
   Tensor out = Empty(DType::kF32, shape_);
   float* dst = out.data<float>();

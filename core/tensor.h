@@ -90,11 +90,20 @@ class Tensor {
   bool is_contiguous() const;
   const std::shared_ptr<Buffer>& buffer() const { return buffer_; }
 
+  // The first element's address on the tensor's device: for a backend handing memory to its
+  // kernels. Host code reads and writes through data<T>(), which refuses device memory.
   void* raw_data() const;
   template <typename T>
-  T* data() const {
+  T* device_data() const {
     Q3VL_CHECK_EQ(sizeof(T), DTypeSize(dtype_)) << "tensor of " << DTypeName(dtype_);
     return static_cast<T*>(raw_data());
+  }
+  // Host access. A device tensor is a bug here (CHECK): copy it with Backend::Copy (or
+  // Download, core/backend.h) first.
+  template <typename T>
+  T* data() const {
+    CheckHost("data()");
+    return device_data<T>();
   }
 
   // Views (no copy). Slice keeps [start, end) of dimension `d`.
@@ -104,6 +113,11 @@ class Tensor {
   // Same elements, new shape; REQUIRES: contiguous. One dimension may be -1.
   Tensor Reshape(Shape shape) const;
 
+  // The same view (shape, strides, offset) over `buffer`, which must be at least as large as
+  // this tensor's: for a backend that mirrors memory under another device tag.
+  Tensor Rebind(std::shared_ptr<Buffer> buffer) const;
+
+  // Host tensors only (CHECK), like data<T>().
   // Deep copy into a new contiguous host tensor.
   Tensor Clone() const;
   // Contiguous f32 copy (widening bf16/f16/fp8); returns *this if already contiguous f32.
@@ -115,6 +129,8 @@ class Tensor {
   std::string DebugString() const;
 
  private:
+  void CheckHost(const char* what) const;
+
   std::shared_ptr<Buffer> buffer_;
   DType dtype_ = DType::kF32;
   Shape shape_;

@@ -1,7 +1,5 @@
 #include "kv/paged_kv_cache.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 
 namespace q3vl::kv {
@@ -47,56 +45,56 @@ int64_t PagedKvCache::Length(int64_t seq) const {
   return it == seqs_.end() ? 0 : it->second.length;
 }
 
-int64_t PagedKvCache::RowOffset(const Sequence& s, int64_t pos) const {
-  const int64_t page = s.pages[pos / config_.page_size];
-  const int64_t row = page * config_.page_size + pos % config_.page_size;
-  return row * config_.num_kv_heads * config_.head_dim;
+int64_t PagedKvCache::Row(const Sequence& s, int64_t pos) const {
+  return s.pages[pos / config_.page_size] * config_.page_size + pos % config_.page_size;
 }
 
-void PagedKvCache::Write(int64_t layer, int64_t seq, const Tensor& k, const Tensor& v) {
-  auto it = seqs_.find(seq);
-  Q3VL_CHECK(it != seqs_.end()) << "sequence " << seq << " not reserved";
-  const Sequence& s = it->second;
-  const int64_t n = k.dim(0);
-  const int64_t row = config_.num_kv_heads * config_.head_dim;
-  Q3VL_CHECK_EQ(k.numel(), n * row);
-  Q3VL_CHECK_LE(s.length + n, static_cast<int64_t>(s.pages.size()) * config_.page_size);
-  const float* ks = k.data<float>();
-  const float* vs = v.data<float>();
-  float* kd = keys_[layer].data<float>();
-  float* vd = values_[layer].data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t off = RowOffset(s, s.length + i);
-    std::memcpy(kd + off, ks + i * row, row * 4);
-    std::memcpy(vd + off, vs + i * row, row * 4);
+Tensor PagedKvCache::Rows(const Tensor& pool) const {
+  return pool.Reshape({config_.num_pages * config_.page_size, config_.num_kv_heads * config_.head_dim});
+}
+
+KvStepPlan PagedKvCache::Plan(const std::vector<int64_t>& seqs, const std::vector<int64_t>& q_starts) const {
+  Q3VL_CHECK_EQ(q_starts.size(), seqs.size() + 1);
+  std::vector<int64_t> write(q_starts.back()), read;
+  KvStepPlan plan;
+  plan.k_starts.assign(1, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto it = seqs_.find(seqs[i]);
+    Q3VL_CHECK(it != seqs_.end()) << "sequence " << seqs[i] << " not reserved";
+    const Sequence& s = it->second;
+    const int64_t n = q_starts[i + 1] - q_starts[i], total = s.length + n;
+    Q3VL_CHECK_LE(total, static_cast<int64_t>(s.pages.size()) * config_.page_size)
+        << "sequence " << seqs[i] << " not reserved for " << n << " more tokens";
+    for (int64_t j = 0; j < n; ++j) write[q_starts[i] + j] = Row(s, s.length + j);
+    for (int64_t pos = 0; pos < total; ++pos) read.push_back(Row(s, pos));
+    plan.k_starts.push_back(static_cast<int64_t>(read.size()));
   }
+  plan.write_rows = Upload(backend_, Tensor::FromVectorI64(write, {static_cast<int64_t>(write.size())}));
+  plan.read_rows = Upload(backend_, Tensor::FromVectorI64(read, {static_cast<int64_t>(read.size())}));
+  return plan;
+}
+
+void PagedKvCache::Write(int64_t layer, const KvStepPlan& plan, const Tensor& k, const Tensor& v) {
+  const int64_t n = plan.write_rows.numel(), row = config_.num_kv_heads * config_.head_dim;
+  Q3VL_CHECK_EQ(k.numel(), n * row) << k.DebugString();
+  Q3VL_CHECK_EQ(v.numel(), n * row) << v.DebugString();
+  if (n == 0) return;
+  backend_.ScatterAddRows({.src = k.Reshape({n, row}), .ids = plan.write_rows, .out = Rows(keys_[layer]),
+                           .accumulate = false});
+  backend_.ScatterAddRows({.src = v.Reshape({n, row}), .ids = plan.write_rows, .out = Rows(values_[layer]),
+                           .accumulate = false});
 }
 
 void PagedKvCache::Commit(int64_t seq, int64_t num_tokens) { seqs_[seq].length += num_tokens; }
 
-void PagedKvCache::Gather(int64_t layer, const std::vector<int64_t>& seqs,
-                          const std::vector<int64_t>& pending, Tensor* k, Tensor* v,
-                          std::vector<int64_t>* starts) {
-  starts->assign(1, 0);
-  for (size_t i = 0; i < seqs.size(); ++i) starts->push_back(starts->back() + Length(seqs[i]) + pending[i]);
+void PagedKvCache::Read(int64_t layer, const KvStepPlan& plan, Tensor* k, Tensor* v) {
+  const int64_t n = plan.read_rows.numel();
+  *k = backend_.Allocate(DType::kF32, {n, config_.num_kv_heads, config_.head_dim});
+  *v = backend_.Allocate(DType::kF32, {n, config_.num_kv_heads, config_.head_dim});
+  if (n == 0) return;
   const int64_t row = config_.num_kv_heads * config_.head_dim;
-  *k = backend_.Allocate(DType::kF32, {starts->back(), config_.num_kv_heads, config_.head_dim});
-  *v = backend_.Allocate(DType::kF32, {starts->back(), config_.num_kv_heads, config_.head_dim});
-  const float* ks = keys_[layer].data<float>();
-  const float* vs = values_[layer].data<float>();
-  float* kd = k->data<float>();
-  float* vd = v->data<float>();
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const Sequence& s = seqs_.at(seqs[i]);
-    const int64_t len = (*starts)[i + 1] - (*starts)[i];
-    // Copy page-sized runs: tokens of one page are contiguous.
-    for (int64_t pos = 0; pos < len; pos += config_.page_size) {
-      const int64_t run = std::min(config_.page_size, len - pos);
-      const int64_t dst = ((*starts)[i] + pos) * row;
-      std::memcpy(kd + dst, ks + RowOffset(s, pos), run * row * 4);
-      std::memcpy(vd + dst, vs + RowOffset(s, pos), run * row * 4);
-    }
-  }
+  backend_.GatherRows({.table = Rows(keys_[layer]), .ids = plan.read_rows, .out = k->Reshape({n, row})});
+  backend_.GatherRows({.table = Rows(values_[layer]), .ids = plan.read_rows, .out = v->Reshape({n, row})});
 }
 
 BlockTableCsr PagedKvCache::BlockTables(const std::vector<int64_t>& seqs) const {

@@ -1,7 +1,12 @@
 // Paged KV cache: fixed-size pages of [page_size, num_kv_heads, head_dim] keys and values per
-// layer, drawn from one pool; each sequence owns a block table (its list of pages). Keys are
-// stored post-k_norm, post-RoPE. Reserve() fails with ResourceExhausted when the pool is
-// empty and leaves the sequence unchanged. Not thread-safe: the engine's step loop owns it.
+// layer, drawn from one pool in the backend's memory; each sequence owns a block table (its
+// list of pages). Keys are stored post-k_norm, post-RoPE. Reserve() fails with
+// ResourceExhausted when the pool is empty and leaves the sequence unchanged.
+// The block tables live on the host. A forward step turns them into row ids once (Plan: the
+// cache row of every new token and of every context token, vLLM's "slot mapping"), uploaded
+// once and used by every layer: Write scatters the new keys and values into their rows, Read
+// gathers each sequence's context. Both are backend ops, so the cache works on any device.
+// Not thread-safe: the engine's step loop owns it.
 #ifndef Q3VL_KV_PAGED_KV_CACHE_H_
 #define Q3VL_KV_PAGED_KV_CACHE_H_
 
@@ -25,6 +30,13 @@ struct KvCacheConfig {
   int64_t page_bytes() const { return 2 * num_layers * page_size * num_kv_heads * head_dim * 4; }
 };
 
+// The rows one forward step touches, the same for every layer (see the file comment).
+struct KvStepPlan {
+  Tensor write_rows;              // [T] i64: cache row of each new token, in batch order
+  Tensor read_rows;               // [sum context] i64: each sequence's rows, old then new
+  std::vector<int64_t> k_starts;  // [num_seqs + 1] CSR of read_rows per sequence
+};
+
 // Block tables of a batch in CSR form: sequence i owns pages[offsets[i] .. offsets[i+1]).
 struct BlockTableCsr {
   std::vector<int64_t> offsets;
@@ -46,15 +58,15 @@ class PagedKvCache {
   // Tokens already written for `seq` (0 when unknown).
   int64_t Length(int64_t seq) const;
 
-  // Writes rows k, v [n, KV, hd] at token positions [Length(seq), Length(seq) + n) of layer
-  // `layer`. REQUIRES: reserved. Call Commit(seq, n) after the last layer.
-  void Write(int64_t layer, int64_t seq, const Tensor& k, const Tensor& v);
+  // The rows of a step that appends tokens [q_starts[i], q_starts[i+1]) of the batch to
+  // sequence seqs[i] at positions [Length, Length + n). REQUIRES: each reserved for its tokens.
+  KvStepPlan Plan(const std::vector<int64_t>& seqs, const std::vector<int64_t>& q_starts) const;
+  // Writes the step's new keys and values k, v [T, KV, hd] of `layer` into their rows.
+  void Write(int64_t layer, const KvStepPlan& plan, const Tensor& k, const Tensor& v);
+  // k, v [sum context, KV, hd]: the contexts of the step's sequences, new tokens included.
+  void Read(int64_t layer, const KvStepPlan& plan, Tensor* k, Tensor* v);
+  // After the last layer: the step's tokens count as held.
   void Commit(int64_t seq, int64_t num_tokens);
-
-  // Copies the keys and values of `seqs` (each including `pending[i]` tokens written but not
-  // yet committed) for `layer` into contiguous k, v [sum len, KV, hd]; fills `starts` (CSR).
-  void Gather(int64_t layer, const std::vector<int64_t>& seqs, const std::vector<int64_t>& pending,
-              Tensor* k, Tensor* v, std::vector<int64_t>* starts);
 
   BlockTableCsr BlockTables(const std::vector<int64_t>& seqs) const;
 
@@ -63,8 +75,10 @@ class PagedKvCache {
     std::vector<int32_t> pages;
     int64_t length = 0;
   };
-  // Element offset of token `pos` of `seq` inside a layer's pool.
-  int64_t RowOffset(const Sequence& s, int64_t pos) const;
+  // Row of token `pos` of `s` inside a layer's pool [num_pages * page_size, KV * hd].
+  int64_t Row(const Sequence& s, int64_t pos) const;
+  // A layer's pool viewed as rows.
+  Tensor Rows(const Tensor& pool) const;
 
   KvCacheConfig config_;
   Backend& backend_;

@@ -52,9 +52,16 @@ TextDecoder::TextDecoder(const TextConfig& config, WeightLoader& loader, bool ti
     // GEMM weights stay bf16 when stored so (half the memory; the backends widen exactly).
     Tensor head = tie_word_embeddings ? embed_.Slice(0, vocab_begin_, vocab_end)
                                       : loader.GetMatrix("lm_head.weight", {v, d}, {{0, vocab_begin_, vocab_end}});
-    if (head.dtype() != DType::kBF16) head = head.ToF32();
-    lm_head_ = head.dim(0) == vocab_chunk_ && head.is_contiguous() ? head : Tensor::Empty(head.dtype(), {vocab_chunk_, d});
-    if (lm_head_.buffer() != head.buffer()) lm_head_.Slice(0, 0, head.dim(0)).CopyFrom(head);
+    if (head.dim(0) == vocab_chunk_ && head.is_contiguous() &&
+        (head.dtype() == DType::kBF16 || head.dtype() == DType::kF32)) {
+      lm_head_ = head;  // a tied head is a view of the table
+    } else {  // padded to the chunk (zero rows past V), f16 widened: built on the host
+      const Tensor stored = Download(loader.backend(), head);
+      const Tensor rows = stored.dtype() == DType::kBF16 ? stored : stored.ToF32();
+      Tensor padded = Tensor::Empty(rows.dtype(), {vocab_chunk_, d});
+      padded.Slice(0, 0, rows.dim(0)).CopyFrom(rows);
+      lm_head_ = loader.Place(padded);
+    }
   }
   const std::vector<SliceRange> q_rows = {{0, s.first_head * hd, (s.first_head + s.num_heads) * hd}};
   const std::vector<SliceRange> kv_rows = {{0, s.first_kv_head * hd, (s.first_kv_head + s.num_kv_heads) * hd}};
@@ -148,11 +155,13 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
     Tensor down = loader.GetView(prefix + "experts.down_proj", {e, inter, d}, {{0, e0, e0 + ne}, {1, i0, i0 + ni}});
     if (loader.declare_only()) return;  // names and shapes are all that is wanted
     if (gate.dtype() != up.dtype()) gate = gate.ToF32(), up = up.ToF32();  // a failed read is f32 zeros
-    layer.experts.gate_up = Tensor::Empty(gate.dtype(), {ne, 2 * ni, d});  // [E_local, 2I_local, D]
-    TransposeExperts(gate, layer.experts.gate_up, 0);
-    TransposeExperts(up, layer.experts.gate_up, ni);
-    layer.experts.down = Tensor::Empty(down.dtype(), {ne, d, ni});  // [E_local, D, I_local]
-    TransposeExperts(down, layer.experts.down, 0);
+    Tensor gate_up = Tensor::Empty(gate.dtype(), {ne, 2 * ni, d});  // [E_local, 2I_local, D]
+    TransposeExperts(gate, gate_up, 0);
+    TransposeExperts(up, gate_up, ni);
+    Tensor down_rows = Tensor::Empty(down.dtype(), {ne, d, ni});  // [E_local, D, I_local]
+    TransposeExperts(down, down_rows, 0);
+    layer.experts.gate_up = loader.Place(gate_up);
+    layer.experts.down = loader.Place(down_rows);
     return;
   }
   // bf16 when every local expert is stored bf16, else f32.
@@ -172,43 +181,47 @@ void TextDecoder::LoadExperts(WeightLoader& loader, const std::string& prefix, L
       for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) loader.Skip(b + w);
       continue;
     }
-    const Tensor gate = as(loader.GetMatrix(b + "gate_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));  // [I_local, D]
-    const Tensor up = as(loader.GetMatrix(b + "up_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));      // [I_local, D]
-    const Tensor dn = as(loader.GetMatrix(b + "down_proj.weight", {d, inter}, {{1, i0, i0 + ni}}));    // [D, I_local]
+    const Tensor gate = as(loader.GetMatrixOnHost(b + "gate_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));  // [I_local, D]
+    const Tensor up = as(loader.GetMatrixOnHost(b + "up_proj.weight", {inter, d}, {{0, i0, i0 + ni}}));      // [I_local, D]
+    const Tensor dn = as(loader.GetMatrixOnHost(b + "down_proj.weight", {d, inter}, {{1, i0, i0 + ni}}));    // [D, I_local]
     Tensor gu = gate_up.Select(x - e0);
     gu.Slice(0, 0, ni).CopyFrom(gate);
     gu.Slice(0, ni, 2 * ni).CopyFrom(up);
     down.Select(x - e0).CopyFrom(dn);
   }
-  layer.experts.gate_up = gate_up;
-  layer.experts.down = down;
+  layer.experts.gate_up = loader.Place(gate_up);
+  layer.experts.down = loader.Place(down);
 }
 
-void TextDecoder::Embed(Backend& backend, const Tensor& ids, Tensor& out) const {
+void TextDecoder::Embed(Backend& backend, const std::vector<int64_t>& ids, Tensor& out) const {
+  const int64_t n = static_cast<int64_t>(ids.size()), d = config_.hidden_size;
   if (shard_.tp == nullptr || shard_.tp->size() == 1) {
-    backend.GatherRows({.table = embed_, .ids = ids, .out = out});
+    backend.GatherRows({.table = embed_, .ids = Upload(backend, Tensor::FromVectorI64(ids, {n})), .out = out});
     return;
   }
   // Vocab-parallel: this rank's rows [vocab_begin_, end), zeros for the other ranks' ids, summed
   // over tp (a sum of one row and zeros: every rank gets the exact embedding).
-  const int64_t n = ids.numel(), d = config_.hidden_size;
   const int64_t end = std::min(config_.vocab_size, vocab_begin_ + vocab_chunk_);
-  Q3VL_CHECK(ids.dtype() == DType::kI64) << ids.DebugString();
-  Tensor local = Tensor::Empty(DType::kI64, {n});  // [N] row in this rank's slice (0 if not ours)
+  std::vector<int64_t> local(n);  // row in this rank's slice (0 if not ours)
   std::vector<int64_t> others;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = ids.data<int64_t>()[i];
-    const bool mine = id >= vocab_begin_ && id < end;
-    local.data<int64_t>()[i] = mine ? id - vocab_begin_ : 0;
+    const bool mine = ids[i] >= vocab_begin_ && ids[i] < end;
+    local[i] = mine ? ids[i] - vocab_begin_ : 0;
     if (!mine) others.push_back(i);
   }
-  backend.GatherRows({.table = embed_.Slice(0, vocab_begin_, end), .ids = local, .out = out});
-  for (int64_t i : others) std::fill_n(out.data<float>() + i * d, d, 0.0f);
+  backend.GatherRows({.table = embed_.Slice(0, vocab_begin_, end),
+                      .ids = Upload(backend, Tensor::FromVectorI64(local, {n})), .out = out});
+  if (!others.empty()) {
+    const int64_t m = static_cast<int64_t>(others.size());
+    backend.ScatterAddRows({.src = backend.Allocate(DType::kF32, {m, d}),  // zeros
+                            .ids = Upload(backend, Tensor::FromVectorI64(others, {m})), .out = out,
+                            .accumulate = false});
+  }
   SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
-                            const Tensor& x, Tensor& out) const {
+                            const kv::KvStepPlan& plan, const Tensor& x, Tensor& out) const {
   const int64_t t = x.dim(0), h = shard_.num_heads, kvh = shard_.num_kv_heads, hd = config_.head_dim;
   Tensor q = backend.Allocate(DType::kF32, {t, h, hd});    // [T, H, hd]
   Tensor k = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
@@ -220,17 +233,11 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
   backend.RmsNorm({.x = k, .weight = layer.k_norm, .out = k, .eps = config_.rms_norm_eps});
   backend.Rope({.x = q, .cos = batch.rope.cos, .sin = batch.rope.sin});
   backend.Rope({.x = k, .cos = batch.rope.cos, .sin = batch.rope.sin});
-  std::vector<int64_t> pending;
-  for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
-    const int64_t begin = batch.q_starts[s], end = batch.q_starts[s + 1];
-    batch.kv->Write(cache_layer, batch.seq_ids[s], k.Slice(0, begin, end), v.Slice(0, begin, end));
-    pending.push_back(end - begin);
-  }
+  batch.kv->Write(cache_layer, plan, k, v);
   Tensor keys, values;  // [sum context, KV, hd]
-  std::vector<int64_t> k_starts;
-  batch.kv->Gather(cache_layer, batch.seq_ids, pending, &keys, &values, &k_starts);
+  batch.kv->Read(cache_layer, plan, &keys, &values);
   Tensor attn = backend.Allocate(DType::kF32, {t, h, hd});  // [T, H, hd]
-  backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = k_starts,
+  backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = plan.k_starts,
                      .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
   SumPartials(shard_.tp, out);
@@ -253,6 +260,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
   Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
   ReceiveFromPreviousStage(shard_.pp, h);
+  const kv::KvStepPlan plan = batch.kv->Plan(batch.seq_ids, batch.q_starts);  // one upload per step
   moe::LocalDispatcher local;
   std::optional<moe::AllToAllDispatcher> all_to_all;
   if (shard_.ep != nullptr && shard_.ep->size() > 1) {
@@ -265,7 +273,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     const int64_t l = shard_.first_layer + i;  // global layer index (KV cache, DeepStack, traces)
     const Layer& layer = layers_[i];
     backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
-    Attention(backend, layer, i, batch, a, delta);  // KV cache layers are this stage's
+    Attention(backend, layer, i, batch, plan, a, delta);  // KV cache layers are this stage's
     backend.Add({.a = h, .b = delta, .out = h});
     backend.RmsNorm({.x = h, .weight = layer.post_norm, .out = a, .eps = config_.rms_norm_eps});
     if (layer.moe) {
@@ -275,7 +283,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
                        .renormalize = config_.norm_topk_prob,
                        .routing_out = batch.trace ? &routing : nullptr});
       SumPartials(shard_.etp, delta);
-      if (batch.trace) Trace(batch.trace, "router_topk", l, routing.expert_ids);
+      if (batch.trace) Trace(backend, batch.trace, "router_topk", l, routing.expert_ids);
     } else {
       DenseMlp(backend, layer, a, delta);
     }
@@ -284,7 +292,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
         batch.visual_rows.numel() > 0) {
       backend.ScatterAddRows({.src = batch.deepstack[l], .ids = batch.visual_rows, .out = h});
     }
-    Trace(batch.trace, "layer_hidden", l, h);
+    Trace(backend, batch.trace, "layer_hidden", l, h);
   }
   SendToNextStage(shard_.pp, h);
   for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
@@ -298,7 +306,7 @@ Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::ve
   const int64_t n = static_cast<int64_t>(rows.size());
   const bool last_stage = Rank(shard_.pp) == Size(shard_.pp) - 1;
   Tensor logits = last_stage ? StageLogits(backend, hidden, rows, trace)
-                             : backend.Allocate(DType::kF32, {n, config_.vocab_size});
+                             : Tensor::Empty(DType::kF32, {n, config_.vocab_size});
   BroadcastFromLastStage(shard_.pp, logits);
   return logits;
 }
@@ -307,9 +315,9 @@ Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const st
                                 const TraceFn* trace) const {
   const int64_t n = static_cast<int64_t>(rows.size()), d = config_.hidden_size;
   Tensor selected = backend.Allocate(DType::kF32, {n, d});  // [N, D]
-  backend.GatherRows({.table = hidden, .ids = Tensor::FromVectorI64(rows, {n}), .out = selected});
+  backend.GatherRows({.table = hidden, .ids = Upload(backend, Tensor::FromVectorI64(rows, {n})), .out = selected});
   backend.RmsNorm({.x = selected, .weight = norm_, .out = selected, .eps = config_.rms_norm_eps});
-  Trace(trace, "final_hidden_normed", 0, selected);
+  Trace(backend, trace, "final_hidden_normed", 0, selected);
   Tensor local = backend.Allocate(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
   backend.Gemm({.a = selected, .b = lm_head_, .out = local});
   return local;

@@ -72,10 +72,11 @@ class TextDecoder {
   const DecoderShard& shard() const { return shard_; }
 
   // out [N, D] = embed_tokens[ids] (vocab-parallel over tp: this rank's rows, all-reduced).
-  void Embed(Backend& backend, const Tensor& ids, Tensor& out) const;
+  void Embed(Backend& backend, const std::vector<int64_t>& ids, Tensor& out) const;
   // Runs every layer; appends the new tokens to the KV cache (committed at the end).
   void Forward(Backend& backend, DecoderBatch& batch) const;
-  // logits [N, V] = RMSNorm(hidden[rows]) · lm_headᵀ for the given rows of `hidden`.
+  // logits [N, V] = RMSNorm(hidden[rows]) · lm_headᵀ for the given rows of `hidden`, as a
+  // host tensor.
   Tensor Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                 const TraceFn* trace = nullptr) const;
 
@@ -112,12 +113,13 @@ class TextDecoder {
   };
   void LoadExperts(WeightLoader& loader, const std::string& prefix, Layer& layer) const;
   void Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
-                 const Tensor& x, Tensor& out) const;
+                 const kv::KvStepPlan& plan, const Tensor& x, Tensor& out) const;
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
-  // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp.
+  // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp (host tensor).
   Tensor StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                      const TraceFn* trace) const;
-  // This rank's chunk of the logits: [N, vocab_chunk_] (columns past V are padding).
+  // This rank's chunk of the logits: [N, vocab_chunk_] (columns past V are padding), in the
+  // backend's memory.
   Tensor LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                      const TraceFn* trace) const;
 

@@ -52,7 +52,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
   const int tp = shard_.tp ? shard_.tp->size() : 1;
   std::vector<int64_t> tokens(n);
   if (tp == 1) {
-    const Tensor logits = LocalLogits(backend, hidden, rows, nullptr);  // [N, V]
+    const Tensor logits = Download(backend, LocalLogits(backend, hidden, rows, nullptr));  // [N, V]
     for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * vocab_chunk_, v, *params[i], *rngs[i]);
     return tokens;
   }
@@ -73,7 +73,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
     for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * v, v, *params[i], *rngs[i]);
     return tokens;
   }
-  const Tensor local = LocalLogits(backend, hidden, rows, nullptr);  // [N, V_chunk]
+  const Tensor local = Download(backend, LocalLogits(backend, hidden, rows, nullptr));  // [N, V_chunk]
   const int64_t width = std::max<int64_t>(0, std::min(v, vocab_begin_ + vocab_chunk_) - vocab_begin_);
   Tensor mine = Tensor::Empty(DType::kF32, {n, 2, k});  // per row: logits then ids
   for (int64_t i = 0; i < n; ++i) {

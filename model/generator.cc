@@ -45,7 +45,8 @@ Tensor Interleave(Backend& backend, const Tensor& image, const Tensor& video,
   }
   Tensor out = backend.Allocate(DType::kF32, {static_cast<int64_t>(order.size()), hidden});
   if (!order.empty()) {
-    backend.GatherRows({.table = table, .ids = Tensor::FromVectorI64(order, {static_cast<int64_t>(order.size())}), .out = out});
+    backend.GatherRows({.table = table, .ids = Upload(backend, Tensor::FromVectorI64(order, {static_cast<int64_t>(order.size())})),
+                        .out = out});
   }
   return out;
 }
@@ -226,17 +227,17 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   const int64_t total = static_cast<int64_t>(all_ids.size());
   const int64_t num_visual = static_cast<int64_t>(visual_rows.size());
   batch.hidden = backend.Allocate(DType::kF32, {total, d});
-  if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(all_ids, {total}), batch.hidden);
+  if (first_stage) decoder.Embed(backend, all_ids, batch.hidden);
   if (num_visual > 0 && first_stage) {
-    batch.visual_rows = Tensor::FromVectorI64(visual_rows, {num_visual});
+    batch.visual_rows = Upload(backend, Tensor::FromVectorI64(visual_rows, {num_visual}));
     backend.ScatterAddRows({.src = ConcatRows(backend, visual_embeds), .ids = batch.visual_rows,
                             .out = batch.hidden, .accumulate = false});
     for (size_t k = 0; k < num_deepstack; ++k) batch.deepstack.push_back(ConcatRows(backend, deepstack[k]));
   }
-  Trace(options_.trace, "inputs_embeds", 0, batch.hidden);
+  Trace(backend, options_.trace, "inputs_embeds", 0, batch.hidden);
   std::vector<int64_t> flat_positions;
   for (const auto& axis : positions) flat_positions.insert(flat_positions.end(), axis.begin(), axis.end());
-  batch.rope = MropeTables(cfg.text, flat_positions, total);
+  batch.rope = Upload(backend, MropeTables(cfg.text, flat_positions, total));
   decoder.Forward(backend, batch);
 
   std::vector<int64_t> logit_rows;
@@ -316,9 +317,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       }
       std::vector<int64_t> pos3;
       for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), positions.begin(), positions.end());
-      step.rope = MropeTables(cfg.text, pos3, m);
+      step.rope = Upload(backend, MropeTables(cfg.text, pos3, m));
       step.hidden = backend.Allocate(DType::kF32, {m, d});
-      if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+      if (first_stage) decoder.Embed(backend, ids, step.hidden);
       decoder.Forward(backend, step);  // receives from stage - 1, sends to stage + 1
       ++stats_.decode_steps;
       if (stage == last) {
@@ -411,9 +412,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     ++stats_.decode_steps;
     std::vector<int64_t> pos3;
     for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), step_positions.begin(), step_positions.end());
-    step.rope = MropeTables(cfg.text, pos3, m);
+    step.rope = Upload(backend, MropeTables(cfg.text, pos3, m));
     step.hidden = backend.Allocate(DType::kF32, {m, d});
-    if (first_stage) decoder.Embed(backend, Tensor::FromVectorI64(ids, {m}), step.hidden);
+    if (first_stage) decoder.Embed(backend, ids, step.hidden);
     decoder.Forward(backend, step);
     std::vector<int64_t> rows(m);
     for (int64_t j = 0; j < m; ++j) rows[j] = j;

@@ -79,12 +79,13 @@ Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
 }
 
 Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& local, int64_t vocab) {
-  if (Trivial(tp)) return local;
+  if (Trivial(tp)) return Download(backend, local);
   const int size = tp->size();
   const int64_t n = local.dim(0), chunk = local.dim(1);
-  Tensor gathered = backend.Allocate(DType::kF32, {size * n, chunk});  // [T N, chunk]
-  Q3VL_CHECK_OK(tp->AllGather({.in = local, .out = gathered}));
-  Tensor logits = backend.Allocate(DType::kF32, {n, vocab});  // [N, V]
+  Tensor all = backend.Allocate(DType::kF32, {size * n, chunk});  // [T N, chunk]
+  Q3VL_CHECK_OK(tp->AllGather({.in = local, .out = all}));
+  const Tensor gathered = Download(backend, all);
+  Tensor logits = Tensor::Empty(DType::kF32, {n, vocab});  // [N, V]
   for (int r = 0; r < size; ++r) {
     const int64_t begin = r * chunk, width = std::min(vocab, begin + chunk) - begin;
     for (int64_t i = 0; i < n && width > 0; ++i) {

@@ -39,7 +39,8 @@ std::vector<int64_t> ReceiveValues(parallel::Communicator* pp, int from);
 Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine);
 
 // Vocab-parallel rows: rank r holds columns [r chunk, (r + 1) chunk) of [N, vocab] as
-// local [N, chunk] (columns past vocab are padding); every rank gets the whole [N, vocab].
+// local [N, chunk] (columns past vocab are padding); every rank gets the whole [N, vocab] as a
+// host tensor.
 Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& local, int64_t vocab);
 
 }  // namespace q3vl::model

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/tensor.h"
+#include "core/backend.h"
 #include "model/config.h"
 
 namespace q3vl::model {
@@ -33,11 +33,15 @@ struct RopeIndex {
 // get_rope_index. InvalidArgument when placeholder counts and grids disagree.
 absl::StatusOr<RopeIndex> GetRopeIndex(const RopeIndexParams& p);
 
-// cos/sin [T, head_dim] of the interleaved M-RoPE for positions [3, T] (t, h, w rows).
+// cos/sin [T, head_dim] of the interleaved M-RoPE for positions [3, T] (t, h, w rows). Built
+// on the host; Upload moves both to a backend's memory.
 struct RopeTables {
   Tensor cos;
   Tensor sin;
 };
+inline RopeTables Upload(Backend& backend, const RopeTables& t) {
+  return {.cos = q3vl::Upload(backend, t.cos), .sin = q3vl::Upload(backend, t.sin)};
+}
 RopeTables MropeTables(const TextConfig& config, const std::vector<int64_t>& positions, int64_t num_tokens);
 
 // cos/sin [N, head_dim] of the vision 2-D rotary for (row, col) of each patch.

@@ -30,7 +30,8 @@ VisionTower::VisionTower(const VisionConfig& config, WeightLoader& loader) : con
                         {dv, config.in_channels, config.temporal_patch_size, config.patch_size,
                          config.patch_size}).Reshape({dv, config.patch_dim()});
   patch_b_ = loader.Get(p + "patch_embed.proj.bias", {dv});
-  pos_table_ = loader.Get(p + "pos_embed.weight", {config.num_position_embeddings, dv});
+  // Interpolated on the host per input (VisionTower::PositionEmbedding), so kept there.
+  pos_table_ = loader.GetOnHost(p + "pos_embed.weight", {config.num_position_embeddings, dv});
   for (int64_t j = 0; j < config.depth; ++j) {
     const std::string b = absl::StrCat(p, "blocks.", j, ".");
     blocks_.push_back({
@@ -196,13 +197,13 @@ Tensor VisionTower::RunMerger(Backend& backend, const Merger& merger, const Tens
 VisionOutput VisionTower::Forward(Backend& backend, const VisionInput& input, const TraceFn* trace) const {
   const int64_t n = input.pixel_values.dim(0), dv = config_.hidden_size;
   Tensor x = backend.Allocate(DType::kF32, {n, dv});  // [N, Dv]
-  backend.Gemm({.a = input.pixel_values.ToF32(), .b = patch_w_, .bias = patch_b_, .out = x});
-  Trace(trace, "vision_patch_embed", 0, x);
+  backend.Gemm({.a = Upload(backend, input.pixel_values.ToF32()), .b = patch_w_, .bias = patch_b_, .out = x});
+  Trace(backend, trace, "vision_patch_embed", 0, x);
   std::vector<int64_t> rows, cols;
-  Tensor pos = PositionEmbedding(input.grids, &rows, &cols);  // [N, Dv]
-  Trace(trace, "vision_pos_embed", 0, pos);
+  const Tensor pos = Upload(backend, PositionEmbedding(input.grids, &rows, &cols));  // [N, Dv]
+  Trace(backend, trace, "vision_pos_embed", 0, pos);
   backend.Add({.a = x, .b = pos, .out = x});
-  const RopeTables rope = VisionRopeTables(config_.head_dim(), rows, cols);
+  const RopeTables rope = Upload(backend, VisionRopeTables(config_.head_dim(), rows, cols));
   std::vector<int64_t> segments = {0};
   for (const GridThw& g : input.grids) {
     for (int64_t t = 0; t < g[0]; ++t) segments.push_back(segments.back() + g[1] * g[2]);
@@ -211,7 +212,7 @@ VisionOutput VisionTower::Forward(Backend& backend, const VisionInput& input, co
   size_t next_tap = 0;
   for (int64_t j = 0; j < config_.depth; ++j) {
     RunBlock(backend, blocks_[j], rope, segments, x);
-    Trace(trace, "vision_block", j, x);
+    Trace(backend, trace, "vision_block", j, x);
     if (next_tap < config_.deepstack_visual_indexes.size() &&
         config_.deepstack_visual_indexes[next_tap] == j) {
       out.deepstack.push_back(RunMerger(backend, deepstack_mergers_[next_tap], x));

@@ -76,7 +76,7 @@ class VisionTower {
   VisionConfig config_;
   Tensor patch_w_;    // [Dv, C * tp * ps * ps]
   Tensor patch_b_;    // [Dv]
-  Tensor pos_table_;  // [S * S, Dv]
+  Tensor pos_table_;  // [S * S, Dv], host
   std::vector<Block> blocks_;
   Merger merger_;
   std::vector<Merger> deepstack_mergers_;

@@ -77,7 +77,7 @@ void ServeVision(Backend& backend, const VisionTower& tower, const VisionInput& 
     for (int64_t f = 0; f < num_features && end > begin; ++f) {
       Tensor rows = packed.Select(f).Slice(0, begin, end);
       if (p == 0) {
-        rows.CopyFrom(feature(f));
+        backend.Copy(feature(f), rows);
       } else {
         Q3VL_CHECK_OK(vision.Recv(rows, p));
       }

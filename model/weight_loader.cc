@@ -7,56 +7,62 @@ namespace q3vl::model {
 
 Tensor WeightLoader::Get(const std::string& name, const Shape& shape,
                          const std::vector<SliceRange>& ranges) {
-  return Load(name, shape, ranges, /*keep_bf16=*/false);
+  return Load(name, shape, ranges, /*keep_bf16=*/false, /*on_host=*/false);
 }
 
 Tensor WeightLoader::GetMatrix(const std::string& name, const Shape& shape,
                                const std::vector<SliceRange>& ranges) {
-  return Load(name, shape, ranges, /*keep_bf16=*/true);
+  return Load(name, shape, ranges, /*keep_bf16=*/true, /*on_host=*/false);
+}
+
+Tensor WeightLoader::GetOnHost(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges) {
+  return Load(name, shape, ranges, /*keep_bf16=*/false, /*on_host=*/true);
+}
+
+Tensor WeightLoader::GetMatrixOnHost(const std::string& name, const Shape& shape,
+                                     const std::vector<SliceRange>& ranges) {
+  return Load(name, shape, ranges, /*keep_bf16=*/true, /*on_host=*/true);
 }
 
 Tensor WeightLoader::Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges,
-                          bool keep_bf16) {
+                          bool keep_bf16, bool on_host) {
   if (declared_.insert(name).second) declarations_.emplace_back(name, shape);
   Shape local = shape;
   for (const SliceRange& r : ranges) local[r.dim] = r.end - r.start;
   const TensorInfo* info = checkpoint_.Find(name);
   if (info == nullptr) {
     missing_.push_back(name);
-    return Placeholder(keep_bf16 ? missing_matrix_dtype_ : DType::kF32, local);
+    return Placeholder(keep_bf16 ? missing_matrix_dtype_ : DType::kF32, local, on_host);
   }
   if (info->shape != shape) {
     mismatched_.push_back(absl::StrCat(name, " is ", ShapeString(info->shape), ", expected ",
                                        ShapeString(shape)));
-    return Placeholder(DType::kF32, local);
+    return Placeholder(DType::kF32, local, on_host);
   }
   absl::StatusOr<Tensor> host = keep_bf16 ? checkpoint_.ReadKeepBf16(name, ranges) : checkpoint_.ReadF32(name, ranges);
   if (!host.ok()) {
     mismatched_.push_back(absl::StrCat(name, ": ", host.status().message()));
-    return Placeholder(DType::kF32, local);
+    return Placeholder(DType::kF32, local, on_host);
   }
-  if (backend_.device() == Device::kCpu) return *host;
-  Tensor out = backend_.Allocate(host->dtype(), local);
-  backend_.Copy(*host, out);
-  return out;
+  return on_host ? *host : Place(*host);
 }
 
-Tensor WeightLoader::Placeholder(DType dtype, const Shape& shape) {
+Tensor WeightLoader::Placeholder(DType dtype, const Shape& shape, bool on_host) {
   // Declaring a model of any size must not allocate it: zeros that cost nothing until written.
-  if (declare_only_ && backend_.device() == Device::kCpu) return Tensor::LazyZeros(dtype, shape);
+  if (declare_only_ && (on_host || backend_.device() == Device::kCpu)) return Tensor::LazyZeros(dtype, shape);
+  if (on_host && backend_.device() != Device::kCpu) return Tensor::Empty(dtype, shape);
   return backend_.Allocate(dtype, shape);  // (a benchmark's backend fills these with random weights)
 }
 
 Tensor WeightLoader::GetView(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges) {
   const TensorInfo* info = checkpoint_.Find(name);
-  if (info == nullptr || info->shape != shape || backend_.device() != Device::kCpu ||
-      (info->dtype != DType::kBF16 && info->dtype != DType::kF32)) {
-    return GetMatrix(name, shape, ranges);  // records the problem, converts, or copies
+  if (info == nullptr || info->shape != shape || (info->dtype != DType::kBF16 && info->dtype != DType::kF32)) {
+    return GetMatrixOnHost(name, shape, ranges);  // records the problem, or converts
   }
   Tensor view = checkpoint_.View(*info);
   for (const SliceRange& r : ranges) {
     if (r.dim < 0 || r.dim >= view.rank() || r.start < 0 || r.start > r.end || r.end > view.dim(r.dim)) {
-      return GetMatrix(name, shape, ranges);  // records the bad slice
+      return GetMatrixOnHost(name, shape, ranges);  // records the bad slice
     }
     view = view.Slice(r.dim, r.start, r.end);
   }
@@ -68,7 +74,7 @@ Tensor WeightLoader::GetView(const std::string& name, const Shape& shape, const 
 Tensor WeightLoader::GetStored(const std::string& name, const Shape& shape) {
   const TensorInfo* info = checkpoint_.Find(name);
   if (info == nullptr || info->shape != shape || backend_.device() != Device::kCpu) {
-    return Get(name, shape);  // records the problem (or copies to the device)
+    return GetMatrix(name, shape);  // records the problem (or copies to the device, bf16 kept)
   }
   declared_.insert(name);
   return checkpoint_.View(*info);

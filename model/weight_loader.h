@@ -33,6 +33,7 @@ class WeightLoader {
     return loader;
   }
   bool declare_only() const { return declare_only_; }
+  Backend& backend() const { return backend_; }
 
   bool Has(const std::string& name) const { return checkpoint_.Find(name) != nullptr; }
   // The checkpoint's entry for `name` (dtype, shape), or nullptr.
@@ -45,14 +46,20 @@ class WeightLoader {
   // Like Get, but a bf16 tensor stays bf16 (half the memory): for GEMM weights, which every
   // backend reads as stored (the CPU widens per tile, exactly).
   Tensor GetMatrix(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
-  // The slice `ranges` of `name` as a strided view of the mapped bytes (no copy), counted as
-  // read; for a caller that rearranges the weight into its own layout in one pass. Host
-  // backends and f32/bf16 tensors only: otherwise, and on a problem (recorded), it returns
-  // GetMatrix's result (a contiguous copy or zeros).
+  // Like Get and GetMatrix, but always a host tensor, whatever the backend: for weights the
+  // host works on (a table interpolated per input) or rearranges before Place().
+  Tensor GetOnHost(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
+  Tensor GetMatrixOnHost(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges = {});
+  // The slice `ranges` of `name` as a strided host view of the mapped bytes (no copy), counted
+  // as read; for a caller that rearranges the weight into its own layout in one pass and then
+  // Place()s it. For f32/bf16 tensors: otherwise, and on a problem (recorded), it returns
+  // GetMatrixOnHost's result (a contiguous copy or zeros).
   Tensor GetView(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges);
-  // Like Get, but returns the stored bytes as they are (bf16 stays bf16) without copying;
-  // host backends only. For tables read a few rows at a time (the token embedding).
+  // Like GetMatrix, but on a host backend the stored bytes themselves, mapped (no copy). For
+  // tables read a few rows at a time (the token embedding).
   Tensor GetStored(const std::string& name, const Shape& shape);
+  // A weight built on the host, in the backend's memory (itself on a host backend).
+  Tensor Place(const Tensor& host) { return Upload(backend_, host); }
   // Marks `name` as known without loading it (a tensor another rank or stage owns).
   void Skip(const std::string& name) { declared_.insert(name); }
   // Skip for every checkpoint tensor whose name starts with `prefix` (another stage's layer).
@@ -70,9 +77,10 @@ class WeightLoader {
   const std::vector<std::pair<std::string, Shape>>& declarations() const { return declarations_; }
 
  private:
-  Tensor Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges, bool keep_bf16);
+  Tensor Load(const std::string& name, const Shape& shape, const std::vector<SliceRange>& ranges, bool keep_bf16,
+              bool on_host);
   // A zero stand-in for a tensor that could not be read (the load fails in Finish()).
-  Tensor Placeholder(DType dtype, const Shape& shape);
+  Tensor Placeholder(DType dtype, const Shape& shape, bool on_host);
 
   const Checkpoint& checkpoint_;
   Backend& backend_;

@@ -17,8 +17,10 @@ DispatchHandle LocalDispatcher::Dispatch(Backend& backend, const Tensor& x, cons
                                          const ExpertWeights& experts) {
   const int64_t tokens = x.dim(0), top_k = routing.expert_ids.dim(1);
   const int64_t num_local = experts.gate_up.dim(0);
-  const int32_t* ids = routing.expert_ids.data<int32_t>();
-  const float* weights = routing.weights.data<float>();
+  // The routing is read on the host (a sync on a device): the grouped GEMM's row counts.
+  const Tensor ids_host = Download(backend, routing.expert_ids), weights_host = Download(backend, routing.weights);
+  const int32_t* ids = ids_host.data<int32_t>();
+  const float* weights = weights_host.data<float>();
   // Counting sort of (token, slot) pairs by local expert; pairs for other ranks' experts are
   // dropped (they do not occur with a local dispatcher holding every expert).
   std::vector<int64_t> counts(num_local + 1, 0);
@@ -31,11 +33,11 @@ DispatchHandle LocalDispatcher::Dispatch(Backend& backend, const Tensor& x, cons
   h.offsets.assign(num_local + 1, 0);
   for (int64_t e = 0; e < num_local; ++e) h.offsets[e + 1] = h.offsets[e] + counts[e + 1];
   const int64_t rows = h.offsets.back();
-  h.source_token = Tensor::Empty(DType::kI64, {rows});
-  h.weight = Tensor::Empty(DType::kF32, {rows});
+  Tensor source_token = Tensor::Empty(DType::kI64, {rows});
+  Tensor weight = Tensor::Empty(DType::kF32, {rows});
   std::vector<int64_t> cursor(h.offsets.begin(), h.offsets.end() - 1);
-  int64_t* src = h.source_token.data<int64_t>();
-  float* w = h.weight.data<float>();
+  int64_t* src = source_token.data<int64_t>();
+  float* w = weight.data<float>();
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t j = 0; j < top_k; ++j) {
       const int64_t e = ids[t * top_k + j] - experts.first_expert;
@@ -45,6 +47,8 @@ DispatchHandle LocalDispatcher::Dispatch(Backend& backend, const Tensor& x, cons
       w[row] = weights[t * top_k + j];
     }
   }
+  h.source_token = Upload(backend, source_token);
+  h.weight = Upload(backend, weight);
   h.rows = backend.Allocate(DType::kF32, {rows, x.dim(1)});
   if (rows > 0) backend.GatherRows({.table = x, .ids = h.source_token, .out = h.rows});
   return h;
@@ -71,7 +75,7 @@ void MoeForward(Backend& backend, Dispatcher& dispatcher, const ExpertWeights& e
   backend.GroupedGemm({.a = act, .weights = experts.down, .offsets = h.offsets, .out = expert_out,
                        .weights_transposed = true});
   Tensor out = p.out;
-  out.Fill(0.0f);
+  backend.Zero(out);
   dispatcher.Combine(backend, h, expert_out, out);
   if (p.routing_out != nullptr) *p.routing_out = std::move(routing);
 }

@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
   Tensor Allocate(DType dtype, Shape shape) override;
   void Copy(const Tensor& src, Tensor& dst) override;
   void Synchronize() override {}
+  void Zero(Tensor& t) override;
 
   void Gemm(const GemmParams& p) override;
   void GroupedGemm(const GroupedGemmParams& p) override;

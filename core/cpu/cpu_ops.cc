@@ -46,6 +46,19 @@ Tensor CpuBackend::Allocate(DType dtype, Shape shape) {
 
 void CpuBackend::Copy(const Tensor& src, Tensor& dst) { dst.CopyFrom(src); }
 
+void CpuBackend::Zero(Tensor& t) {
+  if (t.numel() == 0) return;
+  Q3VL_CHECK(t.device() == Device::kCpu) << "Zero: " << t.DebugString() << " is not host memory";
+  const size_t es = DTypeSize(t.dtype());
+  if (t.is_contiguous()) {
+    std::memset(t.raw_data(), 0, t.size_bytes());
+    return;
+  }
+  Q3VL_CHECK(t.rank() == 2 && t.strides()[1] == 1) << "Zero of a strided view: " << t.DebugString();
+  char* base = static_cast<char*>(t.raw_data());
+  for (int64_t r = 0; r < t.dim(0); ++r) std::memset(base + r * t.strides()[0] * es, 0, t.dim(1) * es);
+}
+
 void CpuBackend::RmsNorm(const RmsNormParams& p) {
   const Rows x = AsRows(p.x, "x");
   const Rows out = AsRows(p.out, "out");
@@ -225,6 +238,20 @@ void CpuBackend::Add(const AddParams& p) {
   Q3VL_CHECK_EQ(n, out.rows * out.width);
 #pragma omp parallel for if (n > 65536)
   for (int64_t i = 0; i < n; ++i) out.data[i] = a.data[i] + b.data[i];
+}
+
+Tensor Upload(Backend& backend, const Tensor& t) {
+  if (t.device() == backend.device()) return t;
+  Tensor out = backend.Allocate(t.dtype(), t.shape());
+  backend.Copy(t, out);
+  return out;
+}
+
+Tensor Download(Backend& backend, const Tensor& t) {
+  if (t.device() == Device::kCpu) return t;
+  Tensor out = Tensor::Empty(t.dtype(), t.shape());
+  backend.Copy(t, out);
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {

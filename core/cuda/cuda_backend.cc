@@ -157,6 +157,18 @@ void CudaBackend::Copy(const Tensor& src, Tensor& dst) {
   if (dst.device() == Device::kCpu) Q3VL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller reads it next
 }
 
+void CudaBackend::Zero(Tensor& t) {
+  if (t.numel() == 0) return;
+  CheckOnDevice(t, "Zero");
+  if (t.is_contiguous()) {
+    Q3VL_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.size_bytes(), stream_));
+    return;
+  }
+  const size_t esize = DTypeSize(t.dtype());
+  Q3VL_CUDA_CHECK(cudaMemset2DAsync(t.raw_data(), RowStride(t, "Zero") * esize, 0, t.dim(1) * esize, t.dim(0),
+                                    stream_));
+}
+
 Tensor CudaBackend::ToDevice(const Tensor& host) {
   Tensor t = Allocate(host.dtype(), host.shape());
   Copy(host, t);
@@ -303,7 +315,7 @@ void CudaBackend::Attention(const AttentionParams& p) {
   std::vector<int64_t> starts(p.q_starts.begin(), p.q_starts.end());
   starts.insert(starts.end(), p.k_starts.begin(), p.k_starts.end());
   Tensor bounds = ToDevice(Tensor::FromVectorI64(starts, {static_cast<int64_t>(starts.size())}));
-  const int64_t* d_starts = bounds.data<int64_t>();
+  const int64_t* d_starts = bounds.device_data<int64_t>();
   cuda::Attention({.q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .q_starts = d_starts,
                    .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs), .total_q = p.q.dim(0),
                    .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads),
@@ -320,8 +332,8 @@ void CudaBackend::Router(const RouterParams& p) {
   CheckOnDevice(p.expert_ids, "expert_ids");
   CheckOnDevice(p.weights, "weights");
   cuda::Router({.logits = logits.data, .logits_type = logits.type, .tokens = logits.rows, .experts = logits.width,
-                .top_k = p.top_k, .renormalize = p.renormalize, .expert_ids = p.expert_ids.data<int32_t>(),
-                .weights = p.weights.data<float>()},
+                .top_k = p.top_k, .renormalize = p.renormalize, .expert_ids = p.expert_ids.device_data<int32_t>(),
+                .weights = p.weights.device_data<float>()},
                stream_);
   CheckLaunch("Router");
 }
@@ -337,7 +349,7 @@ void CudaBackend::GatherRows(const GatherRowsParams& p) {
   cuda::GatherRows({.table = p.table.raw_data(), .table_type = ToElemType(p.table.dtype(), "table"),
                     .row_stride = RowStride(p.table, "table"), .table_rows = p.table.dim(0), .width = out.width,
                     .ids = p.ids.raw_data(), .ids_are_i64 = IdsAreI64(p.ids), .n = n, .out = out.data,
-                    .out_type = out.type, .error = error_.data<int32_t>()},
+                    .out_type = out.type, .error = error_.device_data<int32_t>()},
                    stream_);
   CheckLaunch("GatherRows");
 }
@@ -352,12 +364,12 @@ void CudaBackend::ScatterAddRows(const ScatterAddRowsParams& p) {
   if (p.scale.defined()) {
     Q3VL_CHECK(p.scale.dtype() == DType::kF32 && p.scale.numel() == src.rows) << p.scale.DebugString();
     CheckOnDevice(p.scale, "scale");
-    scale = p.scale.data<float>();
+    scale = p.scale.device_data<float>();
   }
   cuda::ScatterAddRows({.src = src.data, .src_type = src.type, .ids = p.ids.raw_data(),
                         .ids_are_i64 = IdsAreI64(p.ids), .scale = scale, .out = out.data, .out_type = out.type,
                         .n = src.rows, .out_rows = out.rows, .width = out.width, .accumulate = p.accumulate,
-                        .error = error_.data<int32_t>()},
+                        .error = error_.device_data<int32_t>()},
                        stream_);
   CheckLaunch("ScatterAddRows");
 }

@@ -40,6 +40,7 @@ class CudaBackend final : public Backend {
   Tensor Allocate(DType dtype, Shape shape) override;
   void Copy(const Tensor& src, Tensor& dst) override;
   void Synchronize() override;
+  void Zero(Tensor& t) override;
 
   void Gemm(const GemmParams& p) override;
   void GroupedGemm(const GroupedGemmParams& p) override;

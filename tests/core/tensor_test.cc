@@ -1,6 +1,8 @@
 #include "core/tensor.h"
 
+#include "core/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
+#include "tests/device_sim_backend.h"
 
 namespace q3vl {
 namespace {
@@ -31,6 +33,49 @@ TEST(TensorTest, ToF32WidensBf16) {
   EXPECT_EQ(f.data<float>()[0], 1.5f);
   EXPECT_EQ(f.data<float>()[1], -2.25f);
   EXPECT_NEAR(f.data<float>()[2], 3e-3f, 1e-5f);
+}
+
+// Device memory is reachable only through a backend: host accessors CHECK-fail on it, and
+// Upload/Download move tensors (and leave tensors already in place alone).
+TEST(TensorDeathTest, HostAccessToDeviceMemoryFails) {
+  testing::DeviceSimBackend device;
+  Tensor t = device.Allocate(DType::kF32, {2, 3});
+  EXPECT_DEATH(t.data<float>(), "data\\(\\) on device memory");
+  EXPECT_DEATH(t.Clone(), "CopyFrom on device memory");
+  EXPECT_DEATH(t.ToF32(), "ToF32 on device memory");
+  EXPECT_DEATH(t.Fill(1.0f), "on device memory");
+  EXPECT_NE(t.device_data<float>(), nullptr);  // what a backend hands its kernels
+}
+
+TEST(TensorTest, UploadAndDownload) {
+  CpuBackend cpu;
+  testing::DeviceSimBackend device;
+  const Tensor host = Tensor::FromVector({1, 2, 3, 4, 5, 6}, {2, 3});
+  EXPECT_EQ(Upload(cpu, host).buffer(), host.buffer());  // already there
+  EXPECT_EQ(Download(cpu, host).buffer(), host.buffer());
+  const Tensor up = Upload(device, host);
+  EXPECT_EQ(up.device(), Device::kCuda);
+  EXPECT_EQ(Upload(device, up).buffer(), up.buffer());
+  const Tensor back = Download(device, up.Slice(0, 1, 2));
+  EXPECT_EQ(back.device(), Device::kCpu);
+  EXPECT_EQ(std::vector<float>(back.data<float>(), back.data<float>() + 3), (std::vector<float>{4, 5, 6}));
+  EXPECT_EQ(device.downloads(), 1);
+}
+
+TEST(TensorTest, ZeroContiguousAndRowStrided) {
+  for (bool on_device : {false, true}) {
+    CpuBackend cpu;
+    testing::DeviceSimBackend sim;
+    Backend& b = on_device ? static_cast<Backend&>(sim) : cpu;
+    Tensor t = Upload(b, Tensor::FromVector({1, 2, 3, 4, 5, 6}, {2, 3}));
+    Tensor cols = t.Slice(1, 1, 3);  // rows of 2 inside rows of 3
+    b.Zero(cols);
+    Tensor h = Download(b, t);
+    EXPECT_EQ(std::vector<float>(h.data<float>(), h.data<float>() + 6), (std::vector<float>{1, 0, 0, 4, 0, 0}));
+    b.Zero(t);
+    h = Download(b, t);
+    EXPECT_EQ(std::vector<float>(h.data<float>(), h.data<float>() + 6), std::vector<float>(6, 0.0f));
+  }
 }
 
 TEST(DTypeTest, HalfAndFp8RoundTrip) {

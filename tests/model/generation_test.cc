@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "gtest/gtest.h"
 #include "launcher/eval_case.h"
+#include "tests/device_sim_backend.h"
 #include "tests/test_util.h"
 
 namespace q3vl::model {
@@ -41,6 +42,37 @@ TEST_F(GenerationTest, CachedDecodeEqualsFullRecompute) {
     ASSERT_TRUE(out.ok()) << out.status();
     EXPECT_EQ((*out)[0].tokens[0], (*with_cache)[0].tokens[step]) << "step " << step;
     r.input_ids.push_back((*with_cache)[0].tokens[step]);
+  }
+}
+
+// On a backend whose memory the host may not touch, a batch of an image+video request and a
+// sampled text request gives the CPU backend's logits and tokens bit for bit, and reads device
+// memory on the host only where it must: each MoE layer's routing (2 copies) and the sampled
+// logits (1), per forward step.
+TEST_F(GenerationTest, DeviceBackendMatchesCpuAndSyncsOnlyForRoutingAndLogits) {
+  testing::DeviceSimBackend sim;
+  auto sim_model = Qwen3VL::Load(golden_.dir + "/model", sim);
+  ASSERT_TRUE(sim_model.ok()) << sim_model.status();
+  GenerationRequest sampled;
+  sampled.input_ids = {391, 300, 302, 10, 20, 30, 392, 302, 391, 301, 302};
+  sampled.sampling = {.temperature = 0.8f, .top_k = 20, .top_p = 0.9f, .seed = 7, .max_new_tokens = 9};
+  const std::vector<GenerationRequest> batch = {golden_.request, sampled};
+  for (bool keep_logits : {true, false}) {
+    Generator cpu(*model_, {.keep_prefill_logits = keep_logits});
+    Generator dev(**sim_model, {.keep_prefill_logits = keep_logits});
+    auto want = cpu.Generate(batch);
+    const int64_t downloads_before = sim.downloads();
+    auto got = dev.Generate(batch);
+    ASSERT_TRUE(want.ok() && got.ok()) << want.status() << " / " << got.status();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "request " << i;
+      if (keep_logits) EXPECT_EQ(testing::MaxAbsDiff((*got)[i].prefill_logits, (*want)[i].prefill_logits), 0.0f);
+    }
+    const TextConfig& t = model_->config().text;
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < t.num_layers; ++l) moe_layers += t.IsMoeLayer(l) ? 1 : 0;
+    const int64_t steps = 1 + dev.stats().decode_steps;  // the prefill and each decode step
+    EXPECT_EQ(sim.downloads() - downloads_before, steps * (2 * moe_layers + 1)) << "keep_prefill_logits " << keep_logits;
   }
 }
 

@@ -8,6 +8,7 @@
 #include "core/npy.h"
 #include "gtest/gtest.h"
 #include "launcher/eval_case.h"
+#include "tests/device_sim_backend.h"
 #include "tests/test_util.h"
 
 namespace q3vl {
@@ -19,10 +20,12 @@ constexpr float kHiddenTolerance = 1e-3f;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
+  virtual std::unique_ptr<Backend> MakeBackend() { return *CreateBackend(BackendKind::kCpu); }
+
   void SetUp() override {
     dir_ = testing::GoldenCaseDir(GetParam());
     if (dir_.empty()) GTEST_SKIP() << "golden case " << GetParam() << " not present (needs ../shared)";
-    backend_ = *CreateBackend(BackendKind::kCpu);
+    backend_ = MakeBackend();
     auto golden = launcher::ReadGoldenCase(dir_);
     ASSERT_TRUE(golden.ok()) << golden.status();
     golden_ = *golden;
@@ -38,6 +41,9 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   }
   bool HasExpected(const std::string& name) { return std::filesystem::exists(dir_ + "/expected/" + name); }
 
+  void CheckLogitsPositionsAndGreedyTokens();
+  void CheckVisionFeatures();
+
   std::string dir_;
   std::unique_ptr<Backend> backend_;
   launcher::GoldenCase golden_;
@@ -46,7 +52,21 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 
 class GoldenVisionTest : public GoldenTest {};
 
-TEST_P(GoldenTest, LogitsPositionsAndGreedyTokens) {
+// The same cases on a backend whose memory the host may not touch (tests/device_sim_backend.h):
+// the forward, generation and the vision tower never read device memory on the host, and give
+// the CPU backend's numbers.
+class GoldenDeviceSimTest : public GoldenTest {
+ protected:
+  std::unique_ptr<Backend> MakeBackend() override { return std::make_unique<testing::DeviceSimBackend>(); }
+};
+class GoldenDeviceSimVisionTest : public GoldenDeviceSimTest {};
+
+TEST_P(GoldenTest, LogitsPositionsAndGreedyTokens) { CheckLogitsPositionsAndGreedyTokens(); }
+TEST_P(GoldenDeviceSimTest, LogitsPositionsAndGreedyTokens) { CheckLogitsPositionsAndGreedyTokens(); }
+TEST_P(GoldenVisionTest, VisionFeatures) { CheckVisionFeatures(); }
+TEST_P(GoldenDeviceSimVisionTest, VisionFeatures) { CheckVisionFeatures(); }
+
+void GoldenTest::CheckLogitsPositionsAndGreedyTokens() {
   std::map<std::string, std::vector<Tensor>> traces;
   const model::TraceFn trace = [&](absl::string_view point, int64_t, const Tensor& t) {
     traces[std::string(point)].push_back(t.Clone());
@@ -85,7 +105,7 @@ TEST_P(GoldenTest, LogitsPositionsAndGreedyTokens) {
   for (int64_t i = 0; i < greedy.numel(); ++i) EXPECT_EQ(r.tokens[i], greedy.data<int64_t>()[i]) << "step " << i;
 }
 
-TEST_P(GoldenVisionTest, VisionFeatures) {
+void GoldenTest::CheckVisionFeatures() {
   const struct { const model::VisionInput& input; const char* prefix; } kinds[] = {
       {golden_.request.images, "image_"}, {golden_.request.videos, "video_"}};
   int checked = 0;
@@ -96,7 +116,9 @@ TEST_P(GoldenVisionTest, VisionFeatures) {
     const model::TraceFn trace = [&](absl::string_view point, int64_t, const Tensor& t) {
       traces[std::string(point)].push_back(t.Clone());
     };
-    const model::VisionOutput out = model_->vision().Forward(*backend_, k.input, &trace);
+    model::VisionOutput out = model_->vision().Forward(*backend_, k.input, &trace);
+    out.embeds = Download(*backend_, out.embeds);
+    for (Tensor& f : out.deepstack) f = Download(*backend_, f);
     EXPECT_LE(testing::MaxAbsDiff(traces["vision_patch_embed"][0], Expected(p + "vision_patch_embed.npy")), kFeatureTolerance);
     EXPECT_LE(testing::MaxAbsDiff(traces["vision_pos_embed"][0], Expected(p + "vision_pos_embed.npy")), kFeatureTolerance);
     const Tensor blocks = Expected(p + "vision_block_outputs.npy");  // [depth, N, Dv]
@@ -139,6 +161,12 @@ INSTANTIATE_TEST_SUITE_P(Cases, GoldenVisionTest,
                          ::testing::Values("02_image_single", "03_two_images", "04_video",
                                            "05_video_all_frames_ties", "06_image_and_video",
                                            "07_realvocab_image", "08_optional_dense_layer"));
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenDeviceSimTest,
+                         ::testing::Values("01_text_only", "02_image_single", "03_two_images", "04_video",
+                                           "05_video_all_frames_ties", "06_image_and_video",
+                                           "07_realvocab_image", "08_optional_dense_layer"));
+INSTANTIATE_TEST_SUITE_P(Cases, GoldenDeviceSimVisionTest,
+                         ::testing::Values("02_image_single", "04_video", "06_image_and_video"));
 
 }  // namespace
 }  // namespace q3vl

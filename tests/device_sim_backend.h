@@ -1,0 +1,123 @@
+// A backend whose memory the host may not touch, as with a GPU, for testing on machines without
+// one. Tensors it allocates live in host memory but carry Device::kCuda, so host code that
+// reads or writes them (Tensor::data, CopyFrom, Clone, ToF32) CHECK-fails, and every op demands
+// that its tensors are this backend's (as CudaBackend does): model code that passes a host
+// tensor to an op, or reads a result without Download, fails here the way it would on a device.
+// The ops run on a CpuBackend over host views of the same memory, so the numbers are the CPU
+// backend's, bit for bit. Counts the device -> host copies (each one a sync on a real device).
+#ifndef Q3VL_TESTS_DEVICE_SIM_BACKEND_H_
+#define Q3VL_TESTS_DEVICE_SIM_BACKEND_H_
+
+#include <memory>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/cpu/cpu_backend.h"
+
+namespace q3vl::testing {
+
+class DeviceSimBackend final : public Backend {
+ public:
+  absl::string_view name() const override { return "device_sim"; }
+  Device device() const override { return Device::kCuda; }
+
+  Tensor Allocate(DType dtype, Shape shape) override {
+    for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+    const size_t bytes = NumElements(shape) * DTypeSize(dtype);
+    return Tensor(std::make_shared<SimBuffer>(bytes), dtype, std::move(shape));
+  }
+  void Copy(const Tensor& src, Tensor& dst) override {
+    if (dst.device() == Device::kCpu && src.device() != Device::kCpu) {
+      ++downloads_;
+      download_bytes_ += src.size_bytes();
+    }
+    Tensor d = AnyHost(dst);
+    d.CopyFrom(AnyHost(src));
+  }
+  void Synchronize() override {}
+  void Zero(Tensor& t) override {
+    Tensor h = Host(t, "Zero");
+    cpu_.Zero(h);
+  }
+
+  void Gemm(const GemmParams& p) override {
+    cpu_.Gemm({.a = Host(p.a, "Gemm a"), .b = Host(p.b, "Gemm b"), .bias = Host(p.bias, "Gemm bias"),
+               .out = Host(p.out, "Gemm out"), .b_transposed = p.b_transposed, .beta = p.beta});
+  }
+  void GroupedGemm(const GroupedGemmParams& p) override {
+    cpu_.GroupedGemm({.a = Host(p.a, "GroupedGemm a"), .weights = Host(p.weights, "GroupedGemm weights"),
+                      .offsets = p.offsets, .out = Host(p.out, "GroupedGemm out"),
+                      .weights_transposed = p.weights_transposed});
+  }
+  void RmsNorm(const RmsNormParams& p) override {
+    cpu_.RmsNorm({.x = Host(p.x, "RmsNorm x"), .weight = Host(p.weight, "RmsNorm weight"),
+                  .out = Host(p.out, "RmsNorm out"), .eps = p.eps});
+  }
+  void LayerNorm(const LayerNormParams& p) override {
+    cpu_.LayerNorm({.x = Host(p.x, "LayerNorm x"), .weight = Host(p.weight, "LayerNorm weight"),
+                    .bias = Host(p.bias, "LayerNorm bias"), .out = Host(p.out, "LayerNorm out"), .eps = p.eps});
+  }
+  void Rope(const RopeParams& p) override {
+    cpu_.Rope({.x = Host(p.x, "Rope x"), .cos = Host(p.cos, "Rope cos"), .sin = Host(p.sin, "Rope sin")});
+  }
+  void Activation(const ActivationParams& p) override {
+    cpu_.Activation({.kind = p.kind, .x = Host(p.x, "Activation x"), .out = Host(p.out, "Activation out")});
+  }
+  void Attention(const AttentionParams& p) override {
+    cpu_.Attention({.q = Host(p.q, "Attention q"), .k = Host(p.k, "Attention k"), .v = Host(p.v, "Attention v"),
+                    .q_starts = p.q_starts, .k_starts = p.k_starts, .causal = p.causal, .scale = p.scale,
+                    .out = Host(p.out, "Attention out")});
+  }
+  void Router(const RouterParams& p) override {
+    cpu_.Router({.logits = Host(p.logits, "Router logits"), .top_k = p.top_k, .renormalize = p.renormalize,
+                 .expert_ids = Host(p.expert_ids, "Router expert_ids"), .weights = Host(p.weights, "Router weights")});
+  }
+  void GatherRows(const GatherRowsParams& p) override {
+    cpu_.GatherRows({.table = Host(p.table, "GatherRows table"), .ids = Host(p.ids, "GatherRows ids"),
+                     .out = Host(p.out, "GatherRows out")});
+  }
+  void ScatterAddRows(const ScatterAddRowsParams& p) override {
+    cpu_.ScatterAddRows({.src = Host(p.src, "ScatterAddRows src"), .ids = Host(p.ids, "ScatterAddRows ids"),
+                         .scale = Host(p.scale, "ScatterAddRows scale"), .out = Host(p.out, "ScatterAddRows out"),
+                         .accumulate = p.accumulate});
+  }
+  void Add(const AddParams& p) override {
+    cpu_.Add({.a = Host(p.a, "Add a"), .b = Host(p.b, "Add b"), .out = Host(p.out, "Add out")});
+  }
+
+  int64_t downloads() const { return downloads_; }
+  int64_t download_bytes() const { return download_bytes_; }
+
+ private:
+  // Host memory that says it is not.
+  class SimBuffer final : public Buffer {
+   public:
+    explicit SimBuffer(size_t bytes) : host_(std::make_shared<HostBuffer>(bytes)) {}
+    void* data() override { return host_->data(); }
+    size_t size_bytes() const override { return host_->size_bytes(); }
+    Device device() const override { return Device::kCuda; }
+    const std::shared_ptr<HostBuffer>& host() const { return host_; }
+
+   private:
+    std::shared_ptr<HostBuffer> host_;
+  };
+
+  // The host view of one of this backend's tensors (undefined stays undefined).
+  static Tensor Host(const Tensor& t, const char* what) {
+    if (!t.defined()) return t;
+    const auto* sim = dynamic_cast<const SimBuffer*>(t.buffer().get());
+    Q3VL_CHECK(sim != nullptr) << what << " is not in the device's memory: " << t.DebugString()
+                               << " (Upload it first)";
+    return t.Rebind(sim->host());
+  }
+  // Either side of a Copy: a host tensor as it is, a device tensor as its host view.
+  static Tensor AnyHost(const Tensor& t) { return t.device() == Device::kCpu ? t : Host(t, "Copy"); }
+
+  CpuBackend cpu_;
+  int64_t downloads_ = 0;
+  int64_t download_bytes_ = 0;
+};
+
+}  // namespace q3vl::testing
+
+#endif  // Q3VL_TESTS_DEVICE_SIM_BACKEND_H_
