@@ -71,18 +71,23 @@ struct ActivationParams {
 };
 
 // Scaled dot-product attention over packed sequences. Sequence s owns query rows
-// [q_starts[s], q_starts[s+1]) and key rows [k_starts[s], k_starts[s+1]). With `causal`, the
+// [q_starts[s], q_starts[s+1]) and nk = k_starts[s+1] - k_starts[s] keys. With `causal`, the
 // queries are the last rows of the sequence: query i of a sequence with nq queries and nk keys
 // sees keys [0, nk - nq + i]. Query head h reads KV head h / (H / KV).
+// Keys and values are packed (key j of sequence s is row k_starts[s] + j of k and v) or, with
+// page_size > 0, paged: k and v are a KV cache's page pools and key j of sequence s is row
+// block_tables[s][j / page_size] * page_size + j % page_size (no gather of the context).
 struct AttentionParams {
   Tensor q;                       // [Tq, H, d]
-  Tensor k;                       // [Tk, KV, d]
-  Tensor v;                       // [Tk, KV, d]
+  Tensor k;                       // [Tk, KV, d], or paged: [pages * page_size, KV, d]
+  Tensor v;                       // like k
   std::vector<int64_t> q_starts;  // [num_seqs + 1]
   std::vector<int64_t> k_starts;  // [num_seqs + 1]
   bool causal = true;
   float scale = 1.0f;
   Tensor out;                     // [Tq, H, d]
+  Tensor block_tables;            // paged: [num_seqs, max_pages] i32 page ids (unused entries any)
+  int64_t page_size = 0;          // 0: packed keys
 };
 
 // Router: p = softmax(logits); pick top_k by p (ties: lower index first); weights = p_top,

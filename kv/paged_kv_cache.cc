@@ -1,5 +1,7 @@
 #include "kv/paged_kv_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace q3vl::kv {
@@ -55,7 +57,14 @@ Tensor PagedKvCache::Rows(const Tensor& pool) const {
 
 KvStepPlan PagedKvCache::Plan(const std::vector<int64_t>& seqs, const std::vector<int64_t>& q_starts) const {
   Q3VL_CHECK_EQ(q_starts.size(), seqs.size() + 1);
-  std::vector<int64_t> write(q_starts.back()), read;
+  std::vector<int64_t> write(q_starts.back());
+  size_t max_pages = 1;
+  for (int64_t seq : seqs) {
+    auto it = seqs_.find(seq);
+    if (it != seqs_.end()) max_pages = std::max(max_pages, it->second.pages.size());
+  }
+  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
+  Tensor tables = Tensor::Empty(DType::kI32, {num_seqs, static_cast<int64_t>(max_pages)});
   KvStepPlan plan;
   plan.k_starts.assign(1, 0);
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -66,11 +75,11 @@ KvStepPlan PagedKvCache::Plan(const std::vector<int64_t>& seqs, const std::vecto
     Q3VL_CHECK_LE(total, static_cast<int64_t>(s.pages.size()) * config_.page_size)
         << "sequence " << seqs[i] << " not reserved for " << n << " more tokens";
     for (int64_t j = 0; j < n; ++j) write[q_starts[i] + j] = Row(s, s.length + j);
-    for (int64_t pos = 0; pos < total; ++pos) read.push_back(Row(s, pos));
-    plan.k_starts.push_back(static_cast<int64_t>(read.size()));
+    std::copy(s.pages.begin(), s.pages.end(), tables.data<int32_t>() + i * max_pages);
+    plan.k_starts.push_back(plan.k_starts.back() + total);
   }
   plan.write_rows = Upload(backend_, Tensor::FromVectorI64(write, {static_cast<int64_t>(write.size())}));
-  plan.read_rows = Upload(backend_, Tensor::FromVectorI64(read, {static_cast<int64_t>(read.size())}));
+  plan.block_tables = Upload(backend_, tables);
   return plan;
 }
 
@@ -87,14 +96,12 @@ void PagedKvCache::Write(int64_t layer, const KvStepPlan& plan, const Tensor& k,
 
 void PagedKvCache::Commit(int64_t seq, int64_t num_tokens) { seqs_[seq].length += num_tokens; }
 
-void PagedKvCache::Read(int64_t layer, const KvStepPlan& plan, Tensor* k, Tensor* v) {
-  const int64_t n = plan.read_rows.numel();
-  *k = backend_.Allocate(DType::kF32, {n, config_.num_kv_heads, config_.head_dim});
-  *v = backend_.Allocate(DType::kF32, {n, config_.num_kv_heads, config_.head_dim});
-  if (n == 0) return;
-  const int64_t row = config_.num_kv_heads * config_.head_dim;
-  backend_.GatherRows({.table = Rows(keys_[layer]), .ids = plan.read_rows, .out = k->Reshape({n, row})});
-  backend_.GatherRows({.table = Rows(values_[layer]), .ids = plan.read_rows, .out = v->Reshape({n, row})});
+Tensor PagedKvCache::keys(int64_t layer) const {
+  return keys_[layer].Reshape({config_.num_pages * config_.page_size, config_.num_kv_heads, config_.head_dim});
+}
+
+Tensor PagedKvCache::values(int64_t layer) const {
+  return values_[layer].Reshape({config_.num_pages * config_.page_size, config_.num_kv_heads, config_.head_dim});
 }
 
 BlockTableCsr PagedKvCache::BlockTables(const std::vector<int64_t>& seqs) const {

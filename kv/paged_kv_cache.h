@@ -2,10 +2,11 @@
 // layer, drawn from one pool in the backend's memory; each sequence owns a block table (its
 // list of pages). Keys are stored post-k_norm, post-RoPE. Reserve() fails with
 // ResourceExhausted when the pool is empty and leaves the sequence unchanged.
-// The block tables live on the host. A forward step turns them into row ids once (Plan: the
-// cache row of every new token and of every context token, vLLM's "slot mapping"), uploaded
-// once and used by every layer: Write scatters the new keys and values into their rows, Read
-// gathers each sequence's context. Both are backend ops, so the cache works on any device.
+// The block tables live on the host. A forward step turns them into what every layer uses,
+// uploaded once (Plan): the cache row of every new token (vLLM's "slot mapping") and the
+// batch's block tables. Write scatters the new keys and values into their rows (a backend op);
+// the attention op reads the context through the block tables from the pools (keys(), values()).
+// So the cache works on any device and the context is never copied.
 // Not thread-safe: the engine's step loop owns it.
 #ifndef Q3VL_KV_PAGED_KV_CACHE_H_
 #define Q3VL_KV_PAGED_KV_CACHE_H_
@@ -33,8 +34,8 @@ struct KvCacheConfig {
 // The rows one forward step touches, the same for every layer (see the file comment).
 struct KvStepPlan {
   Tensor write_rows;              // [T] i64: cache row of each new token, in batch order
-  Tensor read_rows;               // [sum context] i64: each sequence's rows, old then new
-  std::vector<int64_t> k_starts;  // [num_seqs + 1] CSR of read_rows per sequence
+  Tensor block_tables;            // [num_seqs, max_pages] i32: each sequence's pages (padded with 0)
+  std::vector<int64_t> k_starts;  // [num_seqs + 1] CSR of the context lengths, new tokens included
 };
 
 // Block tables of a batch in CSR form: sequence i owns pages[offsets[i] .. offsets[i+1]).
@@ -63,8 +64,10 @@ class PagedKvCache {
   KvStepPlan Plan(const std::vector<int64_t>& seqs, const std::vector<int64_t>& q_starts) const;
   // Writes the step's new keys and values k, v [T, KV, hd] of `layer` into their rows.
   void Write(int64_t layer, const KvStepPlan& plan, const Tensor& k, const Tensor& v);
-  // k, v [sum context, KV, hd]: the contexts of the step's sequences, new tokens included.
-  void Read(int64_t layer, const KvStepPlan& plan, Tensor* k, Tensor* v);
+  // The pools of `layer` as [num_pages * page_size, KV, hd]: the k and v of a paged Attention
+  // (AttentionParams::block_tables = plan.block_tables, page_size = config().page_size).
+  Tensor keys(int64_t layer) const;
+  Tensor values(int64_t layer) const;
   // After the last layer: the step's tokens count as held.
   void Commit(int64_t seq, int64_t num_tokens);
 

@@ -234,11 +234,12 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
   backend.Rope({.x = q, .cos = batch.rope.cos, .sin = batch.rope.sin});
   backend.Rope({.x = k, .cos = batch.rope.cos, .sin = batch.rope.sin});
   batch.kv->Write(cache_layer, plan, k, v);
-  Tensor keys, values;  // [sum context, KV, hd]
-  batch.kv->Read(cache_layer, plan, &keys, &values);
   Tensor attn = backend.Allocate(DType::kF32, {t, h, hd});  // [T, H, hd]
-  backend.Attention({.q = q, .k = keys, .v = values, .q_starts = batch.q_starts, .k_starts = plan.k_starts,
-                     .causal = true, .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn});
+  // Straight from the cache's pages, through the step's block tables.
+  backend.Attention({.q = q, .k = batch.kv->keys(cache_layer), .v = batch.kv->values(cache_layer),
+                     .q_starts = batch.q_starts, .k_starts = plan.k_starts, .causal = true,
+                     .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn,
+                     .block_tables = plan.block_tables, .page_size = batch.kv->config().page_size});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
   SumPartials(shard_.tp, out);
 }

@@ -66,7 +66,8 @@ class DeviceSimBackend final : public Backend {
   void Attention(const AttentionParams& p) override {
     cpu_.Attention({.q = Host(p.q, "Attention q"), .k = Host(p.k, "Attention k"), .v = Host(p.v, "Attention v"),
                     .q_starts = p.q_starts, .k_starts = p.k_starts, .causal = p.causal, .scale = p.scale,
-                    .out = Host(p.out, "Attention out")});
+                    .out = Host(p.out, "Attention out"), .block_tables = Host(p.block_tables, "Attention block_tables"),
+                    .page_size = p.page_size});
   }
   void Router(const RouterParams& p) override {
     cpu_.Router({.logits = Host(p.logits, "Router logits"), .top_k = p.top_k, .renormalize = p.renormalize,

@@ -1,5 +1,6 @@
 #include "core/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -309,17 +310,62 @@ void CudaBackend::Attention(const AttentionParams& p) {
   const size_t seqs = p.q_starts.size() - 1;
   Q3VL_CHECK(p.q_starts.size() >= 2 && p.k_starts.size() == p.q_starts.size());
   Q3VL_CHECK_EQ(p.q_starts.back(), p.q.dim(0));
-  Q3VL_CHECK_EQ(p.k_starts.back(), p.k.dim(0));
+  const bool paged = p.page_size > 0;
+  if (paged) {
+    Q3VL_CHECK(p.block_tables.dtype() == DType::kI32 && p.block_tables.rank() == 2 &&
+               p.block_tables.dim(0) == static_cast<int64_t>(seqs) && p.block_tables.is_contiguous())
+        << "block_tables must be [num_seqs, max_pages] i32: " << p.block_tables.DebugString();
+    CheckOnDevice(p.block_tables, "block_tables");
+    for (size_t s = 0; s < seqs; ++s) {
+      Q3VL_CHECK_LE(p.k_starts[s + 1] - p.k_starts[s], p.block_tables.dim(1) * p.page_size)
+          << "sequence " << s << " has more keys than its block table";
+    }
+  } else {
+    Q3VL_CHECK_EQ(p.k_starts.back(), p.k.dim(0));
+  }
   const Rows q = AsRows(p.q, "q"), k = AsRows(p.k, "k"), v = AsRows(p.v, "v"), out = AsRows(p.out, "out");
   // Sequence bounds go up in one copy: [q_starts | k_starts].
   std::vector<int64_t> starts(p.q_starts.begin(), p.q_starts.end());
   starts.insert(starts.end(), p.k_starts.begin(), p.k_starts.end());
   Tensor bounds = ToDevice(Tensor::FromVectorI64(starts, {static_cast<int64_t>(starts.size())}));
   const int64_t* d_starts = bounds.device_data<int64_t>();
+  bool decode = p.q.dim(0) == static_cast<int64_t>(seqs) &&
+                DecodeAttentionSupported(static_cast<int>(hd), static_cast<int>(heads), static_cast<int>(kv_heads));
+  int64_t max_keys = 0;
+  for (size_t s = 0; s < seqs && decode; ++s) {
+    decode = p.q_starts[s] == static_cast<int64_t>(s);  // one query per sequence
+    max_keys = std::max(max_keys, p.k_starts[s + 1] - p.k_starts[s]);
+  }
+  if (decode && max_keys > 0) {
+    // Split the keys so that about two blocks per SM stream the cache, each at least 256 keys.
+    const int64_t wanted = 2 * static_cast<int64_t>(properties_.multiProcessorCount);
+    int64_t splits = std::max<int64_t>(1, wanted / (static_cast<int64_t>(seqs) * kv_heads));
+    splits = std::min(splits, std::max<int64_t>(1, (max_keys + 255) / 256));
+    const int64_t split_keys = (max_keys + splits - 1) / splits;
+    splits = (max_keys + split_keys - 1) / split_keys;
+    const int64_t partials = static_cast<int64_t>(seqs) * heads * splits;
+    Tensor stats = Allocate(DType::kF32, {2, partials});
+    Tensor partial_out = Allocate(DType::kF32, {partials, hd});
+    cuda::DecodeAttention({.q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type,
+                           .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs),
+                           .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads),
+                           .head_dim = static_cast<int>(hd), .scale = p.scale,
+                           .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,
+                           .max_pages = paged ? p.block_tables.dim(1) : 0, .page_size = p.page_size,
+                           .splits = static_cast<int>(splits), .split_keys = split_keys,
+                           .partial_max = stats.device_data<float>(),
+                           .partial_sum = stats.device_data<float>() + partials,
+                           .partial_out = partial_out.device_data<float>()},
+                          stream_);
+    CheckLaunch("DecodeAttention");
+    return;
+  }
   cuda::Attention({.q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .q_starts = d_starts,
                    .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs), .total_q = p.q.dim(0),
                    .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads),
-                   .head_dim = static_cast<int>(hd), .causal = p.causal, .scale = p.scale},
+                   .head_dim = static_cast<int>(hd), .causal = p.causal, .scale = p.scale,
+                   .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,
+                   .max_pages = paged ? p.block_tables.dim(1) : 0, .page_size = p.page_size},
                   stream_);
   CheckLaunch("Attention");
 }

@@ -94,6 +94,41 @@ TEST_P(CpuOpsTest, AttentionMatchesNaiveCausalGqa) {
     }
 }
 
+// Paged keys and values (a page pool and block tables) give exactly the packed result: three
+// sequences (a prefill chunk after cached context, a decode token, an empty one), pages
+// scattered over the pool, lengths that do not fill their last page.
+TEST_P(CpuOpsTest, PagedAttentionEqualsPacked) {
+  const int64_t extra = GetParam(), heads = 4, kv_heads = 2, d = 8, page = 4;
+  const std::vector<int64_t> nq = {extra, 1, 0}, nk = {extra + 5, 9, 0};
+  const int64_t max_pages = (std::max<int64_t>(extra + 5, 9) + page - 1) / page, pool_pages = 2 * max_pages + 3;
+  std::vector<int64_t> q_starts = {0}, k_starts = {0};
+  for (size_t s = 0; s < nq.size(); ++s) {
+    q_starts.push_back(q_starts.back() + nq[s]);
+    k_starts.push_back(k_starts.back() + nk[s]);
+  }
+  const Tensor q = RandomTensor({q_starts.back(), heads, d}, 30);
+  const Tensor k = RandomTensor({k_starts.back(), kv_heads, d}, 31), v = RandomTensor({k_starts.back(), kv_heads, d}, 32);
+  // Scatter each sequence's keys over pages taken from the end of the pool, backwards.
+  Tensor k_pool = RandomTensor({pool_pages * page, kv_heads, d}, 33), v_pool = RandomTensor({pool_pages * page, kv_heads, d}, 34);
+  Tensor tables = Tensor::Empty(DType::kI32, {3, max_pages});
+  int32_t next_page = pool_pages - 1;
+  for (int64_t s = 0; s < 3; ++s) {
+    for (int64_t j = 0; j < (nk[s] + page - 1) / page; ++j) tables.data<int32_t>()[s * max_pages + j] = next_page--;
+    for (int64_t j = 0; j < nk[s]; ++j) {
+      const int64_t row = tables.data<int32_t>()[s * max_pages + j / page] * page + j % page;
+      k_pool.Select(row).CopyFrom(k.Select(k_starts[s] + j));
+      v_pool.Select(row).CopyFrom(v.Select(k_starts[s] + j));
+    }
+  }
+  Tensor packed = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  Tensor paged = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  backend_.Attention({.q = q, .k = k, .v = v, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                      .scale = 0.3f, .out = packed});
+  backend_.Attention({.q = q, .k = k_pool, .v = v_pool, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                      .scale = 0.3f, .out = paged, .block_tables = tables, .page_size = page});
+  EXPECT_EQ(MaxAbsDiff(paged, packed), 0.0f);
+}
+
 TEST_P(CpuOpsTest, RouterPicksTopKWithLowerIndexOnTies) {
   const int64_t tokens = GetParam(), experts = 6;
   Tensor logits = RandomTensor({tokens, experts}, 12);

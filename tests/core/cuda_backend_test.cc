@@ -246,6 +246,9 @@ TEST_P(CudaOpsTest, AttentionMatchesCpu) {
       {"chunk_after_cache", {5}, {260}, 4, 4, 64, true},
       {"vision_full", {64, 0, 30}, {64, 0, 30}, 4, 4, 72, false},
       {"wide_head", {3}, {3}, 2, 1, 256, true},
+      {"decode_group16", {1, 1, 1, 1}, {5, 129, 1, 2000}, 64, 4, 128, true},  // the 235B's heads
+      {"decode_hd64_empty", {1, 1}, {0, 77}, 8, 2, 64, true},
+      {"decode_70k", {1}, {70000}, 16, 1, 128, true},  // many splits
   };
   for (const AttentionCase& c : cases) {
     SCOPED_TRACE(c.name);
@@ -265,6 +268,29 @@ TEST_P(CudaOpsTest, AttentionMatchesCpu) {
     gpu_->Attention({.q = Up(q), .k = Up(k), .v = Up(v), .q_starts = qs, .k_starts = ks, .causal = c.causal,
                      .scale = scale, .out = out});
     ExpectClose(Down(out), want, dtype() == DType::kF32 ? 1e-5 : 1.6e-2, 1e-5);
+
+    // The same keys in a page pool, scattered backwards, read through block tables.
+    if (!c.causal) continue;
+    constexpr int64_t kPage = 16;
+    int64_t max_pages = 1, total_pages = 0;
+    for (int64_t n : c.k_lens) max_pages = std::max(max_pages, (n + kPage - 1) / kPage), total_pages += (n + kPage - 1) / kPage;
+    const int64_t seqs = static_cast<int64_t>(c.k_lens.size()), pool_rows = (total_pages + 2) * kPage;
+    Tensor k_pool = Tensor::Empty(DType::kF32, {pool_rows, c.kv_heads, c.head_dim});
+    Tensor v_pool = Tensor::Empty(DType::kF32, {pool_rows, c.kv_heads, c.head_dim});
+    Tensor tables = Tensor::Empty(DType::kI32, {seqs, max_pages});
+    int32_t next = static_cast<int32_t>(total_pages + 1);
+    for (int64_t s = 0; s < seqs; ++s) {
+      for (int64_t j = 0; j < (c.k_lens[s] + kPage - 1) / kPage; ++j) tables.data<int32_t>()[s * max_pages + j] = next--;
+      for (int64_t j = 0; j < c.k_lens[s]; ++j) {
+        const int64_t row = tables.data<int32_t>()[s * max_pages + j / kPage] * kPage + j % kPage;
+        k_pool.Select(row).CopyFrom(k.Select(ks[s] + j));
+        v_pool.Select(row).CopyFrom(v.Select(ks[s] + j));
+      }
+    }
+    Tensor paged = gpu_->Allocate(dtype(), q.shape());
+    gpu_->Attention({.q = Up(q), .k = Up(k_pool), .v = Up(v_pool), .q_starts = qs, .k_starts = ks, .causal = true,
+                     .scale = scale, .out = paged, .block_tables = gpu_->ToDevice(tables), .page_size = kPage});
+    ExpectClose(Down(paged), want, dtype() == DType::kF32 ? 1e-5 : 1.6e-2, 1e-5);
   }
 }
 

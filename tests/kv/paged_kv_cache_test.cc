@@ -1,5 +1,5 @@
 // The paged KV cache: page accounting (reserve, exhaustion, release) and the step plan's writes
-// and reads across page boundaries, on the CPU backend and on one whose memory the host may not
+// and block tables across page boundaries, on the CPU backend and on one whose memory the host may not
 // touch (the cache must go through backend ops only).
 #include "kv/paged_kv_cache.h"
 
@@ -68,9 +68,10 @@ TEST_P(PagedKvCacheTest, ReserveCountsPagesAndRefusesWhenFull) {
   EXPECT_TRUE(cache.Reserve(1, 12).ok());
 }
 
-// A prefill of two sequences (6 and 3 tokens) then a decode step of one token each: the reads
-// return every sequence's tokens in order, across pages that are not contiguous.
-TEST_P(PagedKvCacheTest, PlannedWritesAndReadsCrossPages) {
+// A prefill of two sequences (6 and 3 tokens) then a decode step of one token each: walking the
+// block tables over the pools finds every sequence's tokens in order, across pages that are not
+// contiguous.
+TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
   Backend& b = *backend_;
   PagedKvCache cache({.num_layers = 2, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 6},
                      b);
@@ -101,20 +102,25 @@ TEST_P(PagedKvCacheTest, PlannedWritesAndReadsCrossPages) {
     }
     return plan;
   };
+  // Walks each sequence's block table over the downloaded pools, as a paged attention does.
   auto check = [&](const KvStepPlan& plan, const std::vector<int64_t>& lengths) {
     ASSERT_EQ(plan.k_starts, (std::vector<int64_t>{0, lengths[0], lengths[0] + lengths[1]}));
+    const Tensor tables = Download(b, plan.block_tables);  // [2, max_pages] i32
+    ASSERT_EQ(tables.dim(0), 2);
     for (int64_t layer = 0; layer < 2; ++layer) {
       const float scale = layer == 0 ? 1.0f : 2.0f;
-      Tensor k, v;
-      cache.Read(layer, plan, &k, &v);
-      const Tensor kh = Download(b, k), vh = Download(b, v);
-      ASSERT_EQ(kh.shape(), Shape({lengths[0] + lengths[1], kHeads, kDim}));
+      const Tensor kh = Download(b, cache.keys(layer)), vh = Download(b, cache.values(layer));
+      ASSERT_EQ(kh.shape(), Shape({6 * kPage, kHeads, kDim}));
       for (size_t s = 0; s < seqs.size(); ++s) {
         const Tensor want_k = Rows(seqs[s], 0, lengths[s], scale), want_v = Rows(seqs[s], 0, lengths[s], -scale);
-        for (int64_t i = 0; i < want_k.numel(); ++i) {
-          const int64_t at = plan.k_starts[s] * kHeads * kDim + i;
-          ASSERT_EQ(kh.data<float>()[at], want_k.data<float>()[i]) << "layer " << layer << " seq " << s << " elem " << i;
-          ASSERT_EQ(vh.data<float>()[at], want_v.data<float>()[i]) << "layer " << layer << " seq " << s << " elem " << i;
+        for (int64_t pos = 0; pos < lengths[s]; ++pos) {
+          const int64_t row = tables.data<int32_t>()[s * tables.dim(1) + pos / kPage] * kPage + pos % kPage;
+          for (int64_t e = 0; e < kHeads * kDim; ++e) {
+            ASSERT_EQ(kh.data<float>()[row * kHeads * kDim + e], want_k.data<float>()[pos * kHeads * kDim + e])
+                << "layer " << layer << " seq " << s << " pos " << pos;
+            ASSERT_EQ(vh.data<float>()[row * kHeads * kDim + e], want_v.data<float>()[pos * kHeads * kDim + e])
+                << "layer " << layer << " seq " << s << " pos " << pos;
+          }
         }
       }
     }

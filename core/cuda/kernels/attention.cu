@@ -2,12 +2,18 @@
 // (query row, head): the query (pre-scaled) sits in shared memory, keys come in tiles of 128
 // (one score per thread), and an online softmax rescales the running output, which each thread
 // keeps for up to 4 of the head dimensions. Correct for any mix of sequence lengths, causal or
-// not, GQA, and empty sequences; it reads each KV head once per query head, so it is not the
-// fast decode path (split-K flash-decoding over the paged cache is).
+// not, GQA, empty sequences, packed or paged keys; it reads each KV head once per query head, so
+// it is the prefill and general path, not the decode one (attention_decode.cu).
 #include "core/cuda/kernels/common.cuh"
 
 namespace q3vl::cuda {
 namespace {
+
+// Row of key j of sequence s (first packed row k0) in k and v.
+__device__ __forceinline__ int64_t KeyRow(const AttentionArgs& a, int s, int64_t k0, int64_t j) {
+  if (a.page_size == 0) return k0 + j;
+  return static_cast<int64_t>(a.block_tables[s * a.max_pages + j / a.page_size]) * a.page_size + j % a.page_size;
+}
 
 constexpr int kTile = 128;  // keys per tile = threads per block
 constexpr int kMaxDimsPerThread = 4;
@@ -42,7 +48,7 @@ __global__ void __launch_bounds__(kTile) AttentionKernel(AttentionArgs a) {
     const int64_t j = t0 + threadIdx.x;
     float s = -INFINITY;
     if (j < visible) {
-      const T* kr = k + ((k0 + j) * a.kv_heads + kvh) * hd;
+      const T* kr = k + (KeyRow(a, lo, k0, j) * a.kv_heads + kvh) * hd;
       float dot = 0.0f;
       for (int d = 0; d < hd; ++d) dot += sq[d] * ToF32(kr[d]);
       s = dot;
@@ -58,8 +64,9 @@ __global__ void __launch_bounds__(kTile) AttentionKernel(AttentionArgs a) {
       const int d = threadIdx.x + c * kTile;
       if (d >= hd) break;
       float out = acc[c] * correction;
-      const T* vd = v + ((k0 + t0) * a.kv_heads + kvh) * hd + d;
-      for (int64_t jj = 0; jj < n; ++jj) out += sp[jj] * ToF32(vd[jj * a.kv_heads * hd]);
+      for (int64_t jj = 0; jj < n; ++jj) {
+        out += sp[jj] * ToF32(v[(KeyRow(a, lo, k0, t0 + jj) * a.kv_heads + kvh) * hd + d]);
+      }
       acc[c] = out;
     }
     m = m_new;

@@ -156,7 +156,7 @@ struct AttentionArgs {
   void* out;      // [Tq, H, d]
   ElemType type;  // of q, k, v and out
   const int64_t* q_starts;  // device [num_seqs + 1]
-  const int64_t* k_starts;  // device [num_seqs + 1]
+  const int64_t* k_starts;  // device [num_seqs + 1]; paged: only the lengths count
   int num_seqs;
   int64_t total_q;
   int heads;
@@ -164,8 +164,41 @@ struct AttentionArgs {
   int head_dim;  // <= 512
   bool causal;
   float scale;
+  // Paged keys (page_size > 0): k, v are page pools and key j of sequence s is row
+  // block_tables[s * max_pages + j / page_size] * page_size + j % page_size.
+  const int32_t* block_tables = nullptr;  // device [num_seqs, max_pages]
+  int64_t max_pages = 0;
+  int64_t page_size = 0;
 };
 void Attention(const AttentionArgs& a, cudaStream_t stream);
+
+// Decode attention, one query per sequence (query row s belongs to sequence s), split-K over
+// the keys (attention_decode.cu). Keys packed or paged as in AttentionArgs. The caller sizes
+// the partial buffers [num_seqs, heads, splits] (x head_dim for partial_out).
+struct DecodeAttentionArgs {
+  const void* q;  // [num_seqs, H, d]
+  const void* k;
+  const void* v;
+  void* out;      // [num_seqs, H, d]
+  ElemType type;
+  const int64_t* k_starts;  // device [num_seqs + 1]
+  int num_seqs;
+  int heads;
+  int kv_heads;
+  int head_dim;
+  float scale;
+  const int32_t* block_tables = nullptr;
+  int64_t max_pages = 0;
+  int64_t page_size = 0;
+  int splits = 1;
+  int64_t split_keys = 0;  // keys per split
+  float* partial_max = nullptr;
+  float* partial_sum = nullptr;
+  float* partial_out = nullptr;
+};
+// The shapes DecodeAttention handles (head_dim 64 or 128, 1-16 query heads per KV head).
+bool DecodeAttentionSupported(int head_dim, int heads, int kv_heads);
+void DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream);
 
 }  // namespace q3vl::cuda
 
