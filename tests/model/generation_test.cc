@@ -66,7 +66,9 @@ TEST_F(GenerationTest, DeviceBackendMatchesCpuAndSyncsOnlyForRoutingAndLogits) {
     ASSERT_TRUE(want.ok() && got.ok()) << want.status() << " / " << got.status();
     for (size_t i = 0; i < batch.size(); ++i) {
       EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "request " << i;
-      if (keep_logits) EXPECT_EQ(testing::MaxAbsDiff((*got)[i].prefill_logits, (*want)[i].prefill_logits), 0.0f);
+      if (keep_logits) {
+        EXPECT_EQ(testing::MaxAbsDiff((*got)[i].prefill_logits, (*want)[i].prefill_logits), 0.0f);
+      }
     }
     const TextConfig& t = model_->config().text;
     int64_t moe_layers = 0;
