@@ -36,7 +36,8 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
   }
   const int64_t num_send = (ex.shard_end - ex.shard_begin) * top_k;
   Tensor sent_token = Tensor::Empty(DType::kI64, {num_send});
-  Tensor share_token = Tensor::Empty(DType::kI64, {num_send});
+  // Row in this rank's share: only needed when the share is all-gathered (Combine).
+  Tensor share_token = Tensor::Empty(DType::kI64, {shares > 1 ? num_send : 0});
   Tensor sent_weight = Tensor::Empty(DType::kF32, {num_send});
   Tensor send_expert = Tensor::Empty(DType::kI64, {num_send, 1});  // [R_send, 1] local expert at dest
   std::vector<int64_t> cursor(size, 0);
@@ -46,13 +47,13 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
       const int64_t e = ids[t * top_k + j];
       const int64_t row = cursor[e / experts_per_rank_]++;
       sent_token.data<int64_t>()[row] = t;
-      share_token.data<int64_t>()[row] = t - ex.shard_begin;
+      if (shares > 1) share_token.data<int64_t>()[row] = t - ex.shard_begin;
       sent_weight.data<float>()[row] = weights[t * top_k + j];
       send_expert.data<int64_t>()[row] = e % experts_per_rank_;
     }
   }
   ex.sent_token = Upload(backend, sent_token);
-  ex.share_token = Upload(backend, share_token);
+  if (shares > 1) ex.share_token = Upload(backend, share_token);
   ex.sent_weight = Upload(backend, sent_weight);
   Tensor send_rows = backend.Allocate(DType::kF32, {num_send, d});  // [R_send, D]
   if (num_send > 0) backend.GatherRows({.table = x, .ids = ex.sent_token, .out = send_rows});

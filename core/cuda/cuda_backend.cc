@@ -329,6 +329,12 @@ void CudaBackend::Attention(const AttentionParams& p) {
   starts.insert(starts.end(), p.k_starts.begin(), p.k_starts.end());
   Tensor bounds = ToDevice(Tensor::FromVectorI64(starts, {static_cast<int64_t>(starts.size())}));
   const int64_t* d_starts = bounds.device_data<int64_t>();
+  const AttentionArgs args{
+      .q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .q_starts = d_starts,
+      .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs), .total_q = p.q.dim(0),
+      .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads), .head_dim = static_cast<int>(hd),
+      .causal = p.causal, .scale = p.scale, .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,
+      .max_pages = paged ? p.block_tables.dim(1) : 0, .page_size = p.page_size};
   bool decode = p.q.dim(0) == static_cast<int64_t>(seqs) &&
                 DecodeAttentionSupported(static_cast<int>(hd), static_cast<int>(heads), static_cast<int>(kv_heads));
   int64_t max_keys = 0;
@@ -346,13 +352,7 @@ void CudaBackend::Attention(const AttentionParams& p) {
     const int64_t partials = static_cast<int64_t>(seqs) * heads * splits;
     Tensor stats = Allocate(DType::kF32, {2, partials});
     Tensor partial_out = Allocate(DType::kF32, {partials, hd});
-    cuda::DecodeAttention({.q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type,
-                           .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs),
-                           .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads),
-                           .head_dim = static_cast<int>(hd), .scale = p.scale,
-                           .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,
-                           .max_pages = paged ? p.block_tables.dim(1) : 0, .page_size = p.page_size,
-                           .splits = static_cast<int>(splits), .split_keys = split_keys,
+    cuda::DecodeAttention({.attn = args, .splits = static_cast<int>(splits), .split_keys = split_keys,
                            .partial_max = stats.device_data<float>(),
                            .partial_sum = stats.device_data<float>() + partials,
                            .partial_out = partial_out.device_data<float>()},
@@ -360,13 +360,7 @@ void CudaBackend::Attention(const AttentionParams& p) {
     CheckLaunch("DecodeAttention");
     return;
   }
-  cuda::Attention({.q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .q_starts = d_starts,
-                   .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs), .total_q = p.q.dim(0),
-                   .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads),
-                   .head_dim = static_cast<int>(hd), .causal = p.causal, .scale = p.scale,
-                   .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,
-                   .max_pages = paged ? p.block_tables.dim(1) : 0, .page_size = p.page_size},
-                  stream_);
+  cuda::Attention(args, stream_);
   CheckLaunch("Attention");
 }
 

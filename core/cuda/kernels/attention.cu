@@ -9,12 +9,6 @@
 namespace q3vl::cuda {
 namespace {
 
-// Row of key j of sequence s (first packed row k0) in k and v.
-__device__ __forceinline__ int64_t KeyRow(const AttentionArgs& a, int s, int64_t k0, int64_t j) {
-  if (a.page_size == 0) return k0 + j;
-  return static_cast<int64_t>(a.block_tables[s * a.max_pages + j / a.page_size]) * a.page_size + j % a.page_size;
-}
-
 constexpr int kTile = 128;  // keys per tile = threads per block
 constexpr int kMaxDimsPerThread = 4;
 

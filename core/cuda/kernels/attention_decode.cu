@@ -13,25 +13,20 @@ namespace {
 
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ int64_t DecodeKeyRow(const DecodeAttentionArgs& a, int s, int64_t j) {
-  if (a.page_size == 0) return a.k_starts[s] + j;
-  return static_cast<int64_t>(a.block_tables[s * a.max_pages + j / a.page_size]) * a.page_size + j % a.page_size;
-}
-
 // kDims = head_dim / 32 dimensions per lane; kGroup = query heads per KV head.
 template <typename T, int kDims, int kGroup>
 __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttentionArgs a) {
   const int s = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t nk = a.k_starts[s + 1] - a.k_starts[s];
+  const int64_t nk = a.attn.k_starts[s + 1] - a.attn.k_starts[s];
   const int64_t begin = split * a.split_keys;
   const int64_t end = begin + a.split_keys < nk ? begin + a.split_keys : nk;
   const int hd = kDims * 32;
   // This lane's dimensions of every head's query, pre-scaled.
   float q[kGroup][kDims];
   for (int g = 0; g < kGroup; ++g) {
-    const T* qh = static_cast<const T*>(a.q) + (static_cast<int64_t>(s) * a.heads + kvh * kGroup + g) * hd;
-    for (int d = 0; d < kDims; ++d) q[g][d] = ToF32(qh[lane * kDims + d]) * a.scale;
+    const T* qh = static_cast<const T*>(a.attn.q) + (static_cast<int64_t>(s) * a.attn.heads + kvh * kGroup + g) * hd;
+    for (int d = 0; d < kDims; ++d) q[g][d] = ToF32(qh[lane * kDims + d]) * a.attn.scale;
   }
   float m[kGroup], l[kGroup], acc[kGroup][kDims];
   for (int g = 0; g < kGroup; ++g) {
@@ -39,10 +34,10 @@ __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttenti
     l[g] = 0.0f;
     for (int d = 0; d < kDims; ++d) acc[g][d] = 0.0f;
   }
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
+  const T* k = static_cast<const T*>(a.attn.k);
+  const T* v = static_cast<const T*>(a.attn.v);
   for (int64_t j = begin + warp; j < end; j += kWarps) {
-    const int64_t row = (DecodeKeyRow(a, s, j) * a.kv_heads + kvh) * hd + lane * kDims;
+    const int64_t row = (KeyRow(a.attn, s, a.attn.k_starts[s], j) * a.attn.kv_heads + kvh) * hd + lane * kDims;
     float kr[kDims], vr[kDims];
     for (int d = 0; d < kDims; ++d) kr[d] = ToF32(k[row + d]), vr[d] = ToF32(v[row + d]);
     for (int g = 0; g < kGroup; ++g) {
@@ -65,7 +60,7 @@ __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttenti
   }
   __syncthreads();
   if (warp != 0) return;
-  const int64_t out_base = (static_cast<int64_t>(s) * a.heads + kvh * kGroup) * a.splits + split;
+  const int64_t out_base = (static_cast<int64_t>(s) * a.attn.heads + kvh * kGroup) * a.splits + split;
   for (int g = 0; g < kGroup; ++g) {
     float mx = -INFINITY;
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w][g]);
@@ -86,7 +81,7 @@ __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttenti
 template <typename T>
 __global__ void DecodeCombineKernel(DecodeAttentionArgs a) {
   const int64_t sh = blockIdx.x;  // seq * heads + head
-  const int hd = a.head_dim;
+  const int hd = a.attn.head_dim;
   const int64_t base = sh * a.splits;
   float mx = -INFINITY;
   for (int i = 0; i < a.splits; ++i) mx = fmaxf(mx, a.partial_max[base + i]);
@@ -94,7 +89,7 @@ __global__ void DecodeCombineKernel(DecodeAttentionArgs a) {
   for (int i = 0; i < a.splits; ++i) {
     if (a.partial_max[base + i] != -INFINITY) sum += a.partial_sum[base + i] * __expf(a.partial_max[base + i] - mx);
   }
-  T* o = static_cast<T*>(a.out) + sh * hd;
+  T* o = static_cast<T*>(a.attn.out) + sh * hd;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float acc = 0.0f;
     for (int i = 0; i < a.splits; ++i) {
@@ -108,7 +103,7 @@ __global__ void DecodeCombineKernel(DecodeAttentionArgs a) {
 
 template <typename T, int kDims, int kGroup>
 void Launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(a.num_seqs), static_cast<unsigned>(a.kv_heads),
+  const dim3 grid(static_cast<unsigned>(a.attn.num_seqs), static_cast<unsigned>(a.attn.kv_heads),
                   static_cast<unsigned>(a.splits));
   const size_t shared = static_cast<size_t>(kWarps) * kGroup * kDims * 32 * sizeof(float);
   if (shared > 48 * 1024) {
@@ -116,12 +111,12 @@ void Launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
                          static_cast<int>(shared));
   }
   DecodePartialKernel<T, kDims, kGroup><<<grid, kWarps * 32, shared, stream>>>(a);
-  DecodeCombineKernel<T><<<static_cast<unsigned>(a.num_seqs) * a.heads, 128, 0, stream>>>(a);
+  DecodeCombineKernel<T><<<static_cast<unsigned>(a.attn.num_seqs) * a.attn.heads, 128, 0, stream>>>(a);
 }
 
 template <typename T, int kDims>
 bool DispatchGroup(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  switch (a.heads / a.kv_heads) {
+  switch (a.attn.heads / a.attn.kv_heads) {
     case 1: Launch<T, kDims, 1>(a, stream); return true;
     case 2: Launch<T, kDims, 2>(a, stream); return true;
     case 4: Launch<T, kDims, 4>(a, stream); return true;
@@ -140,10 +135,10 @@ bool DecodeAttentionSupported(int head_dim, int heads, int kv_heads) {
 }
 
 void DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  if (a.num_seqs == 0 || a.heads == 0) return;
-  DispatchType(a.type, [&](auto tag) {
+  if (a.attn.num_seqs == 0 || a.attn.heads == 0) return;
+  DispatchType(a.attn.type, [&](auto tag) {
     using T = decltype(tag);
-    if (a.head_dim == 64) {
+    if (a.attn.head_dim == 64) {
       DispatchGroup<T, 2>(a, stream);
     } else {
       DispatchGroup<T, 4>(a, stream);

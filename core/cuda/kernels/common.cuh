@@ -60,6 +60,13 @@ __device__ float BlockReduce(float v, float* scratch) {
 __device__ __forceinline__ float BlockSum(float v, float* scratch) { return BlockReduce<false>(v, scratch); }
 __device__ __forceinline__ float BlockMax(float v, float* scratch) { return BlockReduce<true>(v, scratch); }
 
+// Row of key j of sequence s (first packed row k0) in an attention's k and v: packed, or
+// through the block tables when paged.
+__device__ __forceinline__ int64_t KeyRow(const AttentionArgs& a, int s, int64_t k0, int64_t j) {
+  if (a.page_size == 0) return k0 + j;
+  return static_cast<int64_t>(a.block_tables[s * a.max_pages + j / a.page_size]) * a.page_size + j % a.page_size;
+}
+
 inline unsigned GridFor(int64_t n, int threads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 32 ? (blocks > 0 ? blocks : 1) : 65535 * 32);

@@ -176,20 +176,7 @@ void Attention(const AttentionArgs& a, cudaStream_t stream);
 // the keys (attention_decode.cu). Keys packed or paged as in AttentionArgs. The caller sizes
 // the partial buffers [num_seqs, heads, splits] (x head_dim for partial_out).
 struct DecodeAttentionArgs {
-  const void* q;  // [num_seqs, H, d]
-  const void* k;
-  const void* v;
-  void* out;      // [num_seqs, H, d]
-  ElemType type;
-  const int64_t* k_starts;  // device [num_seqs + 1]
-  int num_seqs;
-  int heads;
-  int kv_heads;
-  int head_dim;
-  float scale;
-  const int32_t* block_tables = nullptr;
-  int64_t max_pages = 0;
-  int64_t page_size = 0;
+  AttentionArgs attn;      // one query per sequence (q_starts and causal unused)
   int splits = 1;
   int64_t split_keys = 0;  // keys per split
   float* partial_max = nullptr;
