@@ -119,8 +119,9 @@ class MeteredBackend final : public Backend {
   }
   void GroupedGemm(const GroupedGemmParams& p) override {
     const int64_t group_bytes = p.weights.size_bytes() / std::max<int64_t>(p.weights.dim(0), 1);
-    for (size_t g = 0; g + 1 < p.offsets.size(); ++g) {
-      if (p.offsets[g + 1] > p.offsets[g]) counters_.weight_bytes += group_bytes;
+    const int64_t* offsets = p.device_offsets.defined() ? p.device_offsets.data<int64_t>() : p.offsets.data();
+    for (int64_t g = 0; g < p.weights.dim(0); ++g) {
+      if (offsets[g + 1] > offsets[g]) counters_.weight_bytes += group_bytes;
     }
     Timed(kGroupedGemm, [&] { cpu_.GroupedGemm(p); });
   }
@@ -144,6 +145,9 @@ class MeteredBackend final : public Backend {
       seen[ids[i]] = true;
     }
     ++counters_.router_calls;
+  }
+  void GroupByExpert(const GroupByExpertParams& p) override {
+    Timed(kGatherScatter, [&] { cpu_.GroupByExpert(p); });
   }
   void GatherRows(const GatherRowsParams& p) override { Timed(kGatherScatter, [&] { cpu_.GatherRows(p); }); }
   void ScatterAddRows(const ScatterAddRowsParams& p) override {

@@ -1,5 +1,5 @@
 // The Backend: the fixed op set every device implements (GEMM, grouped GEMM, norms, rotary,
-// attention, activations, router top-k, row gather/scatter, copies). Model code calls only
+// attention, activations, router top-k, expert grouping, row gather/scatter, copies). Model code calls only
 // these and never branches on the device. Each op takes one Params struct; shapes and dtypes
 // are checked at this boundary (a mismatch is a bug: Q3VL_CHECK). The CPU backend is the
 // reference; a backend instance is used by one thread at a time (ops may use many threads).
@@ -28,12 +28,16 @@ struct GemmParams {
 
 // For each group g: out[offsets[g]:offsets[g+1]] = a[offsets[g]:offsets[g+1]] · op(weights[g]),
 // op = transpose when weights_transposed. Groups with no rows are skipped (no weight bytes read).
+// The offsets come from the host (`offsets`, ending at R) or, so that the host need not wait
+// for the routing, from the backend's memory (`device_offsets`, e.g. GroupByExpert's output;
+// rows past its last entry are left untouched). Exactly one of the two is given.
 struct GroupedGemmParams {
   Tensor a;                      // [R, K], rows ordered by group
   Tensor weights;                // [G, K, N], or [G, N, K] when weights_transposed
   std::vector<int64_t> offsets;  // [G + 1], CSR row offsets
   Tensor out;                    // [R, N]
   bool weights_transposed = false;
+  Tensor device_offsets;         // [G + 1] i64 in the backend's memory, non-decreasing, <= R
 };
 
 struct RmsNormParams {
@@ -100,6 +104,20 @@ struct RouterParams {
   Tensor weights;     // [T, top_k] f32
 };
 
+// Groups routing pairs by local expert on the backend, for the grouped GEMM (the host never
+// reads the routing). Pair i = (token i / k, slot i % k) goes to local expert
+// e = expert_ids[i] - first_expert; its row is offsets[e] + the number of earlier pairs of e,
+// so rows are ordered by expert, then token, then slot. Pairs of experts outside the E local
+// ones are dropped, and the rows [offsets[E], T * k) they leave are padding (token 0, weight 0).
+struct GroupByExpertParams {
+  Tensor expert_ids;       // [T, k] i32 global expert ids
+  Tensor weights;          // [T, k] f32 routing weights
+  int64_t first_expert = 0;
+  Tensor offsets;          // out [E + 1] i64: CSR row offsets by local expert
+  Tensor source_token;     // out [T * k] i64: the token of each row
+  Tensor row_weight;       // out [T * k] f32: the routing weight of each row
+};
+
 // out[i] = table[ids[i]] (widened to out's dtype).
 struct GatherRowsParams {
   Tensor table;  // [V, D], any float dtype
@@ -147,6 +165,7 @@ class Backend {
   virtual void Activation(const ActivationParams& p) = 0;
   virtual void Attention(const AttentionParams& p) = 0;
   virtual void Router(const RouterParams& p) = 0;
+  virtual void GroupByExpert(const GroupByExpertParams& p) = 0;
   virtual void GatherRows(const GatherRowsParams& p) = 0;
   virtual void ScatterAddRows(const ScatterAddRowsParams& p) = 0;
   virtual void Add(const AddParams& p) = 0;

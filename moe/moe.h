@@ -26,7 +26,8 @@ struct ExpertWeights {
 // Token rows grouped by local expert, ready for the grouped GEMM.
 struct DispatchHandle {
   Tensor rows;                   // [R, D] token rows ordered by expert
-  std::vector<int64_t> offsets;  // [E_local + 1]
+  std::vector<int64_t> offsets;  // [E_local + 1] on the host, or
+  Tensor device_offsets;         // [E_local + 1] i64 in the backend's memory (LocalDispatcher)
   Tensor source_token;           // [R] i64: token index each row came from
   Tensor weight;                 // [R] f32: routing weight of the row
   int64_t num_tokens = 0;

@@ -47,7 +47,8 @@ class DeviceSimBackend final : public Backend {
   void GroupedGemm(const GroupedGemmParams& p) override {
     cpu_.GroupedGemm({.a = Host(p.a, "GroupedGemm a"), .weights = Host(p.weights, "GroupedGemm weights"),
                       .offsets = p.offsets, .out = Host(p.out, "GroupedGemm out"),
-                      .weights_transposed = p.weights_transposed});
+                      .weights_transposed = p.weights_transposed,
+                      .device_offsets = Host(p.device_offsets, "GroupedGemm device_offsets")});
   }
   void RmsNorm(const RmsNormParams& p) override {
     cpu_.RmsNorm({.x = Host(p.x, "RmsNorm x"), .weight = Host(p.weight, "RmsNorm weight"),
@@ -72,6 +73,13 @@ class DeviceSimBackend final : public Backend {
   void Router(const RouterParams& p) override {
     cpu_.Router({.logits = Host(p.logits, "Router logits"), .top_k = p.top_k, .renormalize = p.renormalize,
                  .expert_ids = Host(p.expert_ids, "Router expert_ids"), .weights = Host(p.weights, "Router weights")});
+  }
+  void GroupByExpert(const GroupByExpertParams& p) override {
+    cpu_.GroupByExpert({.expert_ids = Host(p.expert_ids, "GroupByExpert expert_ids"),
+                        .weights = Host(p.weights, "GroupByExpert weights"), .first_expert = p.first_expert,
+                        .offsets = Host(p.offsets, "GroupByExpert offsets"),
+                        .source_token = Host(p.source_token, "GroupByExpert source_token"),
+                        .row_weight = Host(p.row_weight, "GroupByExpert row_weight")});
   }
   void GatherRows(const GatherRowsParams& p) override {
     cpu_.GatherRows({.table = Host(p.table, "GatherRows table"), .ids = Host(p.ids, "GatherRows ids"),

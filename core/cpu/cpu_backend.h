@@ -36,6 +36,7 @@ class CpuBackend final : public Backend {
   void Activation(const ActivationParams& p) override;
   void Attention(const AttentionParams& p) override;
   void Router(const RouterParams& p) override;
+  void GroupByExpert(const GroupByExpertParams& p) override;
   void GatherRows(const GatherRowsParams& p) override;
   void ScatterAddRows(const ScatterAddRowsParams& p) override;
   void Add(const AddParams& p) override;

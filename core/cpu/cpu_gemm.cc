@@ -97,10 +97,21 @@ void CpuBackend::Gemm(const GemmParams& p) {
 void CpuBackend::GroupedGemm(const GroupedGemmParams& p) {
   Q3VL_CHECK_EQ(p.weights.rank(), 3) << p.weights.DebugString();
   const int64_t num_groups = p.weights.dim(0);
-  Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), num_groups + 1);
-  Q3VL_CHECK_EQ(p.offsets.back(), p.a.dim(0));
+  // Host memory either way on this backend.
+  const bool on_device = p.device_offsets.defined();
+  Q3VL_CHECK(on_device != !p.offsets.empty()) << "GroupedGemm takes either offsets or device_offsets";
+  const int64_t* offsets = on_device ? p.device_offsets.data<int64_t>() : p.offsets.data();
+  if (on_device) {
+    Q3VL_CHECK(p.device_offsets.dtype() == DType::kI64 && p.device_offsets.numel() == num_groups + 1)
+        << p.device_offsets.DebugString() << " for " << num_groups << " groups";
+    Q3VL_CHECK_LE(offsets[num_groups], p.a.dim(0));
+  } else {
+    Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), num_groups + 1);
+    Q3VL_CHECK_EQ(p.offsets.back(), p.a.dim(0));
+  }
   for (int64_t g = 0; g < num_groups; ++g) {
-    const int64_t begin = p.offsets[g], end = p.offsets[g + 1];
+    const int64_t begin = offsets[g], end = offsets[g + 1];
+    Q3VL_CHECK(begin >= 0 && begin <= end) << "group " << g << " rows [" << begin << ", " << end << ")";
     if (begin == end) continue;
     Tensor out = p.out.Slice(0, begin, end);
     Sgemm(p.a.Slice(0, begin, end), p.weights.Select(g), p.weights_transposed, 0.0f, out);

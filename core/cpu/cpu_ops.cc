@@ -193,6 +193,40 @@ void CpuBackend::Router(const RouterParams& p) {
   }
 }
 
+void CpuBackend::GroupByExpert(const GroupByExpertParams& p) {
+  Q3VL_CHECK(p.expert_ids.dtype() == DType::kI32 && p.expert_ids.is_contiguous()) << p.expert_ids.DebugString();
+  const int64_t pairs = p.expert_ids.numel();
+  const int64_t top_k = p.expert_ids.rank() == 2 ? p.expert_ids.dim(1) : 1;
+  Q3VL_CHECK(p.weights.dtype() == DType::kF32 && p.weights.numel() == pairs) << p.weights.DebugString();
+  Q3VL_CHECK(p.offsets.dtype() == DType::kI64 && p.offsets.rank() == 1) << p.offsets.DebugString();
+  Q3VL_CHECK(p.source_token.dtype() == DType::kI64 && p.source_token.numel() == pairs);
+  Q3VL_CHECK(p.row_weight.dtype() == DType::kF32 && p.row_weight.numel() == pairs);
+  const int64_t experts = p.offsets.numel() - 1;
+  Q3VL_CHECK_GE(experts, 1);
+  const int32_t* ids = p.expert_ids.data<int32_t>();
+  const float* weights = p.weights.data<float>();
+  int64_t* offsets = p.offsets.data<int64_t>();
+  int64_t* source = p.source_token.data<int64_t>();
+  float* row_weight = p.row_weight.data<float>();
+  // A counting sort, stable in pair order.
+  std::fill(offsets, offsets + experts + 1, 0);
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int64_t e = ids[i] - p.first_expert;
+    if (e >= 0 && e < experts) ++offsets[e + 1];
+  }
+  for (int64_t e = 0; e < experts; ++e) offsets[e + 1] += offsets[e];
+  std::vector<int64_t> cursor(offsets, offsets + experts);
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int64_t e = ids[i] - p.first_expert;
+    if (e < 0 || e >= experts) continue;
+    const int64_t row = cursor[e]++;
+    source[row] = i / top_k;
+    row_weight[row] = weights[i];
+  }
+  std::fill(source + offsets[experts], source + pairs, 0);
+  std::fill(row_weight + offsets[experts], row_weight + pairs, 0.0f);
+}
+
 void CpuBackend::GatherRows(const GatherRowsParams& p) {
   Q3VL_CHECK_EQ(p.table.rank(), 2);
   Q3VL_CHECK(p.table.strides()[1] == 1);

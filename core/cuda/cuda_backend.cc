@@ -1,6 +1,7 @@
 #include "core/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -228,14 +229,58 @@ void CudaBackend::Gemm(const GemmParams& p) {
 
 void CudaBackend::GroupedGemm(const GroupedGemmParams& p) {
   Q3VL_CHECK_EQ(p.weights.rank(), 3) << p.weights.DebugString();
-  const int64_t groups = p.weights.dim(0);
-  Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), groups + 1);
-  Q3VL_CHECK_EQ(p.offsets.back(), p.a.dim(0));
+  CheckOnDevice(p.weights, "GroupedGemm weights");
+  CheckOnDevice(p.out, "GroupedGemm out");
+  const int64_t groups = p.weights.dim(0), rows = p.a.dim(0), k = p.a.dim(1);
+  const int64_t n = p.weights_transposed ? p.weights.dim(1) : p.weights.dim(2);
+  Q3VL_CHECK_EQ(p.weights_transposed ? p.weights.dim(2) : p.weights.dim(1), k)
+      << p.a.DebugString() << " x " << p.weights.DebugString();
+  Q3VL_CHECK(p.out.rank() == 2 && p.out.dim(0) == rows && p.out.dim(1) == n) << p.out.DebugString();
+  const bool on_device = p.device_offsets.defined();
+  Q3VL_CHECK(on_device != !p.offsets.empty()) << "GroupedGemm takes either offsets or device_offsets";
+  if (!on_device) {
+    Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), groups + 1);
+    Q3VL_CHECK_EQ(p.offsets.back(), rows);
+    const Tensor a = p.a.dtype() == p.weights.dtype() ? p.a : Cast(p.a, p.weights.dtype());
+    GroupedGemmOnHostOffsets(p, a, p.offsets.data());
+    return;
+  }
+  CheckOnDevice(p.device_offsets, "GroupedGemm device_offsets");
+  Q3VL_CHECK(p.device_offsets.dtype() == DType::kI64 && p.device_offsets.numel() == groups + 1)
+      << p.device_offsets.DebugString() << " for " << groups << " groups";
+  CheckOnDevice(p.a, "GroupedGemm a");
+  // Decode: a few rows per group (on average at most kGemvRowsPerGroup) stream the weights
+  // through the GEMV kernel, which reads the offsets on the device. Larger batches are compute
+  // work for cuBLASLt, which needs the row counts on the host: one sync, small next to the GEMMs.
+  constexpr int64_t kGemvRowsPerGroup = 8;
+  const auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
+  const bool gemv = p.weights_transposed && rows <= kGemvRowsPerGroup * groups && k % 8 == 0 &&
+                    p.weights.is_contiguous() && aligned(p.weights) && aligned(p.a) &&
+                    RowStride(p.a, "GroupedGemm a") % 8 == 0;
+  if (gemv) {
+    cuda::GroupedGemv({.a = p.a.raw_data(), .a_type = ToElemType(p.a.dtype(), "GroupedGemm a"),
+                       .lda = RowStride(p.a, "GroupedGemm a"), .weights = p.weights.raw_data(),
+                       .weight_type = ToElemType(p.weights.dtype(), "GroupedGemm weights"),
+                       .offsets = p.device_offsets.device_data<int64_t>(), .groups = groups, .n = n, .k = k, .rows = rows,
+                       .out = p.out.raw_data(), .out_type = ToElemType(p.out.dtype(), "GroupedGemm out"),
+                       .ldo = RowStride(p.out, "GroupedGemm out")},
+                      stream_);
+    CheckLaunch("GroupedGemv");
+    return;
+  }
+  const Tensor offsets = q3vl::Download(*this, p.device_offsets);
+  const int64_t* o = offsets.data<int64_t>();
+  Q3VL_CHECK(o[0] >= 0 && o[groups] <= rows) << "GroupedGemm offsets [" << o[0] << ", " << o[groups]
+                                             << "] outside " << rows << " rows";
   const Tensor a = p.a.dtype() == p.weights.dtype() ? p.a : Cast(p.a, p.weights.dtype());
+  GroupedGemmOnHostOffsets(p, a, o);
+}
+
+void CudaBackend::GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const Tensor& a, const int64_t* offsets) {
   // One cuBLASLt call per group that has rows; empty groups read no weight bytes.
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t begin = p.offsets[g], end = p.offsets[g + 1];
-    Q3VL_CHECK_LE(begin, end);
+  for (int64_t g = 0; g < p.weights.dim(0); ++g) {
+    const int64_t begin = offsets[g], end = offsets[g + 1];
+    Q3VL_CHECK_LE(begin, end) << "group " << g;
     if (begin == end) continue;
     Gemm({.a = a.Slice(0, begin, end), .b = p.weights.Select(g), .out = p.out.Slice(0, begin, end),
           .b_transposed = p.weights_transposed});
@@ -376,6 +421,29 @@ void CudaBackend::Router(const RouterParams& p) {
                 .weights = p.weights.device_data<float>()},
                stream_);
   CheckLaunch("Router");
+}
+
+void CudaBackend::GroupByExpert(const GroupByExpertParams& p) {
+  CheckOnDevice(p.expert_ids, "GroupByExpert expert_ids");
+  for (const Tensor* t : {&p.weights, &p.offsets, &p.source_token, &p.row_weight}) {
+    CheckOnDevice(*t, "GroupByExpert");
+  }
+  Q3VL_CHECK(p.expert_ids.dtype() == DType::kI32 && p.expert_ids.is_contiguous()) << p.expert_ids.DebugString();
+  const int64_t pairs = p.expert_ids.numel();
+  const int64_t top_k = p.expert_ids.rank() == 2 ? p.expert_ids.dim(1) : 1;
+  Q3VL_CHECK(p.weights.dtype() == DType::kF32 && p.weights.numel() == pairs) << p.weights.DebugString();
+  Q3VL_CHECK(p.offsets.dtype() == DType::kI64 && p.offsets.rank() == 1) << p.offsets.DebugString();
+  Q3VL_CHECK(p.source_token.dtype() == DType::kI64 && p.source_token.numel() == pairs);
+  Q3VL_CHECK(p.row_weight.dtype() == DType::kF32 && p.row_weight.numel() == pairs);
+  const int64_t experts = p.offsets.numel() - 1;
+  Q3VL_CHECK(experts >= 1 && experts <= kGroupByExpertMaxExperts) << experts << " local experts";
+  Q3VL_CHECK_LT(pairs, int64_t{1} << 31);
+  cuda::GroupByExpert({.expert_ids = p.expert_ids.device_data<int32_t>(), .weights = p.weights.device_data<float>(),
+                       .pairs = pairs, .top_k = static_cast<int>(top_k), .first_expert = p.first_expert,
+                       .experts = static_cast<int>(experts), .offsets = p.offsets.device_data<int64_t>(),
+                       .source_token = p.source_token.device_data<int64_t>(), .row_weight = p.row_weight.device_data<float>()},
+                      stream_);
+  CheckLaunch("GroupByExpert");
 }
 
 void CudaBackend::GatherRows(const GatherRowsParams& p) {

@@ -50,6 +50,7 @@ class CudaBackend final : public Backend {
   void Activation(const ActivationParams& p) override;
   void Attention(const AttentionParams& p) override;
   void Router(const RouterParams& p) override;
+  void GroupByExpert(const GroupByExpertParams& p) override;
   void GatherRows(const GatherRowsParams& p) override;
   void ScatterAddRows(const ScatterAddRowsParams& p) override;
   void Add(const AddParams& p) override;
@@ -67,6 +68,8 @@ class CudaBackend final : public Backend {
   // A device tensor of `dtype` holding `t` (t itself when it already is one).
   Tensor Cast(const Tensor& t, DType dtype);
   void CheckLaunch(const char* op);
+  // cuBLASLt per group with rows, from offsets on the host.
+  void GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const Tensor& a, const int64_t* offsets);
 
   int device_ = 0;
   cudaDeviceProp properties_{};

@@ -1,4 +1,5 @@
 // Each CPU backend op against a naive loop over parameterised shapes.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -45,6 +46,56 @@ TEST_P(CpuOpsTest, GroupedGemmSkipsEmptyGroups) {
         for (int64_t x = 0; x < k; ++x) s += a.data<float>()[r * k + x] * w.data<float>()[(g * k + x) * n + j];
         EXPECT_NEAR(out.data<float>()[r * n + j], s, 1e-4f);
       }
+}
+
+// Offsets in the backend's memory give the host offsets' result; rows past the last offset
+// are not written.
+TEST_P(CpuOpsTest, GroupedGemmTakesDeviceOffsets) {
+  const int64_t rows = GetParam(), k = 8, n = 5;
+  const Tensor a = RandomTensor({rows + 2, k}, 4), w = RandomTensor({3, n, k}, 5);
+  const std::vector<int64_t> offsets = {0, rows / 3, rows / 3, rows};
+  Tensor want = Tensor::Empty(DType::kF32, {rows, n});
+  backend_.GroupedGemm({.a = a.Slice(0, 0, rows), .weights = w, .offsets = offsets, .out = want,
+                        .weights_transposed = true});
+  Tensor device_offsets = Tensor::Empty(DType::kI64, {4});
+  std::copy(offsets.begin(), offsets.end(), device_offsets.data<int64_t>());
+  Tensor got = Tensor::Empty(DType::kF32, {rows + 2, n});
+  got.Fill(-7.0f);
+  backend_.GroupedGemm({.a = a, .weights = w, .out = got, .weights_transposed = true,
+                        .device_offsets = device_offsets});
+  EXPECT_EQ(MaxAbsDiff(got.Slice(0, 0, rows), want), 0.0f);
+  for (int64_t i = rows * n; i < (rows + 2) * n; ++i) EXPECT_EQ(got.data<float>()[i], -7.0f);
+}
+
+// GroupByExpert against a stable sort of the pairs by local expert: other ranks' experts and
+// out-of-range ids are dropped and leave zero padding at the end.
+TEST_P(CpuOpsTest, GroupByExpertIsAStableSortByLocalExpert) {
+  const int64_t tokens = GetParam(), top_k = 3, first = 2, local = 5;
+  Tensor ids = Tensor::Empty(DType::kI32, {tokens, top_k});
+  const Tensor weights = RandomTensor({tokens, top_k}, 9);
+  for (int64_t i = 0; i < tokens * top_k; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + i / 5) % 9) - 1;
+  Tensor offsets = Tensor::Empty(DType::kI64, {local + 1});
+  Tensor source = Tensor::Empty(DType::kI64, {tokens * top_k}), row_weight = Tensor::Empty(DType::kF32, {tokens * top_k});
+  backend_.GroupByExpert({.expert_ids = ids, .weights = weights, .first_expert = first, .offsets = offsets,
+                          .source_token = source, .row_weight = row_weight});
+  std::vector<int64_t> pairs;
+  for (int64_t i = 0; i < tokens * top_k; ++i) {
+    const int64_t e = ids.data<int32_t>()[i] - first;
+    if (e >= 0 && e < local) pairs.push_back(i);
+  }
+  std::stable_sort(pairs.begin(), pairs.end(),
+                   [&](int64_t x, int64_t y) { return ids.data<int32_t>()[x] < ids.data<int32_t>()[y]; });
+  int64_t row = 0;
+  for (int64_t e = 0; e < local; ++e) {
+    EXPECT_EQ(offsets.data<int64_t>()[e], row) << "expert " << e;
+    while (row < static_cast<int64_t>(pairs.size()) && ids.data<int32_t>()[pairs[row]] - first == e) ++row;
+  }
+  EXPECT_EQ(offsets.data<int64_t>()[local], static_cast<int64_t>(pairs.size()));
+  for (int64_t r = 0; r < tokens * top_k; ++r) {
+    const bool used = r < static_cast<int64_t>(pairs.size());
+    EXPECT_EQ(source.data<int64_t>()[r], used ? pairs[r] / top_k : 0) << "row " << r;
+    EXPECT_EQ(row_weight.data<float>()[r], used ? weights.data<float>()[pairs[r]] : 0.0f) << "row " << r;
+  }
 }
 
 TEST_P(CpuOpsTest, NormsMatchNaive) {

@@ -139,6 +139,72 @@ TEST_P(CudaOpsTest, GroupedGemmSkipsEmptyGroups) {
   }
 }
 
+// Offsets in device memory, as the MoE layer passes them: few rows per group go through the
+// GEMV kernel, many through one sync and cuBLASLt. Activations stay f32 (the decoder's), weights
+// take the test's dtype; rows past the last offset are not written.
+TEST_P(CudaOpsTest, GroupedGemmTakesDeviceOffsets) {
+  struct Case {
+    int64_t n, k;
+    std::vector<int64_t> counts;  // rows per group
+  };
+  const std::vector<Case> cases = {
+      {70, 264, {1, 0, 5, 9, 0, 4, 2}},                 // ragged n and k; a group of 9 takes 3 passes
+      {1536, 4096, {1, 0, 0, 2, 1, 0, 3, 0, 1, 0, 0, 0, 1, 0, 0, 1}},  // the EP8 shard's gate_up at decode
+      {96, 64, {40, 0, 33}},                            // more than 8 rows per group: the cuBLASLt path
+  };
+  for (const Case& c : cases) {
+    std::vector<int64_t> offsets = {0};
+    for (int64_t count : c.counts) offsets.push_back(offsets.back() + count);
+    const int64_t groups = static_cast<int64_t>(c.counts.size()), rows = offsets.back();
+    const Tensor a = Rounded(Random({rows + 3, c.k}, 30), dtype());
+    const Tensor w = Rounded(Random({groups, c.n, c.k}, 31, 0.05f), dtype());
+    Tensor want = Tensor::Empty(DType::kF32, {rows + 3, c.n});
+    want.Fill(0.0f);  // the rows past the groups stay as Allocate left them
+    Tensor head = want.Slice(0, 0, rows);
+    cpu_.GroupedGemm({.a = a.Slice(0, 0, rows), .weights = w, .offsets = offsets, .out = head,
+                      .weights_transposed = true});
+    Tensor device_offsets = Tensor::FromVectorI64(offsets, {groups + 1});
+    Tensor out = gpu_->Allocate(DType::kF32, {rows + 3, c.n});
+    gpu_->GroupedGemm({.a = UpF32(a), .weights = Up(w), .out = out, .weights_transposed = true,
+                       .device_offsets = gpu_->ToDevice(device_offsets)});
+    SCOPED_TRACE(testing::Message() << "n " << c.n << " k " << c.k << " rows " << rows);
+    ExpectClose(Down(out), want, 1e-4, 1e-5);
+  }
+}
+
+// The routing grouped on the device equals the CPU's counting sort exactly: decode's handful
+// of pairs, and a prefill chunk whose pairs mostly belong to other ranks' experts.
+TEST_P(CudaOpsTest, GroupByExpertMatchesCpu) {
+  struct Case {
+    int64_t tokens, top_k, first_expert, experts, id_range;
+  };
+  for (const Case& c : {Case{16, 8, 0, 128, 128}, Case{1, 8, 0, 128, 128}, Case{5000, 8, 32, 16, 130},
+                        Case{3, 2, 0, 1024, 1024}, Case{0, 8, 0, 128, 128}}) {
+    std::mt19937 rng(static_cast<uint32_t>(c.tokens + c.experts));
+    Tensor ids = Tensor::Empty(DType::kI32, {c.tokens, c.top_k});
+    for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int32_t>()[i] = static_cast<int32_t>(rng() % c.id_range) - 1;
+    const Tensor weights = Random({c.tokens, c.top_k}, 32);
+    const int64_t pairs = c.tokens * c.top_k;
+    Tensor offsets = Tensor::Empty(DType::kI64, {c.experts + 1});
+    Tensor source = Tensor::Empty(DType::kI64, {pairs}), row_weight = Tensor::Empty(DType::kF32, {pairs});
+    cpu_.GroupByExpert({.expert_ids = ids, .weights = weights, .first_expert = c.first_expert, .offsets = offsets,
+                        .source_token = source, .row_weight = row_weight});
+    Tensor d_offsets = gpu_->Allocate(DType::kI64, {c.experts + 1});
+    Tensor d_source = gpu_->Allocate(DType::kI64, {pairs}), d_weight = gpu_->Allocate(DType::kF32, {pairs});
+    gpu_->GroupByExpert({.expert_ids = gpu_->ToDevice(ids), .weights = UpF32(weights),
+                         .first_expert = c.first_expert, .offsets = d_offsets, .source_token = d_source,
+                         .row_weight = d_weight});
+    gpu_->Synchronize();
+    SCOPED_TRACE(testing::Message() << "tokens " << c.tokens << " experts " << c.experts);
+    const Tensor got_offsets = gpu_->ToHost(d_offsets), got_source = gpu_->ToHost(d_source);
+    for (int64_t e = 0; e <= c.experts; ++e) {
+      ASSERT_EQ(got_offsets.data<int64_t>()[e], offsets.data<int64_t>()[e]) << "expert " << e;
+    }
+    for (int64_t r = 0; r < pairs; ++r) ASSERT_EQ(got_source.data<int64_t>()[r], source.data<int64_t>()[r]) << "row " << r;
+    ExpectClose(Down(d_weight), row_weight, 0.0, 0.0);
+  }
+}
+
 TEST_P(CudaOpsTest, NormsMatchCpu) {
   for (const int64_t width : {64, 1152, 4096}) {
     const Tensor x = Rounded(Random({9, width}, 10), dtype());

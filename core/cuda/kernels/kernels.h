@@ -101,6 +101,44 @@ struct RouterArgs {
 };
 void Router(const RouterArgs& a, cudaStream_t stream);
 
+// Groups routing pairs by local expert (Backend::GroupByExpert), in one block: rows ordered
+// by expert, then pair index, so the result equals the CPU's counting sort exactly.
+constexpr int kGroupByExpertMaxExperts = 1024;
+struct GroupByExpertArgs {
+  const int32_t* expert_ids;  // [pairs] global ids
+  const float* weights;       // [pairs]
+  int64_t pairs;
+  int top_k;                  // pairs per token
+  int64_t first_expert;
+  int experts;                // local experts, <= kGroupByExpertMaxExperts
+  int64_t* offsets;           // [experts + 1]
+  int64_t* source_token;      // [pairs]
+  float* row_weight;          // [pairs]
+};
+void GroupByExpert(const GroupByExpertArgs& a, cudaStream_t stream);
+
+// Grouped GEMM for few rows per group, the group offsets read on the device (decode's expert
+// GEMMs, with no host sync): out[r] = a[r] · weights[g]ᵀ for the rows r in
+// [offsets[g], offsets[g + 1]) (clamped to `rows`). A warp streams 4 weight rows at a time
+// against up to 4 activation rows in f32 FMAs; groups without rows read no weight bytes.
+// REQUIRES k % 8 == 0, lda % 8 == 0 and 16-byte aligned a and weights (CudaBackend checks).
+struct GroupedGemvArgs {
+  const void* a;          // [rows, k], row stride lda
+  ElemType a_type;
+  int64_t lda;
+  const void* weights;    // [groups, n, k]
+  ElemType weight_type;
+  const int64_t* offsets; // device [groups + 1]
+  int64_t groups;
+  int64_t n;
+  int64_t k;
+  int64_t rows;
+  void* out;              // [rows, n], row stride ldo
+  ElemType out_type;
+  int64_t ldo;
+};
+void GroupedGemv(const GroupedGemvArgs& a, cudaStream_t stream);
+
 // out[i] = table[ids[i]]; table rows `row_stride` elements apart.
 struct GatherRowsArgs {
   const void* table;
