@@ -149,6 +149,7 @@ class MeteredBackend final : public Backend {
   void GroupByExpert(const GroupByExpertParams& p) override {
     Timed(kGatherScatter, [&] { cpu_.GroupByExpert(p); });
   }
+  void TopK(const TopKParams& p) override { Timed(kElementwise, [&] { cpu_.TopK(p); }); }
   void GatherRows(const GatherRowsParams& p) override { Timed(kGatherScatter, [&] { cpu_.GatherRows(p); }); }
   void ScatterAddRows(const ScatterAddRowsParams& p) override {
     Timed(kGatherScatter, [&] { cpu_.ScatterAddRows(p); });

@@ -1,5 +1,5 @@
 // The Backend: the fixed op set every device implements (GEMM, grouped GEMM, norms, rotary,
-// attention, activations, router top-k, expert grouping, row gather/scatter, copies). Model code calls only
+// attention, activations, router top-k, expert grouping, row top-k, row gather/scatter, copies). Model code calls only
 // these and never branches on the device. Each op takes one Params struct; shapes and dtypes
 // are checked at this boundary (a mismatch is a bug: Q3VL_CHECK). The CPU backend is the
 // reference; a backend instance is used by one thread at a time (ops may use many threads).
@@ -118,6 +118,15 @@ struct GroupByExpertParams {
   Tensor row_weight;       // out [T * k] f32: the routing weight of each row
 };
 
+// The k largest values of each row of x in descending order (ties: the lower column first) and
+// their columns: sampling reads these candidates instead of whole vocabulary rows.
+struct TopKParams {
+  Tensor x;        // [N, V] f32, rows contiguous (a column slice is fine)
+  int64_t k = 1;   // 1 <= k <= V; the CUDA backend takes k <= 1024
+  Tensor values;   // [N, k] f32
+  Tensor ids;      // [N, k] i32: columns of x
+};
+
 // out[i] = table[ids[i]] (widened to out's dtype).
 struct GatherRowsParams {
   Tensor table;  // [V, D], any float dtype
@@ -166,6 +175,7 @@ class Backend {
   virtual void Attention(const AttentionParams& p) = 0;
   virtual void Router(const RouterParams& p) = 0;
   virtual void GroupByExpert(const GroupByExpertParams& p) = 0;
+  virtual void TopK(const TopKParams& p) = 0;
   virtual void GatherRows(const GatherRowsParams& p) = 0;
   virtual void ScatterAddRows(const ScatterAddRowsParams& p) = 0;
   virtual void Add(const AddParams& p) = 0;

@@ -81,11 +81,13 @@ class TextDecoder {
                 const TraceFn* trace = nullptr) const;
 
   // One token per row of `hidden` (rows[i] sampled with *params[i] and *rngs[i]) without the
-  // full logits on any rank: each tp rank's vocab chunk yields its argmax or its top-k (value,
-  // id) pairs, the candidates are all-gathered and sampled identically on every tp rank
-  // (SampleCandidates); top-p without top-k falls back to gathering whole rows. Under a
+  // full logits on any rank or on the host: the backend picks each tp rank's argmax or top-k
+  // (value, id) pairs of its vocab chunk (Backend::TopK), the candidates are all-gathered and
+  // sampled identically on every tp rank (SampleCandidates); top-p without a top-k of at most
+  // kMaxSampleCandidates falls back to whole rows. Under a
   // pipeline the last stage samples and broadcasts the tokens over pp. Every rank returns the
   // same tokens; only the last stage's Rngs advance.
+  static constexpr int64_t kMaxSampleCandidates = 1024;
   std::vector<int64_t> SampleRows(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                   const std::vector<const SamplingParams*>& params,
                                   const std::vector<Rng*>& rngs) const;

@@ -7,25 +7,6 @@
 #include "model/parallel_layers.h"
 
 namespace q3vl::model {
-namespace {
-
-// Local (logit, global id) candidates per row: the argmax, or the top `k` of the chunk.
-// Padded with (-inf, V) so that every rank contributes the same count.
-void LocalCandidates(const float* row, int64_t width, int64_t begin, int64_t k, int64_t vocab,
-                     float* out_logit, float* out_id) {
-  std::vector<int64_t> order(width);
-  for (int64_t i = 0; i < width; ++i) order[i] = i;
-  const int64_t take = std::min(k, width);
-  std::partial_sort(order.begin(), order.begin() + take, order.end(), [&](int64_t a, int64_t b) {
-    return row[a] > row[b] || (row[a] == row[b] && a < b);
-  });
-  for (int64_t i = 0; i < k; ++i) {
-    out_logit[i] = i < take ? row[order[i]] : -std::numeric_limits<float>::infinity();
-    out_id[i] = static_cast<float>(i < take ? begin + order[i] : vocab);  // exact below 2^24
-  }
-}
-
-}  // namespace
 
 std::vector<int64_t> TextDecoder::SampleRows(Backend& backend, const Tensor& hidden,
                                              const std::vector<int64_t>& rows,
@@ -51,36 +32,47 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
   const int64_t n = static_cast<int64_t>(rows.size()), v = config_.vocab_size;
   const int tp = shard_.tp ? shard_.tp->size() : 1;
   std::vector<int64_t> tokens(n);
-  if (tp == 1) {
-    const Tensor logits = Download(backend, LocalLogits(backend, hidden, rows, nullptr));  // [N, V]
-    for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * vocab_chunk_, v, *params[i], *rngs[i]);
-    return tokens;
-  }
   // Candidates per row: 1 for greedy, top_k for top-k; 0 (whole rows) when top_p needs them all.
   int64_t k = 0;
   bool whole_rows = false;
   for (const SamplingParams* p : params) {
     if (p->temperature == 0.0f || p->top_k == 1) {
       k = std::max<int64_t>(k, 1);
-    } else if (p->top_k > 0 && p->top_k <= 1024) {
+    } else if (p->top_k > 0 && p->top_k <= kMaxSampleCandidates) {
       k = std::max(k, p->top_k);
     } else {
       whole_rows = true;
     }
   }
   if (whole_rows) {
-    const Tensor logits = StageLogits(backend, hidden, rows, nullptr);  // [N, V], gathered
-    for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * v, v, *params[i], *rngs[i]);
+    const Tensor logits = tp == 1 ? Download(backend, LocalLogits(backend, hidden, rows, nullptr))
+                                  : StageLogits(backend, hidden, rows, nullptr);  // [N, V] (tp: gathered)
+    const int64_t ld = tp == 1 ? vocab_chunk_ : v;
+    for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * ld, v, *params[i], *rngs[i]);
     return tokens;
   }
-  const Tensor local = Download(backend, LocalLogits(backend, hidden, rows, nullptr));  // [N, V_chunk]
+  // Each rank's top k of its vocabulary chunk, picked on the backend: the host reads n x k
+  // candidates instead of n whole rows. Padded with (-inf, V) where a chunk is narrower than k,
+  // so that every rank contributes the same count.
+  const Tensor local = LocalLogits(backend, hidden, rows, nullptr);  // [N, V_chunk]
   const int64_t width = std::max<int64_t>(0, std::min(v, vocab_begin_ + vocab_chunk_) - vocab_begin_);
-  Tensor mine = Tensor::Empty(DType::kF32, {n, 2, k});  // per row: logits then ids
+  const int64_t take = std::min(k, width);
+  Tensor top_values, top_ids;
+  if (take > 0) {
+    Tensor values = backend.Allocate(DType::kF32, {n, take}), ids = backend.Allocate(DType::kI32, {n, take});
+    backend.TopK({.x = local.Slice(1, 0, width), .k = take, .values = values, .ids = ids});
+    top_values = Download(backend, values);
+    top_ids = Download(backend, ids);
+  }
+  Tensor mine = Tensor::Empty(DType::kF32, {n, 2, k});  // per row: logits then ids (exact below 2^24)
   for (int64_t i = 0; i < n; ++i) {
     float* dst = mine.data<float>() + i * 2 * k;
-    LocalCandidates(local.data<float>() + i * vocab_chunk_, width, vocab_begin_, k, v, dst, dst + k);
+    for (int64_t j = 0; j < k; ++j) {
+      dst[j] = j < take ? top_values.data<float>()[i * take + j] : -std::numeric_limits<float>::infinity();
+      dst[k + j] = static_cast<float>(j < take ? vocab_begin_ + top_ids.data<int32_t>()[i * take + j] : v);
+    }
   }
-  const Tensor all = GatherFromAll(shard_.tp, mine);  // [T, N, 2, k]
+  const Tensor all = tp == 1 ? mine : GatherFromAll(shard_.tp, mine);  // [tp, N, 2, k]
   std::vector<float> logit(tp * k);
   std::vector<int64_t> id(tp * k);
   for (int64_t i = 0; i < n; ++i) {

@@ -81,6 +81,10 @@ class DeviceSimBackend final : public Backend {
                         .source_token = Host(p.source_token, "GroupByExpert source_token"),
                         .row_weight = Host(p.row_weight, "GroupByExpert row_weight")});
   }
+  void TopK(const TopKParams& p) override {
+    cpu_.TopK({.x = Host(p.x, "TopK x"), .k = p.k, .values = Host(p.values, "TopK values"),
+               .ids = Host(p.ids, "TopK ids")});
+  }
   void GatherRows(const GatherRowsParams& p) override {
     cpu_.GatherRows({.table = Host(p.table, "GatherRows table"), .ids = Host(p.ids, "GatherRows ids"),
                      .out = Host(p.out, "GatherRows out")});

@@ -227,6 +227,33 @@ void CpuBackend::GroupByExpert(const GroupByExpertParams& p) {
   std::fill(row_weight + offsets[experts], row_weight + pairs, 0.0f);
 }
 
+void CpuBackend::TopK(const TopKParams& p) {
+  Q3VL_CHECK(p.x.dtype() == DType::kF32 && p.x.rank() == 2 && p.x.strides()[1] == 1) << p.x.DebugString();
+  const int64_t rows = p.x.dim(0), width = p.x.dim(1), k = p.k, ld = p.x.strides()[0];
+  Q3VL_CHECK(k >= 1 && k <= width) << "top-" << k << " of " << width << " columns";
+  Q3VL_CHECK(p.values.dtype() == DType::kF32 && p.values.is_contiguous() && p.values.numel() == rows * k);
+  Q3VL_CHECK(p.ids.dtype() == DType::kI32 && p.ids.is_contiguous() && p.ids.numel() == rows * k);
+  const float* x = p.x.data<float>();
+  float* values = p.values.data<float>();
+  int32_t* ids = p.ids.data<int32_t>();
+#pragma omp parallel if (rows > 1)
+  {
+    std::vector<int32_t> order(width);
+#pragma omp for
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + r * ld;
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+        return row[a] > row[b] || (row[a] == row[b] && a < b);
+      });
+      for (int64_t j = 0; j < k; ++j) {
+        values[r * k + j] = row[order[j]];
+        ids[r * k + j] = order[j];
+      }
+    }
+  }
+}
+
 void CpuBackend::GatherRows(const GatherRowsParams& p) {
   Q3VL_CHECK_EQ(p.table.rank(), 2);
   Q3VL_CHECK(p.table.strides()[1] == 1);

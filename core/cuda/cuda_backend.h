@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
   void Attention(const AttentionParams& p) override;
   void Router(const RouterParams& p) override;
   void GroupByExpert(const GroupByExpertParams& p) override;
+  void TopK(const TopKParams& p) override;
   void GatherRows(const GatherRowsParams& p) override;
   void ScatterAddRows(const ScatterAddRowsParams& p) override;
   void Add(const AddParams& p) override;

@@ -98,6 +98,27 @@ TEST_P(CpuOpsTest, GroupByExpertIsAStableSortByLocalExpert) {
   }
 }
 
+// TopK against a full sort, on a column slice of rows with many ties (values on a coarse grid).
+TEST_P(CpuOpsTest, TopKIsASortByValueThenColumn) {
+  const int64_t rows = GetParam(), ld = 40, width = 37;
+  Tensor x = RandomTensor({rows, ld}, 10);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f) / 2.0f;
+  for (const int64_t k : {int64_t{1}, int64_t{5}, width}) {
+    Tensor values = Tensor::Empty(DType::kF32, {rows, k}), ids = Tensor::Empty(DType::kI32, {rows, k});
+    backend_.TopK({.x = x.Slice(1, 0, width), .k = k, .values = values, .ids = ids});
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x.data<float>() + r * ld;
+      std::vector<int32_t> order(width);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      for (int64_t j = 0; j < k; ++j) {
+        ASSERT_EQ(ids.data<int32_t>()[r * k + j], order[j]) << "row " << r << " k " << k << " rank " << j;
+        ASSERT_EQ(values.data<float>()[r * k + j], row[order[j]]);
+      }
+    }
+  }
+}
+
 TEST_P(CpuOpsTest, NormsMatchNaive) {
   const int64_t rows = GetParam(), d = 24;
   const Tensor x = RandomTensor({rows, d}, 6), w = RandomTensor({d}, 7), b = RandomTensor({d}, 8);

@@ -4,6 +4,7 @@
 // gpu; without a device every test skips with the reason, and ctest reports it as skipped.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -202,6 +203,32 @@ TEST_P(CudaOpsTest, GroupByExpertMatchesCpu) {
     }
     for (int64_t r = 0; r < pairs; ++r) ASSERT_EQ(got_source.data<int64_t>()[r], source.data<int64_t>()[r]) << "row " << r;
     ExpectClose(Down(d_weight), row_weight, 0.0, 0.0);
+  }
+}
+
+// TopK equals the CPU's exactly at the vocabulary's width, on a column slice, with heavy ties
+// (values on a coarse grid), -0 next to +0, a constant row and an all -inf row.
+TEST_P(CudaOpsTest, TopKMatchesCpu) {
+  const int64_t rows = 6, ld = 151936, width = 151700;
+  Tensor x = Random({rows, ld}, 33, 3.0f);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::round(x.data<float>()[i] * 4.0f) / 4.0f;
+  for (int64_t j = 0; j < ld; ++j) {
+    x.data<float>()[3 * ld + j] = 1.5f;
+    x.data<float>()[4 * ld + j] = -INFINITY;
+  }
+  x.data<float>()[5 * ld + 7] = -0.0f;
+  const Tensor dx = UpF32(x);
+  for (const int64_t k : {int64_t{1}, int64_t{2}, int64_t{20}, int64_t{50}, int64_t{1000}, int64_t{1024}}) {
+    Tensor values = Tensor::Empty(DType::kF32, {rows, k}), ids = Tensor::Empty(DType::kI32, {rows, k});
+    cpu_.TopK({.x = x.Slice(1, 0, width), .k = k, .values = values, .ids = ids});
+    Tensor d_values = gpu_->Allocate(DType::kF32, {rows, k}), d_ids = gpu_->Allocate(DType::kI32, {rows, k});
+    gpu_->TopK({.x = dx.Slice(1, 0, width), .k = k, .values = d_values, .ids = d_ids});
+    gpu_->Synchronize();
+    const Tensor got_ids = gpu_->ToHost(d_ids), got_values = gpu_->ToHost(d_values);
+    for (int64_t i = 0; i < rows * k; ++i) {
+      ASSERT_EQ(got_ids.data<int32_t>()[i], ids.data<int32_t>()[i]) << "k " << k << " row " << i / k << " rank " << i % k;
+      ASSERT_EQ(std::memcmp(got_values.data<float>() + i, values.data<float>() + i, 4), 0) << "k " << k << " at " << i;
+    }
   }
 }
 

@@ -139,6 +139,22 @@ struct GroupedGemvArgs {
 };
 void GroupedGemv(const GroupedGemvArgs& a, cudaStream_t stream);
 
+// Per row of x, the k largest values in descending order (ties: the lower column first) and
+// their columns; one block per row. k == 1 is an argmax reduction; otherwise a radix select
+// finds the k-th largest value, the values above it and the first of those equal to it are
+// collected, and a bitonic sort orders them.
+constexpr int kTopKMax = 1024;
+struct TopKArgs {
+  const float* x;  // [rows, ld], the first `width` columns used
+  int64_t ld;
+  int64_t rows;
+  int64_t width;
+  int k;           // 1 <= k <= min(width, kTopKMax)
+  float* values;   // [rows, k]
+  int32_t* ids;    // [rows, k]
+};
+void TopK(const TopKArgs& a, cudaStream_t stream);
+
 // out[i] = table[ids[i]]; table rows `row_stride` elements apart.
 struct GatherRowsArgs {
   const void* table;
