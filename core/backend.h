@@ -40,11 +40,14 @@ struct GroupedGemmParams {
   Tensor device_offsets;         // [G + 1] i64 in the backend's memory, non-decreasing, <= R
 };
 
+// With a residual, the residual add is fused in: x += residual (written back to x), then
+// out = RMSNorm(x); out must not alias x then.
 struct RmsNormParams {
-  Tensor x;       // [..., D]
-  Tensor weight;  // [D]
-  Tensor out;     // same shape as x (may alias x)
+  Tensor x;         // [..., D]
+  Tensor weight;    // [D]
+  Tensor out;       // same shape as x (may alias x without a residual)
   float eps = 1e-6f;
+  Tensor residual;  // optional, like x
 };
 
 struct LayerNormParams {

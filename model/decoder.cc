@@ -270,13 +270,17 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     all_to_all.emplace(*shard_.ep, shard_.num_experts, shard_.attn_groups > 1 ? shard_.tp : shard_.ep);
   }
   moe::Dispatcher& dispatcher = all_to_all ? static_cast<moe::Dispatcher&>(*all_to_all) : local;
+  // Residual adds are fused into the next RMSNorm (h += delta, a = norm(h)): the attention
+  // output's always, the MLP output's when the next layer's input norm follows directly (no
+  // DeepStack add or trace in between, not the stage's last layer).
+  bool pending = false;  // delta holds the previous MLP output, not yet added into h
   for (int64_t i = 0; i < shard_.num_layers; ++i) {
     const int64_t l = shard_.first_layer + i;  // global layer index (KV cache, DeepStack, traces)
     const Layer& layer = layers_[i];
-    backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps});
+    backend.RmsNorm({.x = h, .weight = layer.input_norm, .out = a, .eps = config_.rms_norm_eps,
+                     .residual = pending ? delta : Tensor()});
     Attention(backend, layer, i, batch, plan, a, delta);  // KV cache layers are this stage's
-    backend.Add({.a = h, .b = delta, .out = h});
-    backend.RmsNorm({.x = h, .weight = layer.post_norm, .out = a, .eps = config_.rms_norm_eps});
+    backend.RmsNorm({.x = h, .weight = layer.post_norm, .out = a, .eps = config_.rms_norm_eps, .residual = delta});
     if (layer.moe) {
       moe::Routing routing;
       moe::MoeForward(backend, dispatcher, layer.experts,
@@ -288,11 +292,12 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     } else {
       DenseMlp(backend, layer, a, delta);
     }
+    const bool deepstack = l < static_cast<int64_t>(batch.deepstack.size()) && batch.visual_rows.defined() &&
+                           batch.visual_rows.numel() > 0;
+    pending = !deepstack && batch.trace == nullptr && i + 1 < shard_.num_layers;
+    if (pending) continue;
     backend.Add({.a = h, .b = delta, .out = h});
-    if (l < static_cast<int64_t>(batch.deepstack.size()) && batch.visual_rows.defined() &&
-        batch.visual_rows.numel() > 0) {
-      backend.ScatterAddRows({.src = batch.deepstack[l], .ids = batch.visual_rows, .out = h});
-    }
+    if (deepstack) backend.ScatterAddRows({.src = batch.deepstack[l], .ids = batch.visual_rows, .out = h});
     Trace(backend, batch.trace, "layer_hidden", l, h);
   }
   SendToNextStage(shard_.pp, h);

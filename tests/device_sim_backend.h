@@ -52,7 +52,7 @@ class DeviceSimBackend final : public Backend {
   }
   void RmsNorm(const RmsNormParams& p) override {
     cpu_.RmsNorm({.x = Host(p.x, "RmsNorm x"), .weight = Host(p.weight, "RmsNorm weight"),
-                  .out = Host(p.out, "RmsNorm out"), .eps = p.eps});
+                  .out = Host(p.out, "RmsNorm out"), .eps = p.eps, .residual = Host(p.residual, "RmsNorm residual")});
   }
   void LayerNorm(const LayerNormParams& p) override {
     cpu_.LayerNorm({.x = Host(p.x, "LayerNorm x"), .weight = Host(p.weight, "LayerNorm weight"),

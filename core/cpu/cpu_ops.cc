@@ -65,10 +65,21 @@ void CpuBackend::RmsNorm(const RmsNormParams& p) {
   Q3VL_CHECK_EQ(x.rows, out.rows);
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
   const float* w = p.weight.data<float>();
+  const float* residual = nullptr;
+  if (p.residual.defined()) {
+    const Rows res = AsRows(p.residual, "residual");
+    Q3VL_CHECK(res.rows == x.rows && res.width == x.width) << p.residual.DebugString() << " vs " << p.x.DebugString();
+    Q3VL_CHECK(out.data != x.data) << "RmsNorm with a residual writes x and out: they must differ";
+    residual = res.data;
+  }
 #pragma omp parallel for if (x.rows > 16)
   for (int64_t r = 0; r < x.rows; ++r) {
-    const float* xr = x.data + r * x.width;
+    float* xr = x.data + r * x.width;
     float* o = out.data + r * x.width;
+    if (residual != nullptr) {
+      const float* rr = residual + r * x.width;
+      for (int64_t j = 0; j < x.width; ++j) xr[j] = xr[j] + rr[j];
+    }
     double sum_sq = 0.0;
     for (int64_t j = 0; j < x.width; ++j) sum_sq += static_cast<double>(xr[j]) * xr[j];
     const float inv = 1.0f / std::sqrt(static_cast<float>(sum_sq / x.width) + p.eps);

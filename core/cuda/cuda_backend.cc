@@ -291,8 +291,16 @@ void CudaBackend::RmsNorm(const RmsNormParams& p) {
   const Rows x = AsRows(p.x, "x"), out = AsRows(p.out, "out"), w = AsRows(p.weight, "weight");
   Q3VL_CHECK_EQ(x.rows, out.rows);
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
+  const void* residual = nullptr;
+  if (p.residual.defined()) {
+    const Rows r = AsRows(p.residual, "residual");
+    Q3VL_CHECK(r.rows == x.rows && r.width == x.width && r.type == x.type)
+        << p.residual.DebugString() << " vs " << p.x.DebugString();
+    Q3VL_CHECK(out.data != x.data) << "RmsNorm with a residual writes x and out: they must differ";
+    residual = r.data;
+  }
   cuda::RmsNorm({.x = x.data, .x_type = x.type, .weight = w.data, .weight_type = w.type, .out = out.data,
-                 .out_type = out.type, .rows = x.rows, .width = x.width, .eps = p.eps},
+                 .out_type = out.type, .rows = x.rows, .width = x.width, .eps = p.eps, .residual = residual},
                 stream_);
   CheckLaunch("RmsNorm");
 }

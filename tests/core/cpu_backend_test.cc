@@ -119,6 +119,19 @@ TEST_P(CpuOpsTest, TopKIsASortByValueThenColumn) {
   }
 }
 
+// The fused residual add equals Add then RmsNorm bit for bit, and leaves the sum in x.
+TEST_P(CpuOpsTest, RmsNormFusesTheResidualAdd) {
+  const int64_t rows = GetParam(), d = 24;
+  const Tensor x = RandomTensor({rows, d}, 11), delta = RandomTensor({rows, d}, 12), w = RandomTensor({d}, 13);
+  Tensor sum = x.Clone(), want = Tensor::Empty(DType::kF32, {rows, d});
+  backend_.Add({.a = sum, .b = delta, .out = sum});
+  backend_.RmsNorm({.x = sum, .weight = w, .out = want, .eps = 1e-6f});
+  Tensor fused_x = x.Clone(), got = Tensor::Empty(DType::kF32, {rows, d});
+  backend_.RmsNorm({.x = fused_x, .weight = w, .out = got, .eps = 1e-6f, .residual = delta});
+  EXPECT_EQ(MaxAbsDiff(fused_x, sum), 0.0f);
+  EXPECT_EQ(MaxAbsDiff(got, want), 0.0f);
+}
+
 TEST_P(CpuOpsTest, NormsMatchNaive) {
   const int64_t rows = GetParam(), d = 24;
   const Tensor x = RandomTensor({rows, d}, 6), w = RandomTensor({d}, 7), b = RandomTensor({d}, 8);

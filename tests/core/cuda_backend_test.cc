@@ -241,6 +241,15 @@ TEST_P(CudaOpsTest, NormsMatchCpu) {
     Tensor out = Up(x);  // in place, as the decoder does
     gpu_->RmsNorm({.x = out, .weight = Up(w), .out = out, .eps = 1e-6f});
     ExpectClose(Down(out), want, OutputTolerance(), 1e-5);
+    // The fused residual add: x += delta (kept in x), out = RMSNorm(x).
+    const Tensor delta = Rounded(Random({9, width}, 34), dtype());
+    Tensor sum = x.Clone(), fused_want = Tensor::Empty(DType::kF32, {9, width});
+    cpu_.Add({.a = sum, .b = delta, .out = sum});
+    cpu_.RmsNorm({.x = sum, .weight = w, .out = fused_want, .eps = 1e-6f});
+    Tensor fused_x = Up(x), fused = gpu_->Allocate(DType::kF32, {9, width});
+    gpu_->RmsNorm({.x = fused_x, .weight = Up(w), .out = fused, .eps = 1e-6f, .residual = Up(delta)});
+    ExpectClose(Down(fused), fused_want, OutputTolerance(), 1e-5);
+    ExpectClose(Down(fused_x), sum, OutputTolerance(), 1e-6);
     cpu_.LayerNorm({.x = x, .weight = w, .bias = b, .out = want, .eps = 1e-6f});
     out = gpu_->Allocate(dtype(), {9, width});
     gpu_->LayerNorm({.x = Up(x), .weight = Up(w), .bias = Up(b), .out = out, .eps = 1e-6f});

@@ -32,8 +32,9 @@ struct ConvertArgs {
 void Convert(const ConvertArgs& a, cudaStream_t stream);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, per row of `width`. out may alias x.
+// With a residual (of x_type), x += residual first and is written back.
 struct RmsNormArgs {
-  const void* x;
+  void* x;
   ElemType x_type;
   const void* weight;
   ElemType weight_type;
@@ -42,6 +43,7 @@ struct RmsNormArgs {
   int64_t rows;
   int64_t width;
   float eps;
+  const void* residual = nullptr;
 };
 void RmsNorm(const RmsNormArgs& a, cudaStream_t stream);
 

@@ -1,18 +1,30 @@
-// RmsNorm: one block per row; the sum of squares in f32, then the scaled row.
+// RmsNorm: one block per row; the sum of squares in f32, then the scaled row. With a residual
+// the add is fused in: the first pass forms x + residual, stores it back into x (rounded to x's
+// type) and sums its squares; the second pass rereads what the same thread stored.
 #include "core/cuda/kernels/common.cuh"
 
 namespace q3vl::cuda {
 namespace {
 
 template <typename T, typename W, typename O>
-__global__ void RmsNormKernel(const T* x, const W* weight, O* out, int64_t width, float eps) {
+__global__ void RmsNormKernel(T* x, const T* residual, const W* weight, O* out, int64_t width, float eps) {
   __shared__ float scratch[32];
-  const T* row = x + blockIdx.x * width;
+  T* row = x + blockIdx.x * width;
   O* orow = out + blockIdx.x * width;
   float sum_sq = 0.0f;
-  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
-    const float v = ToF32(row[j]);
-    sum_sq += v * v;
+  if (residual != nullptr) {
+    const T* rrow = residual + blockIdx.x * width;
+    for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+      const T sum = FromF32<T>(ToF32(row[j]) + ToF32(rrow[j]));
+      row[j] = sum;
+      const float v = ToF32(sum);
+      sum_sq += v * v;
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+      const float v = ToF32(row[j]);
+      sum_sq += v * v;
+    }
   }
   const float inv = rsqrtf(BlockSum(sum_sq, scratch) / static_cast<float>(width) + eps);
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
@@ -32,7 +44,8 @@ void RmsNorm(const RmsNormArgs& a, cudaStream_t stream) {
         using W = decltype(w_tag);
         using O = decltype(o_tag);
         RmsNormKernel<T, W, O><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(
-            static_cast<const T*>(a.x), static_cast<const W*>(a.weight), static_cast<O*>(a.out), a.width, a.eps);
+            static_cast<T*>(a.x), static_cast<const T*>(a.residual), static_cast<const W*>(a.weight),
+            static_cast<O*>(a.out), a.width, a.eps);
       });
     });
   });
