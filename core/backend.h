@@ -191,6 +191,10 @@ Tensor Upload(Backend& backend, const Tensor& t);
 // finishes the work that writes it first). The way model code reads a result on the host.
 Tensor Download(Backend& backend, const Tensor& t);
 
+// CHECKs GroupByExpert's dtypes and shapes (shared by the backends); returns the number of
+// local experts.
+int64_t CheckGroupByExpert(const GroupByExpertParams& p);
+
 enum class BackendKind : uint8_t { kCpu, kCuda };
 
 // Returns the backend of `kind`; UnimplementedError for a backend this build does not have.

@@ -204,16 +204,21 @@ void CpuBackend::Router(const RouterParams& p) {
   }
 }
 
-void CpuBackend::GroupByExpert(const GroupByExpertParams& p) {
+int64_t CheckGroupByExpert(const GroupByExpertParams& p) {
   Q3VL_CHECK(p.expert_ids.dtype() == DType::kI32 && p.expert_ids.is_contiguous()) << p.expert_ids.DebugString();
   const int64_t pairs = p.expert_ids.numel();
-  const int64_t top_k = p.expert_ids.rank() == 2 ? p.expert_ids.dim(1) : 1;
   Q3VL_CHECK(p.weights.dtype() == DType::kF32 && p.weights.numel() == pairs) << p.weights.DebugString();
   Q3VL_CHECK(p.offsets.dtype() == DType::kI64 && p.offsets.rank() == 1) << p.offsets.DebugString();
   Q3VL_CHECK(p.source_token.dtype() == DType::kI64 && p.source_token.numel() == pairs);
   Q3VL_CHECK(p.row_weight.dtype() == DType::kF32 && p.row_weight.numel() == pairs);
-  const int64_t experts = p.offsets.numel() - 1;
-  Q3VL_CHECK_GE(experts, 1);
+  Q3VL_CHECK_GE(p.offsets.numel(), 2) << "GroupByExpert needs at least one local expert";
+  return p.offsets.numel() - 1;
+}
+
+void CpuBackend::GroupByExpert(const GroupByExpertParams& p) {
+  const int64_t experts = CheckGroupByExpert(p);
+  const int64_t pairs = p.expert_ids.numel();
+  const int64_t top_k = p.expert_ids.rank() == 2 ? p.expert_ids.dim(1) : 1;
   const int32_t* ids = p.expert_ids.data<int32_t>();
   const float* weights = p.weights.data<float>();
   int64_t* offsets = p.offsets.data<int64_t>();

@@ -436,15 +436,10 @@ void CudaBackend::GroupByExpert(const GroupByExpertParams& p) {
   for (const Tensor* t : {&p.weights, &p.offsets, &p.source_token, &p.row_weight}) {
     CheckOnDevice(*t, "GroupByExpert");
   }
-  Q3VL_CHECK(p.expert_ids.dtype() == DType::kI32 && p.expert_ids.is_contiguous()) << p.expert_ids.DebugString();
+  const int64_t experts = CheckGroupByExpert(p);
   const int64_t pairs = p.expert_ids.numel();
   const int64_t top_k = p.expert_ids.rank() == 2 ? p.expert_ids.dim(1) : 1;
-  Q3VL_CHECK(p.weights.dtype() == DType::kF32 && p.weights.numel() == pairs) << p.weights.DebugString();
-  Q3VL_CHECK(p.offsets.dtype() == DType::kI64 && p.offsets.rank() == 1) << p.offsets.DebugString();
-  Q3VL_CHECK(p.source_token.dtype() == DType::kI64 && p.source_token.numel() == pairs);
-  Q3VL_CHECK(p.row_weight.dtype() == DType::kF32 && p.row_weight.numel() == pairs);
-  const int64_t experts = p.offsets.numel() - 1;
-  Q3VL_CHECK(experts >= 1 && experts <= kGroupByExpertMaxExperts) << experts << " local experts";
+  Q3VL_CHECK_LE(experts, kGroupByExpertMaxExperts) << "local experts";
   Q3VL_CHECK_LT(pairs, int64_t{1} << 31);
   cuda::GroupByExpert({.expert_ids = p.expert_ids.device_data<int32_t>(), .weights = p.weights.device_data<float>(),
                        .pairs = pairs, .top_k = static_cast<int>(top_k), .first_expert = p.first_expert,

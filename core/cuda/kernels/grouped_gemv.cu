@@ -7,6 +7,8 @@
 // activation rows: lane l reads elements [8l, 8l + 8) of every 256-element stretch, as 16-byte
 // loads marked streaming (weights are read once; activations, re-read by every warp, stay in L1).
 // The partial dot products are summed across the warp with shuffles.
+#include <type_traits>
+
 #include "core/cuda/kernels/common.cuh"
 
 namespace q3vl::cuda {
@@ -18,18 +20,15 @@ constexpr int kCols = 4;  // weight rows per warp
 constexpr int kRows = 4;  // activation rows per pass
 constexpr int kBlockCols = kWarps * kCols;
 
-__device__ __forceinline__ void Widen(const uint4& u, __nv_bfloat16, float v[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+__device__ __forceinline__ float2 Pair(__nv_bfloat162 h) { return __bfloat1622float2(h); }
+__device__ __forceinline__ float2 Pair(__half2 h) { return __half22float2(h); }
+
+// Eight 16-bit values (pairs of type T2) packed in `u`, as f32.
+template <typename T2>
+__device__ __forceinline__ void Widen(const uint4& u, float v[8]) {
+  const T2* h = reinterpret_cast<const T2*>(&u);
   for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void Widen(const uint4& u, __half, float v[8]) {
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
+    const float2 f = Pair(h[i]);
     v[2 * i] = f.x;
     v[2 * i + 1] = f.y;
   }
@@ -43,8 +42,9 @@ __device__ __forceinline__ void Load8(const T* p, float v[8]) {
     const float4 x = kStream ? __ldcs(q) : __ldg(q), y = kStream ? __ldcs(q + 1) : __ldg(q + 1);
     v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w, v[4] = y.x, v[5] = y.y, v[6] = y.z, v[7] = y.w;
   } else {
+    using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
     const uint4* q = reinterpret_cast<const uint4*>(p);
-    Widen(kStream ? __ldcs(q) : __ldg(q), T{}, v);
+    Widen<T2>(kStream ? __ldcs(q) : __ldg(q), v);
   }
 }
 
