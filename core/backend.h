@@ -1,6 +1,6 @@
 // The Backend: the fixed op set every device implements (GEMM, grouped GEMM, norms, rotary,
-// attention, activations, router top-k, expert grouping, row top-k, row gather/scatter, copies). Model code calls only
-// these and never branches on the device. Each op takes one Params struct; shapes and dtypes
+// attention, activations, router top-k, expert grouping, row top-k, row gather/scatter,
+// copies). Model code calls only these and never branches on the device. Each op takes one Params struct; shapes and dtypes
 // are checked at this boundary (a mismatch is a bug: Q3VL_CHECK). The CPU backend is the
 // reference; a backend instance is used by one thread at a time (ops may use many threads).
 #ifndef Q3VL_CORE_BACKEND_H_
@@ -191,9 +191,10 @@ Tensor Upload(Backend& backend, const Tensor& t);
 // finishes the work that writes it first). The way model code reads a result on the host.
 Tensor Download(Backend& backend, const Tensor& t);
 
-// CHECKs GroupByExpert's dtypes and shapes (shared by the backends); returns the number of
-// local experts.
+// CHECK an op's dtypes and shapes (shared by the backends). GroupByExpert: returns the number
+// of local experts.
 int64_t CheckGroupByExpert(const GroupByExpertParams& p);
+void CheckTopK(const TopKParams& p);
 
 enum class BackendKind : uint8_t { kCpu, kCuda };
 

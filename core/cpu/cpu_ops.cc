@@ -243,15 +243,33 @@ void CpuBackend::GroupByExpert(const GroupByExpertParams& p) {
   std::fill(row_weight + offsets[experts], row_weight + pairs, 0.0f);
 }
 
+void CheckTopK(const TopKParams& p) {
+  Q3VL_CHECK(p.x.dtype() == DType::kF32 && p.x.rank() == 2 && (p.x.strides()[1] == 1 || p.x.dim(1) <= 1))
+      << "TopK x must be f32 [N, V] with contiguous rows: " << p.x.DebugString();
+  const int64_t rows = p.x.dim(0), width = p.x.dim(1);
+  Q3VL_CHECK(p.k >= 1 && p.k <= width) << "top-" << p.k << " of " << width << " columns";
+  Q3VL_CHECK(p.values.dtype() == DType::kF32 && p.values.is_contiguous() && p.values.numel() == rows * p.k)
+      << p.values.DebugString();
+  Q3VL_CHECK(p.ids.dtype() == DType::kI32 && p.ids.is_contiguous() && p.ids.numel() == rows * p.k)
+      << p.ids.DebugString();
+}
+
 void CpuBackend::TopK(const TopKParams& p) {
-  Q3VL_CHECK(p.x.dtype() == DType::kF32 && p.x.rank() == 2 && p.x.strides()[1] == 1) << p.x.DebugString();
+  CheckTopK(p);
   const int64_t rows = p.x.dim(0), width = p.x.dim(1), k = p.k, ld = p.x.strides()[0];
-  Q3VL_CHECK(k >= 1 && k <= width) << "top-" << k << " of " << width << " columns";
-  Q3VL_CHECK(p.values.dtype() == DType::kF32 && p.values.is_contiguous() && p.values.numel() == rows * k);
-  Q3VL_CHECK(p.ids.dtype() == DType::kI32 && p.ids.is_contiguous() && p.ids.numel() == rows * k);
   const float* x = p.x.data<float>();
   float* values = p.values.data<float>();
   int32_t* ids = p.ids.data<int32_t>();
+  if (k == 1) {  // greedy decoding: one pass, the first maximum
+#pragma omp parallel for if (rows > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + r * ld;
+      const int64_t best = std::max_element(row, row + width) - row;
+      values[r] = row[best];
+      ids[r] = static_cast<int32_t>(best);
+    }
+    return;
+  }
 #pragma omp parallel if (rows > 1)
   {
     std::vector<int32_t> order(width);

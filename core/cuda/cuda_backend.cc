@@ -453,11 +453,9 @@ void CudaBackend::TopK(const TopKParams& p) {
   CheckOnDevice(p.x, "TopK x");
   CheckOnDevice(p.values, "TopK values");
   CheckOnDevice(p.ids, "TopK ids");
-  Q3VL_CHECK(p.x.dtype() == DType::kF32 && p.x.rank() == 2) << p.x.DebugString();
+  CheckTopK(p);
+  Q3VL_CHECK_LE(p.k, kTopKMax) << "TopK on CUDA";
   const int64_t rows = p.x.dim(0), width = p.x.dim(1);
-  Q3VL_CHECK(p.k >= 1 && p.k <= width && p.k <= kTopKMax) << "top-" << p.k << " of " << width << " columns";
-  Q3VL_CHECK(p.values.dtype() == DType::kF32 && p.values.is_contiguous() && p.values.numel() == rows * p.k);
-  Q3VL_CHECK(p.ids.dtype() == DType::kI32 && p.ids.is_contiguous() && p.ids.numel() == rows * p.k);
   cuda::TopK({.x = p.x.device_data<float>(), .ld = RowStride(p.x, "TopK x"), .rows = rows, .width = width,
               .k = static_cast<int>(p.k), .values = p.values.device_data<float>(),
               .ids = p.ids.device_data<int32_t>()},

@@ -159,8 +159,7 @@ TEST_P(CudaOpsTest, GroupedGemmTakesDeviceOffsets) {
     const int64_t groups = static_cast<int64_t>(c.counts.size()), rows = offsets.back();
     const Tensor a = Rounded(Random({rows + 3, c.k}, 30), dtype());
     const Tensor w = Rounded(Random({groups, c.n, c.k}, 31, 0.05f), dtype());
-    Tensor want = Tensor::Empty(DType::kF32, {rows + 3, c.n});
-    want.Fill(0.0f);  // the rows past the groups stay as Allocate left them
+    Tensor want = Tensor::Empty(DType::kF32, {rows + 3, c.n});  // zeros: rows past the groups stay so
     Tensor head = want.Slice(0, 0, rows);
     cpu_.GroupedGemm({.a = a.Slice(0, 0, rows), .weights = w, .offsets = offsets, .out = head,
                       .weights_transposed = true});
