@@ -446,6 +446,7 @@ Json BenchDecode(MeteredBackend& backend, const Model& m, const DecodeCase& c, c
   std::mt19937_64 rng(c.batch);
   Counters total;
   double total_s = 0;
+  std::vector<double> step_fractions;  // weight bytes / s / copy bandwidth, per timed step
   for (int step = 0; step <= c.steps; ++step) {
     model::DecoderBatch batch = MakeBatch(backend, m, cache, c.batch, 1, cache.Length(0), rng);
     backend.ResetCounters();
@@ -455,7 +456,10 @@ Json BenchDecode(MeteredBackend& backend, const Model& m, const DecodeCase& c, c
     if (step == 0) continue;  // warm-up
     total_s += seconds;
     total += backend.counters();
+    step_fractions.push_back(static_cast<double>(backend.counters().weight_bytes) / seconds /
+                             machine.copy_bytes_per_s);
   }
+  std::sort(step_fractions.begin(), step_fractions.end());
   const double step_s = total_s / c.steps;
   const double bytes_per_step = static_cast<double>(total.weight_bytes) / c.steps;
   return {{"batch", c.batch}, {"prefix_tokens", c.prefix}, {"steps", c.steps},
@@ -465,6 +469,10 @@ Json BenchDecode(MeteredBackend& backend, const Model& m, const DecodeCase& c, c
           {"weight_bytes_per_step", bytes_per_step},
           {"weight_bytes_per_s", bytes_per_step / step_s},
           {"weight_fraction_of_copy_bandwidth", bytes_per_step / step_s / machine.copy_bytes_per_s},
+          {"weight_fraction_of_copy_bandwidth_per_step",
+           {{"min", step_fractions.front()},
+            {"median", step_fractions[step_fractions.size() / 2]},
+            {"max", step_fractions.back()}}},
           {"breakdown_per_step", BreakdownJson(total, total_s, c.steps)}};
 }
 
@@ -513,7 +521,7 @@ struct Plan {
 std::vector<Plan> MakePlans(bool quick) {
   const int f = quick ? 1 : 0;  // index 1: --quick
   const int tiny_decode_steps[] = {32, 8};
-  const int layer_decode_steps[] = {8, 3};
+  const int layer_decode_steps[] = {16, 5};
   Plan tiny{
       .name = "tiny",
       .config = model::DemoConfig(),

@@ -1,5 +1,5 @@
 // The small-row GEMM kernels of every ISA this CPU runs, against a double-precision loop:
-// rows 1..17 (register-tile remainders), column and depth tails, strided operands, beta.
+// rows 1..17 (every tile height and split), column and depth tails, strided operands, beta.
 #include "core/cpu/small_gemm.h"
 
 #include <cmath>
@@ -76,7 +76,7 @@ TEST_P(SmallGemmTest, MatchesDoubleLoopOnEveryIsa) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SmallGemmTest,
-    ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 8, 13, 16),
+    ::testing::Combine(::testing::Values(1, 2, 3, 4, 5, 6, 7, 8, 11, 13, 16),
                        ::testing::Values(1, 5, 64, 131, 512),
                        ::testing::Values(0, 1, 17, 64, 300), ::testing::Bool()));
 
@@ -124,6 +124,28 @@ TEST(SmallGemmTest, Bf16WeightsEqualTheirF32Widening) {
   (*backend)->GroupedGemm({.a = a, .weights = w16.ToF32(), .offsets = offsets, .out = want, .weights_transposed = true});
   (*backend)->GroupedGemm({.a = a, .weights = w16, .offsets = offsets, .out = got, .weights_transposed = true});
   EXPECT_LE(testing::MaxAbsDiff(got, want), 1e-5f);
+}
+
+// A row's result must not depend on the rows batched with it (tile heights change with m): a
+// sequence decodes the same tokens alone or in a batch. k spans several k blocks plus a tail.
+TEST(SmallGemmTest, EachRowIsTheSameForEveryBatchSize) {
+  const int64_t n = 37, k = 2 * 1024 + 77;
+  const Tensor a = testing::RandomTensor({kSmallGemmMaxRows, k}, 12);
+  const Tensor b = testing::RandomTensor({n, k}, 13);
+  for (const Isa& isa : Isas()) {
+    if (!isa.supported) continue;
+    Tensor alone = Tensor::Empty(DType::kF32, {kSmallGemmMaxRows, n});
+    for (int64_t r = 0; r < kSmallGemmMaxRows; ++r) {
+      isa.kernel({.a = a.data<float>() + r * k, .lda = k, .b = b.data<float>(), .ldb = k, .b_transposed = true,
+                  .out = alone.data<float>() + r * n, .ldo = n, .m = 1, .n = n, .k = k});
+    }
+    for (int64_t m = 2; m <= kSmallGemmMaxRows; ++m) {
+      Tensor batched = Tensor::Empty(DType::kF32, {m, n});
+      isa.kernel({.a = a.data<float>(), .lda = k, .b = b.data<float>(), .ldb = k, .b_transposed = true,
+                  .out = batched.data<float>(), .ldo = n, .m = m, .n = n, .k = k});
+      EXPECT_EQ(testing::MaxAbsDiff(batched, alone.Slice(0, 0, m)), 0.0f) << isa.name << " m " << m;
+    }
+  }
 }
 
 TEST(SmallGemmTest, DispatchNamesAnIsa) {
