@@ -109,7 +109,7 @@ int Main(int argc, char** argv) {
   }
   Meter meter;
   auto run = launcher::MeshRun::Start(
-      mesh, [&](std::shared_ptr<parallel::Communicator> host) -> absl::StatusOr<std::shared_ptr<parallel::Communicator>> {
+      mesh, BackendKind::kCpu, [&](std::shared_ptr<parallel::Communicator> host) -> absl::StatusOr<std::shared_ptr<parallel::Communicator>> {
         return std::shared_ptr<parallel::Communicator>(std::make_shared<MeteredComm>(host, &meter));
       });
   if (!run.ok()) {
@@ -126,8 +126,7 @@ int Main(int argc, char** argv) {
     Q3VL_CHECK_OK(model::WriteRandomCheckpoint(config, {.dir = dir, .seed = 1}));
   }
   Q3VL_CHECK_OK((*run)->world().Barrier());
-  auto backend = CreateBackend(BackendKind::kCpu);
-  auto model = model::Qwen3VL::Load(dir, **backend, (*run)->parallel());
+  auto model = model::Qwen3VL::Load(dir, (*run)->backend(), (*run)->parallel());
   if (absl::Status s = (*run)->Agree(model.status()); !s.ok()) return 1;
   Json out = {{"mesh", (*run)->topology().config().ToString()}, {"world_size", (*run)->world().size()},
               {"prompt_tokens", prompt}, {"decode_steps", steps}, {"micro_batches", micro_batches},

@@ -199,7 +199,9 @@ void CheckTopK(const TopKParams& p);
 enum class BackendKind : uint8_t { kCpu, kCuda };
 
 // Returns the backend of `kind`; UnimplementedError for a backend this build does not have.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind);
+// `local_rank`: this process's index among the ranks of a job on its machine; a CUDA backend
+// takes device local_rank % (visible devices) and makes it the thread's current device.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind, int local_rank = 0);
 absl::StatusOr<BackendKind> ParseBackendKind(absl::string_view name);
 
 }  // namespace q3vl

@@ -14,7 +14,7 @@ int EvalCaseCommand(const Args& args) {
   options.add_options()
       ("case", po::value<std::string>()->required(), "golden case directory (model/, inputs/, case.json)")
       ("out", po::value<std::string>()->required(), "output directory (created)")
-      ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
+      ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda (with --mesh: each rank on GPU local rank % visible GPUs, activations over NCCL, control over MPI)")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D (run under mpirun -np D*(V+P*max(T,E))); every replica runs the case, replica 0 writes")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
   po::positional_options_description positional;
@@ -22,9 +22,11 @@ int EvalCaseCommand(const Args& args) {
   auto parsed = ParseArgs(kName, "CASE_DIR --out OUT_DIR [options]", options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
+  auto kind = ParseBackendKind(vm["backend"].as<std::string>());
+  if (!kind.ok()) return Fail(kName, kind.status());
   std::unique_ptr<MeshRun> mesh;
   if (vm.count("mesh")) {
-    auto started = MeshRun::Start(vm["mesh"].as<std::string>());
+    auto started = MeshRun::Start(vm["mesh"].as<std::string>(), *kind);
     if (!started.ok()) return Fail(kName, started.status());
     mesh = *std::move(started);
   }
@@ -36,16 +38,18 @@ int EvalCaseCommand(const Args& args) {
   const auto fail = [&](const absl::Status& status) {
     return (!mesh || mesh->leader()) ? Fail(kName, status) : 1;
   };
-  auto kind = ParseBackendKind(vm["backend"].as<std::string>());
-  if (!kind.ok()) return Fail(kName, kind.status());
-  auto backend = CreateBackend(*kind);
-  if (!backend.ok()) return Fail(kName, backend.status());
+  absl::StatusOr<std::unique_ptr<Backend>> own_backend;  // without a mesh
+  if (!mesh) {
+    own_backend = CreateBackend(*kind);
+    if (!own_backend.ok()) return Fail(kName, own_backend.status());
+  }
+  Backend& backend = mesh ? mesh->backend() : **own_backend;
   auto golden = ReadGoldenCase(vm["case"].as<std::string>());
   if (golden.ok() && vm["from-raw"].as<bool>()) {
     if (absl::Status s = ReplaceWithRawPixels(*golden); !s.ok()) golden = s;
   }
   if (absl::Status s = step(golden.status()); !s.ok()) return fail(s);
-  auto model = model::Qwen3VL::Load(golden->dir + "/model", **backend,
+  auto model = model::Qwen3VL::Load(golden->dir + "/model", backend,
                                     mesh ? mesh->parallel() : model::ModelParallel{});
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   if ((*model)->is_vision_rank()) {  // the vision stage serves the tower, then is done

@@ -105,7 +105,7 @@ int GenerateCommand(const Args& args) {
       ("ignore-eos", po::bool_switch(), "do not stop at the end-of-sequence token")
       ("batch", po::value<int>()->default_value(1), "run the prompt as this many sequences in one batch (split over dp replicas)")
       ("micro-batches", po::value<int>()->default_value(1), "pipeline meshes (pp > 1): decode micro-batches in flight, at most pp (1: every step walks all stages)")
-      ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
+      ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda (with --mesh: each rank on GPU local rank % visible GPUs, activations over NCCL, control over MPI)")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D: run under mpirun -np D*(V+P*max(T,E)); replica 0's first stage-0 rank prints")
       ("json", po::bool_switch(), "print one JSON object at the end ({input_ids, generated_ids, text, stats}) instead of streaming");
   po::positional_options_description positional;
@@ -121,9 +121,11 @@ int GenerateCommand(const Args& args) {
   if (vm["micro-batches"].as<int>() < 1) return UsageError(kName, "--micro-batches must be >= 1");
   if (vm["max-new-tokens"].as<int64_t>() < 1) return UsageError(kName, "--max-new-tokens must be >= 1");
   const std::string model_dir = vm["model"].as<std::string>();
+  auto kind = ParseBackendKind(vm["backend"].as<std::string>());
+  if (!kind.ok()) return Fail(kName, kind.status());
   std::unique_ptr<MeshRun> mesh;
   if (vm.count("mesh")) {
-    auto started = MeshRun::Start(vm["mesh"].as<std::string>());
+    auto started = MeshRun::Start(vm["mesh"].as<std::string>(), *kind);
     if (!started.ok()) return Fail(kName, started.status());
     mesh = *std::move(started);
   }
@@ -163,12 +165,14 @@ int GenerateCommand(const Args& args) {
   }
   const double process_s = SecondsSince(process_start);
 
-  auto kind = ParseBackendKind(vm["backend"].as<std::string>());
-  if (!kind.ok()) return Fail(kName, kind.status());
-  auto backend = CreateBackend(*kind);
-  if (!backend.ok()) return Fail(kName, backend.status());
+  absl::StatusOr<std::unique_ptr<Backend>> own_backend;  // without a mesh
+  if (!mesh) {
+    own_backend = CreateBackend(*kind);
+    if (!own_backend.ok()) return Fail(kName, own_backend.status());
+  }
+  Backend& backend = mesh ? mesh->backend() : **own_backend;
   const Clock::time_point load_start = Clock::now();
-  auto model = model::Qwen3VL::Load(model_dir, **backend, mesh ? mesh->parallel() : model::ModelParallel{});
+  auto model = model::Qwen3VL::Load(model_dir, backend, mesh ? mesh->parallel() : model::ModelParallel{});
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   const double load_s = SecondsSince(load_start);
   request.sampling = Sampling(vm, (*model)->config());

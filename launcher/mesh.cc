@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "parallel/comm_factory.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {
@@ -26,10 +27,17 @@ void SplitCoresAmongLocalRanks() {
   omp_set_num_threads(std::max(1, cores / local_ranks));
 }
 
+// This process's index among the job's ranks on its machine (OpenMPI's mpirun says; 0 when
+// started otherwise).
+int LocalRank() {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  return local ? std::max(0, std::atoi(local)) : 0;
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh,
-                                                        const parallel::DataPlaneFactory& data_plane) {
+absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh, BackendKind backend,
+                                                        const parallel::DataPlaneFactory& wrap) {
   SplitCoresAmongLocalRanks();
   Q3VL_ASSIGN_OR_RETURN(parallel::ParallelConfig config, parallel::ParallelConfig::FromString(mesh));
   std::unique_ptr<MeshRun> run(new MeshRun());
@@ -44,13 +52,42 @@ absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh,
   Q3VL_ASSIGN_OR_RETURN(parallel::Topology topology,
                         parallel::Topology::Create(config, run->world_->size(), run->world_->rank()));
   run->topology_.emplace(std::move(topology));
+  // Every rank learns whether every rank has its backend (a rank without a GPU, say) before
+  // the groups are built, so none waits in a Split for a peer that gave up.
+  absl::StatusOr<std::unique_ptr<Backend>> made = CreateBackend(backend, LocalRank());
+  Q3VL_ASSIGN_OR_RETURN(std::vector<int64_t> codes,
+                        parallel::AllGatherValue(*run->world_, static_cast<int64_t>(made.status().code())));
+  if (!made.ok()) return made.status();
+  for (size_t r = 0; r < codes.size(); ++r) {
+    if (codes[r] != 0) return absl::AbortedError(absl::StrCat("rank ", r, " could not create its backend"));
+  }
+  run->backend_ = *std::move(made);
+  parallel::DataPlaneFactory nccl;  // null: MPI carries the data too
+  if (run->backend_->device() != Device::kCpu) {
+    Q3VL_ASSIGN_OR_RETURN(nccl, parallel::DataPlaneFactoryFor(parallel::CommBackend::kNccl, {}));
+  }
+  parallel::DataPlaneFactory data_plane;
+  if (nccl || wrap) {
+    data_plane = [nccl, wrap](std::shared_ptr<parallel::Communicator> host)
+        -> absl::StatusOr<std::shared_ptr<parallel::Communicator>> {
+      std::shared_ptr<parallel::Communicator> plane = std::move(host);
+      if (nccl) {
+        Q3VL_ASSIGN_OR_RETURN(plane, nccl(std::move(plane)));
+      }
+      if (wrap) {
+        Q3VL_ASSIGN_OR_RETURN(plane, wrap(std::move(plane)));
+      }
+      return plane;
+    };
+  }
   Q3VL_ASSIGN_OR_RETURN(parallel::CommGroups groups, parallel::CommGroups::Create(*run->topology_, run->world_, data_plane));
   run->groups_.emplace(std::move(groups));
   return run;
 }
 
 MeshRun::~MeshRun() {
-  groups_.reset();
+  groups_.reset();  // NCCL communicators before the backend's device state
+  backend_.reset();
   world_.reset();
 }
 

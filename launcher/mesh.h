@@ -1,5 +1,8 @@
 // A distributed run of a q3vl command under mpirun: MPI started, the world communicator, the
-// Topology of --mesh and its groups. The replica leader (the first stage-0 rank, after the
+// Topology of --mesh, this rank's compute backend and its groups. On a CPU backend each group
+// is one MPI communicator; on a CUDA backend each group pairs MPI (control plane: tokens,
+// counts, headers) with NCCL over the rank's GPU (data plane: activations), the GPU being
+// local rank % visible devices. The replica leader (the first stage-0 rank, after the
 // vision ranks) alone writes files and prints results. Owned by the command; one thread.
 #ifndef Q3VL_LAUNCHER_MESH_H_
 #define Q3VL_LAUNCHER_MESH_H_
@@ -9,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/backend.h"
 #include "model/generator.h"
 #include "model/qwen3_vl.h"
 #include "parallel/comm_groups.h"
@@ -20,11 +24,11 @@ namespace q3vl::launcher {
 
 class MeshRun {
  public:
-  // Starts MPI and builds the mesh. InvalidArgument when the world size is not the mesh's
-  // (the message gives the mpirun -np to use).
-  // `data_plane` (optional) wraps or replaces each group's data-plane communicator.
-  static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh,
-                                                        const parallel::DataPlaneFactory& data_plane = nullptr);
+  // Starts MPI, creates the backend of `backend` and builds the mesh. InvalidArgument when the
+  // world size is not the mesh's (the message gives the mpirun -np to use). `wrap` (optional)
+  // is applied to each group's data-plane communicator (benchmarks meter the traffic so).
+  static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh, BackendKind backend,
+                                                        const parallel::DataPlaneFactory& wrap = nullptr);
   ~MeshRun();
 
   // The job leader, replica 0's leader (its first stage-0 rank): it writes files and prints.
@@ -36,6 +40,8 @@ class MeshRun {
   parallel::Communicator& world() { return *world_; }
   const parallel::Topology& topology() const { return *topology_; }
   model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
+  // This rank's compute backend (made before the groups: NCCL binds to its device).
+  Backend& backend() { return *backend_; }
 
   // Collective over the world: the leader's `request` (ids, sampling, images and videos with
   // their pixels) replaces every other rank's, so media are decoded once, by the leader.
@@ -50,6 +56,7 @@ class MeshRun {
 
   std::unique_ptr<parallel::MpiRuntime> mpi_;  // destroyed last
   std::shared_ptr<parallel::Communicator> world_;
+  std::unique_ptr<Backend> backend_;
   std::optional<parallel::Topology> topology_;
   std::optional<parallel::CommGroups> groups_;
 };

@@ -267,7 +267,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   if (shard_.ep != nullptr && shard_.ep->size() > 1) {
     // The ranks holding this rank's tokens: its attention group when the groups are
     // data-parallel, else the whole ep group (attention ran tensor-parallel over all of it).
-    all_to_all.emplace(*shard_.ep, shard_.num_experts, shard_.attn_groups > 1 ? shard_.tp : shard_.ep);
+    all_to_all.emplace(*shard_.ep, *shard_.ep_host, shard_.num_experts, shard_.attn_groups > 1 ? shard_.tp : shard_.ep);
   }
   moe::Dispatcher& dispatcher = all_to_all ? static_cast<moe::Dispatcher&>(*all_to_all) : local;
   // Residual adds are fused into the next RMSNorm (h += delta, a = norm(h)): the attention
@@ -313,7 +313,7 @@ Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::ve
   const bool last_stage = Rank(shard_.pp) == Size(shard_.pp) - 1;
   Tensor logits = last_stage ? StageLogits(backend, hidden, rows, trace)
                              : Tensor::Empty(DType::kF32, {n, config_.vocab_size});
-  BroadcastFromLastStage(shard_.pp, logits);
+  BroadcastFromLastStage(shard_.pp_host, logits);  // a host tensor
   return logits;
 }
 

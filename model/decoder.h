@@ -40,6 +40,13 @@ struct DecoderShard {
   // runs its layers and sends them to p + 1; the last stage's logits are broadcast to all
   // stages so that every rank samples the same token.
   parallel::Communicator* pp = nullptr;
+  // The control planes of tp, ep and pp (host communicators over the same ranks; the same
+  // objects as above on a CPU mesh): small host messages such as sampled tokens, sampling
+  // candidates, pipeline headers and all-to-all counts. tp, ep, etp and pp above are the data
+  // planes and carry the backend's tensors (NCCL on a GPU mesh).
+  parallel::Communicator* tp_host = nullptr;
+  parallel::Communicator* ep_host = nullptr;
+  parallel::Communicator* pp_host = nullptr;
   // Data-parallel attention (stage size S > T): the stage's S / T attention groups each run
   // their own sequences, the MoE all-to-all mixes them, and `stage` (the S ranks' host
   // communicator) lets the groups agree on the step count and share results (generator.h).

@@ -19,7 +19,7 @@ std::vector<int64_t> TextDecoder::SampleRows(Backend& backend, const Tensor& hid
                                         : std::vector<int64_t>(n, 0);
   if (last > 0) {  // the last stage's tokens to every stage
     Tensor t = Tensor::FromVectorI64(tokens, {n});
-    BroadcastFromLastStage(shard_.pp, t);
+    BroadcastFromLastStage(shard_.pp_host, t);
     tokens.assign(t.data<int64_t>(), t.data<int64_t>() + n);
   }
   return tokens;
@@ -72,7 +72,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
       dst[k + j] = static_cast<float>(j < take ? vocab_begin_ + top_ids.data<int32_t>()[i * take + j] : v);
     }
   }
-  const Tensor all = tp == 1 ? mine : GatherFromAll(shard_.tp, mine);  // [tp, N, 2, k]
+  const Tensor all = tp == 1 ? mine : GatherFromAll(shard_.tp_host, mine);  // [tp, N, 2, k]
   std::vector<float> logit(tp * k);
   std::vector<int64_t> id(tp * k);
   for (int64_t i = 0; i < n; ++i) {

@@ -328,14 +328,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         for (int64_t j : seqs) params.push_back(&requests[mine[j]].sampling), seq_rngs.push_back(&rngs[j]);
         std::vector<int64_t> rows(m);
         for (int64_t j = 0; j < m; ++j) rows[j] = j;
-        SendValues(shard.pp, 0, decoder.SampleStage(backend, step.hidden, rows, params, seq_rngs));
+        SendValues(shard.pp_host, 0, decoder.SampleStage(backend, step.hidden, rows, params, seq_rngs));
       }
       return absl::OkStatus();
     };
     // Stage 0: the tokens of item `k` from the last stage.
     auto collect = [&](int64_t k) {
       const std::vector<int64_t>& seqs = in_flight[k % micro];
-      const std::vector<int64_t> tokens = ReceiveValues(shard.pp, last);
+      const std::vector<int64_t> tokens = ReceiveValues(shard.pp_host, last);
       Q3VL_CHECK_EQ(tokens.size(), seqs.size());
       for (size_t j = 0; j < seqs.size(); ++j) emit(static_cast<size_t>(seqs[j]), tokens[j]);
     };
@@ -345,7 +345,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         const int64_t remaining = std::count(active.begin(), active.end(), true);
         // Every attention group stops at the same item (they share the MoE exchanges).
         if (MaxOverGroup(shard.stage, remaining) == 0) {
-          SendValues(shard.pp, 1, {});  // stop
+          SendValues(shard.pp_host, 1, {});  // stop
           for (int64_t k = std::max<int64_t>(0, item - micro + 1); k < item; ++k) collect(k);
           break;
         }
@@ -360,14 +360,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         std::vector<int64_t> header = {static_cast<int64_t>(seqs.size())};
         header.insert(header.end(), seqs.begin(), seqs.end());
         header.insert(header.end(), positions.begin(), positions.end());
-        SendValues(shard.pp, 1, header);
+        SendValues(shard.pp_host, 1, header);
         in_flight[item % micro] = seqs;
         Q3VL_RETURN_IF_ERROR(run_item(seqs, positions, ids));
       }
     } else {
       while (true) {
-        const std::vector<int64_t> header = ReceiveValues(shard.pp, stage - 1);
-        if (stage < last) SendValues(shard.pp, stage + 1, header);
+        const std::vector<int64_t> header = ReceiveValues(shard.pp_host, stage - 1);
+        if (stage < last) SendValues(shard.pp_host, stage + 1, header);
         if (header.empty()) break;  // stop
         const int64_t m = header[0];
         Q3VL_CHECK_EQ(static_cast<int64_t>(header.size()), 1 + 2 * m);
@@ -378,7 +378,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       for (size_t j = 0; j < n; ++j) {
         GenerationResult& r = results[mine[j]];
         std::string bytes;
-        BroadcastFrom(shard.pp, 0, bytes);
+        BroadcastFrom(shard.pp_host, 0, bytes);
         UnpackResult(bytes, r);
         if (options_.on_token) {
           for (size_t t = 1; t < r.tokens.size(); ++t) options_.on_token(mine[j], r.tokens[t]);
@@ -388,7 +388,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     if (stage == 0) {
       for (size_t j = 0; j < n; ++j) {
         std::string bytes = PackResult(results[mine[j]]);
-        BroadcastFrom(shard.pp, 0, bytes);
+        BroadcastFrom(shard.pp_host, 0, bytes);
       }
     }
     if (shard.attn_groups > 1) ShareResults(requests, owner, results);

@@ -15,6 +15,11 @@ parallel::Communicator* DataPlane(const parallel::CommGroups& groups, const char
   return g.size() > 1 ? g.device.get() : nullptr;
 }
 
+parallel::Communicator* ControlPlane(const parallel::CommGroups& groups, const char* name) {
+  const parallel::CommGroup& g = groups.group(name);
+  return g.size() > 1 ? g.host.get() : nullptr;
+}
+
 DecoderShard ShardFor(const parallel::ShardPlan& plan, const parallel::Topology& topology,
                       const parallel::CommGroups& groups) {
   const parallel::RankCoords& c = topology.coords();
@@ -24,7 +29,8 @@ DecoderShard ShardFor(const parallel::ShardPlan& plan, const parallel::Topology&
           .first_inter = plan.FirstIntermediate(c.etp_rank), .num_inter = plan.local_moe_intermediate,
           .first_layer = plan.FirstLayer(c.stage), .num_layers = plan.NumLayers(c.stage),
           .tp = DataPlane(groups, "tp"), .ep = DataPlane(groups, "ep"), .etp = DataPlane(groups, "etp"),
-          .pp = DataPlane(groups, "pp"), .attn_groups = topology.config().attn_dp(),
+          .pp = DataPlane(groups, "pp"), .tp_host = ControlPlane(groups, "tp"),
+          .ep_host = ControlPlane(groups, "ep"), .pp_host = ControlPlane(groups, "pp"), .attn_groups = topology.config().attn_dp(),
           .attn_group = c.attn_dp_rank, .stage = groups.group("stage").host.get()};
 }
 
@@ -46,12 +52,6 @@ absl::StatusOr<parallel::ShardPlan> PlanShards(const ModelConfig& config,
 
 absl::StatusOr<std::unique_ptr<Qwen3VL>> Qwen3VL::Load(const std::string& dir, Backend& backend,
                                                        const ModelParallel& parallel) {
-  if (backend.device() != Device::kCpu && parallel.topology != nullptr && parallel.topology->world_size() > 1) {
-    // The forward is device-clean on one rank; the meshes' host-side control messages (sampled
-    // tokens, pipeline headers) still travel over the data-plane groups.
-    return absl::UnimplementedError(absl::StrCat("a mesh of several ranks runs on the cpu backend only for now; the ",
-                                                 backend.name(), " backend runs one rank"));
-  }
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   Q3VL_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(config_path));
   DecoderShard shard;

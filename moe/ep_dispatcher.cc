@@ -58,7 +58,7 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
   Tensor send_rows = backend.Allocate(DType::kF32, {num_send, d});  // [R_send, D]
   if (num_send > 0) backend.GatherRows({.table = x, .ids = ex.sent_token, .out = send_rows});
 
-  auto recv_counts = parallel::ExchangeCounts(ep_, ex.send_counts);
+  auto recv_counts = parallel::ExchangeCounts(ep_host_, ex.send_counts);
   Q3VL_CHECK_OK(recv_counts.status());
   ex.recv_counts = *recv_counts;
   int64_t num_recv = 0;

@@ -10,6 +10,8 @@
 // tokens still joins both exchanges.
 //   Dispatch: x[T, D] -> rows [R_recv, D] grouped by local expert
 //   Combine:  expert_out [R_recv, D] -> out[T, D] += Σ_k w_tk · y_tk
+// The rows travel over `ep` (the data plane: the backend's tensors); the per-peer counts over
+// `ep_host`, a host communicator over the same ranks (the same object on a CPU mesh).
 // A failed collective (a lost peer) aborts the rank: the launcher tears the job down.
 // One instance per group; not thread-safe.
 #ifndef Q3VL_MOE_EP_DISPATCHER_H_
@@ -22,10 +24,11 @@ namespace q3vl::moe {
 
 class AllToAllDispatcher final : public Dispatcher {
  public:
-  // REQUIRES: ep and token_group outlive the dispatcher; experts_per_rank > 0.
-  AllToAllDispatcher(parallel::Communicator& ep, int64_t experts_per_rank,
-                     parallel::Communicator* token_group)
-      : ep_(ep), experts_per_rank_(experts_per_rank), token_group_(token_group) {}
+  // REQUIRES: ep, ep_host and token_group outlive the dispatcher; ep_host has ep's ranks;
+  // experts_per_rank > 0.
+  AllToAllDispatcher(parallel::Communicator& ep, parallel::Communicator& ep_host,
+                     int64_t experts_per_rank, parallel::Communicator* token_group)
+      : ep_(ep), ep_host_(ep_host), experts_per_rank_(experts_per_rank), token_group_(token_group) {}
 
   DispatchHandle Dispatch(Backend& backend, const Tensor& x, const Routing& routing,
                           const ExpertWeights& experts) override;
@@ -34,6 +37,7 @@ class AllToAllDispatcher final : public Dispatcher {
 
  private:
   parallel::Communicator& ep_;
+  parallel::Communicator& ep_host_;
   const int64_t experts_per_rank_;
   parallel::Communicator* const token_group_;  // null or size 1: the tokens are this rank's
 };

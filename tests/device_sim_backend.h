@@ -98,6 +98,10 @@ class DeviceSimBackend final : public Backend {
     cpu_.Add({.a = Host(p.a, "Add a"), .b = Host(p.b, "Add b"), .out = Host(p.out, "Add out")});
   }
 
+  // The host view of one of this backend's tensors (CHECK-fails for any other tensor), for
+  // test doubles standing in for device-side parts (device_sim_comm.h).
+  static Tensor HostView(const Tensor& t) { return Host(t, "HostView"); }
+
   int64_t downloads() const { return downloads_; }
   int64_t download_bytes() const { return download_bytes_; }
 

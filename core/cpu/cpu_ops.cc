@@ -349,13 +349,15 @@ Tensor Download(Backend& backend, const Tensor& t) {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind, int local_rank) {
   switch (kind) {
     case BackendKind::kCpu:
       return std::unique_ptr<Backend>(new CpuBackend());
     case BackendKind::kCuda: {
 #ifdef Q3VL_HAVE_CUDA
-      auto cuda = cuda::CudaBackend::Create();
+      const int devices = cuda::DeviceCount();
+      if (devices == 0) return absl::FailedPreconditionError("no CUDA device is visible to this process");
+      auto cuda = cuda::CudaBackend::Create({.device = std::max(local_rank, 0) % devices});
       if (!cuda.ok()) return cuda.status();
       return std::unique_ptr<Backend>(*std::move(cuda));
 #else

@@ -20,6 +20,8 @@
 #include "parallel/comm_groups.h"
 #include "parallel/inprocess_comm.h"
 #include "parallel/topology.h"
+#include "tests/device_sim_backend.h"
+#include "tests/device_sim_comm.h"
 #include "tests/test_util.h"
 
 namespace q3vl {
@@ -33,10 +35,16 @@ struct RankOutcome {
   std::string error;
 };
 
+// Where a mesh runs: the CPU backend with one communicator per group, or a backend whose
+// memory the host may not touch with separate data (device tensors only) and control (host
+// values only) planes, as a GPU mesh runs on NCCL and MPI.
+enum class Plane { kCpu, kDeviceSim };
+
 // Loads `case_dir` sharded for `mesh` on one thread per rank and calls body(rank, model, golden)
 // on each; a load failure is returned as that rank's error.
 using RankBody = std::function<void(int, const model::Qwen3VL&, const launcher::GoldenCase&)>;
-std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& mesh, const RankBody& body) {
+std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& mesh, const RankBody& body,
+                                Plane plane = Plane::kCpu) {
   auto config = parallel::ParallelConfig::FromString(mesh);
   Q3VL_CHECK_OK(config.status());
   const int world_size = config->world_size();
@@ -47,12 +55,20 @@ std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& 
     auto topology = parallel::Topology::Create(*config, world_size, world.rank());
     if (!topology.ok()) return void(error = topology.status().ToString());
     auto groups = parallel::CommGroups::Create(
-        *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}));
+        *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}),
+        plane == Plane::kDeviceSim ? testing::DeviceSimComm::Factory() : nullptr);
     if (!groups.ok()) return void(error = groups.status().ToString());
-    auto backend = CreateBackend(BackendKind::kCpu);
+    std::unique_ptr<Backend> backend;
+    if (plane == Plane::kDeviceSim) {
+      backend = std::make_unique<testing::DeviceSimBackend>();
+    } else {
+      auto cpu = CreateBackend(BackendKind::kCpu);
+      Q3VL_CHECK_OK(cpu.status());
+      backend = *std::move(cpu);
+    }
     auto golden = launcher::ReadGoldenCase(case_dir);
     if (!golden.ok()) return void(error = golden.status().ToString());
-    auto model = model::Qwen3VL::Load(case_dir + "/model", **backend, {.topology = &*topology, .groups = &*groups});
+    auto model = model::Qwen3VL::Load(case_dir + "/model", *backend, {.topology = &*topology, .groups = &*groups});
     if (!model.ok()) return void(error = model.status().ToString());
     body(world.rank(), **model, *golden);
   });
@@ -60,7 +76,7 @@ std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& 
 }
 
 // Runs `case_dir` on `mesh`; returns every rank's outcome.
-std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string& mesh) {
+std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string& mesh, Plane plane = Plane::kCpu) {
   std::vector<RankOutcome> outcomes(parallel::ParallelConfig::FromString(mesh)->world_size());
   const std::vector<std::string> errors =
       OnMesh(case_dir, mesh, [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
@@ -75,17 +91,15 @@ std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string&
         if (!result.ok()) return void(out.error = result.status().ToString());
         out.logits = result->result.prefill_logits;
         out.tokens = result->result.tokens;
-      });
+      },
+      plane);
   for (size_t r = 0; r < errors.size(); ++r) {
     if (!errors[r].empty()) outcomes[r].error = errors[r];
   }
   return outcomes;
 }
 
-class ParallelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
-
-TEST_P(ParallelGoldenTest, EveryRankMatchesTheReference) {
-  const auto& [mesh, name] = GetParam();
+void ExpectEveryRankMatchesTheReference(const std::string& mesh, const std::string& name, Plane plane) {
   const std::string dir = testing::GoldenCaseDir(name);
   ASSERT_FALSE(dir.empty()) << "golden case " << name << " missing";
   auto expected_logits = ReadNpy(dir + "/expected/logits.npy");
@@ -93,7 +107,7 @@ TEST_P(ParallelGoldenTest, EveryRankMatchesTheReference) {
   ASSERT_TRUE(expected_logits.ok() && expected_tokens.ok());
   const std::vector<int64_t> want(expected_tokens->data<int64_t>(),
                                   expected_tokens->data<int64_t>() + expected_tokens->numel());
-  const std::vector<RankOutcome> outcomes = RunMesh(dir, mesh);
+  const std::vector<RankOutcome> outcomes = RunMesh(dir, mesh, plane);
   for (size_t r = 0; r < outcomes.size(); ++r) {
     SCOPED_TRACE("rank " + std::to_string(r));
     ASSERT_EQ(outcomes[r].error, "");
@@ -101,6 +115,13 @@ TEST_P(ParallelGoldenTest, EveryRankMatchesTheReference) {
     EXPECT_LE(testing::MaxAbsDiff(outcomes[r].logits, *expected_logits), 2e-3f);
     EXPECT_EQ(outcomes[r].tokens, want);
   }
+}
+
+class ParallelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(ParallelGoldenTest, EveryRankMatchesTheReference) {
+  const auto& [mesh, name] = GetParam();
+  ExpectEveryRankMatchesTheReference(mesh, name, Plane::kCpu);
 }
 
 std::vector<std::tuple<std::string, std::string>> Params() {
@@ -117,11 +138,35 @@ std::vector<std::tuple<std::string, std::string>> Params() {
   return params;
 }
 
-INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params()), [](const auto& info) {
+std::string ParamName(const ::testing::TestParamInfo<std::tuple<std::string, std::string>>& info) {
   std::string mesh = std::get<0>(info.param);
   for (char& c : mesh) c = (c == '=' || c == ',') ? '_' : c;
   return mesh + "_" + std::get<1>(info.param);
-});
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params()), ParamName);
+
+// The same on a device backend (DeviceSimBackend: the host may not touch its memory) with NCCL's
+// split of the planes: every tensor a collective moves is the backend's, every host value goes
+// over the host communicators. One mesh per kind of exchange: tensor-parallel partial sums and
+// vocab-parallel logits, the expert all-to-all with and without data-parallel attention,
+// pipeline sends and broadcasts, the vision stage's gathers and DeepStack broadcast, replicas.
+class DeviceParallelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(DeviceParallelGoldenTest, EveryRankMatchesTheReference) {
+  const auto& [mesh, name] = GetParam();
+  ExpectEveryRankMatchesTheReference(mesh, name, Plane::kDeviceSim);
+}
+
+std::vector<std::tuple<std::string, std::string>> DeviceParams() {
+  std::vector<std::tuple<std::string, std::string>> params;
+  for (const char* mesh : {"tp=2", "ep=2", "tp=2,ep=4", "pp=2,tp=2,ep=2", "vision=2,pp=2,tp=2", "dp=2,vision=1,tp=2"}) {
+    for (const std::string& name : testing::GoldenCaseNames()) params.emplace_back(mesh, name);
+  }
+  return params;
+}
+
+INSTANTIATE_TEST_SUITE_P(DeviceMeshes, DeviceParallelGoldenTest, ::testing::ValuesIn(DeviceParams()), ParamName);
 
 // Generation on a mesh samples without gathering logits (vocab-parallel argmax / top-k
 // candidates, the last stage broadcasting tokens): greedy, top-k and top-p sampling must pick
@@ -129,7 +174,8 @@ INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params(
 // the case's prompt; returns every rank's tokens of all requests, concatenated.
 std::vector<std::vector<int64_t>> Generate(const std::string& case_dir, const std::string& mesh,
                                            const std::vector<model::SamplingParams>& sampling,
-                                           std::vector<model::GeneratorStats>* stats = nullptr) {
+                                           std::vector<model::GeneratorStats>* stats = nullptr,
+                                           Plane plane = Plane::kCpu) {
   std::vector<std::vector<int64_t>> tokens(parallel::ParallelConfig::FromString(mesh)->world_size());
   if (stats) stats->assign(tokens.size(), {});
   const std::vector<std::string> errors =
@@ -150,7 +196,8 @@ std::vector<std::vector<int64_t>> Generate(const std::string& case_dir, const st
           count += r.tokens.size();
         }
         EXPECT_EQ(streamed.size(), count) << "rank " << rank << ": every token reaches on_token once";
-      });
+      },
+      plane);
   for (const std::string& e : errors) EXPECT_EQ(e, "");
   return tokens;
 }
@@ -168,6 +215,13 @@ TEST(ParallelSamplingTest, MeshesSampleTheSingleRankTokens) {
       const auto got = Generate(dir, mesh, {sp, sp});
       for (size_t r = 0; r < got.size(); ++r) {
         EXPECT_EQ(got[r], want) << mesh << " rank " << r << " temperature " << sp.temperature << " top_k " << sp.top_k;
+      }
+    }
+    // Device meshes: candidates and tokens over the control planes, pipelined micro-batches.
+    for (const char* mesh : {"tp=2", "pp=2,tp=2", "pp=2,ep=2"}) {
+      const auto got = Generate(dir, mesh, {sp, sp}, nullptr, Plane::kDeviceSim);
+      for (size_t r = 0; r < got.size(); ++r) {
+        EXPECT_EQ(got[r], want) << "device " << mesh << " rank " << r << " temperature " << sp.temperature;
       }
     }
   }
@@ -202,14 +256,20 @@ TEST(ParallelSamplingTest, DataParallelAttentionGroupsRunTheirOwnRequests) {
                          {"pp=2,ep=2", {1, 2, 1, 2}, 10},
                          {"pp=2,ep=4", {1, 1, 1, 0, 1, 1, 1, 0}, 5},  // one request per group at most: not micro-batched
                          {"vision=1,ep=2", {-1, 1, 2}, 5}};
-  for (const Want& m : meshes) {
-    std::vector<model::GeneratorStats> stats;
-    const auto got = Generate(dir, m.mesh, sampling, &stats);
-    for (size_t r = 0; r < got.size(); ++r) {
-      if (m.sequences[r] < 0) continue;
-      EXPECT_EQ(got[r], want) << m.mesh << " rank " << r;
-      EXPECT_EQ(stats[r].sequences, m.sequences[r]) << m.mesh << " rank " << r;
-      EXPECT_EQ(stats[r].decode_steps, m.decode_steps) << m.mesh << " rank " << r;
+  for (Plane plane : {Plane::kCpu, Plane::kDeviceSim}) {
+    for (const Want& m : meshes) {
+      if (plane == Plane::kDeviceSim && std::string(m.mesh) != "tp=2,ep=4" && std::string(m.mesh) != "pp=2,ep=2") {
+        continue;  // two meshes suffice on the device planes
+      }
+      std::vector<model::GeneratorStats> stats;
+      const auto got = Generate(dir, m.mesh, sampling, &stats, plane);
+      for (size_t r = 0; r < got.size(); ++r) {
+        if (m.sequences[r] < 0) continue;
+        const char* where = plane == Plane::kDeviceSim ? "device " : "";
+        EXPECT_EQ(got[r], want) << where << m.mesh << " rank " << r;
+        EXPECT_EQ(stats[r].sequences, m.sequences[r]) << where << m.mesh << " rank " << r;
+        EXPECT_EQ(stats[r].decode_steps, m.decode_steps) << where << m.mesh << " rank " << r;
+      }
     }
   }
 }

@@ -65,7 +65,7 @@ void ExpectMatchesLocal(int ranks, int group_size, const Model& m, const std::fu
     auto cpu = CreateBackend(BackendKind::kCpu);
     const int64_t per_rank = kExperts / ranks;
     const ExpertWeights experts = Slice(m, r * per_rank, per_rank);
-    AllToAllDispatcher dispatcher(ep, per_rank, group.get());
+    AllToAllDispatcher dispatcher(ep, ep, per_rank, group.get());
     const Tensor x = tokens_of(r);
     Tensor out = Tensor::Empty(DType::kF32, {x.dim(0), kDim});
     MoeForward(**cpu, dispatcher, experts, {.x = x, .out = out, .top_k = kTopK});
