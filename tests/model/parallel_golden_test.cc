@@ -117,56 +117,51 @@ void ExpectEveryRankMatchesTheReference(const std::string& mesh, const std::stri
   }
 }
 
-class ParallelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+// (plane, mesh, case)
+class ParallelGoldenTest : public ::testing::TestWithParam<std::tuple<Plane, std::string, std::string>> {};
 
 TEST_P(ParallelGoldenTest, EveryRankMatchesTheReference) {
-  const auto& [mesh, name] = GetParam();
-  ExpectEveryRankMatchesTheReference(mesh, name, Plane::kCpu);
+  const auto& [plane, mesh, name] = GetParam();
+  ExpectEveryRankMatchesTheReference(mesh, name, plane);
 }
 
-std::vector<std::tuple<std::string, std::string>> Params() {
-  std::vector<std::tuple<std::string, std::string>> params;
-  for (const char* mesh : {"tp=2", "ep=2", "tp=2,ep=2", "tp=4", "tp=2,ep=4", "tp=4,ep=2", "pp=2", "pp=3",
-                           "pp=2,tp=2", "pp=2,tp=2,ep=2", "vision=1,tp=2", "vision=2",
-                           "vision=3,pp=2", "vision=2,pp=2,tp=2", "dp=2", "dp=2,vision=1,tp=2"}) {
+// Every golden case on each of `meshes`.
+std::vector<std::tuple<Plane, std::string, std::string>> Params(Plane plane, std::vector<std::string> meshes) {
+  std::vector<std::tuple<Plane, std::string, std::string>> params;
+  for (const std::string& mesh : meshes) {
     for (const std::string& name : testing::GoldenCaseNames()) {
       // 07 has 4 layers, 3 of them DeepStack layers that stage 0 must own: pp <= 2.
-      if (std::string(mesh) == "pp=3" && name == "07_realvocab_image") continue;
-      params.emplace_back(mesh, name);
+      if (mesh == "pp=3" && name == "07_realvocab_image") continue;
+      params.emplace_back(plane, mesh, name);
     }
   }
   return params;
 }
 
-std::string ParamName(const ::testing::TestParamInfo<std::tuple<std::string, std::string>>& info) {
-  std::string mesh = std::get<0>(info.param);
+std::string ParamName(const ::testing::TestParamInfo<std::tuple<Plane, std::string, std::string>>& info) {
+  std::string mesh = std::get<1>(info.param);
   for (char& c : mesh) c = (c == '=' || c == ',') ? '_' : c;
-  return mesh + "_" + std::get<1>(info.param);
+  return mesh + "_" + std::get<2>(info.param);
 }
 
-INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest, ::testing::ValuesIn(Params()), ParamName);
+INSTANTIATE_TEST_SUITE_P(Meshes, ParallelGoldenTest,
+                         ::testing::ValuesIn(Params(Plane::kCpu, {"tp=2", "ep=2", "tp=2,ep=2", "tp=4", "tp=2,ep=4",
+                                                                  "tp=4,ep=2", "pp=2", "pp=3", "pp=2,tp=2",
+                                                                  "pp=2,tp=2,ep=2", "vision=1,tp=2", "vision=2",
+                                                                  "vision=3,pp=2", "vision=2,pp=2,tp=2", "dp=2",
+                                                                  "dp=2,vision=1,tp=2"})),
+                         ParamName);
 
 // The same on a device backend (DeviceSimBackend: the host may not touch its memory) with NCCL's
 // split of the planes: every tensor a collective moves is the backend's, every host value goes
 // over the host communicators. One mesh per kind of exchange: tensor-parallel partial sums and
 // vocab-parallel logits, the expert all-to-all with and without data-parallel attention,
 // pipeline sends and broadcasts, the vision stage's gathers and DeepStack broadcast, replicas.
-class DeviceParallelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
-
-TEST_P(DeviceParallelGoldenTest, EveryRankMatchesTheReference) {
-  const auto& [mesh, name] = GetParam();
-  ExpectEveryRankMatchesTheReference(mesh, name, Plane::kDeviceSim);
-}
-
-std::vector<std::tuple<std::string, std::string>> DeviceParams() {
-  std::vector<std::tuple<std::string, std::string>> params;
-  for (const char* mesh : {"tp=2", "ep=2", "tp=2,ep=4", "pp=2,tp=2,ep=2", "vision=2,pp=2,tp=2", "dp=2,vision=1,tp=2"}) {
-    for (const std::string& name : testing::GoldenCaseNames()) params.emplace_back(mesh, name);
-  }
-  return params;
-}
-
-INSTANTIATE_TEST_SUITE_P(DeviceMeshes, DeviceParallelGoldenTest, ::testing::ValuesIn(DeviceParams()), ParamName);
+INSTANTIATE_TEST_SUITE_P(DeviceMeshes, ParallelGoldenTest,
+                         ::testing::ValuesIn(Params(Plane::kDeviceSim,
+                                                    {"tp=2", "ep=2", "tp=2,ep=4", "pp=2,tp=2,ep=2",
+                                                     "vision=2,pp=2,tp=2", "dp=2,vision=1,tp=2"})),
+                         ParamName);
 
 // Generation on a mesh samples without gathering logits (vocab-parallel argmax / top-k
 // candidates, the last stage broadcasting tokens): greedy, top-k and top-p sampling must pick
