@@ -1,8 +1,9 @@
 // The Backend: the fixed op set every device implements (GEMM, grouped GEMM, norms, rotary,
 // attention, activations, router top-k, expert grouping, row top-k, row gather/scatter,
-// copies). Model code calls only these and never branches on the device. Each op takes one Params struct; shapes and dtypes
-// are checked at this boundary (a mismatch is a bug: Q3VL_CHECK). The CPU backend is the
-// reference; a backend instance is used by one thread at a time (ops may use many threads).
+// copies). Model code calls only these and never branches on the device. Each op takes one
+// Params struct; shapes and dtypes are checked at this boundary (a mismatch is a bug:
+// Q3VL_CHECK). The CPU backend is the reference; a backend instance is used by one thread at a
+// time (ops may use many threads).
 #ifndef Q3VL_CORE_BACKEND_H_
 #define Q3VL_CORE_BACKEND_H_
 

@@ -1,7 +1,8 @@
 // Declarative weight loading: each module declares every parameter once (checkpoint name,
 // logical shape, optional slice for its shard); the loader maps the name to the local f32
-// tensor (GEMM weights: bf16 as stored, see GetMatrix). Problems are collected, not returned one at a time: Finish() reports every missing
-// tensor, every shape mismatch and every checkpoint tensor nobody declared in one error.
+// tensor (GEMM weights: bf16 as stored, see GetMatrix). Problems are collected, not returned
+// one at a time: Finish() reports every missing tensor, every shape mismatch and every
+// checkpoint tensor nobody declared in one error.
 // Not thread-safe; one loader per model load.
 #ifndef Q3VL_MODEL_WEIGHT_LOADER_H_
 #define Q3VL_MODEL_WEIGHT_LOADER_H_

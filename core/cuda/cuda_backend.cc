@@ -241,8 +241,7 @@ void CudaBackend::GroupedGemm(const GroupedGemmParams& p) {
   if (!on_device) {
     Q3VL_CHECK_EQ(static_cast<int64_t>(p.offsets.size()), groups + 1);
     Q3VL_CHECK_EQ(p.offsets.back(), rows);
-    const Tensor a = p.a.dtype() == p.weights.dtype() ? p.a : Cast(p.a, p.weights.dtype());
-    GroupedGemmOnHostOffsets(p, a, p.offsets.data());
+    GroupedGemmOnHostOffsets(p, p.offsets.data());
     return;
   }
   CheckOnDevice(p.device_offsets, "GroupedGemm device_offsets");
@@ -272,11 +271,11 @@ void CudaBackend::GroupedGemm(const GroupedGemmParams& p) {
   const int64_t* o = offsets.data<int64_t>();
   Q3VL_CHECK(o[0] >= 0 && o[groups] <= rows) << "GroupedGemm offsets [" << o[0] << ", " << o[groups]
                                              << "] outside " << rows << " rows";
-  const Tensor a = p.a.dtype() == p.weights.dtype() ? p.a : Cast(p.a, p.weights.dtype());
-  GroupedGemmOnHostOffsets(p, a, o);
+  GroupedGemmOnHostOffsets(p, o);
 }
 
-void CudaBackend::GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const Tensor& a, const int64_t* offsets) {
+void CudaBackend::GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const int64_t* offsets) {
+  const Tensor a = p.a.dtype() == p.weights.dtype() ? p.a : Cast(p.a, p.weights.dtype());
   // One cuBLASLt call per group that has rows; empty groups read no weight bytes.
   for (int64_t g = 0; g < p.weights.dim(0); ++g) {
     const int64_t begin = offsets[g], end = offsets[g + 1];

@@ -70,7 +70,7 @@ class CudaBackend final : public Backend {
   Tensor Cast(const Tensor& t, DType dtype);
   void CheckLaunch(const char* op);
   // cuBLASLt per group with rows, from offsets on the host.
-  void GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const Tensor& a, const int64_t* offsets);
+  void GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const int64_t* offsets);
 
   int device_ = 0;
   cudaDeviceProp properties_{};
