@@ -77,12 +77,14 @@ struct Counters {
   std::array<double, kNumOps> op_s{};  // seconds spent in each op class
   int64_t weight_bytes = 0;  // f32 weights read: Gemm b + bias, non-empty expert groups, norms
   int64_t experts_hit = 0;   // Σ over Router calls of the distinct experts picked
+  double gemm_flop = 0;      // 2·m·n·k over Gemm and the non-empty groups of GroupedGemm
   int64_t router_calls = 0;
 
   Counters& operator+=(const Counters& o) {
     for (int i = 0; i < kNumOps; ++i) op_s[i] += o.op_s[i];
     weight_bytes += o.weight_bytes;
     experts_hit += o.experts_hit;
+    gemm_flop += o.gemm_flop;
     router_calls += o.router_calls;
     return *this;
   }
@@ -115,6 +117,7 @@ class MeteredBackend final : public Backend {
   void Zero(Tensor& t) override { Timed(kElementwise, [&] { cpu_.Zero(t); }); }
   void Gemm(const GemmParams& p) override {
     counters_.weight_bytes += p.b.size_bytes() + (p.bias.defined() ? p.bias.size_bytes() : 0);
+    counters_.gemm_flop += 2.0 * static_cast<double>(p.out.numel()) * static_cast<double>(p.a.dim(1));
     Timed(kGemm, [&] { cpu_.Gemm(p); });
   }
   void GroupedGemm(const GroupedGemmParams& p) override {
@@ -123,6 +126,8 @@ class MeteredBackend final : public Backend {
     for (int64_t g = 0; g < p.weights.dim(0); ++g) {
       if (offsets[g + 1] > offsets[g]) counters_.weight_bytes += group_bytes;
     }
+    counters_.gemm_flop += 2.0 * static_cast<double>(offsets[p.weights.dim(0)] - offsets[0]) *
+                           static_cast<double>(p.a.dim(1)) * static_cast<double>(p.out.dim(1));
     Timed(kGroupedGemm, [&] { cpu_.GroupedGemm(p); });
   }
   void RmsNorm(const RmsNormParams& p) override {
@@ -473,6 +478,9 @@ Json BenchDecode(MeteredBackend& backend, const Model& m, const DecodeCase& c, c
            {{"min", step_fractions.front()},
             {"median", step_fractions[step_fractions.size() / 2]},
             {"max", step_fractions.back()}}},
+          {"gemm_flop_per_step", total.gemm_flop / c.steps},
+          {"gemm_flop_per_s", total.gemm_flop / total_s},
+          {"gemm_fraction_of_sgemm_peak", total.gemm_flop / total_s / machine.sgemm_flop_per_s},
           {"breakdown_per_step", BreakdownJson(total, total_s, c.steps)}};
 }
 
