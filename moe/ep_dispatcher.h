@@ -10,8 +10,12 @@
 // tokens still joins both exchanges.
 //   Dispatch: x[T, D] -> rows [R_recv, D] grouped by local expert
 //   Combine:  expert_out [R_recv, D] -> out[T, D] += Σ_k w_tk · y_tk
-// The rows travel over `ep` (the data plane: the backend's tensors); the per-peer counts over
-// `ep_host`, a host communicator over the same ranks (the same object on a CPU mesh).
+// The routing is grouped on the backend (GroupByExpert over all E experts, which orders the
+// rows by destination); the host reads only the E + 1 group offsets, since the exchange's sizes
+// must be known there. The rows travel over `ep` (the data plane: the backend's tensors); the
+// row counts per (peer, local expert) over `ep_host`, a host communicator over the same ranks
+// (the same object on a CPU mesh), from which each receiver orders its rows by local expert
+// without reading them.
 // A failed collective (a lost peer) aborts the rank: the launcher tears the job down.
 // One instance per group; not thread-safe.
 #ifndef Q3VL_MOE_EP_DISPATCHER_H_

@@ -37,8 +37,7 @@ struct DispatchHandle {
     int64_t shard_begin = 0, shard_end = 0;  // this rank's token share [begin, end)
     std::vector<int64_t> send_counts;        // [E] rows sent to each rank
     std::vector<int64_t> recv_counts;        // [E] rows received from each rank
-    Tensor sent_token;                       // [R_send] i64: token of each sent row
-    Tensor share_token;                      // [R_send] i64: its row in this rank's share (shares > 1)
+    Tensor sent_token;                       // [R_send] i64: token of each sent row, in the share
     Tensor sent_weight;                      // [R_send] f32: its routing weight
     Tensor order;                            // [R_recv] i64: received index of each grouped row
   } exchange;

@@ -186,15 +186,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::SubGroup(absl::Span<
 absl::StatusOr<std::vector<int64_t>> ExchangeCounts(Communicator& comm,
                                                     absl::Span<const int64_t> send_counts) {
   const int n = comm.size();
-  if (static_cast<int>(send_counts.size()) != n) {
-    return Invalid("ExchangeCounts", absl::StrCat("need ", n, " counts, got ", send_counts.size()));
+  const int64_t total = static_cast<int64_t>(send_counts.size());
+  if (total == 0 || total % n != 0) {
+    return Invalid("ExchangeCounts", absl::StrCat("need a positive multiple of ", n, " counts, got ", total));
   }
-  Tensor in = Tensor::FromVectorI64({send_counts.begin(), send_counts.end()}, {n, 1});
-  Tensor out = Tensor::Empty(DType::kI64, {n, 1});
-  const std::vector<int64_t> ones(n, 1);
+  Tensor in = Tensor::FromVectorI64({send_counts.begin(), send_counts.end()}, {total, 1});
+  Tensor out = Tensor::Empty(DType::kI64, {total, 1});
+  const std::vector<int64_t> per_peer(n, total / n);
   Q3VL_RETURN_IF_ERROR(
-      comm.AllToAll({.in = in, .send_counts = ones, .out = out, .recv_counts = ones}));
-  return std::vector<int64_t>(out.data<int64_t>(), out.data<int64_t>() + n);
+      comm.AllToAll({.in = in, .send_counts = per_peer, .out = out, .recv_counts = per_peer}));
+  return std::vector<int64_t>(out.data<int64_t>(), out.data<int64_t>() + total);
 }
 
 absl::StatusOr<std::vector<int64_t>> AllGatherValue(Communicator& comm, int64_t value) {

@@ -106,7 +106,9 @@ class Communicator {
 
 // ---- Host control plane: small host values over a host communicator (in-process, MPI). ----
 
-// recv_counts[q] = rows rank q will send to this rank: an all-to-all of send_counts.
+// An all-to-all of counts, c per peer: send_counts holds size() blocks of c values, block q for
+// rank q, and the result holds the block each rank q sent to this one, in rank order. With c = 1,
+// recv_counts[q] = rows rank q will send to this rank.
 absl::StatusOr<std::vector<int64_t>> ExchangeCounts(Communicator& comm,
                                                     absl::Span<const int64_t> send_counts);
 // Every rank's `value`, in rank order.

@@ -160,6 +160,23 @@ TEST_P(CommConformanceTest, HostHelpers) {
     ASSERT_TRUE(values.ok()) << values.status();
     for (int q = 0; q <= last; ++q) EXPECT_EQ((*values)[q], 7 * q);
     EXPECT_EQ(SumOver(world, 1), world.size());
+    // Counts in blocks of 3 per peer (the expert-parallel exchange sends one per local expert):
+    // rank r sends q (r, q, c) encoded, and receives each peer's block for r in rank order.
+    std::vector<int64_t> send;
+    for (int q = 0; q <= last; ++q) {
+      for (int c = 0; c < 3; ++c) send.push_back(100 * world.rank() + 10 * q + c);
+    }
+    auto blocks = ExchangeCounts(world, send);
+    ASSERT_TRUE(blocks.ok()) << blocks.status();
+    ASSERT_EQ(blocks->size(), send.size());
+    for (int q = 0; q <= last; ++q) {
+      for (int c = 0; c < 3; ++c) EXPECT_EQ((*blocks)[3 * q + c], 100 * q + 10 * world.rank() + c);
+    }
+    if (world.size() > 1) {  // not a multiple of the group size: refused before any message
+      send.pop_back();
+      EXPECT_EQ(ExchangeCounts(world, send).status().code(), absl::StatusCode::kInvalidArgument);
+    }
+    EXPECT_EQ(ExchangeCounts(world, {}).status().code(), absl::StatusCode::kInvalidArgument);
   });
 }
 
