@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -101,6 +103,16 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
   if (!error.ok()) return error.status();
   b->error_ = Tensor(*std::move(error), DType::kI32, {1});
   Q3VL_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(b->error_.raw_data(), 0, sizeof(int), b->stream_));
+  if (options.staging_segments > 0) {
+    auto staging = PinnedStaging::Create(b->stream_, options.staging_segment_bytes, options.staging_segments);
+    if (staging.ok()) {
+      b->staging_ = *std::move(staging);
+    } else {  // still correct without it, only slower: say so once
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "q3vl: warning: %s; host copies take the driver's pageable path\n",
+                   std::string(staging.status().message()).c_str());
+    }
+  }
   auto gemm = LtGemm::Create(b->stream_, b->workspace_.raw_data(), options.gemm_workspace_bytes);
   if (!gemm.ok()) return gemm.status();
   b->gemm_ = *std::move(gemm);
@@ -112,6 +124,7 @@ CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
+    staging_.reset();
     cudaStreamDestroy(stream_);
   }
 }
@@ -146,8 +159,16 @@ void CudaBackend::Copy(const Tensor& src, Tensor& dst) {
   }
   const size_t esize = DTypeSize(src.dtype());
   if (src.is_contiguous() && dst.is_contiguous()) {
+    if (staging_ != nullptr && src.device() == Device::kCpu && !PinnedStaging::IsPinned(src.raw_data())) {
+      staging_->Upload(dst.raw_data(), src.raw_data(), src.size_bytes());
+      return;
+    }
+    if (staging_ != nullptr && dst.device() == Device::kCpu && !PinnedStaging::IsPinned(dst.raw_data())) {
+      staging_->Download(dst.raw_data(), src.raw_data(), src.size_bytes());
+      return;
+    }
     Q3VL_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.size_bytes(), cudaMemcpyDefault, stream_));
-  } else {
+  } else {  // pageable 2-D copies take the driver's path (rare: column slices)
     // Row-strided rank-2 views (column slices): one 2-D copy.
     Q3VL_CHECK(src.rank() == 2 && dst.rank() == 2)
         << "CUDA Copy takes contiguous tensors or rank-2 row-strided views: " << src.DebugString() << " -> "

@@ -5,8 +5,9 @@
 // weight dtypes differ casts the activation to the weight's dtype first (bf16 weights: bf16
 // GEMMs with f32 accumulation, per the numerics contract). Errors: Create returns a Status (no
 // device, no driver, out of memory); on the hot path a failed launch, a device fault or a bad
-// id seen by a kernel CHECK-fails at the next Synchronize with the reason. One thread at a
-// time, like every Backend.
+// id seen by a kernel CHECK-fails at the next Synchronize with the reason. Copies to and from
+// pageable host memory go through a ring of pinned memory (PinnedStaging), so uploads do not
+// block the host. One thread at a time, like every Backend.
 #ifndef Q3VL_CORE_CUDA_CUDA_BACKEND_H_
 #define Q3VL_CORE_CUDA_CUDA_BACKEND_H_
 
@@ -18,6 +19,7 @@
 #include "core/backend.h"
 #include "core/cuda/device_pool.h"
 #include "core/cuda/lt_gemm.h"
+#include "core/cuda/pinned_staging.h"
 
 namespace q3vl::cuda {
 
@@ -25,6 +27,8 @@ struct CudaBackendOptions {
   int device = 0;
   size_t max_cached_bytes = size_t{16} << 30;     // freed blocks kept by the pool
   size_t gemm_workspace_bytes = size_t{32} << 20; // cuBLASLt workspace
+  size_t staging_segment_bytes = size_t{4} << 20;  // pinned host staging: segments of this size
+  int staging_segments = 8;                        // (0: copy straight from pageable memory)
 };
 
 // Number of CUDA devices visible (0 without a driver or device).
@@ -76,6 +80,7 @@ class CudaBackend final : public Backend {
   cudaDeviceProp properties_{};
   cudaStream_t stream_ = nullptr;
   std::shared_ptr<DevicePool> pool_;
+  std::unique_ptr<PinnedStaging> staging_;  // null: pageable copies through the driver
   Tensor workspace_;  // cuBLASLt
   Tensor error_;      // [1] i32: DeviceError bits raised by kernels
   std::unique_ptr<LtGemm> gemm_;

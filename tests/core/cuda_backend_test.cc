@@ -420,6 +420,39 @@ TEST(CudaBackendTest, CopiesRoundTripIncludingRowStridedViews) {
   for (int64_t i = 0; i < 1000; ++i) ASSERT_EQ(zeros.data<float>()[i], 0.0f);
 }
 
+// Copies through the pinned staging ring: one larger than the whole ring (segments of 1 MiB,
+// 4 of them, so 40 MiB laps it ten times) both ways, and thousands of small uploads from one
+// host buffer that is rewritten right after each upload, each summed on the device while the
+// host runs ahead: every upload must carry the values of its own moment. The same without the
+// ring (staging_segments 0: the driver's pageable path).
+TEST(CudaBackendTest, StagedCopiesKeepEveryUploadsValues) {
+  Q3VL_REQUIRE_GPU();
+  for (int segments : {4, 0}) {
+    auto gpu = CudaBackend::Create({.staging_segment_bytes = size_t{1} << 20, .staging_segments = segments});
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    const Tensor big = Random({10 << 20}, 27);
+    const Tensor back = (*gpu)->ToHost((*gpu)->ToDevice(big));
+    ASSERT_EQ(std::memcmp(back.raw_data(), big.raw_data(), big.size_bytes()), 0) << "segments " << segments;
+
+    constexpr int kUploads = 3000;
+    constexpr int64_t kWidth = 1000;
+    Tensor host = Tensor::Empty(DType::kF32, {kWidth});
+    Tensor sum = (*gpu)->Allocate(DType::kF32, {kWidth});
+    for (int i = 0; i < kUploads; ++i) {
+      for (int64_t j = 0; j < kWidth; ++j) host.data<float>()[j] = static_cast<float>(i % 7 + j);
+      const Tensor up = (*gpu)->ToDevice(host);
+      (*gpu)->Add({.a = sum, .b = up, .out = sum});
+    }
+    const Tensor got = (*gpu)->ToHost(sum);
+    double base = 0;
+    for (int i = 0; i < kUploads; ++i) base += i % 7;
+    for (int64_t j = 0; j < kWidth; ++j) {
+      ASSERT_EQ(got.data<float>()[j], static_cast<float>(base + kUploads * static_cast<double>(j)))
+          << "segments " << segments << " column " << j;
+    }
+  }
+}
+
 TEST(CudaBackendTest, PoolReusesReleasedBlocks) {
   Q3VL_REQUIRE_GPU();
   auto gpu = CudaBackend::Create();
