@@ -31,6 +31,14 @@ add_library(q3vl_blas INTERFACE)
 target_include_directories(q3vl_blas INTERFACE ${Q3VL_CBLAS_INCLUDE})
 target_link_libraries(q3vl_blas INTERFACE ${Q3VL_OPENBLAS_LIB} OpenMP::OpenMP_CXX)
 
+# glibc's vector math library (SIMD expf for the CPU softmax); optional, part of libc6 on Debian.
+find_library(Q3VL_LIBMVEC mvec)
+add_library(q3vl_vector_math INTERFACE)
+if(Q3VL_LIBMVEC)
+  target_link_libraries(q3vl_vector_math INTERFACE ${Q3VL_LIBMVEC})
+  target_compile_definitions(q3vl_vector_math INTERFACE Q3VL_HAVE_LIBMVEC=1)
+endif()
+
 if(Q3VL_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)

@@ -1,7 +1,10 @@
 // Attention on CPU: per (sequence, KV head, block of queries) work items run in parallel; each
 // takes the KV head's keys and values (in place when packed, gathered from the pages into a
-// per-thread buffer when paged) and, for every query head of the group, computes scores with
-// one SGEMM, a masked softmax, and the weighted sum with another.
+// per-thread buffer when paged) a tile of keys at a time and, for every query head of the group,
+// computes the tile's scores with one SGEMM, an online softmax (running max and sum per row, the
+// output rescaled when the max grows), and accumulates the weighted sum with another SGEMM. The
+// buffers are one tile, so memory does not grow with the context. The softmax loops are vectorised, exp
+// through glibc's vector math library (libmvec), with one clone per ISA picked at load time.
 #include <cblas.h>
 
 #include <algorithm>
@@ -11,10 +14,49 @@
 
 #include "core/cpu/cpu_backend.h"
 
+#if defined(Q3VL_HAVE_LIBMVEC) && defined(__GNUC__) && !defined(__clang__)
+// What glibc's <math.h> declares under -ffast-math: libmvec holds SIMD variants of expf (SSE,
+// AVX2, AVX-512; <= 4 ulp), which lets the loops below vectorise without fast-math elsewhere.
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+#define Q3VL_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define Q3VL_ISA_CLONES
+#endif
+
 namespace q3vl {
 namespace {
 
 constexpr int64_t kQueryBlock = 128;
+constexpr int64_t kKeyTile = 1024;  // scores of a tile: 128 x 1024 floats, 512 KiB
+
+// Row r of a key tile: scores[0, n) visible (n may be 0), [n, width) masked. Updates the row's
+// running max and sum, rescales its output accumulated so far (zeroes it on the first tile), and
+// leaves exp(score - max) in the row (0 where masked) for the weighted sum.
+Q3VL_ISA_CLONES
+void OnlineSoftmaxRow(float* row, int64_t n, int64_t width, bool first_tile, float& max_score, float& sum,
+                      float* out, int64_t head_dim) {
+  float tile_max = -INFINITY;
+#pragma omp simd reduction(max : tile_max)
+  for (int64_t c = 0; c < n; ++c) tile_max = row[c] > tile_max ? row[c] : tile_max;
+  const float new_max = tile_max > max_score ? tile_max : max_score;
+  if (first_tile) {
+    std::fill(out, out + head_dim, 0.0f);
+  } else if (new_max > max_score) {
+    const float alpha = expf(max_score - new_max);
+    sum *= alpha;
+#pragma omp simd
+    for (int64_t j = 0; j < head_dim; ++j) out[j] *= alpha;
+  }
+  max_score = new_max;
+  float tile_sum = 0.0f;
+#pragma omp simd reduction(+ : tile_sum)
+  for (int64_t c = 0; c < n; ++c) {
+    row[c] = expf(row[c] - new_max);
+    tile_sum += row[c];
+  }
+  sum += tile_sum;
+  std::fill(row + n, row + width, 0.0f);
+}
 
 struct WorkItem {
   int64_t seq;
@@ -78,7 +120,7 @@ void CpuBackend::Attention(const AttentionParams& p) {
 
 #pragma omp parallel
   {
-    std::vector<float> scores, k_rows, v_rows;
+    std::vector<float> scores, stats, k_rows, v_rows;  // per thread
 #pragma omp for schedule(dynamic)
     for (size_t i = 0; i < items.size(); ++i) {
       const WorkItem& w = items[i];
@@ -88,47 +130,58 @@ void CpuBackend::Attention(const AttentionParams& p) {
       // Keys visible to the last query of the block.
       const int64_t cols = p.causal ? nk - nq + w.q_end : nk;
       if (cols == 0) continue;
-      // This KV head's first `cols` keys and values: [cols, d] with row stride kv_ld.
-      const float* kb;
-      const float* vb;
-      int64_t kv_ld = k_ld;
-      if (!paged) {
-        kb = k + p.k_starts[w.seq] * k_ld + w.kv_head * head_dim;
-        vb = v + p.k_starts[w.seq] * k_ld + w.kv_head * head_dim;
-      } else {
-        k_rows.resize(cols * head_dim);
-        v_rows.resize(cols * head_dim);
-        for (int64_t j = 0; j < cols; ++j) {
-          const int64_t row = tables[w.seq * max_pages + j / p.page_size] * p.page_size + j % p.page_size;
-          std::memcpy(&k_rows[j * head_dim], k + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
-          std::memcpy(&v_rows[j * head_dim], v + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
-        }
-        kb = k_rows.data();
-        vb = v_rows.data();
-        kv_ld = head_dim;
-      }
-      scores.resize(rows * cols);
-      for (int64_t h = w.kv_head * group; h < (w.kv_head + 1) * group; ++h) {
-        const float* qb = q + (p.q_starts[w.seq] + w.q_begin) * q_ld + h * head_dim;
-        float* ob = out + (p.q_starts[w.seq] + w.q_begin) * q_ld + h * head_dim;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, head_dim, p.scale, qb,
-                    q_ld, kb, kv_ld, 0.0f, scores.data(), cols);
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = scores.data() + r * cols;
-          const int64_t visible = p.causal ? nk - nq + w.q_begin + r + 1 : nk;
-          float max_score = -INFINITY;
-          for (int64_t c = 0; c < visible; ++c) max_score = std::max(max_score, row[c]);
-          float sum = 0.0f;
-          for (int64_t c = 0; c < visible; ++c) {
-            row[c] = std::exp(row[c] - max_score);
-            sum += row[c];
+      const int64_t tile = std::min(cols, kKeyTile);
+      scores.resize(rows * tile);
+      stats.assign(2 * group * rows, 0.0f);  // per (head of the group, row): running max, sum
+      float* const row_max = stats.data();
+      float* const row_sum = stats.data() + group * rows;
+      std::fill(row_max, row_max + group * rows, -INFINITY);
+      const int64_t q_row0 = p.q_starts[w.seq] + w.q_begin;
+      for (int64_t c0 = 0; c0 < cols; c0 += tile) {
+        const int64_t width = std::min(tile, cols - c0);
+        // This KV head's keys and values [c0, c0 + width): [width, d] with row stride kv_ld, in
+        // place when packed, copied out of their pages when paged.
+        const float* kb;
+        const float* vb;
+        int64_t kv_ld = k_ld;
+        if (!paged) {
+          kb = k + (p.k_starts[w.seq] + c0) * k_ld + w.kv_head * head_dim;
+          vb = v + (p.k_starts[w.seq] + c0) * k_ld + w.kv_head * head_dim;
+        } else {
+          k_rows.resize(width * head_dim);
+          v_rows.resize(width * head_dim);
+          for (int64_t j = 0; j < width; ++j) {
+            const int64_t key = c0 + j;
+            const int64_t row = tables[w.seq * max_pages + key / p.page_size] * p.page_size + key % p.page_size;
+            std::memcpy(&k_rows[j * head_dim], k + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
+            std::memcpy(&v_rows[j * head_dim], v + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
           }
-          const float inv = 1.0f / sum;
-          for (int64_t c = 0; c < visible; ++c) row[c] *= inv;
-          for (int64_t c = visible; c < cols; ++c) row[c] = 0.0f;
+          kb = k_rows.data();
+          vb = v_rows.data();
+          kv_ld = head_dim;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, cols, 1.0f,
-                    scores.data(), cols, vb, kv_ld, 0.0f, ob, q_ld);
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t h = w.kv_head * group + g;
+          const float* qb = q + q_row0 * q_ld + h * head_dim;
+          float* ob = out + q_row0 * q_ld + h * head_dim;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, head_dim, p.scale, qb, q_ld, kb,
+                      kv_ld, 0.0f, scores.data(), width);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t visible = p.causal ? nk - nq + w.q_begin + r + 1 : nk;
+            OnlineSoftmaxRow(scores.data() + r * width, std::clamp<int64_t>(visible - c0, 0, width), width,
+                             c0 == 0, row_max[g * rows + r], row_sum[g * rows + r], ob + r * q_ld, head_dim);
+          }
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, width, 1.0f, scores.data(),
+                      width, vb, kv_ld, 1.0f, ob, q_ld);
+        }
+      }
+      // Every row saw at least one key: cols > 0, and causally row r sees nk - nq + r + 1 >= 1.
+      for (int64_t g = 0; g < group; ++g) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const float inv = 1.0f / row_sum[g * rows + r];
+          float* o = out + (q_row0 + r) * q_ld + (w.kv_head * group + g) * head_dim;
+          for (int64_t j = 0; j < head_dim; ++j) o[j] *= inv;
+        }
       }
     }
   }

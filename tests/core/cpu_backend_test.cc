@@ -280,5 +280,80 @@ TEST_P(CpuOpsTest, GatherAndScatterRows) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CpuOpsTest, ::testing::Values(1, 7, 130));
 
+// Contexts longer than one key tile (the online softmax's 1024 keys), with keys whose scale
+// grows along the sequence so that later tiles raise the running max: a prefill chunk after
+// 2500 cached keys, a decode token over 1030, and (non-causal, as in the vision tower) 1100
+// queries over their own 1100 keys; packed, and paged over scattered pages.
+TEST(CpuAttentionTest, ManyKeyTilesMatchNaive) {
+  CpuBackend backend;
+  const int64_t heads = 4, kv_heads = 2, d = 16, page = 16;
+  for (const bool causal : {true, false}) {
+    const std::vector<int64_t> nq = causal ? std::vector<int64_t>{5, 1} : std::vector<int64_t>{1100};
+    const std::vector<int64_t> nk = causal ? std::vector<int64_t>{2505, 1030} : std::vector<int64_t>{1100};
+    std::vector<int64_t> q_starts = {0}, k_starts = {0};
+    for (size_t s = 0; s < nq.size(); ++s) {
+      q_starts.push_back(q_starts.back() + nq[s]);
+      k_starts.push_back(k_starts.back() + nk[s]);
+    }
+    const Tensor q = RandomTensor({q_starts.back(), heads, d}, 40);
+    Tensor k = RandomTensor({k_starts.back(), kv_heads, d}, 41);
+    const Tensor v = RandomTensor({k_starts.back(), kv_heads, d}, 42);
+    for (int64_t s = 0; s < static_cast<int64_t>(nk.size()); ++s) {
+      for (int64_t j = 0; j < nk[s]; ++j) {
+        float* row = k.data<float>() + (k_starts[s] + j) * kv_heads * d;
+        for (int64_t x = 0; x < kv_heads * d; ++x) row[x] *= 1.0f + static_cast<float>(j) / 400.0f;
+      }
+    }
+    const float scale = 0.25f;
+    // Paged copy: each sequence's pages taken from the end of the pool, backwards.
+    int64_t max_pages = 0, pool_pages = 0;
+    for (int64_t n : nk) max_pages = std::max(max_pages, (n + page - 1) / page), pool_pages += (n + page - 1) / page;
+    Tensor k_pool = RandomTensor({pool_pages * page, kv_heads, d}, 43), v_pool = RandomTensor({pool_pages * page, kv_heads, d}, 44);
+    Tensor tables = Tensor::Empty(DType::kI32, {static_cast<int64_t>(nk.size()), max_pages});
+    int32_t next_page = static_cast<int32_t>(pool_pages) - 1;
+    for (int64_t s = 0; s < static_cast<int64_t>(nk.size()); ++s) {
+      for (int64_t j = 0; j < (nk[s] + page - 1) / page; ++j) tables.data<int32_t>()[s * max_pages + j] = next_page--;
+      for (int64_t j = 0; j < nk[s]; ++j) {
+        const int64_t row = tables.data<int32_t>()[s * max_pages + j / page] * page + j % page;
+        k_pool.Select(row).CopyFrom(k.Select(k_starts[s] + j));
+        v_pool.Select(row).CopyFrom(v.Select(k_starts[s] + j));
+      }
+    }
+    Tensor packed = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+    Tensor paged = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+    backend.Attention({.q = q, .k = k, .v = v, .q_starts = q_starts, .k_starts = k_starts, .causal = causal,
+                       .scale = scale, .out = packed});
+    backend.Attention({.q = q, .k = k_pool, .v = v_pool, .q_starts = q_starts, .k_starts = k_starts,
+                       .causal = causal, .scale = scale, .out = paged, .block_tables = tables, .page_size = page});
+    EXPECT_EQ(MaxAbsDiff(paged, packed), 0.0f) << (causal ? "causal" : "non-causal");
+    double worst = 0;
+    for (int64_t s = 0; s < static_cast<int64_t>(nq.size()); ++s) {
+      for (int64_t i = 0; i < nq[s]; ++i) {
+        const int64_t visible = causal ? nk[s] - nq[s] + i + 1 : nk[s];
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t g = h / (heads / kv_heads);
+          const float* qi = q.data<float>() + ((q_starts[s] + i) * heads + h) * d;
+          std::vector<double> p(visible);
+          double mx = -1e300, sum = 0;
+          for (int64_t j = 0; j < visible; ++j) {
+            const float* kj = k.data<float>() + ((k_starts[s] + j) * kv_heads + g) * d;
+            double dot = 0;
+            for (int64_t x = 0; x < d; ++x) dot += double{qi[x]} * kj[x];
+            p[j] = scale * dot;
+            mx = std::max(mx, p[j]);
+          }
+          for (double& e : p) sum += e = std::exp(e - mx);
+          for (int64_t x = 0; x < d; ++x) {
+            double o = 0;
+            for (int64_t j = 0; j < visible; ++j) o += p[j] / sum * v.data<float>()[((k_starts[s] + j) * kv_heads + g) * d + x];
+            worst = std::max(worst, std::fabs(packed.data<float>()[((q_starts[s] + i) * heads + h) * d + x] - o));
+          }
+        }
+      }
+    }
+    EXPECT_LE(worst, 2e-5) << (causal ? "causal" : "non-causal");
+  }
+}
+
 }  // namespace
 }  // namespace q3vl
