@@ -13,15 +13,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_backend.h"
-
-#if defined(Q3VL_HAVE_LIBMVEC) && defined(__GNUC__) && !defined(__clang__)
-// What glibc's <math.h> declares under -ffast-math: libmvec holds SIMD variants of expf (SSE,
-// AVX2, AVX-512; <= 4 ulp), which lets the loops below vectorise without fast-math elsewhere.
-extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
-#define Q3VL_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define Q3VL_ISA_CLONES
-#endif
+#include "core/cpu/vector_math.h"
 
 namespace q3vl {
 namespace {

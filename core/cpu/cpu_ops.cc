@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/cpu/cpu_backend.h"
+#include "core/cpu/vector_math.h"
 #ifdef Q3VL_HAVE_CUDA
 #include "core/cuda/cuda_backend.h"
 #endif
@@ -134,6 +135,31 @@ void CpuBackend::Rope(const RopeParams& p) {
   }
 }
 
+namespace {
+
+// o = silu(g) * u over n values.
+Q3VL_ISA_CLONES void SiluMul(const float* g, const float* u, float* o, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+Q3VL_ISA_CLONES void GeluTanh(const float* x, float* out, int64_t n) {
+  const float k_sqrt_2_over_pi = 0.7978845608028654f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = x[i];
+    out[i] = 0.5f * u * (1.0f + tanhf(k_sqrt_2_over_pi * (u + 0.044715f * u * u * u)));
+  }
+}
+
+Q3VL_ISA_CLONES void GeluErf(const float* x, float* out, int64_t n) {
+  const float k_inv_sqrt2 = 0.7071067811865476f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * k_inv_sqrt2));
+}
+
+}  // namespace
+
 void CpuBackend::Activation(const ActivationParams& p) {
   const Rows x = AsRows(p.x, "x");
   const Rows out = AsRows(p.out, "out");
@@ -145,9 +171,7 @@ void CpuBackend::Activation(const ActivationParams& p) {
 #pragma omp parallel for if (x.rows > 16)
       for (int64_t r = 0; r < x.rows; ++r) {
         const float* g = x.data + r * x.width;
-        const float* u = g + inter;
-        float* o = out.data + r * inter;
-        for (int64_t j = 0; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+        SiluMul(g, g + inter, out.data + r * inter, inter);
       }
       return;
     }
@@ -155,15 +179,15 @@ void CpuBackend::Activation(const ActivationParams& p) {
     case ActivationKind::kGeluErf: {
       Q3VL_CHECK_EQ(x.width, out.width);
       const bool use_tanh = p.kind == ActivationKind::kGeluTanh;
-      const int64_t n = x.rows * x.width;
-      const float k_sqrt_2_over_pi = 0.7978845608028654f;
-      const float k_inv_sqrt2 = 0.7071067811865476f;
+      const int64_t n = x.rows * x.width, chunk = 16384;
 #pragma omp parallel for if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) {
-        const float u = x.data[i];
-        out.data[i] = use_tanh
-            ? 0.5f * u * (1.0f + std::tanh(k_sqrt_2_over_pi * (u + 0.044715f * u * u * u)))
-            : 0.5f * u * (1.0f + std::erf(u * k_inv_sqrt2));
+      for (int64_t i = 0; i < n; i += chunk) {
+        const int64_t len = std::min(chunk, n - i);
+        if (use_tanh) {
+          GeluTanh(x.data + i, out.data + i, len);
+        } else {
+          GeluErf(x.data + i, out.data + i, len);
+        }
       }
       return;
     }

@@ -1,5 +1,6 @@
 // Each CPU backend op against a naive loop over parameterised shapes.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 
@@ -260,6 +261,34 @@ TEST_P(CpuOpsTest, ActivationsMatchFormulas) {
         EXPECT_NEAR(silu.data<float>()[r * 4 + j], g / (1 + std::exp(-g)) * up, 1e-5);
       }
     }
+}
+
+// Rows wide enough for the vectorised loops (AVX-512, AVX2 or SSE variants of libmvec's expf,
+// tanhf and erff) with tails, over [-12, 12] plus zeros and values where exp overflows.
+TEST(CpuActivationTest, WideRowsMatchFormulas) {
+  CpuBackend backend;
+  const int64_t rows = 3, width = 2 * 1003;
+  Tensor x = RandomTensor({rows, width}, 18, 12.0f);
+  for (const int64_t i : {0, 1, 2, 3}) x.data<float>()[i * 517] = std::array<float, 4>{0.0f, -0.0f, 95.0f, -95.0f}[i];
+  Tensor silu = Tensor::Empty(DType::kF32, {rows, width / 2}), tanh_out = Tensor::Empty(DType::kF32, {rows, width}),
+         erf_out = Tensor::Empty(DType::kF32, {rows, width});
+  backend.Activation({.kind = ActivationKind::kSiluMul, .x = x, .out = silu});
+  backend.Activation({.kind = ActivationKind::kGeluTanh, .x = x, .out = tanh_out});
+  backend.Activation({.kind = ActivationKind::kGeluErf, .x = x, .out = erf_out});
+  const auto close = [](double got, double want) { return std::fabs(got - want) <= 1e-6 + 2e-6 * std::fabs(want); };
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < width; ++j) {
+      const double u = x.data<float>()[r * width + j];
+      const double erf_want = 0.5 * u * (1 + std::erf(u / std::sqrt(2.0)));
+      const double tanh_want = 0.5 * u * (1 + std::tanh(std::sqrt(2 / M_PI) * (u + 0.044715 * u * u * u)));
+      ASSERT_TRUE(close(erf_out.data<float>()[r * width + j], erf_want)) << "erf at " << u;
+      ASSERT_TRUE(close(tanh_out.data<float>()[r * width + j], tanh_want)) << "tanh at " << u;
+      if (j < width / 2) {
+        const double up = x.data<float>()[r * width + j + width / 2];
+        ASSERT_TRUE(close(silu.data<float>()[r * width / 2 + j], u / (1 + std::exp(-u)) * up)) << "silu at " << u;
+      }
+    }
+  }
 }
 
 TEST_P(CpuOpsTest, GatherAndScatterRows) {
