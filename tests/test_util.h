@@ -101,7 +101,8 @@ inline std::string GoldenCaseDir(const std::string& name) {
   return "";
 }
 
-// max |a - b| over all elements (both widened to f32); infinity on a shape mismatch.
+// max |a - b| over all elements (both widened to f32); infinity on a shape mismatch, and where
+// one side is NaN and the other is not (NaN on both sides, or equal infinities, count as equal).
 inline float MaxAbsDiff(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape()) return INFINITY;
   if (a.dtype() == DType::kI64 || b.dtype() == DType::kI64) {
@@ -115,7 +116,13 @@ inline float MaxAbsDiff(const Tensor& a, const Tensor& b) {
   }
   const Tensor x = a.ToF32(), y = b.ToF32();
   float m = 0.0f;
-  for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, std::fabs(x.data<float>()[i] - y.data<float>()[i]));
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float u = x.data<float>()[i], v = y.data<float>()[i];
+    if (u == v || (std::isnan(u) && std::isnan(v))) continue;
+    const float d = std::fabs(u - v);
+    if (std::isnan(d)) return INFINITY;
+    m = std::max(m, d);
+  }
   return m;
 }
 

@@ -87,7 +87,12 @@ void CpuBackend::Gemm(const GemmParams& p) {
     float* o = out.data<float>();
 #pragma omp parallel for if (out.dim(0) > 64)
     for (int64_t i = 0; i < out.dim(0); ++i) {
-      for (int64_t j = 0; j < out.dim(1); ++j) o[i * ld + j] = beta * o[i * ld + j] + bias[j];
+      float* row = o + i * ld;
+      if (beta == 0.0f) {  // out's contents are ignored (they may be NaN)
+        std::memcpy(row, bias, out.dim(1) * sizeof(float));
+      } else {
+        for (int64_t j = 0; j < out.dim(1); ++j) row[j] = beta * row[j] + bias[j];
+      }
     }
     beta = 1.0f;
   }

@@ -23,6 +23,7 @@ TEST_P(CpuOpsTest, GemmMatchesNaive) {
   const int64_t m = GetParam(), k = 37, n = 19;
   const Tensor a = RandomTensor({m, k}, 1), w = RandomTensor({n, k}, 2), bias = RandomTensor({n}, 3);
   Tensor out = Tensor::Empty(DType::kF32, {m, n});
+  out.Fill(NAN);  // beta 0: out's contents are ignored
   backend_.Gemm({.a = a, .b = w, .bias = bias, .out = out});
   Tensor ref = Tensor::Empty(DType::kF32, {m, n});
   for (int64_t i = 0; i < m; ++i)
