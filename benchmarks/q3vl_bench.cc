@@ -112,6 +112,12 @@ class MeteredBackend final : public Backend {
     counters_.op_s[kAllocate] += SecondsSince(start);
     return t;
   }
+  Tensor AllocateUninitialized(DType dtype, Shape shape) override {
+    const Clock::time_point start = Clock::now();
+    Tensor t = cpu_.AllocateUninitialized(dtype, std::move(shape));
+    counters_.op_s[kAllocate] += SecondsSince(start);
+    return t;
+  }
   void Copy(const Tensor& src, Tensor& dst) override { Timed(kElementwise, [&] { cpu_.Copy(src, dst); }); }
   void Synchronize() override {}
   void Zero(Tensor& t) override { Timed(kElementwise, [&] { cpu_.Zero(t); }); }

@@ -163,6 +163,10 @@ class Backend {
 
   // Zero-filled, contiguous tensor in this backend's memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;
+  // Like Allocate, but the contents are unspecified: for an output that an op overwrites whole,
+  // where the zero fill would be wasted work (a memset launch per tensor on a device). The
+  // default zero-fills anyway.
+  virtual Tensor AllocateUninitialized(DType dtype, Shape shape) { return Allocate(dtype, std::move(shape)); }
   // Copies between host and device tensors of equal shape (either direction).
   virtual void Copy(const Tensor& src, Tensor& dst) = 0;
   // Waits until all queued work is done.

@@ -223,9 +223,9 @@ void TextDecoder::Embed(Backend& backend, const std::vector<int64_t>& ids, Tenso
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
                             const kv::KvStepPlan& plan, const Tensor& x, Tensor& out) const {
   const int64_t t = x.dim(0), h = shard_.num_heads, kvh = shard_.num_kv_heads, hd = config_.head_dim;
-  Tensor q = backend.Allocate(DType::kF32, {t, h, hd});    // [T, H, hd]
-  Tensor k = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
-  Tensor v = backend.Allocate(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
+  Tensor q = backend.AllocateUninitialized(DType::kF32, {t, h, hd});    // [T, H, hd]
+  Tensor k = backend.AllocateUninitialized(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
+  Tensor v = backend.AllocateUninitialized(DType::kF32, {t, kvh, hd});  // [T, KV, hd]
   backend.Gemm({.a = x, .b = layer.q_proj, .out = q.Reshape({t, h * hd})});
   backend.Gemm({.a = x, .b = layer.k_proj, .out = k.Reshape({t, kvh * hd})});
   backend.Gemm({.a = x, .b = layer.v_proj, .out = v.Reshape({t, kvh * hd})});
@@ -234,7 +234,7 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
   backend.Rope({.x = q, .cos = batch.rope.cos, .sin = batch.rope.sin});
   backend.Rope({.x = k, .cos = batch.rope.cos, .sin = batch.rope.sin});
   batch.kv->Write(cache_layer, plan, k, v);
-  Tensor attn = backend.Allocate(DType::kF32, {t, h, hd});  // [T, H, hd]
+  Tensor attn = backend.AllocateUninitialized(DType::kF32, {t, h, hd});  // [T, H, hd]
   // Straight from the cache's pages, through the step's block tables.
   backend.Attention({.q = q, .k = batch.kv->keys(cache_layer), .v = batch.kv->values(cache_layer),
                      .q_starts = batch.q_starts, .k_starts = plan.k_starts, .causal = true,
@@ -246,10 +246,10 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
 
 void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const {
   const int64_t t = x.dim(0), inter = layer.dense_gate.dim(0);
-  Tensor gate_up = backend.Allocate(DType::kF32, {t, 2 * inter});  // [T, 2 Iff] = [gate | up]
+  Tensor gate_up = backend.AllocateUninitialized(DType::kF32, {t, 2 * inter});  // [T, 2 Iff] = [gate | up]
   backend.Gemm({.a = x, .b = layer.dense_gate, .out = gate_up.Slice(1, 0, inter)});
   backend.Gemm({.a = x, .b = layer.dense_up, .out = gate_up.Slice(1, inter, 2 * inter)});
-  Tensor act = backend.Allocate(DType::kF32, {t, inter});  // [T, Iff]
+  Tensor act = backend.AllocateUninitialized(DType::kF32, {t, inter});  // [T, Iff]
   backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
   backend.Gemm({.a = act, .b = layer.dense_down, .out = out});
   SumPartials(shard_.tp, out);
@@ -258,8 +258,8 @@ void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x
 void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   Tensor& h = batch.hidden;
   const int64_t t = h.dim(0), d = config_.hidden_size;
-  Tensor a = backend.Allocate(DType::kF32, {t, d});      // [T, D] normed input
-  Tensor delta = backend.Allocate(DType::kF32, {t, d});  // [T, D] block output
+  Tensor a = backend.AllocateUninitialized(DType::kF32, {t, d});      // [T, D] normed input
+  Tensor delta = backend.AllocateUninitialized(DType::kF32, {t, d});  // [T, D] block output
   ReceiveFromPreviousStage(shard_.pp, h);
   const kv::KvStepPlan plan = batch.kv->Plan(batch.seq_ids, batch.q_starts);  // one upload per step
   moe::LocalDispatcher local;
@@ -320,11 +320,11 @@ Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::ve
 Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                 const TraceFn* trace) const {
   const int64_t n = static_cast<int64_t>(rows.size()), d = config_.hidden_size;
-  Tensor selected = backend.Allocate(DType::kF32, {n, d});  // [N, D]
+  Tensor selected = backend.AllocateUninitialized(DType::kF32, {n, d});  // [N, D]
   backend.GatherRows({.table = hidden, .ids = Upload(backend, Tensor::FromVectorI64(rows, {n})), .out = selected});
   backend.RmsNorm({.x = selected, .weight = norm_, .out = selected, .eps = config_.rms_norm_eps});
   Trace(backend, trace, "final_hidden_normed", 0, selected);
-  Tensor local = backend.Allocate(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
+  Tensor local = backend.AllocateUninitialized(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
   backend.Gemm({.a = selected, .b = lm_head_, .out = local});
   return local;
 }

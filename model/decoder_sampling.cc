@@ -59,7 +59,8 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
   const int64_t take = std::min(k, width);
   Tensor top_values, top_ids;
   if (take > 0) {
-    Tensor values = backend.Allocate(DType::kF32, {n, take}), ids = backend.Allocate(DType::kI32, {n, take});
+    Tensor values = backend.AllocateUninitialized(DType::kF32, {n, take});
+    Tensor ids = backend.AllocateUninitialized(DType::kI32, {n, take});
     backend.TopK({.x = local.Slice(1, 0, width), .k = take, .values = values, .ids = ids});
     top_values = Download(backend, values);
     top_ids = Download(backend, ids);

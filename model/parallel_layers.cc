@@ -82,7 +82,7 @@ Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& l
   if (Trivial(tp)) return Download(backend, local);
   const int size = tp->size();
   const int64_t n = local.dim(0), chunk = local.dim(1);
-  Tensor all = backend.Allocate(DType::kF32, {size * n, chunk});  // [T N, chunk]
+  Tensor all = backend.AllocateUninitialized(DType::kF32, {size * n, chunk});  // [T N, chunk]
   Q3VL_CHECK_OK(tp->AllGather({.in = local, .out = all}));
   const Tensor gathered = Download(backend, all);
   Tensor logits = Tensor::Empty(DType::kF32, {n, vocab});  // [N, V]

@@ -148,14 +148,14 @@ void VisionTower::RunBlock(Backend& backend, const Block& block, const RopeTable
                            const std::vector<int64_t>& segments, Tensor& x) const {
   const int64_t n = x.dim(0), dv = config_.hidden_size, heads = config_.num_heads;
   const int64_t hv = config_.head_dim();
-  Tensor y = backend.Allocate(DType::kF32, {n, dv});  // [N, Dv]
+  Tensor y = backend.AllocateUninitialized(DType::kF32, {n, dv});  // [N, Dv]
   backend.LayerNorm({.x = x, .weight = block.norm1_w, .bias = block.norm1_b, .out = y});
-  Tensor qkv = backend.Allocate(DType::kF32, {n, 3 * dv});  // [N, 3 Dv] = [N, 3, heads, hv]
+  Tensor qkv = backend.AllocateUninitialized(DType::kF32, {n, 3 * dv});  // [N, 3 Dv] = [N, 3, heads, hv]
   backend.Gemm({.a = y, .b = block.qkv_w, .bias = block.qkv_b, .out = qkv});
   const Tensor qkv4 = qkv.Reshape({n, 3, heads, hv});
-  Tensor q = backend.Allocate(DType::kF32, {n, heads, hv});
-  Tensor k = backend.Allocate(DType::kF32, {n, heads, hv});
-  Tensor v = backend.Allocate(DType::kF32, {n, heads, hv});
+  Tensor q = backend.AllocateUninitialized(DType::kF32, {n, heads, hv});
+  Tensor k = backend.AllocateUninitialized(DType::kF32, {n, heads, hv});
+  Tensor v = backend.AllocateUninitialized(DType::kF32, {n, heads, hv});
   Tensor* parts[3] = {&q, &k, &v};
   for (int64_t i = 0; i < 3; ++i) {
     Tensor dst = parts[i]->Reshape({n, 1, heads, hv});
@@ -163,13 +163,13 @@ void VisionTower::RunBlock(Backend& backend, const Block& block, const RopeTable
   }
   backend.Rope({.x = q, .cos = rope.cos, .sin = rope.sin});
   backend.Rope({.x = k, .cos = rope.cos, .sin = rope.sin});
-  Tensor attn = backend.Allocate(DType::kF32, {n, heads, hv});
+  Tensor attn = backend.AllocateUninitialized(DType::kF32, {n, heads, hv});
   backend.Attention({.q = q, .k = k, .v = v, .q_starts = segments, .k_starts = segments,
                      .causal = false, .scale = 1.0f / std::sqrt(static_cast<float>(hv)), .out = attn});
   // x = x + attn · Wprojᵀ + b
   backend.Gemm({.a = attn.Reshape({n, dv}), .b = block.proj_w, .bias = block.proj_b, .out = x, .beta = 1.0f});
   backend.LayerNorm({.x = x, .weight = block.norm2_w, .bias = block.norm2_b, .out = y});
-  Tensor hidden = backend.Allocate(DType::kF32, {n, config_.intermediate_size});  // [N, Iv]
+  Tensor hidden = backend.AllocateUninitialized(DType::kF32, {n, config_.intermediate_size});  // [N, Iv]
   backend.Gemm({.a = y, .b = block.fc1_w, .bias = block.fc1_b, .out = hidden});
   backend.Activation({.kind = ActivationKind::kGeluTanh, .x = hidden, .out = hidden});
   backend.Gemm({.a = hidden, .b = block.fc2_w, .bias = block.fc2_b, .out = x, .beta = 1.0f});
@@ -178,7 +178,7 @@ void VisionTower::RunBlock(Backend& backend, const Block& block, const RopeTable
 Tensor VisionTower::RunMerger(Backend& backend, const Merger& merger, const Tensor& x) const {
   const int64_t n = x.dim(0), dv = config_.hidden_size;
   const int64_t group = config_.spatial_merge_size * config_.spatial_merge_size;
-  Tensor merged = backend.Allocate(DType::kF32, {n / group, dv * group});  // [N/4, 4 Dv]
+  Tensor merged = backend.AllocateUninitialized(DType::kF32, {n / group, dv * group});  // [N/4, 4 Dv]
   if (merger.postshuffle_norm) {
     backend.LayerNorm({.x = x.Reshape({n / group, dv * group}), .weight = merger.norm_w,
                        .bias = merger.norm_b, .out = merged});
@@ -186,17 +186,17 @@ Tensor VisionTower::RunMerger(Backend& backend, const Merger& merger, const Tens
     backend.LayerNorm({.x = x, .weight = merger.norm_w, .bias = merger.norm_b,
                        .out = merged.Reshape({n, dv})});
   }
-  Tensor hidden = backend.Allocate(DType::kF32, {n / group, dv * group});
+  Tensor hidden = backend.AllocateUninitialized(DType::kF32, {n / group, dv * group});
   backend.Gemm({.a = merged, .b = merger.fc1_w, .bias = merger.fc1_b, .out = hidden});
   backend.Activation({.kind = ActivationKind::kGeluErf, .x = hidden, .out = hidden});
-  Tensor out = backend.Allocate(DType::kF32, {n / group, config_.out_hidden_size});
+  Tensor out = backend.AllocateUninitialized(DType::kF32, {n / group, config_.out_hidden_size});
   backend.Gemm({.a = hidden, .b = merger.fc2_w, .bias = merger.fc2_b, .out = out});
   return out;
 }
 
 VisionOutput VisionTower::Forward(Backend& backend, const VisionInput& input, const TraceFn* trace) const {
   const int64_t n = input.pixel_values.dim(0), dv = config_.hidden_size;
-  Tensor x = backend.Allocate(DType::kF32, {n, dv});  // [N, Dv]
+  Tensor x = backend.AllocateUninitialized(DType::kF32, {n, dv});  // [N, Dv]
   backend.Gemm({.a = Upload(backend, input.pixel_values.ToF32()), .b = patch_w_, .bias = patch_b_, .out = x});
   Trace(backend, trace, "vision_patch_embed", 0, x);
   std::vector<int64_t> rows, cols;

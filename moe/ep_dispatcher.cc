@@ -29,15 +29,15 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
   // Sending side: this rank's (token, slot) pairs grouped by global expert on the backend. Rank
   // p owns experts [p E_r, (p + 1) E_r), so the rows come out ordered by destination, then by
   // local expert there, then by token.
-  Tensor expert_offsets = backend.Allocate(DType::kI64, {num_experts + 1});
-  ex.sent_token = backend.Allocate(DType::kI64, {num_send});
-  ex.sent_weight = backend.Allocate(DType::kF32, {num_send});
+  Tensor expert_offsets = backend.AllocateUninitialized(DType::kI64, {num_experts + 1});
+  ex.sent_token = backend.AllocateUninitialized(DType::kI64, {num_send});
+  ex.sent_weight = backend.AllocateUninitialized(DType::kF32, {num_send});
   backend.GroupByExpert({.expert_ids = routing.expert_ids.Slice(0, ex.shard_begin, ex.shard_end),
                          .weights = routing.weights.Slice(0, ex.shard_begin, ex.shard_end),
                          .first_expert = 0, .offsets = expert_offsets, .source_token = ex.sent_token,
                          .row_weight = ex.sent_weight});
   const Tensor share = x.Slice(0, ex.shard_begin, ex.shard_end);
-  Tensor send_rows = backend.Allocate(DType::kF32, {num_send, d});  // [R_send, D]
+  Tensor send_rows = backend.AllocateUninitialized(DType::kF32, {num_send, d});  // [R_send, D]
   if (num_send > 0) backend.GatherRows({.table = share, .ids = ex.sent_token, .out = send_rows});
   // The exchange's sizes are the only routing the host reads: E + 1 offsets (a sync on a device).
   const Tensor offsets_host = Download(backend, expert_offsets);
@@ -65,7 +65,7 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
   }
   for (int64_t e = 0; e < num_local; ++e) h.offsets[e + 1] += h.offsets[e];
   const int64_t num_recv = h.offsets[num_local];
-  Tensor recv_rows = backend.Allocate(DType::kF32, {num_recv, d});  // [R_recv, D]
+  Tensor recv_rows = backend.AllocateUninitialized(DType::kF32, {num_recv, d});  // [R_recv, D]
   Q3VL_CHECK_OK(ep_.AllToAll({.in = send_rows, .send_counts = ex.send_counts, .out = recv_rows,
                               .recv_counts = ex.recv_counts}));
 
@@ -80,7 +80,7 @@ DispatchHandle AllToAllDispatcher::Dispatch(Backend& backend, const Tensor& x, c
     }
   }
   ex.order = Upload(backend, order);
-  h.rows = backend.Allocate(DType::kF32, {num_recv, d});
+  h.rows = backend.AllocateUninitialized(DType::kF32, {num_recv, d});
   if (num_recv > 0) backend.GatherRows({.table = recv_rows, .ids = ex.order, .out = h.rows});
   return h;
 }
@@ -92,11 +92,11 @@ void AllToAllDispatcher::Combine(Backend& backend, const DispatchHandle& handle,
   const int64_t d = out.dim(1), tokens = handle.num_tokens;
   const int64_t num_recv = expert_out.dim(0), num_send = ex.sent_token.numel();
   // Back to arrival order, then to the ranks that sent the rows.
-  Tensor arrived = backend.Allocate(DType::kF32, {num_recv, d});  // [R_recv, D]
+  Tensor arrived = backend.AllocateUninitialized(DType::kF32, {num_recv, d});  // [R_recv, D]
   if (num_recv > 0) {
     backend.ScatterAddRows({.src = expert_out, .ids = ex.order, .out = arrived, .accumulate = false});
   }
-  Tensor returned = backend.Allocate(DType::kF32, {num_send, d});  // [R_send, D]
+  Tensor returned = backend.AllocateUninitialized(DType::kF32, {num_send, d});  // [R_send, D]
   Q3VL_CHECK_OK(ep_.AllToAll({.in = arrived, .send_counts = ex.recv_counts, .out = returned,
                               .recv_counts = ex.send_counts}));
   if (shares == 1) {  // every token is this rank's (the share starts at 0): weight the rows into out
@@ -111,7 +111,7 @@ void AllToAllDispatcher::Combine(Backend& backend, const DispatchHandle& handle,
   if (num_send > 0) {
     backend.ScatterAddRows({.src = returned, .ids = ex.sent_token, .scale = ex.sent_weight, .out = mine});
   }
-  Tensor all = backend.Allocate(DType::kF32, {shares * share, d});  // [G ceil(T / G), D]
+  Tensor all = backend.AllocateUninitialized(DType::kF32, {shares * share, d});  // [G ceil(T / G), D]
   Q3VL_CHECK_OK(token_group_->AllGather({.in = mine, .out = all}));
   for (int p = 0; p < shares; ++p) {
     const int64_t begin = ShardBegin(tokens, p, shares), end = ShardBegin(tokens, p + 1, shares);

@@ -4,10 +4,10 @@ namespace q3vl::moe {
 
 Routing Route(Backend& backend, const Tensor& x, const Tensor& router, int top_k, bool renormalize) {
   const int64_t tokens = x.dim(0), num_experts = router.dim(0);
-  Tensor logits = backend.Allocate(DType::kF32, {tokens, num_experts});  // [T, E]
+  Tensor logits = backend.AllocateUninitialized(DType::kF32, {tokens, num_experts});  // [T, E]
   backend.Gemm({.a = x, .b = router, .out = logits});
-  Routing r{.expert_ids = backend.Allocate(DType::kI32, {tokens, top_k}),
-            .weights = backend.Allocate(DType::kF32, {tokens, top_k})};
+  Routing r{.expert_ids = backend.AllocateUninitialized(DType::kI32, {tokens, top_k}),
+            .weights = backend.AllocateUninitialized(DType::kF32, {tokens, top_k})};
   backend.Router({.logits = logits, .top_k = top_k, .renormalize = renormalize,
                   .expert_ids = r.expert_ids, .weights = r.weights});
   return r;
@@ -21,13 +21,13 @@ DispatchHandle LocalDispatcher::Dispatch(Backend& backend, const Tensor& x, cons
   // gets a row (pairs of experts this dispatcher does not hold would be zero-weight padding).
   DispatchHandle h;
   h.num_tokens = tokens;
-  h.device_offsets = backend.Allocate(DType::kI64, {num_local + 1});
-  h.source_token = backend.Allocate(DType::kI64, {pairs});
-  h.weight = backend.Allocate(DType::kF32, {pairs});
+  h.device_offsets = backend.AllocateUninitialized(DType::kI64, {num_local + 1});
+  h.source_token = backend.AllocateUninitialized(DType::kI64, {pairs});
+  h.weight = backend.AllocateUninitialized(DType::kF32, {pairs});
   backend.GroupByExpert({.expert_ids = routing.expert_ids, .weights = routing.weights,
                          .first_expert = experts.first_expert, .offsets = h.device_offsets,
                          .source_token = h.source_token, .row_weight = h.weight});
-  h.rows = backend.Allocate(DType::kF32, {pairs, x.dim(1)});
+  h.rows = backend.AllocateUninitialized(DType::kF32, {pairs, x.dim(1)});
   if (pairs > 0) backend.GatherRows({.table = x, .ids = h.source_token, .out = h.rows});
   return h;
 }
@@ -44,6 +44,8 @@ void MoeForward(Backend& backend, Dispatcher& dispatcher, const ExpertWeights& e
   Routing routing = Route(backend, p.x, experts.router, p.top_k, p.renormalize);
   DispatchHandle h = dispatcher.Dispatch(backend, p.x, routing, experts);
   const int64_t rows = h.rows.dim(0);
+  // Zeroed: with device offsets the grouped GEMMs leave padding rows (pairs of experts not held
+  // here) untouched, and Combine weights those rows by 0, which a NaN would survive.
   Tensor gate_up = backend.Allocate(DType::kF32, {rows, 2 * inter});  // [R, 2I]
   backend.GroupedGemm({.a = h.rows, .weights = experts.gate_up, .offsets = h.offsets, .out = gate_up,
                        .weights_transposed = true, .device_offsets = h.device_offsets});

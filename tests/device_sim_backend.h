@@ -8,6 +8,7 @@
 #ifndef Q3VL_TESTS_DEVICE_SIM_BACKEND_H_
 #define Q3VL_TESTS_DEVICE_SIM_BACKEND_H_
 
+#include <cstring>
 #include <memory>
 
 #include "core/backend.h"
@@ -25,6 +26,12 @@ class DeviceSimBackend final : public Backend {
     for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
     const size_t bytes = NumElements(shape) * DTypeSize(dtype);
     return Tensor(std::make_shared<SimBuffer>(bytes), dtype, std::move(shape));
+  }
+  // Poisoned (0xff bytes: NaN floats, -1 ids), so a read before the first write shows up.
+  Tensor AllocateUninitialized(DType dtype, Shape shape) override {
+    Tensor t = Allocate(dtype, std::move(shape));
+    if (t.size_bytes() > 0) std::memset(t.raw_data(), 0xff, t.size_bytes());
+    return t;
   }
   void Copy(const Tensor& src, Tensor& dst) override {
     if (dst.device() == Device::kCpu && src.device() != Device::kCpu) {

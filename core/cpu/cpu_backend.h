@@ -14,16 +14,20 @@ namespace q3vl {
 struct CpuBackendOptions {
   // Freed activation blocks kept for reuse (see core/cpu/host_pool.h).
   size_t max_cached_bytes = size_t{4} << 30;
+  // AllocateUninitialized fills its tensors with 0xff bytes (NaN floats, -1 integers), so that a
+  // read before the first write shows up in results: for tests.
+  bool poison_uninitialized = false;
 };
 
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& options = {})
-      : pool_(cpu::HostPool::Create(options.max_cached_bytes)) {}
+      : pool_(cpu::HostPool::Create(options.max_cached_bytes)), poison_(options.poison_uninitialized) {}
 
   absl::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
   Tensor Allocate(DType dtype, Shape shape) override;
+  Tensor AllocateUninitialized(DType dtype, Shape shape) override;
   void Copy(const Tensor& src, Tensor& dst) override;
   void Synchronize() override {}
   void Zero(Tensor& t) override;
@@ -46,6 +50,7 @@ class CpuBackend final : public Backend {
 
  private:
   std::shared_ptr<cpu::HostPool> pool_;
+  bool poison_ = false;
 };
 
 // Number of threads the CPU ops use (OpenMP's maximum).

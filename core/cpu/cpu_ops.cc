@@ -45,6 +45,14 @@ Tensor CpuBackend::Allocate(DType dtype, Shape shape) {
   return Tensor(std::move(buffer), dtype, std::move(shape));
 }
 
+Tensor CpuBackend::AllocateUninitialized(DType dtype, Shape shape) {
+  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+  const size_t bytes = NumElements(shape) * DTypeSize(dtype);
+  std::shared_ptr<Buffer> buffer = pool_->Allocate(bytes, /*zero=*/false);
+  if (poison_ && bytes > 0) std::memset(buffer->data(), 0xff, bytes);
+  return Tensor(std::move(buffer), dtype, std::move(shape));
+}
+
 void CpuBackend::Copy(const Tensor& src, Tensor& dst) { dst.CopyFrom(src); }
 
 void CpuBackend::Zero(Tensor& t) {

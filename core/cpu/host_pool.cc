@@ -62,7 +62,7 @@ HostPool::~HostPool() {
   }
 }
 
-std::shared_ptr<Buffer> HostPool::Allocate(size_t size_bytes) {
+std::shared_ptr<Buffer> HostPool::Allocate(size_t size_bytes, bool zero) {
   const size_t rounded = Rounded(size_bytes);
   if (rounded < kMinPooledBytes) return std::make_shared<HostBuffer>(size_bytes);
   void* data = nullptr;
@@ -82,7 +82,7 @@ std::shared_ptr<Buffer> HostPool::Allocate(size_t size_bytes) {
     data = std::aligned_alloc(64, rounded);
     Q3VL_CHECK(data != nullptr) << "out of host memory allocating " << size_bytes << " bytes";
   }
-  Zero(data, size_bytes);
+  if (zero) Zero(data, size_bytes);
   return std::make_shared<PooledBuffer>(shared_from_this(), data, size_bytes);
 }
 

@@ -22,8 +22,9 @@ class HostPool : public std::enable_shared_from_this<HostPool> {
   static std::shared_ptr<HostPool> Create(size_t max_cached_bytes);
   ~HostPool();
 
-  // A zero-filled, 64-byte aligned block of `size_bytes` (small blocks: a plain HostBuffer).
-  std::shared_ptr<Buffer> Allocate(size_t size_bytes);
+  // A 64-byte aligned block of `size_bytes` (small blocks: a plain HostBuffer), zero-filled
+  // unless `zero` is false (then its contents are whatever the block last held).
+  std::shared_ptr<Buffer> Allocate(size_t size_bytes, bool zero = true);
 
   size_t cached_bytes() const;
   int64_t hits() const;    // allocations served from the cache

@@ -135,13 +135,16 @@ void CudaBackend::CheckLaunch(const char* op) {
 }
 
 Tensor CudaBackend::Allocate(DType dtype, Shape shape) {
-  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
-  const size_t bytes = NumElements(shape) * DTypeSize(dtype);
-  auto buffer = pool_->Allocate(bytes);
-  Q3VL_CHECK_OK(buffer.status());
-  Tensor t(*std::move(buffer), dtype, std::move(shape));
-  if (bytes > 0) Q3VL_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, bytes, stream_));
+  Tensor t = AllocateUninitialized(dtype, std::move(shape));
+  if (t.size_bytes() > 0) Q3VL_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.size_bytes(), stream_));
   return t;
+}
+
+Tensor CudaBackend::AllocateUninitialized(DType dtype, Shape shape) {
+  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
+  auto buffer = pool_->Allocate(NumElements(shape) * DTypeSize(dtype));
+  Q3VL_CHECK_OK(buffer.status());
+  return Tensor(*std::move(buffer), dtype, std::move(shape));
 }
 
 void CudaBackend::Copy(const Tensor& src, Tensor& dst) {

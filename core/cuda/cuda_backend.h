@@ -42,6 +42,7 @@ class CudaBackend final : public Backend {
   absl::string_view name() const override { return "cuda"; }
   Device device() const override { return Device::kCuda; }
   Tensor Allocate(DType dtype, Shape shape) override;
+  Tensor AllocateUninitialized(DType dtype, Shape shape) override;
   void Copy(const Tensor& src, Tensor& dst) override;
   void Synchronize() override;
   void Zero(Tensor& t) override;

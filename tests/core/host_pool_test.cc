@@ -1,6 +1,7 @@
 // The CPU backend's caching allocator: reuse by size class, zero-filled blocks, the cap.
 #include "core/cpu/host_pool.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "core/cpu/cpu_backend.h"
@@ -34,6 +35,30 @@ TEST(HostPoolTest, ReusesFreedBlocksZeroFilled) {
   EXPECT_TRUE(AllZero(again));
   EXPECT_EQ(pool->hits(), 1);
   EXPECT_EQ(pool->misses(), 1);
+}
+
+// Uninitialized blocks skip the zero fill (a reused block keeps its old bytes); the backend's
+// poison option fills them with 0xff instead (NaN floats), and Allocate still zero-fills.
+TEST(HostPoolTest, UninitializedBlocksSkipTheZeroFill) {
+  auto pool = HostPool::Create(64 * kMiB);
+  {
+    auto b = pool->Allocate(3 * kMiB);
+    std::memset(b->data(), 0x5a, b->size_bytes());
+  }
+  auto raw = pool->Allocate(3 * kMiB, /*zero=*/false);
+  EXPECT_EQ(static_cast<const unsigned char*>(raw->data())[12345], 0x5a);
+
+  CpuBackend poisoning({.poison_uninitialized = true});
+  const void* block = nullptr;
+  {
+    const Tensor t = poisoning.AllocateUninitialized(DType::kF32, {1 << 20});
+    EXPECT_TRUE(std::isnan(t.data<float>()[0]) && std::isnan(t.data<float>()[(1 << 20) - 1]));
+    block = t.raw_data();
+  }
+  const Tensor z = poisoning.Allocate(DType::kF32, {1 << 20});  // the poisoned block, reused
+  EXPECT_EQ(z.raw_data(), block);
+  EXPECT_EQ(z.data<float>()[0], 0.0f);
+  EXPECT_EQ(z.data<float>()[(1 << 20) - 1], 0.0f);
 }
 
 TEST(HostPoolTest, SmallBlocksAreNotPooled) {
