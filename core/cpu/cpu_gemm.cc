@@ -7,6 +7,7 @@
 
 #include "core/cpu/cpu_backend.h"
 #include "core/cpu/small_gemm.h"
+#include "core/cpu/vector_math.h"
 
 namespace q3vl {
 namespace {
@@ -17,6 +18,13 @@ int64_t RowStride(const Tensor& t, const char* what) {
   Q3VL_CHECK(t.dtype() == DType::kF32) << what << " must be f32, got " << t.DebugString();
   Q3VL_CHECK(t.strides()[1] == 1 || t.dim(1) <= 1) << what << " rows must be contiguous";
   return std::max<int64_t>(t.strides()[0], std::max<int64_t>(t.dim(1), 1));
+}
+
+// dst = src widened to f32 (exact: a bf16 is the high half of an f32), vectorised.
+Q3VL_ISA_CLONES void WidenBf16(const uint16_t* src, float* dst, int64_t n) {
+  uint32_t* bits = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint32_t>(src[i]) << 16;
 }
 
 // out = beta * out + a @ bᵀ for bf16 b [n, k] (nn.Linear rows, contiguous). Decode-sized a goes
@@ -44,11 +52,9 @@ void SgemmBf16(const Tensor& a, const Tensor& b, float beta, Tensor& out) {
   for (int64_t n0 = 0; n0 < n; n0 += block) {
     const int64_t rows = std::min(block, n - n0);
     const uint16_t* src = w + n0 * k;
+    const int64_t count = rows * k, chunk = 1 << 16;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < rows * k; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-      std::memcpy(&widened[i], &bits, sizeof(float));
-    }
+    for (int64_t i = 0; i < count; i += chunk) WidenBf16(src + i, widened + i, std::min(chunk, count - i));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, rows, k, 1.0f, a.data<float>(), RowStride(a, "a"),
                 widened, k, beta, out.data<float>() + n0, RowStride(out, "out"));
   }
