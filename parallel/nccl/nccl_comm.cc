@@ -179,6 +179,7 @@ class NcclCommunicator final : public Communicator {
 
   absl::Status CopyLocal(const Tensor& src, const Tensor& dst) override {
     if (src.size_bytes() == 0 || src.raw_data() == dst.raw_data()) return absl::OkStatus();
+    Q3VL_RETURN_IF_ERROR(AfterQueuedWork("CopyLocal"));
     Q3VL_RETURN_IF_ERROR(
         CudaStatus(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.size_bytes(),
                                    cudaMemcpyDeviceToDevice, stream_),
@@ -204,6 +205,16 @@ class NcclCommunicator final : public Communicator {
                      absl::FormatDuration(options_.comm.timeout), "; a peer is dead or stuck")));
   }
 
+  // The tensors come from the backend's stream (kernels, zero fills), which stream_ is not
+  // ordered after: the work queued on the device so far finishes before a call is enqueued.
+  // Local work only, so this cannot wait on a peer. (Results are safe to use on return: every
+  // call waits for stream_.)
+  absl::Status AfterQueuedWork(absl::string_view what) {
+    const cudaError_t error = cudaDeviceSynchronize();
+    if (error != cudaSuccess) return Broken(CudaStatus(error, what));
+    return absl::OkStatus();
+  }
+
   // Polls a nonblocking communicator until its pending call is issued (not ncclInProgress).
   absl::Status AwaitComm(absl::string_view what, absl::Time deadline) {
     for (;;) {
@@ -223,6 +234,7 @@ class NcclCommunicator final : public Communicator {
       return absl::FailedPreconditionError(
           absl::StrCat(what, ": communicator is broken by an earlier error: ", broken_.message()));
     }
+    Q3VL_RETURN_IF_ERROR(AfterQueuedWork(what));
     const absl::Time deadline = absl::Now() + options_.comm.timeout;
     Q3VL_RETURN_IF_ERROR(Nccl(what, enqueue()));
     Q3VL_RETURN_IF_ERROR(AwaitComm(what, deadline));

@@ -48,6 +48,24 @@ class NcclSingleGpuTest : public ::testing::Test {
   std::unique_ptr<Communicator> comm_;
 };
 
+// The communicator's stream is not the backend's: a collective must still see what the
+// backend queued before it (here a large GEMM and an output's zero fill), not run ahead of it.
+TEST_F(NcclSingleGpuTest, CollectivesFollowTheBackendsQueuedWork) {
+  const int64_t m = 2048, k = 4096;
+  Tensor host_a = Tensor::Empty(DType::kF32, {m, k}), host_b = Tensor::Empty(DType::kF32, {k, k});
+  for (int64_t i = 0; i < host_a.numel(); ++i) host_a.data<float>()[i] = (i % 3) * 0.5f;
+  for (int64_t i = 0; i < host_b.numel(); ++i) host_b.data<float>()[i] = (i % 5 == 0) ? 1.0f : 0.0f;
+  const Tensor a = gpu_->ToDevice(host_a), b = gpu_->ToDevice(host_b);
+  for (int round = 0; round < 3; ++round) {
+    Tensor product = gpu_->AllocateUninitialized(DType::kF32, {m, k});
+    gpu_->Gemm({.a = a, .b = b, .out = product});       // queued, not finished
+    Tensor out = gpu_->Allocate(DType::kF32, {m, k});  // its zero fill is queued too
+    ASSERT_TRUE(comm_->AllReduce({.in = product, .out = out}).ok());
+    const Tensor want = gpu_->ToHost(product), got = gpu_->ToHost(out);
+    ASSERT_EQ(std::memcmp(want.raw_data(), got.raw_data(), want.size_bytes()), 0) << "round " << round;
+  }
+}
+
 TEST_F(NcclSingleGpuTest, CollectivesOfOneRankAreIdentities) {
   EXPECT_EQ(comm_->backend_name(), "nccl");
   for (const DType dtype : {DType::kF32, DType::kBF16}) {
