@@ -181,6 +181,32 @@ TEST_P(CpuOpsTest, AttentionMatchesNaiveCausalGqa) {
     }
 }
 
+// A paged copy of packed keys and values (sequences at k_starts): a pool of `pool_pages` random
+// pages, each sequence's pages taken from the end of the pool backwards, and its block tables.
+struct PagedKv {
+  Tensor k_pool, v_pool, tables;
+};
+PagedKv ScatterIntoPages(const Tensor& k, const Tensor& v, const std::vector<int64_t>& k_starts, int64_t page,
+                         int64_t pool_pages, uint32_t seed) {
+  const int64_t seqs = static_cast<int64_t>(k_starts.size()) - 1, kv_heads = k.dim(1), d = k.dim(2);
+  int64_t max_pages = 0;
+  for (int64_t s = 0; s < seqs; ++s) max_pages = std::max(max_pages, (k_starts[s + 1] - k_starts[s] + page - 1) / page);
+  PagedKv p{.k_pool = RandomTensor({pool_pages * page, kv_heads, d}, seed),
+            .v_pool = RandomTensor({pool_pages * page, kv_heads, d}, seed + 1),
+            .tables = Tensor::Empty(DType::kI32, {seqs, max_pages})};
+  int32_t next_page = static_cast<int32_t>(pool_pages) - 1;
+  for (int64_t s = 0; s < seqs; ++s) {
+    const int64_t nk = k_starts[s + 1] - k_starts[s];
+    for (int64_t j = 0; j < (nk + page - 1) / page; ++j) p.tables.data<int32_t>()[s * max_pages + j] = next_page--;
+    for (int64_t j = 0; j < nk; ++j) {
+      const int64_t row = p.tables.data<int32_t>()[s * max_pages + j / page] * page + j % page;
+      p.k_pool.Select(row).CopyFrom(k.Select(k_starts[s] + j));
+      p.v_pool.Select(row).CopyFrom(v.Select(k_starts[s] + j));
+    }
+  }
+  return p;
+}
+
 // Paged keys and values (a page pool and block tables) give exactly the packed result: three
 // sequences (a prefill chunk after cached context, a decode token, an empty one), pages
 // scattered over the pool, lengths that do not fill their last page.
@@ -195,24 +221,13 @@ TEST_P(CpuOpsTest, PagedAttentionEqualsPacked) {
   }
   const Tensor q = RandomTensor({q_starts.back(), heads, d}, 30);
   const Tensor k = RandomTensor({k_starts.back(), kv_heads, d}, 31), v = RandomTensor({k_starts.back(), kv_heads, d}, 32);
-  // Scatter each sequence's keys over pages taken from the end of the pool, backwards.
-  Tensor k_pool = RandomTensor({pool_pages * page, kv_heads, d}, 33), v_pool = RandomTensor({pool_pages * page, kv_heads, d}, 34);
-  Tensor tables = Tensor::Empty(DType::kI32, {3, max_pages});
-  int32_t next_page = pool_pages - 1;
-  for (int64_t s = 0; s < 3; ++s) {
-    for (int64_t j = 0; j < (nk[s] + page - 1) / page; ++j) tables.data<int32_t>()[s * max_pages + j] = next_page--;
-    for (int64_t j = 0; j < nk[s]; ++j) {
-      const int64_t row = tables.data<int32_t>()[s * max_pages + j / page] * page + j % page;
-      k_pool.Select(row).CopyFrom(k.Select(k_starts[s] + j));
-      v_pool.Select(row).CopyFrom(v.Select(k_starts[s] + j));
-    }
-  }
+  const PagedKv paged_kv = ScatterIntoPages(k, v, k_starts, page, pool_pages, 33);
   Tensor packed = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
   Tensor paged = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
   backend_.Attention({.q = q, .k = k, .v = v, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
                       .scale = 0.3f, .out = packed});
-  backend_.Attention({.q = q, .k = k_pool, .v = v_pool, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
-                      .scale = 0.3f, .out = paged, .block_tables = tables, .page_size = page});
+  backend_.Attention({.q = q, .k = paged_kv.k_pool, .v = paged_kv.v_pool, .q_starts = q_starts, .k_starts = k_starts,
+                      .causal = true, .scale = 0.3f, .out = paged, .block_tables = paged_kv.tables, .page_size = page});
   EXPECT_EQ(MaxAbsDiff(paged, packed), 0.0f);
 }
 
@@ -335,26 +350,16 @@ TEST(CpuAttentionTest, ManyKeyTilesMatchNaive) {
       }
     }
     const float scale = 0.25f;
-    // Paged copy: each sequence's pages taken from the end of the pool, backwards.
-    int64_t max_pages = 0, pool_pages = 0;
-    for (int64_t n : nk) max_pages = std::max(max_pages, (n + page - 1) / page), pool_pages += (n + page - 1) / page;
-    Tensor k_pool = RandomTensor({pool_pages * page, kv_heads, d}, 43), v_pool = RandomTensor({pool_pages * page, kv_heads, d}, 44);
-    Tensor tables = Tensor::Empty(DType::kI32, {static_cast<int64_t>(nk.size()), max_pages});
-    int32_t next_page = static_cast<int32_t>(pool_pages) - 1;
-    for (int64_t s = 0; s < static_cast<int64_t>(nk.size()); ++s) {
-      for (int64_t j = 0; j < (nk[s] + page - 1) / page; ++j) tables.data<int32_t>()[s * max_pages + j] = next_page--;
-      for (int64_t j = 0; j < nk[s]; ++j) {
-        const int64_t row = tables.data<int32_t>()[s * max_pages + j / page] * page + j % page;
-        k_pool.Select(row).CopyFrom(k.Select(k_starts[s] + j));
-        v_pool.Select(row).CopyFrom(v.Select(k_starts[s] + j));
-      }
-    }
+    int64_t pool_pages = 0;
+    for (int64_t n : nk) pool_pages += (n + page - 1) / page;
+    const PagedKv paged_kv = ScatterIntoPages(k, v, k_starts, page, pool_pages, 43);
     Tensor packed = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
     Tensor paged = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
     backend.Attention({.q = q, .k = k, .v = v, .q_starts = q_starts, .k_starts = k_starts, .causal = causal,
                        .scale = scale, .out = packed});
-    backend.Attention({.q = q, .k = k_pool, .v = v_pool, .q_starts = q_starts, .k_starts = k_starts,
-                       .causal = causal, .scale = scale, .out = paged, .block_tables = tables, .page_size = page});
+    backend.Attention({.q = q, .k = paged_kv.k_pool, .v = paged_kv.v_pool, .q_starts = q_starts, .k_starts = k_starts,
+                       .causal = causal, .scale = scale, .out = paged, .block_tables = paged_kv.tables,
+                       .page_size = page});
     EXPECT_EQ(MaxAbsDiff(paged, packed), 0.0f) << (causal ? "causal" : "non-causal");
     double worst = 0;
     for (int64_t s = 0; s < static_cast<int64_t>(nq.size()); ++s) {
