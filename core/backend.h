@@ -139,7 +139,8 @@ struct GatherRowsParams {
 };
 
 // out[ids[i]] += scale[i] * src[i] (scale optional: 1); rows of ids may repeat. With
-// accumulate = false the rows are overwritten instead: out[ids[i]] = scale[i] * src[i].
+// accumulate = false the rows are overwritten instead: out[ids[i]] = scale[i] * src[i], and
+// the ids must be distinct (a device writes repeated rows in no defined order).
 struct ScatterAddRowsParams {
   Tensor src;    // [N, D]
   Tensor ids;    // [N] i64 or i32

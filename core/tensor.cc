@@ -91,6 +91,36 @@ int64_t Tensor::dim(int d) const {
 
 bool Tensor::is_contiguous() const { return strides_ == ContiguousStrides(shape_); }
 
+std::optional<RowCopy> PlanRowCopy(const Tensor& src, const Tensor& dst) {
+  if (src.shape() != dst.shape()) return std::nullopt;
+  std::optional<Tensor::RowRuns> s = src.AsRowRuns(), d = dst.AsRowRuns();
+  if (!s || !d) return std::nullopt;
+  // A contiguous side is any split of its elements into rows: take the other side's.
+  if (src.is_contiguous()) s = Tensor::RowRuns{.rows = d->rows, .width = d->width, .row_stride = d->width};
+  if (dst.is_contiguous()) d = Tensor::RowRuns{.rows = s->rows, .width = s->width, .row_stride = s->width};
+  if (s->rows != d->rows || s->width != d->width) return std::nullopt;
+  return RowCopy{.rows = s->rows, .width = s->width, .src_pitch = s->row_stride, .dst_pitch = d->row_stride};
+}
+
+std::optional<Tensor::RowRuns> Tensor::AsRowRuns() const {
+  if (numel() == 0) return RowRuns{.rows = 0, .width = 0, .row_stride = 0};
+  // Dimensions of more than one element, outermost first, merging each into the one before it
+  // when it follows on in memory (stride[i] == stride[i + 1] * dim[i + 1]).
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (size, stride)
+  for (int i = 0; i < rank(); ++i) {
+    if (shape_[i] == 1) continue;
+    if (!dims.empty() && dims.back().second == strides_[i] * shape_[i]) {
+      dims.back() = {dims.back().first * shape_[i], strides_[i]};
+    } else {
+      dims.push_back({shape_[i], strides_[i]});
+    }
+  }
+  if (dims.empty() || dims.back().second != 1) dims.push_back({1, 1});  // rows of one element
+  if (dims.size() > 2) return std::nullopt;
+  if (dims.size() == 1) return RowRuns{.rows = 1, .width = dims[0].first, .row_stride = dims[0].first};
+  return RowRuns{.rows = dims[0].first, .width = dims[1].first, .row_stride = dims[0].second};
+}
+
 void* Tensor::raw_data() const {
   Q3VL_CHECK(buffer_ != nullptr) << "undefined tensor";
   return static_cast<char*>(buffer_->data()) + offset_bytes_;

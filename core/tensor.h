@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,13 @@ class Tensor {
   int64_t numel() const { return NumElements(shape_); }
   size_t size_bytes() const { return numel() * DTypeSize(dtype_); }
   bool is_contiguous() const;
+  // The view as `rows` runs of `width` contiguous elements, `row_stride` elements apart, when it
+  // is one (size-1 dimensions dropped, dimensions that follow on in memory merged): how a device
+  // copies a strided view with one 2-D memcpy. A contiguous tensor is one row.
+  struct RowRuns {
+    int64_t rows = 0, width = 0, row_stride = 0;
+  };
+  std::optional<RowRuns> AsRowRuns() const;
   const std::shared_ptr<Buffer>& buffer() const { return buffer_; }
 
   // The first element's address on the tensor's device: for a backend handing memory to its
@@ -137,6 +145,14 @@ class Tensor {
   Shape strides_;
   size_t offset_bytes_ = 0;
 };
+
+// A copy of `src` into `dst` (same shape) as one 2-D copy: `rows` rows of `width` elements,
+// `src_pitch` and `dst_pitch` elements apart; nullopt when the views do not allow it (see
+// Tensor::AsRowRuns; a contiguous side takes the other side's rows).
+struct RowCopy {
+  int64_t rows = 0, width = 0, src_pitch = 0, dst_pitch = 0;
+};
+std::optional<RowCopy> PlanRowCopy(const Tensor& src, const Tensor& dst);
 
 }  // namespace q3vl
 

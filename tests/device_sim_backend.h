@@ -38,11 +38,22 @@ class DeviceSimBackend final : public Backend {
       ++downloads_;
       download_bytes_ += src.size_bytes();
     }
+    if (src.device() != Device::kCpu || dst.device() != Device::kCpu) {
+      // What the CUDA backend can copy: host views are packed first, device views must be rows
+      // of one stride.
+      const Tensor s = src.device() == Device::kCpu && !src.is_contiguous() ? src.Clone() : src;
+      const Tensor d = dst.device() == Device::kCpu && !dst.is_contiguous() ? Tensor::Empty(dst.dtype(), dst.shape())
+                                                                              : dst;
+      Q3VL_CHECK((s.is_contiguous() && d.is_contiguous()) || PlanRowCopy(s, d).has_value())
+          << "Copy: a device copy of views that are not rows of one stride: " << src.DebugString() << " -> "
+          << dst.DebugString();
+    }
     Tensor d = AnyHost(dst);
     d.CopyFrom(AnyHost(src));
   }
   void Synchronize() override {}
   void Zero(Tensor& t) override {
+    Q3VL_CHECK(t.AsRowRuns().has_value()) << "Zero: the CUDA backend takes rows of one stride: " << t.DebugString();
     Tensor h = Host(t, "Zero");
     cpu_.Zero(h);
   }

@@ -121,7 +121,13 @@ void CpuBackend::Attention(const AttentionParams& p) {
       const int64_t rows = w.q_end - w.q_begin;
       // Keys visible to the last query of the block.
       const int64_t cols = p.causal ? nk - nq + w.q_end : nk;
-      if (cols == 0) continue;
+      if (cols == 0) {  // no keys at all (non-causal): zero rows, as on the device
+        for (int64_t r = 0; r < rows; ++r) {
+          std::fill_n(out + (p.q_starts[w.seq] + w.q_begin + r) * q_ld + w.kv_head * group * head_dim,
+                      group * head_dim, 0.0f);
+        }
+        continue;
+      }
       const int64_t tile = std::min(cols, kKeyTile);
       scores.resize(rows * tile);
       stats.assign(2 * group * rows, 0.0f);  // per (head of the group, row): running max, sum

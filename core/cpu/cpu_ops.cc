@@ -71,7 +71,8 @@ void CpuBackend::Zero(Tensor& t) {
 void CpuBackend::RmsNorm(const RmsNormParams& p) {
   const Rows x = AsRows(p.x, "x");
   const Rows out = AsRows(p.out, "out");
-  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK(x.rows == out.rows && x.width == out.width) << "norm of [" << x.rows << ", " << x.width << "] into ["
+                                                        << out.rows << ", " << out.width << "]";
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
   const float* w = p.weight.data<float>();
   const float* residual = nullptr;
@@ -99,7 +100,8 @@ void CpuBackend::RmsNorm(const RmsNormParams& p) {
 void CpuBackend::LayerNorm(const LayerNormParams& p) {
   const Rows x = AsRows(p.x, "x");
   const Rows out = AsRows(p.out, "out");
-  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK(x.rows == out.rows && x.width == out.width) << "norm of [" << x.rows << ", " << x.width << "] into ["
+                                                        << out.rows << ", " << out.width << "]";
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
   Q3VL_CHECK_EQ(p.bias.numel(), x.width);
   const float* w = p.weight.data<float>();

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -160,6 +161,12 @@ void CudaBackend::Copy(const Tensor& src, Tensor& dst) {
     Copy(packed, dst);
     return;
   }
+  if (dst.device() == Device::kCpu && !dst.is_contiguous()) {  // through a packed host tensor
+    Tensor packed = Tensor::Empty(dst.dtype(), dst.shape());
+    Copy(src, packed);
+    dst.CopyFrom(packed);
+    return;
+  }
   const size_t esize = DTypeSize(src.dtype());
   if (src.is_contiguous() && dst.is_contiguous()) {
     if (staging_ != nullptr && src.device() == Device::kCpu && !PinnedStaging::IsPinned(src.raw_data())) {
@@ -168,19 +175,21 @@ void CudaBackend::Copy(const Tensor& src, Tensor& dst) {
     }
     if (staging_ != nullptr && dst.device() == Device::kCpu && !PinnedStaging::IsPinned(dst.raw_data())) {
       staging_->Download(dst.raw_data(), src.raw_data(), src.size_bytes());
+      CheckDeviceErrors();  // the host waited anyway: report a bad id seen by a kernel now
       return;
     }
     Q3VL_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.size_bytes(), cudaMemcpyDefault, stream_));
-  } else {  // pageable 2-D copies take the driver's path (rare: column slices)
-    // Row-strided rank-2 views (column slices): one 2-D copy.
-    Q3VL_CHECK(src.rank() == 2 && dst.rank() == 2)
-        << "CUDA Copy takes contiguous tensors or rank-2 row-strided views: " << src.DebugString() << " -> "
-        << dst.DebugString();
-    const size_t src_pitch = RowStride(src, "src") * esize, dst_pitch = RowStride(dst, "dst") * esize;
-    Q3VL_CUDA_CHECK(cudaMemcpy2DAsync(dst.raw_data(), dst_pitch, src.raw_data(), src_pitch, src.dim(1) * esize,
-                                      src.dim(0), cudaMemcpyDefault, stream_));
+  } else {  // a device view that is rows of one stride (column slices, one of q/k/v): one 2-D copy
+    const std::optional<RowCopy> plan = PlanRowCopy(src, dst);
+    Q3VL_CHECK(plan.has_value()) << "CUDA Copy takes views that are rows of one stride: " << src.DebugString()
+                                 << " -> " << dst.DebugString();
+    Q3VL_CUDA_CHECK(cudaMemcpy2DAsync(dst.raw_data(), plan->dst_pitch * esize, src.raw_data(), plan->src_pitch * esize,
+                                      plan->width * esize, plan->rows, cudaMemcpyDefault, stream_));
   }
-  if (dst.device() == Device::kCpu) Q3VL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller reads it next
+  if (dst.device() == Device::kCpu) {  // the caller reads it next
+    Q3VL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    CheckDeviceErrors();
+  }
 }
 
 void CudaBackend::Zero(Tensor& t) {
@@ -190,13 +199,15 @@ void CudaBackend::Zero(Tensor& t) {
     Q3VL_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.size_bytes(), stream_));
     return;
   }
+  const std::optional<Tensor::RowRuns> runs = t.AsRowRuns();
+  Q3VL_CHECK(runs.has_value()) << "CUDA Zero takes views that are rows of one stride: " << t.DebugString();
   const size_t esize = DTypeSize(t.dtype());
-  Q3VL_CUDA_CHECK(cudaMemset2DAsync(t.raw_data(), RowStride(t, "Zero") * esize, 0, t.dim(1) * esize, t.dim(0),
+  Q3VL_CUDA_CHECK(cudaMemset2DAsync(t.raw_data(), runs->row_stride * esize, 0, runs->width * esize, runs->rows,
                                     stream_));
 }
 
 Tensor CudaBackend::ToDevice(const Tensor& host) {
-  Tensor t = Allocate(host.dtype(), host.shape());
+  Tensor t = AllocateUninitialized(host.dtype(), host.shape());
   Copy(host, t);
   return t;
 }
@@ -209,6 +220,10 @@ Tensor CudaBackend::ToHost(const Tensor& device) {
 
 void CudaBackend::Synchronize() {
   Q3VL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  CheckDeviceErrors();
+}
+
+void CudaBackend::CheckDeviceErrors() {
   CheckLaunch("CUDA backend");
   int bits = 0;
   Q3VL_CUDA_CHECK(cudaMemcpy(&bits, error_.raw_data(), sizeof bits, cudaMemcpyDeviceToHost));
@@ -221,7 +236,7 @@ Tensor CudaBackend::Cast(const Tensor& t, DType dtype) {
   Tensor src = t.device() == Device::kCuda ? t : ToDevice(t);
   if (src.dtype() == dtype) return src;
   Q3VL_CHECK(src.is_contiguous()) << "cast of a strided view: " << src.DebugString();
-  Tensor out = Allocate(dtype, src.shape());
+  Tensor out = AllocateUninitialized(dtype, src.shape());
   cuda::Convert({.in = src.raw_data(), .in_type = ToElemType(src.dtype(), "cast"), .out = out.raw_data(),
                  .out_type = ToElemType(dtype, "cast"), .n = src.numel()},
                 stream_);
@@ -312,7 +327,8 @@ void CudaBackend::GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const int
 
 void CudaBackend::RmsNorm(const RmsNormParams& p) {
   const Rows x = AsRows(p.x, "x"), out = AsRows(p.out, "out"), w = AsRows(p.weight, "weight");
-  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK(x.rows == out.rows && x.width == out.width) << "norm of [" << x.rows << ", " << x.width << "] into ["
+                                                        << out.rows << ", " << out.width << "]";
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
   const void* residual = nullptr;
   if (p.residual.defined()) {
@@ -330,7 +346,8 @@ void CudaBackend::RmsNorm(const RmsNormParams& p) {
 
 void CudaBackend::LayerNorm(const LayerNormParams& p) {
   const Rows x = AsRows(p.x, "x"), out = AsRows(p.out, "out");
-  Q3VL_CHECK_EQ(x.rows, out.rows);
+  Q3VL_CHECK(x.rows == out.rows && x.width == out.width) << "norm of [" << x.rows << ", " << x.width << "] into ["
+                                                        << out.rows << ", " << out.width << "]";
   Q3VL_CHECK_EQ(p.weight.numel(), x.width);
   Q3VL_CHECK_EQ(p.bias.numel(), x.width);
   Q3VL_CHECK(p.weight.dtype() == p.bias.dtype()) << p.weight.DebugString() << " vs " << p.bias.DebugString();
@@ -386,6 +403,10 @@ void CudaBackend::Attention(const AttentionParams& p) {
   const size_t seqs = p.q_starts.size() - 1;
   Q3VL_CHECK(p.q_starts.size() >= 2 && p.k_starts.size() == p.q_starts.size());
   Q3VL_CHECK_EQ(p.q_starts.back(), p.q.dim(0));
+  for (size_t s = 0; s < seqs && p.causal; ++s) {
+    Q3VL_CHECK_GE(p.k_starts[s + 1] - p.k_starts[s], p.q_starts[s + 1] - p.q_starts[s])
+        << "causal attention with more queries than keys (sequence " << s << ")";
+  }
   const bool paged = p.page_size > 0;
   if (paged) {
     Q3VL_CHECK(p.block_tables.dtype() == DType::kI32 && p.block_tables.rank() == 2 &&
@@ -426,8 +447,8 @@ void CudaBackend::Attention(const AttentionParams& p) {
     const int64_t split_keys = (max_keys + splits - 1) / splits;
     splits = (max_keys + split_keys - 1) / split_keys;
     const int64_t partials = static_cast<int64_t>(seqs) * heads * splits;
-    Tensor stats = Allocate(DType::kF32, {2, partials});
-    Tensor partial_out = Allocate(DType::kF32, {partials, hd});
+    Tensor stats = AllocateUninitialized(DType::kF32, {2, partials});  // every partial is written
+    Tensor partial_out = AllocateUninitialized(DType::kF32, {partials, hd});
     cuda::DecodeAttention({.attn = args, .splits = static_cast<int>(splits), .split_keys = split_keys,
                            .partial_max = stats.device_data<float>(),
                            .partial_sum = stats.device_data<float>() + partials,

@@ -74,6 +74,8 @@ class CudaBackend final : public Backend {
   // A device tensor of `dtype` holding `t` (t itself when it already is one).
   Tensor Cast(const Tensor& t, DType dtype);
   void CheckLaunch(const char* op);
+  // After the stream is idle: CHECK-fails on a launch error or an error bit a kernel raised.
+  void CheckDeviceErrors();
   // cuBLASLt per group with rows, from offsets on the host.
   void GroupedGemmOnHostOffsets(const GroupedGemmParams& p, const int64_t* offsets);
 

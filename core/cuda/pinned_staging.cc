@@ -9,6 +9,11 @@ namespace q3vl::cuda {
 
 absl::StatusOr<std::unique_ptr<PinnedStaging>> PinnedStaging::Create(cudaStream_t stream, size_t segment_bytes,
                                                                       int segments) {
+  if (segments < 2 || segment_bytes == 0 || segment_bytes % StagingRing::kAlign != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("pinned staging needs >= 2 segments of a multiple of ",
+                                                   StagingRing::kAlign, " bytes, got ", segments, " of ",
+                                                   segment_bytes));
+  }
   std::unique_ptr<PinnedStaging> s(new PinnedStaging(stream));
   const size_t total = segment_bytes * static_cast<size_t>(segments);
   void* memory = nullptr;

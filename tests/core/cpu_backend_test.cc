@@ -325,6 +325,23 @@ TEST_P(CpuOpsTest, GatherAndScatterRows) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CpuOpsTest, ::testing::Values(1, 7, 130));
 
+// Non-causal queries with no keys at all get zero rows (the output is not left as it was).
+TEST(CpuAttentionTest, QueriesWithoutKeysGetZeros) {
+  CpuBackend backend;
+  const Tensor q = RandomTensor({3, 4, 8}, 50), k = RandomTensor({1, 2, 8}, 51), v = RandomTensor({1, 2, 8}, 52);
+  Tensor out = Tensor::Empty(DType::kF32, {3, 4, 8});
+  out.Fill(NAN);
+  // Sequence 0: two queries, no keys; sequence 1: one query, one key.
+  backend.Attention({.q = q, .k = k, .v = v, .q_starts = {0, 2, 3}, .k_starts = {0, 0, 1}, .causal = false,
+                     .scale = 0.5f, .out = out});
+  for (int64_t i = 0; i < 2 * 4 * 8; ++i) ASSERT_EQ(out.data<float>()[i], 0.0f) << i;
+  for (int64_t h = 0; h < 4; ++h) {  // one key: the output is its value
+    for (int64_t x = 0; x < 8; ++x) {
+      EXPECT_NEAR(out.data<float>()[(2 * 4 + h) * 8 + x], v.data<float>()[(h / 2) * 8 + x], 1e-6);
+    }
+  }
+}
+
 // Contexts longer than one key tile (the online softmax's 1024 keys), with keys whose scale
 // grows along the sequence so that later tiles raise the running max: a prefill chunk after
 // 2500 cached keys, a decode token over 1030, and (non-causal, as in the vision tower) 1100

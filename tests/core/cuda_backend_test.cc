@@ -415,6 +415,19 @@ TEST(CudaBackendTest, CopiesRoundTripIncludingRowStridedViews) {
   for (int64_t r = 0; r < 6; ++r) {
     for (int64_t c = 0; c < 5; ++c) ASSERT_EQ(cols.data<float>()[r * 5 + c], host.data<float>()[r * 10 + c + 2]);
   }
+  // One of q, k, v out of a fused [n, 3, heads, hv] projection (the vision tower's split): a
+  // rank-4 view that is rows of one stride, device to device and device to host.
+  const Tensor fused = Random({5, 3, 4, 8}, 28);
+  const Tensor fused_device = (*gpu)->ToDevice(fused);
+  for (int64_t part = 0; part < 3; ++part) {
+    Tensor one = (*gpu)->Allocate(DType::kF32, {5, 1, 4, 8});
+    (*gpu)->Copy(fused_device.Slice(1, part, part + 1), one);
+    Tensor direct = Tensor::Empty(DType::kF32, {5, 1, 4, 8});
+    (*gpu)->Copy(fused_device.Slice(1, part, part + 1), direct);
+    const Tensor want = fused.Slice(1, part, part + 1).Clone();
+    EXPECT_EQ(std::memcmp((*gpu)->ToHost(one).raw_data(), want.raw_data(), want.size_bytes()), 0) << part;
+    EXPECT_EQ(std::memcmp(direct.raw_data(), want.raw_data(), want.size_bytes()), 0) << part;
+  }
   // Allocate zero-fills.
   const Tensor zeros = (*gpu)->ToHost((*gpu)->Allocate(DType::kF32, {1000}));
   for (int64_t i = 0; i < 1000; ++i) ASSERT_EQ(zeros.data<float>()[i], 0.0f);

@@ -87,5 +87,42 @@ TEST(DTypeTest, HalfAndFp8RoundTrip) {
   EXPECT_TRUE(std::isnan(F8E4M3ToF32(0x7f)));
 }
 
+// How a device backend copies a view with one 2-D memcpy: rows of contiguous elements.
+TEST(TensorTest, AsRowRunsCollapsesViewsIntoRows) {
+  const Tensor t = Tensor::Empty(DType::kF32, {6, 10});
+  auto runs = t.AsRowRuns();  // contiguous: one row
+  ASSERT_TRUE(runs.has_value());
+  EXPECT_EQ(runs->rows, 1);
+  EXPECT_EQ(runs->width, 60);
+  runs = t.Slice(1, 2, 7).AsRowRuns();  // a column slice
+  ASSERT_TRUE(runs.has_value());
+  EXPECT_EQ(runs->rows, 6);
+  EXPECT_EQ(runs->width, 5);
+  EXPECT_EQ(runs->row_stride, 10);
+  // One of q, k, v out of a fused [n, 3, heads, hv] projection: [n, 1, heads, hv].
+  const Tensor qkv = Tensor::Empty(DType::kF32, {5, 3, 4, 8});
+  runs = qkv.Slice(1, 1, 2).AsRowRuns();
+  ASSERT_TRUE(runs.has_value());
+  EXPECT_EQ(runs->rows, 5);
+  EXPECT_EQ(runs->width, 32);
+  EXPECT_EQ(runs->row_stride, 96);
+  // Leading dimensions that follow on merge into the rows: [4, 6, 8] keeping 4 of 8 inner.
+  const Tensor cube = Tensor::Empty(DType::kF32, {4, 6, 8});
+  runs = cube.Slice(2, 0, 4).AsRowRuns();
+  ASSERT_TRUE(runs.has_value());
+  EXPECT_EQ(runs->rows, 24);
+  EXPECT_EQ(runs->width, 4);
+  EXPECT_EQ(runs->row_stride, 8);
+  // Gaps at two levels are not rows of one stride.
+  EXPECT_FALSE(cube.Slice(1, 0, 3).Slice(2, 0, 4).AsRowRuns().has_value());
+  const Tensor column = Tensor::Empty(DType::kF32, {6, 8}).Slice(1, 3, 4);  // [6, 1], stride 8
+  runs = column.AsRowRuns();
+  ASSERT_TRUE(runs.has_value());  // six rows of one element
+  EXPECT_EQ(runs->rows, 6);
+  EXPECT_EQ(runs->width, 1);
+  EXPECT_EQ(runs->row_stride, 8);
+  EXPECT_EQ(Tensor::Empty(DType::kF32, {0, 8}).AsRowRuns()->rows, 0);
+}
+
 }  // namespace
 }  // namespace q3vl
