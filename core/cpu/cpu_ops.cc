@@ -371,7 +371,7 @@ void CpuBackend::Add(const AddParams& p) {
 
 Tensor Upload(Backend& backend, const Tensor& t) {
   if (t.device() == backend.device()) return t;
-  Tensor out = backend.Allocate(t.dtype(), t.shape());
+  Tensor out = backend.AllocateUninitialized(t.dtype(), t.shape());  // the copy writes it all
   backend.Copy(t, out);
   return out;
 }
