@@ -3,8 +3,8 @@
 // per-thread buffer when paged) a tile of keys at a time and, for every query head of the group,
 // computes the tile's scores with one SGEMM, an online softmax (running max and sum per row, the
 // output rescaled when the max grows), and accumulates the weighted sum with another SGEMM. The
-// buffers are one tile, so memory does not grow with the context. The softmax loops are vectorised, exp
-// through glibc's vector math library (libmvec), with one clone per ISA picked at load time.
+// buffers are one tile, so memory does not grow with the context. The softmax loops are
+// vectorised, exp through glibc's vector math library (vector_math.h).
 #include <cblas.h>
 
 #include <algorithm>

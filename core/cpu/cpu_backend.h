@@ -49,6 +49,8 @@ class CpuBackend final : public Backend {
   const cpu::HostPool& pool() const { return *pool_; }
 
  private:
+  Tensor FromPool(DType dtype, Shape shape, bool zero);
+
   std::shared_ptr<cpu::HostPool> pool_;
   bool poison_ = false;
 };

@@ -39,17 +39,17 @@ int64_t IdAt(const Tensor& ids, int64_t i) {
 
 int CpuThreads() { return omp_get_max_threads(); }
 
-Tensor CpuBackend::Allocate(DType dtype, Shape shape) {
-  for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
-  std::shared_ptr<Buffer> buffer = pool_->Allocate(NumElements(shape) * DTypeSize(dtype));
-  return Tensor(std::move(buffer), dtype, std::move(shape));
-}
+Tensor CpuBackend::Allocate(DType dtype, Shape shape) { return FromPool(dtype, std::move(shape), /*zero=*/true); }
 
 Tensor CpuBackend::AllocateUninitialized(DType dtype, Shape shape) {
+  Tensor t = FromPool(dtype, std::move(shape), /*zero=*/false);
+  if (poison_ && t.size_bytes() > 0) std::memset(t.raw_data(), 0xff, t.size_bytes());
+  return t;
+}
+
+Tensor CpuBackend::FromPool(DType dtype, Shape shape, bool zero) {
   for (int64_t d : shape) Q3VL_CHECK_GE(d, 0) << ShapeString(shape);
-  const size_t bytes = NumElements(shape) * DTypeSize(dtype);
-  std::shared_ptr<Buffer> buffer = pool_->Allocate(bytes, /*zero=*/false);
-  if (poison_ && bytes > 0) std::memset(buffer->data(), 0xff, bytes);
+  std::shared_ptr<Buffer> buffer = pool_->Allocate(NumElements(shape) * DTypeSize(dtype), zero);
   return Tensor(std::move(buffer), dtype, std::move(shape));
 }
 
