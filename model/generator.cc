@@ -8,94 +8,11 @@
 #include "core/status_macros.h"
 #include "kv/paged_kv_cache.h"
 #include "model/parallel_layers.h"
+#include "model/visual_features.h"
 
 namespace q3vl::model {
-namespace {
-
-// A request after its prompt has been embedded.
-struct Prepared {
-  Tensor hidden;                  // [S, D] embeddings with visual rows placed
-  std::vector<int64_t> visual;    // rows receiving DeepStack features
-  std::vector<Tensor> deepstack;  // per DeepStack layer: [Nv, D]
-};
-
-int64_t CountToken(const std::vector<int64_t>& ids, int64_t token) {
-  return std::count(ids.begin(), ids.end(), token);
-}
-
-// Rows of `features` ([Ni, D] for images, [Nv, D] for videos) concatenated into one table in
-// sequence order of the visual tokens.
-Tensor Interleave(Backend& backend, const Tensor& image, const Tensor& video,
-                  const std::vector<int64_t>& ids, int64_t image_token, int64_t hidden) {
-  std::vector<int64_t> order;
-  int64_t next_image = 0, next_video = 0;
-  const int64_t num_images = image.defined() ? image.dim(0) : 0;
-  for (int64_t id : ids) {
-    if (id == image_token) order.push_back(next_image++);
-    else order.push_back(num_images + next_video++);
-  }
-  Tensor table = backend.Allocate(DType::kF32, {num_images + next_video, hidden});
-  if (num_images > 0) {
-    Tensor dst = table.Slice(0, 0, num_images);
-    backend.Copy(image, dst);
-  }
-  if (next_video > 0) {
-    Tensor dst = table.Slice(0, num_images, num_images + next_video);
-    backend.Copy(video, dst);
-  }
-  Tensor out = backend.Allocate(DType::kF32, {static_cast<int64_t>(order.size()), hidden});
-  if (!order.empty()) {
-    backend.GatherRows({.table = table, .ids = Upload(backend, Tensor::FromVectorI64(order, {static_cast<int64_t>(order.size())})),
-                        .out = out});
-  }
-  return out;
-}
-
-// Stacks [n_i, D] tensors into one [sum n_i, D] tensor.
-Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts) {
-  int64_t rows = 0;
-  for (const Tensor& t : parts) rows += t.dim(0);
-  Tensor out = backend.Allocate(DType::kF32, {rows, parts.empty() ? 0 : parts[0].dim(1)});
-  int64_t at = 0;
-  for (const Tensor& t : parts) {
-    Tensor dst = out.Slice(0, at, at + t.dim(0));
-    backend.Copy(t, dst);
-    at += t.dim(0);
-  }
-  return out;
-}
-
-}  // namespace
-
 absl::Status Generator::Check(const GenerationRequest& r) const {
-  const ModelConfig& cfg = model_.config();
-  Q3VL_RETURN_IF_ERROR(r.sampling.Validate());
-  if (r.input_ids.empty()) return absl::InvalidArgumentError("empty prompt");
-  for (size_t i = 0; i < r.input_ids.size(); ++i) {
-    if (r.input_ids[i] < 0 || r.input_ids[i] >= cfg.text.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", r.input_ids[i], " at position ", i,
-                                                     " is outside the vocabulary [0, ", cfg.text.vocab_size, ")"));
-    }
-  }
-  const int64_t total = static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens;
-  if (total > cfg.text.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt (", r.input_ids.size(), ") + max_new_tokens (",
-        r.sampling.max_new_tokens, ") exceeds the context limit ", cfg.text.max_position_embeddings));
-  }
-  const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
-  const struct { const VisionInput& in; int64_t token; const char* what; } kinds[] = {
-      {r.images, cfg.image_token_id, "image"}, {r.videos, cfg.video_token_id, "video"}};
-  for (const auto& k : kinds) {
-    int64_t patches = 0;
-    for (const GridThw& g : k.in.grids) patches += g[0] * g[1] * g[2];
-    if (!k.in.grids.empty()) Q3VL_RETURN_IF_ERROR(Annotate(CheckVisionInput(cfg.vision, k.in), k.what));
-    const int64_t placeholders = CountToken(r.input_ids, k.token);
-    if (placeholders != patches / merge) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt has ", placeholders, " ", k.what,
-          " placeholder tokens but the ", k.what, " grids give ", patches / merge));
-    }
-  }
-  return absl::OkStatus();
+  return CheckPrompt(model_.config(), r.input_ids, r.images, r.videos, r.sampling);
 }
 
 namespace {
@@ -214,15 +131,9 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       }
     }
     if (visual_ids.empty() || !first_stage) continue;
-    VisionOutput image, video;
-    if (!r.images.grids.empty()) image = model_.RunVision(r.images, options_.trace);
-    if (!r.videos.grids.empty()) video = model_.RunVision(r.videos, options_.trace);
-    visual_embeds.push_back(Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d));
-    for (size_t k = 0; k < num_deepstack; ++k) {
-      deepstack[k].push_back(Interleave(backend, image.deepstack.empty() ? Tensor() : image.deepstack[k],
-                                        video.deepstack.empty() ? Tensor() : video.deepstack[k],
-                                        visual_ids, cfg.image_token_id, d));
-    }
+    VisualFeatures features = EncodeVisualFeatures(model_, r.input_ids, r.images, r.videos, options_.trace);
+    visual_embeds.push_back(features.embeds);
+    for (size_t k = 0; k < num_deepstack; ++k) deepstack[k].push_back(features.deepstack[k]);
   }
   const int64_t total = static_cast<int64_t>(all_ids.size());
   const int64_t num_visual = static_cast<int64_t>(visual_rows.size());

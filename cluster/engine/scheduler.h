@@ -1,0 +1,85 @@
+// Scheduler: iteration-level (continuous) batching with chunked prefill over a paged KV pool.
+// It decides, each step, which tokens of which requests run (a StepPlan) under a token budget
+// and a sequence cap, and keeps the KV page accounting that makes every allocation in the
+// runner succeed. It knows lengths and pages only: no tokens, no model, no clock.
+// Policy (cluster/README.md): running sequences first, oldest first: decode tokens, then the
+// next chunks of unfinished prefills; then waiting requests first come first served while the
+// budget, the cap and the pool allow (no skipping ahead). When a running sequence cannot grow,
+// the most recently admitted one is preempted (pages freed, back to the head of the queue,
+// recomputed on readmission). Not thread-safe: the engine loop owns it.
+#ifndef Q3VL_CLUSTER_ENGINE_SCHEDULER_H_
+#define Q3VL_CLUSTER_ENGINE_SCHEDULER_H_
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "model/step_plan.h"
+
+namespace q3vl::cluster {
+
+struct SchedulerConfig {
+  int64_t max_num_batched_tokens = 2048;  // tokens per step (decode tokens + prefill chunks)
+  int64_t max_num_seqs = 256;             // sequences running at once
+  int64_t page_size = 16;                 // tokens per KV page
+  int64_t num_pages = 0;                  // KV pool
+  int64_t max_model_len = 0;              // prompt + max_tokens limit (the model's context)
+
+  absl::Status Validate() const;
+  int64_t PagesFor(int64_t tokens) const { return (tokens + page_size - 1) / page_size; }
+};
+
+class Scheduler {
+ public:
+  // REQUIRES: config.Validate() is ok.
+  explicit Scheduler(const SchedulerConfig& config);
+
+  // Whether a request can ever run: InvalidArgument over the context, ResourceExhausted over
+  // the KV pool (both name the numbers). Needs only the config: safe from any thread.
+  absl::Status CheckFits(int64_t prompt_tokens, int64_t max_new_tokens) const;
+
+  // Queues a request. REQUIRES: CheckFits(prompt_tokens, max_new_tokens) is ok; id is new.
+  void Add(int64_t id, int64_t prompt_tokens);
+  // The next step. Requests preempted by it and those ended since the last plan are in
+  // plan.released (their KV pages are free before the step runs).
+  model::StepPlan Schedule();
+  // The step ran: planned tokens are in the KV cache; each sampled sequence has one more token.
+  void Commit(const model::StepPlan& plan);
+  // Ends a request (finished, cancelled or failed), running or waiting.
+  void Finish(int64_t id);
+
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t used_pages() const { return used_pages_; }
+  int64_t num_preemptions() const { return num_preemptions_; }
+  bool has_work() const { return !running_.empty() || !waiting_.empty() || !released_.empty(); }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  struct Entry {
+    int64_t known = 0;     // tokens of the sequence so far (prompt + generated)
+    int64_t computed = 0;  // tokens in its KV cache
+    int64_t pages = 0;     // pages it holds
+    int64_t step = -1;     // index in the plan being built, -1 when not in it
+  };
+  // Frees the newest running request other than `keep`, moving it to the head of the queue.
+  // False when there is none.
+  bool PreemptNewest(int64_t keep, model::StepPlan& plan, int64_t& budget);
+  // Schedules up to `budget` of the request's remaining tokens; false when it was preempted.
+  bool ScheduleRunning(int64_t id, model::StepPlan& plan, int64_t& budget);
+
+  SchedulerConfig config_;
+  absl::flat_hash_map<int64_t, Entry> entries_;
+  std::vector<int64_t> running_;  // admission order, oldest first
+  std::deque<int64_t> waiting_;   // FCFS; preempted requests go back to the front
+  std::vector<int64_t> released_; // ended since the last plan
+  int64_t used_pages_ = 0;
+  int64_t num_preemptions_ = 0;
+  int64_t next_step_ = 0;
+};
+
+}  // namespace q3vl::cluster
+
+#endif  // Q3VL_CLUSTER_ENGINE_SCHEDULER_H_

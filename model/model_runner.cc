@@ -1,0 +1,241 @@
+#include "model/model_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "core/status_macros.h"
+
+namespace q3vl::model {
+
+struct ModelRunner::Batch {
+  std::vector<int64_t> ids;             // [T] token ids
+  std::vector<int64_t> seq_ids;         // [num_seqs] KV sequences (= request ids)
+  std::vector<int64_t> q_starts = {0};  // [num_seqs + 1]
+  std::vector<int64_t> positions[3];    // [3][T] M-RoPE t, h, w
+  std::vector<int64_t> visual_rows;     // batch rows of visual tokens, in batch order
+  std::vector<Tensor> visual_parts;     // per sequence with visual rows: [n_i, D]
+  std::vector<std::vector<Tensor>> deepstack_parts;  // per DeepStack layer, per sequence
+};
+
+ModelRunner::ModelRunner(const Qwen3VL& model, const ModelRunnerOptions& options)
+    : model_(model),
+      options_(options),
+      cache_({.num_layers = model.decoder().local_layers(), .num_kv_heads = model.decoder().local_kv_heads(),
+              .head_dim = model.config().text.head_dim, .page_size = options.page_size,
+              .num_pages = options.num_pages},
+             model.backend()) {
+  Q3VL_CHECK_GT(options.num_pages, 0);
+}
+
+absl::Status ModelRunner::Validate(const RunnerRequest& r) const {
+  Q3VL_RETURN_IF_ERROR(CheckPrompt(model_.config(), r.input_ids, r.images, r.videos, r.sampling));
+  if (r.min_tokens < 0 || r.min_tokens > r.sampling.max_new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("min_tokens must be in [0, max_tokens = ",
+                                                   r.sampling.max_new_tokens, "], got ", r.min_tokens));
+  }
+  if (r.top_logprobs < -1 || r.top_logprobs > RunnerRequest::kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [0, ", RunnerRequest::kMaxTopLogprobs,
+                                                   "], got ", r.top_logprobs));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
+  Q3VL_CHECK(!seqs_.contains(id)) << "request " << id << " added twice";
+  const ModelConfig& cfg = model_.config();
+  auto seq = std::make_unique<Sequence>();
+  Q3VL_ASSIGN_OR_RETURN(seq->rope, GetRopeIndex({.input_ids = &request.input_ids,
+      .image_grids = &request.images.grids, .video_grids = &request.videos.grids,
+      .image_token_id = cfg.image_token_id, .video_token_id = cfg.video_token_id,
+      .spatial_merge_size = cfg.vision.spatial_merge_size}));
+  seq->tokens = request.input_ids;
+  seq->visual_before.assign(1, 0);
+  for (int64_t id_t : request.input_ids) {
+    const bool visual = id_t == cfg.image_token_id || id_t == cfg.video_token_id;
+    seq->visual_before.push_back(seq->visual_before.back() + (visual ? 1 : 0));
+  }
+  seq->rng.seed(request.sampling.seed);
+  seq->request = std::move(request);
+  seqs_[id] = std::move(seq);
+  return absl::OkStatus();
+}
+
+void ModelRunner::Remove(int64_t id) {
+  cache_.Release(id);
+  seqs_.erase(id);
+}
+
+void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
+  const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
+  const int64_t n = s.num_tokens, base = b.q_starts.back(), end = s.begin + n;
+  Q3VL_CHECK_GT(n, 0);
+  Q3VL_CHECK_EQ(cache_.Length(s.request), s.begin) << "request " << s.request;
+  Q3VL_CHECK_LE(end, static_cast<int64_t>(seq.tokens.size())) << "request " << s.request;
+  const absl::Status reserved = cache_.Reserve(s.request, n);
+  Q3VL_CHECK(reserved.ok()) << "the scheduler's page accounting disagrees with the cache: " << reserved;
+  b.ids.insert(b.ids.end(), seq.tokens.begin() + s.begin, seq.tokens.begin() + end);
+  for (int a = 0; a < 3; ++a) {
+    for (int64_t t = s.begin; t < end; ++t) {
+      b.positions[a].push_back(t < prompt ? seq.rope.positions[a * prompt + t] : t + seq.rope.rope_delta);
+    }
+  }
+  b.seq_ids.push_back(s.request);
+  b.q_starts.push_back(base + n);
+  // Visual rows of this chunk: rows [v0, v1) of the request's feature tables.
+  const bool first_stage = model_.decoder().shard().pp == nullptr || model_.decoder().shard().pp->rank() == 0;
+  if (!first_stage || s.begin >= prompt) return;
+  const int64_t v0 = seq.visual_before[s.begin], v1 = seq.visual_before[std::min(end, prompt)];
+  if (v1 == v0) return;
+  if (!seq.encoded) {
+    seq.features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images, seq.request.videos);
+    seq.encoded = true;
+  }
+  for (int64_t t = s.begin; t < std::min(end, prompt); ++t) {
+    if (seq.visual_before[t + 1] > seq.visual_before[t]) b.visual_rows.push_back(base + t - s.begin);
+  }
+  b.visual_parts.push_back(seq.features.embeds.Slice(0, v0, v1));
+  b.deepstack_parts.resize(seq.features.deepstack.size());
+  for (size_t k = 0; k < seq.features.deepstack.size(); ++k) {
+    b.deepstack_parts[k].push_back(seq.features.deepstack[k].Slice(0, v0, v1));
+  }
+}
+
+absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
+  for (int64_t id : plan.released) cache_.Release(id);
+  StepOutput out;
+  if (plan.seqs.empty()) return out;
+  Backend& backend = model_.backend();
+  const ModelConfig& cfg = model_.config();
+  const TextDecoder& decoder = model_.decoder();
+  Batch b;
+  for (const StepSequence& s : plan.seqs) {
+    auto it = seqs_.find(s.request);
+    Q3VL_CHECK(it != seqs_.end()) << "plan names unknown request " << s.request;
+    AddSequence(s, *it->second, b);
+  }
+  const int64_t total = b.q_starts.back(), d = cfg.text.hidden_size;
+  const bool first_stage = decoder.shard().pp == nullptr || decoder.shard().pp->rank() == 0;
+  DecoderBatch batch{.seq_ids = b.seq_ids, .q_starts = b.q_starts, .kv = &cache_};
+  batch.hidden = backend.Allocate(DType::kF32, {total, d});
+  if (first_stage) decoder.Embed(backend, b.ids, batch.hidden);
+  if (!b.visual_rows.empty()) {
+    const int64_t nv = static_cast<int64_t>(b.visual_rows.size());
+    batch.visual_rows = Upload(backend, Tensor::FromVectorI64(b.visual_rows, {nv}));
+    backend.ScatterAddRows({.src = ConcatRows(backend, b.visual_parts), .ids = batch.visual_rows,
+                            .out = batch.hidden, .accumulate = false});
+    for (const std::vector<Tensor>& parts : b.deepstack_parts) batch.deepstack.push_back(ConcatRows(backend, parts));
+  }
+  std::vector<int64_t> flat;
+  for (const auto& axis : b.positions) flat.insert(flat.end(), axis.begin(), axis.end());
+  batch.rope = Upload(backend, MropeTables(cfg.text, flat, total));
+  decoder.Forward(backend, batch);
+  SampleAndReport(plan, batch.hidden, b.q_starts, out);
+  return out;
+}
+
+void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, const std::vector<int64_t>& q_starts,
+                                  StepOutput& out) {
+  Backend& backend = model_.backend();
+  const int64_t vocab = model_.config().text.vocab_size;
+  const size_t n = plan.seqs.size();
+  out.seqs.resize(n);
+  // Rows whose whole logits come to the host, and rows sampled from candidates.
+  std::vector<int64_t> full_rows, fast_rows, fast_seqs;
+  std::vector<int64_t> prompt_first(n, 0), prompt_end(n, 0), full_at(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const StepSequence& s = plan.seqs[i];
+    Sequence& q = *seqs_.at(s.request);
+    const RunnerRequest& r = q.request;
+    const int64_t prompt = static_cast<int64_t>(r.input_ids.size());
+    const int64_t first = std::max(s.begin, q.prompt_rows_done), end = std::min(s.begin + s.num_tokens, prompt);
+    if ((r.keep_prompt_logits || r.prompt_logprobs) && first < end) {
+      prompt_first[i] = first;
+      prompt_end[i] = end;
+      for (int64_t t = first; t < end; ++t) full_rows.push_back(q_starts[i] + t - s.begin);
+      q.prompt_rows_done = end;
+    }
+    if (!s.sample) continue;
+    const int64_t row = q_starts[i + 1] - 1;
+    const int64_t generated = static_cast<int64_t>(q.tokens.size()) - prompt;
+    const bool mask = generated < r.min_tokens && !r.sampling.stop_tokens.empty();
+    if (r.top_logprobs >= 0 || mask || r.keep_prompt_logits) {
+      auto at = std::find(full_rows.begin(), full_rows.end(), row);
+      full_at[i] = at - full_rows.begin();
+      if (at == full_rows.end()) full_rows.push_back(row);
+    } else {
+      fast_rows.push_back(row);
+      fast_seqs.push_back(static_cast<int64_t>(i));
+    }
+  }
+  Tensor logits;  // [full_rows, V] host
+  if (!full_rows.empty()) logits = model_.decoder().Logits(backend, hidden, full_rows);
+  auto row_of = [&](int64_t k) { return logits.data<float>() + k * vocab; };
+  int64_t next_full = 0;  // full_rows are in sequence order: prompt rows, then the sampled row
+  for (size_t i = 0; i < n; ++i) {
+    const StepSequence& s = plan.seqs[i];
+    Sequence& q = *seqs_.at(s.request);
+    const RunnerRequest& r = q.request;
+    SequenceOutput& o = out.seqs[i];
+    const int64_t rows = prompt_end[i] - prompt_first[i];
+    if (rows > 0) {
+      o.first_prompt_row = prompt_first[i];
+      if (r.keep_prompt_logits) o.prompt_logits = logits.Slice(0, next_full, next_full + rows).Clone();
+      if (r.prompt_logprobs) {
+        for (int64_t t = prompt_first[i]; t < prompt_end[i] && t + 1 < static_cast<int64_t>(r.input_ids.size()); ++t) {
+          o.prompt_logprobs.push_back(LogprobOf(row_of(next_full + t - prompt_first[i]), vocab, r.input_ids[t + 1], 0).logprob);
+        }
+      }
+      next_full += rows;
+    }
+    if (!s.sample || full_at[i] < 0) continue;
+    if (full_at[i] == static_cast<int64_t>(next_full)) ++next_full;  // a row of its own
+    const float* raw = row_of(full_at[i]);
+    std::vector<float> masked(raw, raw + vocab);
+    const int64_t generated = static_cast<int64_t>(q.tokens.size()) - static_cast<int64_t>(r.input_ids.size());
+    if (generated < r.min_tokens) {
+      for (int64_t stop : r.sampling.stop_tokens) {
+        if (stop >= 0 && stop < vocab) masked[stop] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    const int64_t token = Sample(masked.data(), vocab, r.sampling, q.rng);
+    o.token = token;
+    if (r.top_logprobs >= 0) o.logprob = LogprobOf(raw, vocab, token, r.top_logprobs);
+    q.tokens.push_back(token);
+  }
+  if (fast_rows.empty()) return;
+  std::vector<const SamplingParams*> params;
+  std::vector<Rng*> rngs;
+  for (int64_t i : fast_seqs) {
+    Sequence& q = *seqs_.at(plan.seqs[i].request);
+    params.push_back(&q.request.sampling);
+    rngs.push_back(&q.rng);
+  }
+  const std::vector<int64_t> tokens = model_.decoder().SampleRows(backend, hidden, fast_rows, params, rngs);
+  for (size_t j = 0; j < fast_seqs.size(); ++j) {
+    out.seqs[fast_seqs[j]].token = tokens[j];
+    seqs_.at(plan.seqs[fast_seqs[j]].request)->tokens.push_back(tokens[j]);
+  }
+}
+
+TokenLogprob LogprobOf(const float* logits, int64_t vocab, int64_t token, int top) {
+  const float max = *std::max_element(logits, logits + vocab);
+  double sum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
+  const double lse = max + std::log(sum);
+  TokenLogprob out{.token = token, .logprob = static_cast<float>(logits[token] - lse)};
+  if (top <= 0) return out;
+  std::vector<int64_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t k = std::min<int64_t>(top, vocab);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t j = 0; j < k; ++j) out.top.emplace_back(order[j], static_cast<float>(logits[order[j]] - lse));
+  return out;
+}
+
+}  // namespace q3vl::model

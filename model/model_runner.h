@@ -1,0 +1,75 @@
+// ModelRunner: runs StepPlans (step_plan.h) on a loaded Qwen3VL. It owns the replica's paged
+// KV cache (one sequence per request id) and each request's state: prompt and generated
+// tokens, M-RoPE positions, seeded Rng, and the visual features, encoded once at the first
+// chunk that reaches a visual token and kept until the request is removed (a recompute after
+// preemption reuses them). A chunk may end anywhere, inside an image's or a frame group's span
+// too: it receives exactly its slice of the visual rows and DeepStack rows.
+// One step = one packed forward over every planned sequence (decode tokens and prefill chunks),
+// then sampling: rows that need whole logits (logprobs, min_tokens masking, kept prompt
+// logits) read them on the host; the rest sample from backend-side top-k candidates.
+// Every rank of a replica that runs the same calls in the same order stays identical (the
+// sampling is drawn identically everywhere). Not thread-safe except Validate.
+#ifndef Q3VL_MODEL_MODEL_RUNNER_H_
+#define Q3VL_MODEL_MODEL_RUNNER_H_
+
+#include <memory>
+
+#include "absl/container/flat_hash_map.h"
+#include "kv/paged_kv_cache.h"
+#include "model/qwen3_vl.h"
+#include "model/rope.h"
+#include "model/step_plan.h"
+#include "model/visual_features.h"
+
+namespace q3vl::model {
+
+struct ModelRunnerOptions {
+  int64_t page_size = 16;  // tokens per KV page
+  int64_t num_pages = 0;   // KV pool size; REQUIRES: > 0
+};
+
+class ModelRunner : public StepRunner {
+ public:
+  // REQUIRES: the model holds a decoder (not a vision rank).
+  ModelRunner(const Qwen3VL& model, const ModelRunnerOptions& options);
+
+  absl::Status Validate(const RunnerRequest& request) const override;
+  absl::Status Add(int64_t id, RunnerRequest request) override;
+  void Remove(int64_t id) override;
+  absl::StatusOr<StepOutput> Execute(const StepPlan& plan) override;
+
+  const ModelRunnerOptions& options() const { return options_; }
+  int64_t free_pages() const { return cache_.free_pages(); }
+
+ private:
+  struct Sequence {
+    RunnerRequest request;
+    RopeIndex rope;
+    std::vector<int64_t> tokens;         // prompt, then generated tokens
+    std::vector<int64_t> visual_before;  // [S + 1]: visual tokens among prompt[0, t)
+    bool encoded = false;
+    VisualFeatures features;             // rows in prompt order (valid once encoded)
+    Rng rng;
+    int64_t prompt_rows_done = 0;        // prompt rows whose logits/logprobs were reported
+  };
+
+  // The inputs of one step, packed.
+  struct Batch;
+  void AddSequence(const StepSequence& s, Sequence& seq, Batch& batch);
+  // Whole logit rows on the host for rows that need them; samples the rest on the backend.
+  void SampleAndReport(const StepPlan& plan, const Tensor& hidden, const std::vector<int64_t>& q_starts,
+                       StepOutput& out);
+
+  const Qwen3VL& model_;
+  ModelRunnerOptions options_;
+  kv::PagedKvCache cache_;
+  absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
+};
+
+// log softmax of one row; the chosen token's value and the `top` best (value descending, id
+// ascending on ties).
+TokenLogprob LogprobOf(const float* logits, int64_t vocab, int64_t token, int top);
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_MODEL_RUNNER_H_

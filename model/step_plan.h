@@ -1,0 +1,95 @@
+// The contract between a scheduler and a model runner: one immutable StepPlan per forward step
+// (which tokens of which requests run, which requests' KV is freed first) and the StepOutput it
+// produces (a sampled token, logprobs and prompt logits per planned sequence). StepRunner is
+// the interface the engine drives; ModelRunner (model_runner.h) runs it on a loaded model, and
+// tests drive the engine with fakes. Plans and outputs are plain values: copy them freely.
+#ifndef Q3VL_MODEL_STEP_PLAN_H_
+#define Q3VL_MODEL_STEP_PLAN_H_
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+#include "model/sampler.h"
+#include "model/vision.h"
+
+namespace q3vl::model {
+
+// What a runner needs of a request, fixed at submission.
+struct RunnerRequest {
+  std::vector<int64_t> input_ids;  // expanded prompt (placeholders already repeated)
+  VisionInput images;              // every image of the prompt, in order (may be empty)
+  VisionInput videos;              // every video of the prompt, in order (may be empty)
+  // sampling.stop_tokens are the ids that end the sequence (the engine checks them); the runner
+  // masks them out until min_tokens tokens have been generated.
+  SamplingParams sampling;
+  int64_t min_tokens = 0;
+  int top_logprobs = -1;            // -1: none; 0..kMaxTopLogprobs: chosen token + N alternatives
+  bool prompt_logprobs = false;     // log p(prompt[t] | prompt[< t]) for t >= 1
+  bool keep_prompt_logits = false;  // every prompt row's logits (eval-case's fp32 contract)
+
+  static constexpr int kMaxTopLogprobs = 20;
+};
+
+// One sequence's part of a step: tokens [begin, begin + num_tokens) of the request's tokens
+// (prompt, then what it generated). begin equals the tokens already in its KV cache.
+struct StepSequence {
+  int64_t request = 0;
+  int64_t begin = 0;
+  int64_t num_tokens = 0;
+  bool sample = false;  // the step reaches the last known token: sample the next one
+};
+
+struct StepPlan {
+  int64_t step = 0;
+  std::vector<int64_t> released;   // requests whose KV pages are freed before the step runs
+  std::vector<StepSequence> seqs;  // decode tokens first, then prefill chunks
+
+  int64_t num_tokens() const {
+    int64_t n = 0;
+    for (const StepSequence& s : seqs) n += s.num_tokens;
+    return n;
+  }
+};
+
+struct TokenLogprob {
+  int64_t token = 0;
+  float logprob = 0.0f;
+  std::vector<std::pair<int64_t, float>> top;  // the most likely tokens, best first
+};
+
+// Parallel to StepPlan::seqs.
+struct SequenceOutput {
+  std::optional<int64_t> token;          // when the plan said sample
+  std::optional<TokenLogprob> logprob;   // with the token, when top_logprobs >= 0
+  // Prompt positions of this chunk not reported before (a recompute after preemption reports
+  // nothing twice): first_prompt_row is the first such position.
+  int64_t first_prompt_row = 0;
+  std::vector<float> prompt_logprobs;    // log p(prompt[t] | prompt[< t]) for t = first + 1, ...
+  Tensor prompt_logits;                  // [rows, V] host tensor, when keep_prompt_logits
+};
+
+struct StepOutput {
+  std::vector<SequenceOutput> seqs;
+};
+
+// Runs plans. Not thread-safe except Validate: one engine loop drives it.
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  // InvalidArgument naming the problem; needs only the config. Thread-safe.
+  virtual absl::Status Validate(const RunnerRequest& request) const = 0;
+  // Makes `id` known (before any plan names it). REQUIRES: Validate(request) was ok.
+  virtual absl::Status Add(int64_t id, RunnerRequest request) = 0;
+  // Forgets `id` and frees its KV pages and media features.
+  virtual void Remove(int64_t id) = 0;
+  virtual absl::StatusOr<StepOutput> Execute(const StepPlan& plan) = 0;
+};
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_STEP_PLAN_H_

@@ -1,0 +1,102 @@
+#include "model/visual_features.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace q3vl::model {
+namespace {
+
+// Rows of `image` ([Ni, D]) and `video` ([Nv, D]) in the order of the visual tokens `ids`.
+Tensor Interleave(Backend& backend, const Tensor& image, const Tensor& video, const std::vector<int64_t>& ids,
+                  int64_t image_token, int64_t hidden) {
+  std::vector<int64_t> order;
+  int64_t next_image = 0, next_video = 0;
+  const int64_t num_images = image.defined() ? image.dim(0) : 0;
+  for (int64_t id : ids) {
+    if (id == image_token) order.push_back(next_image++);
+    else order.push_back(num_images + next_video++);
+  }
+  const int64_t n = static_cast<int64_t>(order.size());
+  Tensor table = ConcatRows(backend, num_images > 0 && next_video > 0 ? std::vector<Tensor>{image, video}
+                                     : num_images > 0               ? std::vector<Tensor>{image}
+                                                                    : std::vector<Tensor>{video});
+  Tensor out = backend.Allocate(DType::kF32, {n, hidden});
+  if (n > 0) {
+    backend.GatherRows({.table = table, .ids = Upload(backend, Tensor::FromVectorI64(order, {n})), .out = out});
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts) {
+  int64_t rows = 0;
+  for (const Tensor& t : parts) rows += t.dim(0);
+  Tensor out = backend.Allocate(DType::kF32, {rows, parts.empty() ? 0 : parts[0].dim(1)});
+  int64_t at = 0;
+  for (const Tensor& t : parts) {
+    if (t.dim(0) == 0) continue;
+    Tensor dst = out.Slice(0, at, at + t.dim(0));
+    backend.Copy(t, dst);
+    at += t.dim(0);
+  }
+  return out;
+}
+
+VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
+                                    const VisionInput& images, const VisionInput& videos, const TraceFn* trace) {
+  const ModelConfig& cfg = model.config();
+  Backend& backend = model.backend();
+  std::vector<int64_t> visual_ids;
+  for (int64_t id : input_ids) {
+    if (id == cfg.image_token_id || id == cfg.video_token_id) visual_ids.push_back(id);
+  }
+  VisualFeatures out;
+  if (visual_ids.empty()) return out;
+  VisionOutput image, video;
+  if (!images.grids.empty()) image = model.RunVision(images, trace);
+  if (!videos.grids.empty()) video = model.RunVision(videos, trace);
+  const int64_t d = cfg.text.hidden_size;
+  out.embeds = Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d);
+  for (size_t k = 0; k < cfg.vision.deepstack_visual_indexes.size(); ++k) {
+    out.deepstack.push_back(Interleave(backend, image.deepstack.empty() ? Tensor() : image.deepstack[k],
+                                       video.deepstack.empty() ? Tensor() : video.deepstack[k], visual_ids,
+                                       cfg.image_token_id, d));
+  }
+  return out;
+}
+
+absl::Status CheckPrompt(const ModelConfig& cfg, const std::vector<int64_t>& input_ids, const VisionInput& images,
+                         const VisionInput& videos, const SamplingParams& sampling) {
+  Q3VL_RETURN_IF_ERROR(sampling.Validate());
+  if (input_ids.empty()) return absl::InvalidArgumentError("empty prompt");
+  for (size_t i = 0; i < input_ids.size(); ++i) {
+    if (input_ids[i] < 0 || input_ids[i] >= cfg.text.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", input_ids[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ", cfg.text.vocab_size, ")"));
+    }
+  }
+  const int64_t total = static_cast<int64_t>(input_ids.size()) + sampling.max_new_tokens;
+  if (total > cfg.text.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt (", input_ids.size(), ") + max_new_tokens (",
+        sampling.max_new_tokens, ") exceeds the context limit ", cfg.text.max_position_embeddings));
+  }
+  const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
+  const struct { const VisionInput& in; int64_t token; const char* what; } kinds[] = {
+      {images, cfg.image_token_id, "image"}, {videos, cfg.video_token_id, "video"}};
+  for (const auto& k : kinds) {
+    int64_t patches = 0;
+    for (const GridThw& g : k.in.grids) patches += g[0] * g[1] * g[2];
+    if (!k.in.grids.empty()) Q3VL_RETURN_IF_ERROR(Annotate(CheckVisionInput(cfg.vision, k.in), k.what));
+    const int64_t placeholders = std::count(input_ids.begin(), input_ids.end(), k.token);
+    if (placeholders != patches / merge) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt has ", placeholders, " ", k.what,
+          " placeholder tokens but the ", k.what, " grids give ", patches / merge));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace q3vl::model

@@ -1,0 +1,42 @@
+// A request's visual features in prompt order: the vision tower's merged rows and DeepStack
+// features of its images and videos, interleaved as their placeholder tokens appear in the
+// prompt, so that visual token j (counting image and video pads together) is row j. Both the
+// engine's runner and the Generator place prefill rows from these tables. Also the request
+// checks shared by both (ids, lengths, placeholder counts against the grids).
+#ifndef Q3VL_MODEL_VISUAL_FEATURES_H_
+#define Q3VL_MODEL_VISUAL_FEATURES_H_
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/backend.h"
+#include "model/qwen3_vl.h"
+#include "model/sampler.h"
+#include "model/trace.h"
+#include "model/vision.h"
+
+namespace q3vl::model {
+
+struct VisualFeatures {
+  Tensor embeds;                  // [Nv, D] in the backend's memory
+  std::vector<Tensor> deepstack;  // per DeepStack layer: [Nv, D]
+};
+
+// Runs the tower (or receives its features, see Qwen3VL::RunVision) for `images` and `videos`
+// and interleaves the rows in the order of the visual tokens in `input_ids`.
+// REQUIRES: the placeholder counts match the grids (CheckPrompt).
+VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
+                                    const VisionInput& images, const VisionInput& videos,
+                                    const TraceFn* trace = nullptr);
+
+// Stacks [n_i, D] tensors into one [sum n_i, D] tensor.
+Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts);
+
+// InvalidArgument for a bad prompt: empty, ids outside the vocabulary, prompt + max_new_tokens
+// over the context, invalid sampling, placeholder counts that disagree with the grids.
+absl::Status CheckPrompt(const ModelConfig& config, const std::vector<int64_t>& input_ids,
+                         const VisionInput& images, const VisionInput& videos, const SamplingParams& sampling);
+
+}  // namespace q3vl::model
+
+#endif  // Q3VL_MODEL_VISUAL_FEATURES_H_

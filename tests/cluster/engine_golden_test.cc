@@ -1,0 +1,253 @@
+// The engine on the golden models: chunked prefill with chunk boundaries anywhere (inside image
+// and frame-group spans too) reproduces the reference logits and greedy tokens on every golden
+// case; requests arriving at different steps (text, image, video, greedy and seeded sampling)
+// each get exactly their solo output; preemption and recompute change nothing; logprobs,
+// prompt logprobs and min_tokens; bad requests are refused at submission.
+#include <map>
+
+#include "cluster/engine/engine.h"
+#include "core/npy.h"
+#include "gtest/gtest.h"
+#include "launcher/eval_case.h"
+#include "model/model_runner.h"
+#include "tests/test_util.h"
+
+namespace q3vl::cluster {
+namespace {
+
+constexpr float kLogitTolerance = 2e-3f;
+
+// A model runner and an engine over it.
+struct Replica {
+  Replica(const model::Qwen3VL& model, int64_t budget, int64_t pages, int64_t max_seqs = 16)
+      : runner(model, {.page_size = 16, .num_pages = pages}),
+        engine(runner, {.scheduler = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs, .page_size = 16,
+                                      .num_pages = pages,
+                                      .max_model_len = model.config().text.max_position_embeddings}}) {}
+  model::ModelRunner runner;
+  Engine engine;
+};
+
+RequestOutput RunAlone(Engine& engine, EngineRequest request) {
+  auto stream = engine.Submit(std::move(request));
+  Q3VL_CHECK(stream.ok()) << stream.status();
+  for (int i = 0; i < 100000 && engine.Step();) ++i;
+  return Collect(**stream);
+}
+
+Tensor ConcatHostRows(const std::vector<Tensor>& parts) {
+  int64_t rows = 0;
+  for (const Tensor& t : parts) rows += t.dim(0);
+  Tensor out = Tensor::Empty(DType::kF32, {rows, parts.at(0).dim(1)});
+  int64_t at = 0;
+  for (const Tensor& t : parts) {
+    out.Slice(0, at, at + t.dim(0)).CopyFrom(t);
+    at += t.dim(0);
+  }
+  return out;
+}
+
+class EngineGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, int64_t>> {
+ protected:
+  void SetUp() override {
+    dir_ = testing::GoldenCaseDir(std::get<0>(GetParam()));
+    if (dir_.empty()) GTEST_SKIP() << "golden case not present (needs ../shared)";
+    backend_ = *CreateBackend(BackendKind::kCpu);
+    auto golden = launcher::ReadGoldenCase(dir_);
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = *golden;
+    auto model = model::Qwen3VL::Load(dir_ + "/model", *backend_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+  }
+  std::string dir_;
+  std::unique_ptr<Backend> backend_;
+  launcher::GoldenCase golden_;
+  std::unique_ptr<model::Qwen3VL> model_;
+};
+
+// Chunks of 1, 7 and 64 tokens cut every visual span of the cases somewhere; the prompt
+// logits, gathered chunk by chunk, equal the reference, and so do the greedy tokens.
+TEST_P(EngineGoldenTest, ChunkedPrefillMatchesTheReference) {
+  const int64_t chunk = std::get<1>(GetParam());
+  Replica replica(*model_, chunk, /*pages=*/64);
+  EngineRequest r{.id = "golden", .ignore_eos = true};
+  r.input = {.input_ids = golden_.request.input_ids, .images = golden_.request.images,
+             .videos = golden_.request.videos, .sampling = golden_.request.sampling, .keep_prompt_logits = true};
+  const RequestOutput out = RunAlone(replica.engine, r);
+  ASSERT_EQ(out.finish, FinishReason::kLength) << out.error;
+  const int64_t prompt = static_cast<int64_t>(golden_.request.input_ids.size());
+  EXPECT_EQ(static_cast<int64_t>(out.prompt_logits.size()), (prompt + chunk - 1) / chunk);
+  const Tensor logits = ConcatHostRows(out.prompt_logits);
+  auto expected = ReadNpy(dir_ + "/expected/logits.npy");
+  ASSERT_TRUE(expected.ok());
+  EXPECT_LE(testing::MaxAbsDiff(logits, *expected), kLogitTolerance);
+  auto greedy = ReadNpy(dir_ + "/expected/greedy_tokens.npy");
+  ASSERT_TRUE(greedy.ok());
+  EXPECT_EQ(out.token_ids, std::vector<int64_t>(greedy->data<int64_t>(), greedy->data<int64_t>() + greedy->numel()));
+}
+
+std::vector<std::tuple<std::string, int64_t>> CasesTimesChunks() {
+  std::vector<std::tuple<std::string, int64_t>> out;
+  for (const std::string& name : testing::GoldenCaseNames()) {
+    for (int64_t chunk : {1, 7, 64}) out.emplace_back(name, chunk);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, EngineGoldenTest, ::testing::ValuesIn(CasesTimesChunks()),
+                         [](const auto& info) {
+                           return absl::StrCat(std::get<0>(info.param).substr(0, 2), "_chunk",
+                                               std::get<1>(info.param));
+                         });
+
+// Mixed requests on the image + video model.
+class EngineMixTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    backend_ = *CreateBackend(BackendKind::kCpu);
+    auto golden = launcher::ReadGoldenCase(testing::GoldenCaseDir("06_image_and_video"));
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    golden_ = *golden;
+    auto model = model::Qwen3VL::Load(golden_.dir + "/model", *backend_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    // The media request greedy and sampled; text requests of several lengths, greedy and
+    // sampled with seeds.
+    const model::GenerationRequest& g = golden_.request;
+    auto media = [&](const std::string& id, model::SamplingParams sampling) {
+      EngineRequest r{.id = id, .ignore_eos = true};
+      r.input = {.input_ids = g.input_ids, .images = g.images, .videos = g.videos, .sampling = sampling};
+      return r;
+    };
+    auto text = [&](const std::string& id, int64_t length, model::SamplingParams sampling) {
+      EngineRequest r{.id = id, .ignore_eos = true};
+      for (int64_t i = 0; i < length; ++i) r.input.input_ids.push_back(10 + (i * 37 + length) % 280);
+      r.input.sampling = sampling;
+      return r;
+    };
+    requests_ = {
+        media("media_greedy", {.max_new_tokens = 12}),
+        text("text_long", 45, {.max_new_tokens = 9}),
+        text("text_sampled", 13, {.temperature = 0.9f, .top_k = 40, .top_p = 0.9f, .seed = 11, .max_new_tokens = 14}),
+        media("media_sampled", {.temperature = 1.2f, .top_p = 0.8f, .seed = 3, .max_new_tokens = 10}),
+        text("text_short", 3, {.temperature = 0.7f, .seed = 5, .max_new_tokens = 20}),
+    };
+  }
+  std::map<std::string, RequestOutput> Solo() {
+    std::map<std::string, RequestOutput> out;
+    for (const EngineRequest& r : requests_) {
+      Replica replica(*model_, 2048, 64);
+      out[r.id] = RunAlone(replica.engine, r);
+    }
+    return out;
+  }
+  // Request i is submitted before step arrival[i].
+  std::map<std::string, RequestOutput> Staggered(Replica& replica, const std::vector<int>& arrival) {
+    std::map<std::string, std::shared_ptr<RequestStream>> streams;
+    for (int step = 0; step < 10000; ++step) {
+      for (size_t i = 0; i < requests_.size(); ++i) {
+        if (arrival[i] == step) {
+          auto s = replica.engine.Submit(requests_[i]);
+          Q3VL_CHECK(s.ok()) << s.status();
+          streams[requests_[i].id] = *s;
+        }
+      }
+      if (!replica.engine.Step() && streams.size() == requests_.size()) break;
+    }
+    std::map<std::string, RequestOutput> out;
+    for (auto& [id, s] : streams) out[id] = Collect(*s);
+    return out;
+  }
+  std::unique_ptr<Backend> backend_;
+  launcher::GoldenCase golden_;
+  std::unique_ptr<model::Qwen3VL> model_;
+  std::vector<EngineRequest> requests_;
+};
+
+TEST_F(EngineMixTest, StaggeredArrivalsGiveEachRequestItsSoloOutput) {
+  const std::map<std::string, RequestOutput> solo = Solo();
+  for (const std::vector<int>& arrival : {std::vector<int>{0, 0, 0, 0, 0}, std::vector<int>{0, 2, 3, 5, 9}}) {
+    Replica replica(*model_, /*budget=*/16, /*pages=*/64);
+    const std::map<std::string, RequestOutput> got = Staggered(replica, arrival);
+    for (const auto& [id, want] : solo) {
+      EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
+      EXPECT_EQ(got.at(id).finish, FinishReason::kLength) << id;
+    }
+    EXPECT_EQ(replica.runner.free_pages(), 64);
+  }
+}
+
+TEST_F(EngineMixTest, PreemptionAndRecomputeChangeNothing) {
+  const std::map<std::string, RequestOutput> solo = Solo();
+  // 8 pages of 16 tokens: the media request alone needs 5 of them, so the mix must preempt.
+  Replica replica(*model_, /*budget=*/32, /*pages=*/8);
+  const std::map<std::string, RequestOutput> got = Staggered(replica, {0, 0, 1, 1, 2});
+  EXPECT_GT(replica.engine.metrics().Snapshot().num_preemptions_total, 0);
+  for (const auto& [id, want] : solo) EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
+  EXPECT_EQ(replica.runner.free_pages(), 8);
+}
+
+TEST_F(EngineMixTest, LogprobsPromptLogprobsAndMinTokens) {
+  Replica replica(*model_, 2048, 64);
+  EngineRequest r = requests_[0];
+  r.input.top_logprobs = 5;
+  r.input.prompt_logprobs = true;
+  r.input.keep_prompt_logits = true;
+  const RequestOutput out = RunAlone(replica.engine, r);
+  const int64_t prompt = static_cast<int64_t>(r.input.input_ids.size());
+  ASSERT_EQ(out.logprobs.size(), out.token_ids.size());
+  ASSERT_EQ(static_cast<int64_t>(out.prompt_logprobs.size()), prompt - 1);
+  const Tensor logits = ConcatHostRows(out.prompt_logits);
+  const int64_t vocab = logits.dim(1);
+  for (int64_t t = 0; t + 1 < prompt; ++t) {
+    const model::TokenLogprob want = model::LogprobOf(logits.data<float>() + t * vocab, vocab, r.input.input_ids[t + 1], 0);
+    EXPECT_FLOAT_EQ(out.prompt_logprobs[t], want.logprob) << t;
+  }
+  // The first generated token is greedy: the best of its top 5, which are sorted.
+  const model::TokenLogprob& first = out.logprobs[0];
+  ASSERT_EQ(first.top.size(), 5u);
+  EXPECT_EQ(first.top[0].first, out.token_ids[0]);
+  EXPECT_FLOAT_EQ(first.top[0].second, first.logprob);
+  for (size_t j = 1; j < 5; ++j) EXPECT_GE(first.top[j - 1].second, first.top[j].second);
+  EXPECT_LT(first.logprob, 0.0f);
+  // The last prompt row's distribution is the first token's.
+  EXPECT_FLOAT_EQ(model::LogprobOf(logits.data<float>() + (prompt - 1) * vocab, vocab, out.token_ids[0], 0).logprob,
+                  first.logprob);
+
+  // The greedy first token made a stop token: with min_tokens = 3 it cannot come before the
+  // third token, and the request ends as soon as it may.
+  EngineRequest m = requests_[0];
+  m.ignore_eos = false;
+  m.input.sampling.stop_tokens = {out.token_ids[0]};
+  const RequestOutput stopped = RunAlone(replica.engine, m);
+  EXPECT_EQ(stopped.finish, FinishReason::kStop);
+  EXPECT_EQ(stopped.token_ids.size(), 1u);
+  m.input.min_tokens = 3;
+  const RequestOutput held = RunAlone(replica.engine, m);
+  ASSERT_GE(held.token_ids.size(), 3u);
+  for (size_t i = 0; i + 1 < 3; ++i) EXPECT_NE(held.token_ids[i], out.token_ids[0]) << i;
+}
+
+TEST_F(EngineMixTest, BadRequestsAreRefusedAtSubmission) {
+  Replica replica(*model_, 2048, 4);
+  EngineRequest r = requests_[0];
+  r.input.images.grids.clear();
+  r.input.images.pixel_values = Tensor();
+  const absl::Status placeholders = replica.engine.Submit(r).status();
+  EXPECT_EQ(placeholders.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(placeholders.message().find("placeholder"), std::string::npos) << placeholders;
+  r = requests_[0];
+  r.input.sampling.max_new_tokens = 200;  // 4 pages of 16 tokens cannot hold it
+  EXPECT_EQ(replica.engine.Submit(r).status().code(), absl::StatusCode::kResourceExhausted);
+  r = requests_[0];
+  r.input.top_logprobs = 21;
+  EXPECT_EQ(replica.engine.Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = requests_[0];
+  r.input.sampling.temperature = -2.0f;
+  EXPECT_EQ(replica.engine.Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(replica.engine.Step());  // nothing reached the step loop
+}
+
+}  // namespace
+}  // namespace q3vl::cluster
