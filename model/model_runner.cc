@@ -53,11 +53,7 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
       .image_token_id = cfg.image_token_id, .video_token_id = cfg.video_token_id,
       .spatial_merge_size = cfg.vision.spatial_merge_size}));
   seq->tokens = request.input_ids;
-  seq->visual_before.assign(1, 0);
-  for (int64_t id_t : request.input_ids) {
-    const bool visual = id_t == cfg.image_token_id || id_t == cfg.video_token_id;
-    seq->visual_before.push_back(seq->visual_before.back() + (visual ? 1 : 0));
-  }
+  seq->visual_before = VisualPrefixCounts(cfg, request.input_ids);
   seq->rng.seed(request.sampling.seed);
   seq->request = std::move(request);
   seqs_[id] = std::move(seq);
@@ -219,6 +215,42 @@ void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, co
     out.seqs[fast_seqs[j]].token = tokens[j];
     seqs_.at(plan.seqs[fast_seqs[j]].request)->tokens.push_back(tokens[j]);
   }
+}
+
+std::vector<int64_t> VisualPrefixCounts(const ModelConfig& config, const std::vector<int64_t>& ids) {
+  std::vector<int64_t> out = {0};
+  for (int64_t id : ids) {
+    out.push_back(out.back() + (id == config.image_token_id || id == config.video_token_id ? 1 : 0));
+  }
+  return out;
+}
+
+absl::Status VisionStageRunner::Validate(const RunnerRequest& r) const {
+  return CheckPrompt(model_.config(), r.input_ids, r.images, r.videos, r.sampling);
+}
+
+absl::Status VisionStageRunner::Add(int64_t id, RunnerRequest request) {
+  Sequence& seq = seqs_[id];
+  seq.visual_before = VisualPrefixCounts(model_.config(), request.input_ids);
+  seq.request = std::move(request);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutput> VisionStageRunner::Execute(const StepPlan& plan) {
+  StepOutput out;
+  out.seqs.resize(plan.seqs.size());
+  for (const StepSequence& s : plan.seqs) {
+    auto it = seqs_.find(s.request);
+    Q3VL_CHECK(it != seqs_.end()) << "plan names unknown request " << s.request;
+    Sequence& seq = it->second;
+    const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
+    if (seq.encoded || s.begin >= prompt) continue;
+    if (seq.visual_before[std::min(s.begin + s.num_tokens, prompt)] == seq.visual_before[s.begin]) continue;
+    if (!seq.request.images.grids.empty()) model_.ServeVision(seq.request.images);
+    if (!seq.request.videos.grids.empty()) model_.ServeVision(seq.request.videos);
+    seq.encoded = true;
+  }
+  return out;
 }
 
 TokenLogprob LogprobOf(const float* logits, int64_t vocab, int64_t token, int top) {

@@ -66,6 +66,31 @@ class ModelRunner : public StepRunner {
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
 };
 
+// The vision ranks of a mesh (they hold the tower, no decoder): runs ServeVision for each
+// request's images, then videos, exactly when a ModelRunner on stage 0 executing the same plans
+// encodes them (at the first chunk that reaches a visual token), so the vision stage's
+// collectives line up. Sampling and KV are not its business: Execute returns no tokens.
+class VisionStageRunner : public StepRunner {
+ public:
+  explicit VisionStageRunner(const Qwen3VL& model) : model_(model) {}
+  absl::Status Validate(const RunnerRequest& request) const override;
+  absl::Status Add(int64_t id, RunnerRequest request) override;
+  void Remove(int64_t id) override { seqs_.erase(id); }
+  absl::StatusOr<StepOutput> Execute(const StepPlan& plan) override;
+
+ private:
+  struct Sequence {
+    RunnerRequest request;
+    std::vector<int64_t> visual_before;  // [S + 1]
+    bool encoded = false;
+  };
+  const Qwen3VL& model_;
+  absl::flat_hash_map<int64_t, Sequence> seqs_;
+};
+
+// [S + 1]: the visual tokens (image and video pads) among ids[0, t).
+std::vector<int64_t> VisualPrefixCounts(const ModelConfig& config, const std::vector<int64_t>& ids);
+
 // log softmax of one row; the chosen token's value and the `top` best (value descending, id
 // ascending on ties).
 TokenLogprob LogprobOf(const float* logits, int64_t vocab, int64_t token, int top);

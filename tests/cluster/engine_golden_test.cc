@@ -10,42 +10,13 @@
 #include "gtest/gtest.h"
 #include "launcher/eval_case.h"
 #include "model/model_runner.h"
+#include "tests/cluster/engine_test_util.h"
 #include "tests/test_util.h"
 
 namespace q3vl::cluster {
 namespace {
 
 constexpr float kLogitTolerance = 2e-3f;
-
-// A model runner and an engine over it.
-struct Replica {
-  Replica(const model::Qwen3VL& model, int64_t budget, int64_t pages, int64_t max_seqs = 16)
-      : runner(model, {.page_size = 16, .num_pages = pages}),
-        engine(runner, {.scheduler = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs, .page_size = 16,
-                                      .num_pages = pages,
-                                      .max_model_len = model.config().text.max_position_embeddings}}) {}
-  model::ModelRunner runner;
-  Engine engine;
-};
-
-RequestOutput RunAlone(Engine& engine, EngineRequest request) {
-  auto stream = engine.Submit(std::move(request));
-  Q3VL_CHECK(stream.ok()) << stream.status();
-  for (int i = 0; i < 100000 && engine.Step();) ++i;
-  return Collect(**stream);
-}
-
-Tensor ConcatHostRows(const std::vector<Tensor>& parts) {
-  int64_t rows = 0;
-  for (const Tensor& t : parts) rows += t.dim(0);
-  Tensor out = Tensor::Empty(DType::kF32, {rows, parts.at(0).dim(1)});
-  int64_t at = 0;
-  for (const Tensor& t : parts) {
-    out.Slice(0, at, at + t.dim(0)).CopyFrom(t);
-    at += t.dim(0);
-  }
-  return out;
-}
 
 class EngineGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, int64_t>> {
  protected:
@@ -112,27 +83,7 @@ class EngineMixTest : public ::testing::Test {
     auto model = model::Qwen3VL::Load(golden_.dir + "/model", *backend_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
-    // The media request greedy and sampled; text requests of several lengths, greedy and
-    // sampled with seeds.
-    const model::GenerationRequest& g = golden_.request;
-    auto media = [&](const std::string& id, model::SamplingParams sampling) {
-      EngineRequest r{.id = id, .ignore_eos = true};
-      r.input = {.input_ids = g.input_ids, .images = g.images, .videos = g.videos, .sampling = sampling};
-      return r;
-    };
-    auto text = [&](const std::string& id, int64_t length, model::SamplingParams sampling) {
-      EngineRequest r{.id = id, .ignore_eos = true};
-      for (int64_t i = 0; i < length; ++i) r.input.input_ids.push_back(10 + (i * 37 + length) % 280);
-      r.input.sampling = sampling;
-      return r;
-    };
-    requests_ = {
-        media("media_greedy", {.max_new_tokens = 12}),
-        text("text_long", 45, {.max_new_tokens = 9}),
-        text("text_sampled", 13, {.temperature = 0.9f, .top_k = 40, .top_p = 0.9f, .seed = 11, .max_new_tokens = 14}),
-        media("media_sampled", {.temperature = 1.2f, .top_p = 0.8f, .seed = 3, .max_new_tokens = 10}),
-        text("text_short", 3, {.temperature = 0.7f, .seed = 5, .max_new_tokens = 20}),
-    };
+    requests_ = MixedRequests(golden_.request);
   }
   std::map<std::string, RequestOutput> Solo() {
     std::map<std::string, RequestOutput> out;
@@ -140,23 +91,6 @@ class EngineMixTest : public ::testing::Test {
       Replica replica(*model_, 2048, 64);
       out[r.id] = RunAlone(replica.engine, r);
     }
-    return out;
-  }
-  // Request i is submitted before step arrival[i].
-  std::map<std::string, RequestOutput> Staggered(Replica& replica, const std::vector<int>& arrival) {
-    std::map<std::string, std::shared_ptr<RequestStream>> streams;
-    for (int step = 0; step < 10000; ++step) {
-      for (size_t i = 0; i < requests_.size(); ++i) {
-        if (arrival[i] == step) {
-          auto s = replica.engine.Submit(requests_[i]);
-          Q3VL_CHECK(s.ok()) << s.status();
-          streams[requests_[i].id] = *s;
-        }
-      }
-      if (!replica.engine.Step() && streams.size() == requests_.size()) break;
-    }
-    std::map<std::string, RequestOutput> out;
-    for (auto& [id, s] : streams) out[id] = Collect(*s);
     return out;
   }
   std::unique_ptr<Backend> backend_;
@@ -169,7 +103,7 @@ TEST_F(EngineMixTest, StaggeredArrivalsGiveEachRequestItsSoloOutput) {
   const std::map<std::string, RequestOutput> solo = Solo();
   for (const std::vector<int>& arrival : {std::vector<int>{0, 0, 0, 0, 0}, std::vector<int>{0, 2, 3, 5, 9}}) {
     Replica replica(*model_, /*budget=*/16, /*pages=*/64);
-    const std::map<std::string, RequestOutput> got = Staggered(replica, arrival);
+    const std::map<std::string, RequestOutput> got = Staggered(replica.engine, requests_, arrival);
     for (const auto& [id, want] : solo) {
       EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
       EXPECT_EQ(got.at(id).finish, FinishReason::kLength) << id;
@@ -182,7 +116,7 @@ TEST_F(EngineMixTest, PreemptionAndRecomputeChangeNothing) {
   const std::map<std::string, RequestOutput> solo = Solo();
   // 8 pages of 16 tokens: the media request alone needs 5 of them, so the mix must preempt.
   Replica replica(*model_, /*budget=*/32, /*pages=*/8);
-  const std::map<std::string, RequestOutput> got = Staggered(replica, {0, 0, 1, 1, 2});
+  const std::map<std::string, RequestOutput> got = Staggered(replica.engine, requests_, {0, 0, 1, 1, 2});
   EXPECT_GT(replica.engine.metrics().Snapshot().num_preemptions_total, 0);
   for (const auto& [id, want] : solo) EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
   EXPECT_EQ(replica.runner.free_pages(), 8);

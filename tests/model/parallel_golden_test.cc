@@ -20,12 +20,14 @@
 #include "parallel/comm_groups.h"
 #include "parallel/inprocess_comm.h"
 #include "parallel/topology.h"
-#include "tests/device_sim_backend.h"
-#include "tests/device_sim_comm.h"
+#include "tests/mesh_util.h"
 #include "tests/test_util.h"
 
 namespace q3vl {
 namespace {
+
+using testing::OnMesh;
+using testing::Plane;
 
 struct RankOutcome {
   bool vision_rank = false;  // served the tower; no logits
@@ -34,46 +36,6 @@ struct RankOutcome {
   uint64_t bytes_read = 0;
   std::string error;
 };
-
-// Where a mesh runs: the CPU backend with one communicator per group, or a backend whose
-// memory the host may not touch with separate data (device tensors only) and control (host
-// values only) planes, as a GPU mesh runs on NCCL and MPI.
-enum class Plane { kCpu, kDeviceSim };
-
-// Loads `case_dir` sharded for `mesh` on one thread per rank and calls body(rank, model, golden)
-// on each; a load failure is returned as that rank's error.
-using RankBody = std::function<void(int, const model::Qwen3VL&, const launcher::GoldenCase&)>;
-std::vector<std::string> OnMesh(const std::string& case_dir, const std::string& mesh, const RankBody& body,
-                                Plane plane = Plane::kCpu) {
-  auto config = parallel::ParallelConfig::FromString(mesh);
-  Q3VL_CHECK_OK(config.status());
-  const int world_size = config->world_size();
-  std::vector<std::string> errors(world_size);
-  parallel::RunInProcessRanks(world_size, {}, [&](parallel::Communicator& world) {
-    omp_set_num_threads(1);
-    std::string& error = errors[world.rank()];
-    auto topology = parallel::Topology::Create(*config, world_size, world.rank());
-    if (!topology.ok()) return void(error = topology.status().ToString());
-    auto groups = parallel::CommGroups::Create(
-        *topology, std::shared_ptr<parallel::Communicator>(&world, [](parallel::Communicator*) {}),
-        plane == Plane::kDeviceSim ? testing::DeviceSimComm::Factory() : nullptr);
-    if (!groups.ok()) return void(error = groups.status().ToString());
-    std::unique_ptr<Backend> backend;
-    if (plane == Plane::kDeviceSim) {
-      backend = std::make_unique<testing::DeviceSimBackend>();
-    } else {
-      auto cpu = CreateBackend(BackendKind::kCpu);
-      Q3VL_CHECK_OK(cpu.status());
-      backend = *std::move(cpu);
-    }
-    auto golden = launcher::ReadGoldenCase(case_dir);
-    if (!golden.ok()) return void(error = golden.status().ToString());
-    auto model = model::Qwen3VL::Load(case_dir + "/model", *backend, {.topology = &*topology, .groups = &*groups});
-    if (!model.ok()) return void(error = model.status().ToString());
-    body(world.rank(), **model, *golden);
-  });
-  return errors;
-}
 
 // Runs `case_dir` on `mesh`; returns every rank's outcome.
 std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string& mesh, Plane plane = Plane::kCpu) {

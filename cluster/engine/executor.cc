@@ -1,0 +1,143 @@
+#include "cluster/engine/executor.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "core/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace q3vl::cluster {
+namespace {
+
+using Json = nlohmann::json;
+
+Json VisionMeta(const model::VisionInput& in) {
+  Json grids = Json::array();
+  for (const model::GridThw& g : in.grids) grids.push_back({g[0], g[1], g[2]});
+  return {{"grids", grids},
+          {"rows", in.grids.empty() ? 0 : in.pixel_values.dim(0)},
+          {"cols", in.grids.empty() ? 0 : in.pixel_values.dim(1)}};
+}
+
+model::VisionInput VisionFromMeta(const Json& m) {
+  model::VisionInput in;
+  for (const Json& g : m["grids"]) in.grids.push_back({g[0].get<int64_t>(), g[1].get<int64_t>(), g[2].get<int64_t>()});
+  if (!in.grids.empty()) {
+    in.pixel_values = Tensor::Empty(DType::kF32, {m["rows"].get<int64_t>(), m["cols"].get<int64_t>()});
+  }
+  return in;
+}
+
+Json RequestMeta(const model::RunnerRequest& r) {
+  const model::SamplingParams& s = r.sampling;
+  return {{"ids", r.input_ids},
+          {"sampling", {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"seed", s.seed},
+                        {"max_new_tokens", s.max_new_tokens}, {"stop", s.stop_tokens}}},
+          {"min_tokens", r.min_tokens}, {"top_logprobs", r.top_logprobs},
+          {"prompt_logprobs", r.prompt_logprobs}, {"keep_prompt_logits", r.keep_prompt_logits},
+          {"images", VisionMeta(r.images)}, {"videos", VisionMeta(r.videos)}};
+}
+
+model::RunnerRequest RequestFromMeta(const Json& m) {
+  model::RunnerRequest r;
+  r.input_ids = m["ids"].get<std::vector<int64_t>>();
+  const Json& s = m["sampling"];
+  r.sampling = {.temperature = s["temperature"].get<float>(), .top_k = s["top_k"].get<int64_t>(),
+                .top_p = s["top_p"].get<float>(), .seed = s["seed"].get<uint64_t>(),
+                .max_new_tokens = s["max_new_tokens"].get<int64_t>(),
+                .stop_tokens = s["stop"].get<std::vector<int64_t>>()};
+  r.min_tokens = m["min_tokens"].get<int64_t>();
+  r.top_logprobs = m["top_logprobs"].get<int>();
+  r.prompt_logprobs = m["prompt_logprobs"].get<bool>();
+  r.keep_prompt_logits = m["keep_prompt_logits"].get<bool>();
+  r.images = VisionFromMeta(m["images"]);
+  r.videos = VisionFromMeta(m["videos"]);
+  return r;
+}
+
+Json PlanMeta(const model::StepPlan& plan) {
+  Json seqs = Json::array();
+  for (const model::StepSequence& s : plan.seqs) seqs.push_back({s.request, s.begin, s.num_tokens, s.sample});
+  return {{"step", plan.step}, {"released", plan.released}, {"seqs", seqs}};
+}
+
+model::StepPlan PlanFromMeta(const Json& m) {
+  model::StepPlan plan{.step = m["step"].get<int64_t>(), .released = m["released"].get<std::vector<int64_t>>()};
+  for (const Json& s : m["seqs"]) {
+    plan.seqs.push_back({.request = s[0].get<int64_t>(), .begin = s[1].get<int64_t>(),
+                         .num_tokens = s[2].get<int64_t>(), .sample = s[3].get<bool>()});
+  }
+  return plan;
+}
+
+}  // namespace
+
+ReplicaExecutor::ReplicaExecutor(parallel::Communicator& replica, model::StepRunner& local)
+    : replica_(replica), local_(local) {}
+
+ReplicaExecutor::~ReplicaExecutor() { (void)Stop(); }
+
+absl::Status ReplicaExecutor::Add(int64_t id, model::RunnerRequest request) {
+  Json call = {{"op", "add"}, {"id", id}, {"request", RequestMeta(request)}};
+  std::vector<Tensor> pixels;
+  for (const model::VisionInput* in : {&request.images, &request.videos}) {
+    if (!in->grids.empty()) pixels.push_back(in->pixel_values);
+  }
+  Q3VL_RETURN_IF_ERROR(local_.Add(id, std::move(request)));
+  // Queued only once the leader accepted it: the followers see exactly the leader's calls.
+  pixels_.insert(pixels_.end(), pixels.begin(), pixels.end());
+  queued_ += (queued_.empty() ? "" : ",") + call.dump();
+  return absl::OkStatus();
+}
+
+void ReplicaExecutor::Remove(int64_t id) {
+  local_.Remove(id);
+  queued_ += (queued_.empty() ? "" : ",") + Json{{"op", "remove"}, {"id", id}}.dump();
+}
+
+absl::Status ReplicaExecutor::Send(const std::string& header, const std::vector<Tensor>& tensors) {
+  std::string bytes = header;
+  Q3VL_RETURN_IF_ERROR(parallel::BroadcastString(replica_, bytes, replica_.rank()));
+  for (const Tensor& t : tensors) Q3VL_RETURN_IF_ERROR(replica_.Broadcast(t, replica_.rank()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<model::StepOutput> ReplicaExecutor::Execute(const model::StepPlan& plan) {
+  Q3VL_CHECK(!stopped_) << "Execute after Stop";
+  const std::string header = absl::StrCat("{\"calls\":[", queued_, "],\"plan\":", PlanMeta(plan).dump(), "}");
+  const std::vector<Tensor> pixels = std::move(pixels_);
+  queued_.clear();
+  pixels_.clear();
+  Q3VL_RETURN_IF_ERROR(Annotate(Send(header, pixels), "sending the step to the replica's ranks"));
+  return local_.Execute(plan);
+}
+
+absl::Status ReplicaExecutor::Stop() {
+  if (stopped_) return absl::OkStatus();
+  stopped_ = true;
+  return Send("{\"stop\":true}", {});
+}
+
+absl::Status FollowReplica(parallel::Communicator& replica, int leader, model::StepRunner& local) {
+  while (true) {
+    std::string bytes;
+    Q3VL_RETURN_IF_ERROR(Annotate(parallel::BroadcastString(replica, bytes, leader), "waiting for the replica leader"));
+    const Json message = Json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+    if (message.is_discarded()) return absl::InternalError("malformed message from the replica leader");
+    if (message.contains("stop")) return absl::OkStatus();
+    for (const Json& call : message["calls"]) {
+      const int64_t id = call["id"].get<int64_t>();
+      if (call["op"] == "remove") {
+        local.Remove(id);
+        continue;
+      }
+      model::RunnerRequest request = RequestFromMeta(call["request"]);
+      for (model::VisionInput* in : {&request.images, &request.videos}) {
+        if (!in->grids.empty()) Q3VL_RETURN_IF_ERROR(replica.Broadcast(in->pixel_values, leader));
+      }
+      Q3VL_RETURN_IF_ERROR(local.Add(id, std::move(request)));
+    }
+    Q3VL_RETURN_IF_ERROR(local.Execute(PlanFromMeta(message["plan"])).status());
+  }
+}
+
+}  // namespace q3vl::cluster

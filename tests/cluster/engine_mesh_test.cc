@@ -1,0 +1,91 @@
+// The engine driving a whole replica on meshes, ranks as threads (in-process communicators):
+// the leader's engine sends each step's plan through a ReplicaExecutor, every other rank
+// follows (decoder ranks with a ModelRunner, vision ranks with a VisionStageRunner), and a mixed
+// workload arriving at different steps with chunked prefill gives exactly the single-rank
+// engine's tokens on tp, ep, tp+ep, pp and vision-stage meshes.
+#include <map>
+
+#include "cluster/engine/executor.h"
+#include "gtest/gtest.h"
+#include "tests/cluster/engine_test_util.h"
+#include "tests/mesh_util.h"
+#include "tests/test_util.h"
+
+namespace q3vl::cluster {
+namespace {
+
+constexpr int64_t kBudget = 16, kPages = 64;
+const std::vector<int> kArrival = {0, 2, 3, 5, 9};
+
+std::map<std::string, RequestOutput> SingleRank(const std::string& dir) {
+  std::unique_ptr<Backend> backend = *CreateBackend(BackendKind::kCpu);
+  auto golden = launcher::ReadGoldenCase(dir);
+  Q3VL_CHECK_OK(golden.status());
+  auto model = model::Qwen3VL::Load(dir + "/model", *backend);
+  Q3VL_CHECK_OK(model.status());
+  Replica replica(**model, kBudget, kPages);
+  return Staggered(replica.engine, MixedRequests(golden->request), kArrival);
+}
+
+class EngineMeshTest : public ::testing::TestWithParam<std::tuple<testing::Plane, std::string>> {};
+
+TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
+  const auto& [plane, mesh] = GetParam();
+  const std::string dir = testing::GoldenCaseDir("06_image_and_video");
+  const std::map<std::string, RequestOutput> want = SingleRank(dir);
+  const int world = parallel::ParallelConfig::FromString(mesh)->world_size();
+  const int leader = parallel::ParallelConfig::FromString(mesh)->vision;  // local rank of stage 0's first rank
+  std::vector<const parallel::CommGroups*> groups(world);
+  std::map<std::string, RequestOutput> got;
+  std::vector<std::string> follower_errors(world);
+  const std::vector<std::string> errors = testing::OnMesh(
+      dir, mesh,
+      [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
+        parallel::Communicator& replica = *groups[rank]->group("replica").host;
+        std::unique_ptr<model::StepRunner> runner;
+        if (model.is_vision_rank()) {
+          runner = std::make_unique<model::VisionStageRunner>(model);
+        } else {
+          runner = std::make_unique<model::ModelRunner>(model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages});
+        }
+        if (replica.rank() != leader) {
+          const absl::Status s = FollowReplica(replica, leader, *runner);
+          if (!s.ok()) follower_errors[rank] = s.ToString();
+          return;
+        }
+        ReplicaExecutor executor(replica, *runner);
+        Engine engine(executor, {.scheduler = {.max_num_batched_tokens = kBudget, .max_num_seqs = 16, .page_size = 16,
+                                               .num_pages = kPages,
+                                               .max_model_len = model.config().text.max_position_embeddings}});
+        got = Staggered(engine, MixedRequests(golden.request), kArrival);
+        Q3VL_CHECK_OK(executor.Stop());
+      },
+      plane, [&](int rank, const parallel::CommGroups& g) { groups[rank] = &g; });
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_EQ(follower_errors[r], "") << "rank " << r;
+  }
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [id, w] : want) {
+    EXPECT_EQ(got.at(id).token_ids, w.token_ids) << id;
+    EXPECT_EQ(got.at(id).finish, FinishReason::kLength) << id;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Meshes, EngineMeshTest,
+    ::testing::Values(std::tuple{testing::Plane::kCpu, "tp=2"}, std::tuple{testing::Plane::kCpu, "ep=2"},
+                      std::tuple{testing::Plane::kCpu, "tp=2,ep=2"}, std::tuple{testing::Plane::kCpu, "pp=2"},
+                      std::tuple{testing::Plane::kCpu, "vision=1,tp=2"},
+                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2"}),
+    [](const auto& info) {
+      std::string name = std::string(std::get<0>(info.param) == testing::Plane::kCpu ? "cpu_" : "device_") +
+                         std::get<1>(info.param);
+      for (char& c : name) {
+        if (c == '=' || c == ',') c = '_';
+      }
+      return name;
+    });
+
+}  // namespace
+}  // namespace q3vl::cluster
