@@ -69,6 +69,36 @@ absl::StatusOr<GoldenCase> ReadGoldenCase(const std::string& case_dir) {
   return c;
 }
 
+absl::StatusOr<EvalCaseOutput> RunGoldenCaseOnEngine(cluster::Engine& engine, const model::ModelConfig& config,
+                                                     const GoldenCase& golden) {
+  const model::GenerationRequest& g = golden.request;
+  EvalCaseOutput out;
+  Q3VL_ASSIGN_OR_RETURN(out.result.rope, model::GetRopeIndex({.input_ids = &g.input_ids,
+      .image_grids = &g.images.grids, .video_grids = &g.videos.grids, .image_token_id = config.image_token_id,
+      .video_token_id = config.video_token_id, .spatial_merge_size = config.vision.spatial_merge_size}));
+  cluster::EngineRequest r{.id = "case", .ignore_eos = true};  // a case runs num_generated tokens
+  r.input = {.input_ids = g.input_ids, .images = g.images, .videos = g.videos, .sampling = g.sampling,
+             .keep_prompt_logits = true};
+  const auto start = std::chrono::steady_clock::now();
+  Q3VL_ASSIGN_OR_RETURN(std::shared_ptr<cluster::RequestStream> stream, engine.Submit(std::move(r)));
+  while (engine.Step()) {
+  }
+  const cluster::RequestOutput result = cluster::Collect(*stream);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (result.finish == cluster::FinishReason::kError) return result.error;
+  const int64_t seq_len = static_cast<int64_t>(g.input_ids.size());
+  out.result.prefill_logits = Tensor::Empty(DType::kF32, {seq_len, config.text.vocab_size});
+  int64_t row = 0;
+  for (const Tensor& part : result.prompt_logits) {
+    out.result.prefill_logits.Slice(0, row, row + part.dim(0)).CopyFrom(part);
+    row += part.dim(0);
+  }
+  if (row != seq_len) return absl::InternalError(absl::StrCat("the engine returned ", row, " prompt logit rows of ", seq_len));
+  out.result.tokens = result.token_ids;
+  out.result.finish_reason = result.finish ? cluster::FinishReasonName(*result.finish) : "";
+  return out;
+}
+
 absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
                                              const model::TraceFn* trace) {
   model::Generator generator(model, {.keep_prefill_logits = true, .trace = trace});

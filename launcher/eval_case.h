@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "cluster/engine/engine.h"
 #include "model/generator.h"
 
 namespace q3vl::launcher {
@@ -29,7 +30,13 @@ struct EvalCaseOutput {
 // processor configs in CASE_DIR/model. Internal error if the grids differ from the shipped ones.
 absl::Status ReplaceWithRawPixels(GoldenCase& golden);
 
-// Runs a case on `model` with every prefill logit kept. `trace` is optional.
+// Runs a case through `engine` (submitted, stepped to the end on this thread) with every
+// prompt logit kept: the engine's chunked prefill and step plans, as eval-case runs it.
+absl::StatusOr<EvalCaseOutput> RunGoldenCaseOnEngine(cluster::Engine& engine, const model::ModelConfig& config,
+                                                     const GoldenCase& golden);
+
+// Runs a case on `model` with the whole-batch Generator, every prefill logit kept and the
+// intermediates reported to `trace` (optional): the golden tests localise errors with it.
 absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
                                              const model::TraceFn* trace = nullptr);
 

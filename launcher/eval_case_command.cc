@@ -5,6 +5,7 @@
 #include "launcher/eval_case.h"
 #include "launcher/mesh.h"
 #include "launcher/options.h"
+#include "launcher/replica.h"
 
 namespace q3vl::launcher {
 
@@ -17,11 +18,14 @@ int EvalCaseCommand(const Args& args) {
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda (with --mesh: each rank on GPU local rank % visible GPUs, activations over NCCL, control over MPI)")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D (run under mpirun -np D*(V+P*max(T,E))); every replica runs the case, replica 0 writes")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
+  EngineOptions::AddTo(options);
   po::positional_options_description positional;
   positional.add("case", 1);
   auto parsed = ParseArgs(kName, "CASE_DIR --out OUT_DIR [options]", options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
+  auto engine_options = EngineOptions::From(vm);
+  if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
   std::unique_ptr<MeshRun> mesh;
@@ -52,13 +56,23 @@ int EvalCaseCommand(const Args& args) {
   auto model = model::Qwen3VL::Load(golden->dir + "/model", backend,
                                     mesh ? mesh->parallel() : model::ModelParallel{});
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
-  if ((*model)->is_vision_rank()) {  // the vision stage serves the tower, then is done
-    model::ServeVisionFor(**model, {golden->request});
-    return step(absl::OkStatus()).ok() ? 0 : 1;
-  }
-  auto output = RunGoldenCase(**model, *golden);
-  if (absl::Status s = step(output.status()); !s.ok()) return fail(s);
+  // The case through the replica's engine (the leader steps it; the other ranks follow).
   const int64_t seq_len = static_cast<int64_t>(golden->request.input_ids.size());
+  const int64_t page = engine_options->page_size;
+  const int64_t pages = engine_options->kv_cache_tokens > 0
+                            ? (engine_options->kv_cache_tokens + page - 1) / page
+                            : (seq_len + golden->num_generated + page - 1) / page;
+  ReplicaHost host(**model, mesh.get(), *engine_options, pages, /*tokenizer=*/nullptr);
+  absl::StatusOr<EvalCaseOutput> output = absl::UnknownError("not run on this rank");
+  absl::Status ran;
+  if (host.leader()) {
+    output = RunGoldenCaseOnEngine(host.engine(), (*model)->config(), *golden);
+    ran = output.status();
+    if (absl::Status s = host.Finish(); ran.ok()) ran = s;
+  } else {
+    ran = host.Follow();
+  }
+  if (absl::Status s = step(ran); !s.ok()) return fail(s);
   if (mesh && !mesh->leader()) return 0;
   if (absl::Status s = WriteEvalCaseOutputs(vm["out"].as<std::string>(), *output, seq_len); !s.ok()) {
     return Fail(kName, s);

@@ -40,6 +40,8 @@ class MeshRun {
   parallel::Communicator& world() { return *world_; }
   const parallel::Topology& topology() const { return *topology_; }
   model::ModelParallel parallel() const { return {.topology = &*topology_, .groups = &*groups_}; }
+  // The host communicator of this rank's replica (every rank of it, vision ranks first).
+  parallel::Communicator* replica_group() const { return groups_->group("replica").host.get(); }
   // This rank's compute backend (made before the groups: NCCL binds to its device).
   Backend& backend() { return *backend_; }
 

@@ -121,15 +121,21 @@ TEST(MeshTest, DataParallelAttentionAndPipelinedBatchMatchOneRank) {
   const nlohmann::json want = parse(one);
   ASSERT_TRUE(want.is_object()) << one.output;
   ASSERT_EQ(want["stats"]["generated_tokens"], 15) << one.output;
-  for (const auto& [mesh, np] : {std::pair{"ep=2", 2}, std::pair{"vision=1,ep=2", 3}, std::pair{"tp=2,ep=4", 4},
-                                 std::pair{"pp=2", 2}, std::pair{"pp=2,ep=2", 4}}) {
-    const MpiResult many = Mpirun(np, args + " --mesh " + mesh + " --micro-batches 2");
+  // The engine on every mesh; micro-batched pipelines (--micro-batches, at most pp) too.
+  for (const auto& [mesh, np, extra] :
+       {std::tuple{"ep=2", 2, ""}, std::tuple{"vision=1,ep=2", 3, ""}, std::tuple{"tp=2,ep=4", 4, ""},
+        std::tuple{"pp=2", 2, ""}, std::tuple{"pp=2", 2, " --micro-batches 2"},
+        std::tuple{"pp=2,ep=2", 4, " --micro-batches 2"}}) {
+    const MpiResult many = Mpirun(np, args + " --mesh " + mesh + extra);
     ASSERT_EQ(many.code, 0) << many.output;
     const nlohmann::json got = parse(many);
     ASSERT_TRUE(got.is_object()) << many.output;
-    EXPECT_EQ(got["generated_ids"], want["generated_ids"]) << mesh;
-    EXPECT_EQ(got["stats"]["generated_tokens"], 15) << mesh;
+    EXPECT_EQ(got["generated_ids"], want["generated_ids"]) << mesh << extra;
+    EXPECT_EQ(got["stats"]["generated_tokens"], 15) << mesh << extra;
   }
+  const MpiResult too_many = Mpirun(2, args + " --mesh pp=2 --micro-batches 3");
+  EXPECT_EQ(too_many.code, 2) << too_many.output;
+  EXPECT_NE(too_many.output.find("exceeds the pipeline stages"), std::string::npos) << too_many.output;
 }
 
 TEST(MeshTest, BadMeshesFailFastWithTheReason) {

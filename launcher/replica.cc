@@ -1,0 +1,68 @@
+#include "launcher/replica.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace q3vl::launcher {
+
+void EngineOptions::AddTo(po::options_description& options) {
+  const EngineOptions d;
+  options.add_options()
+      ("max-num-batched-tokens", po::value<int64_t>()->default_value(d.max_num_batched_tokens),
+       "tokens per engine step: decode tokens plus prefill chunks (a long prompt is prefilled in chunks of at most this)")
+      ("max-num-seqs", po::value<int64_t>()->default_value(d.max_num_seqs), "sequences running at once")
+      ("kv-page-size", po::value<int64_t>()->default_value(d.page_size), "tokens per KV cache page")
+      ("kv-cache-tokens", po::value<int64_t>()->default_value(0),
+       "KV cache capacity in tokens per replica (0: what this command's requests need at once)");
+}
+
+absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
+  EngineOptions o{.max_num_batched_tokens = vm["max-num-batched-tokens"].as<int64_t>(),
+                  .max_num_seqs = vm["max-num-seqs"].as<int64_t>(),
+                  .page_size = vm["kv-page-size"].as<int64_t>(),
+                  .kv_cache_tokens = vm["kv-cache-tokens"].as<int64_t>()};
+  const struct { const char* flag; int64_t value; int64_t min; } checks[] = {
+      {"--max-num-batched-tokens", o.max_num_batched_tokens, 1}, {"--max-num-seqs", o.max_num_seqs, 1},
+      {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}};
+  for (const auto& c : checks) {
+    if (c.value < c.min) return absl::InvalidArgumentError(absl::StrCat(c.flag, " must be >= ", c.min, ", got ", c.value));
+  }
+  return o;
+}
+
+ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,
+                         const model::Tokenizer* tokenizer) {
+  if (model.is_vision_rank()) {
+    runner_ = std::make_unique<model::VisionStageRunner>(model);
+  } else {
+    runner_ = std::make_unique<model::ModelRunner>(
+        model, model::ModelRunnerOptions{.page_size = options.page_size, .num_pages = kv_pages});
+  }
+  model::StepRunner* engine_runner = runner_.get();
+  if (mesh != nullptr && mesh->topology().config().replica_size() > 1) {
+    replica_ = mesh->replica_group();
+    leader_ = mesh->topology().config().vision;  // stage 0's first rank, after the vision ranks
+    if (replica_->rank() != leader_) return;     // a follower
+    executor_ = std::make_unique<cluster::ReplicaExecutor>(*replica_, *runner_);
+    engine_runner = executor_.get();
+  }
+  cluster::EngineConfig config{
+      .scheduler = {.max_num_batched_tokens = options.max_num_batched_tokens, .max_num_seqs = options.max_num_seqs,
+                    .page_size = options.page_size, .num_pages = kv_pages,
+                    .max_model_len = model.config().text.max_position_embeddings},
+      .eos_token_ids = model.config().text.eos_token_ids};
+  engine_ = std::make_unique<cluster::Engine>(*engine_runner, std::move(config), tokenizer);
+}
+
+ReplicaHost::~ReplicaHost() { (void)Finish(); }
+
+absl::Status ReplicaHost::Follow() {
+  Q3VL_CHECK(!leader() && replica_ != nullptr);
+  return cluster::FollowReplica(*replica_, leader_, *runner_);
+}
+
+absl::Status ReplicaHost::Finish() {
+  if (engine_) engine_->Shutdown();
+  return executor_ ? executor_->Stop() : absl::OkStatus();
+}
+
+}  // namespace q3vl::launcher

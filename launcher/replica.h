@@ -1,0 +1,60 @@
+// One replica's engine as a command runs it. The engine options every model-running command
+// takes (parsed here, in one place), and ReplicaHost: on the replica leader (stage 0, stage
+// rank 0) an Engine over the rank's ModelRunner, through a ReplicaExecutor when the replica has
+// several ranks; on every other rank of the replica a follower (ModelRunner, or
+// VisionStageRunner on vision ranks) that runs the leader's plans. Owned by the command; the
+// leader's engine is driven by the command's thread (Step) or its own loop (Start).
+#ifndef Q3VL_LAUNCHER_REPLICA_H_
+#define Q3VL_LAUNCHER_REPLICA_H_
+
+#include <memory>
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "cluster/engine/engine.h"
+#include "cluster/engine/executor.h"
+#include "launcher/mesh.h"
+#include "launcher/options.h"
+#include "model/model_runner.h"
+
+namespace q3vl::launcher {
+
+struct EngineOptions {
+  int64_t max_num_batched_tokens = 2048;
+  int64_t max_num_seqs = 256;
+  int64_t page_size = 16;
+  int64_t kv_cache_tokens = 0;  // 0: what the command's own requests need
+
+  // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens.
+  static void AddTo(po::options_description& options);
+  // InvalidArgument naming the flag (a usage error).
+  static absl::StatusOr<EngineOptions> From(const po::variables_map& vm);
+};
+
+class ReplicaHost {
+ public:
+  // `mesh` may be null (one rank). `kv_pages` of options.page_size tokens; `tokenizer` (may be
+  // null) gives the engine its text and stop strings.
+  ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,
+              const model::Tokenizer* tokenizer);
+  ~ReplicaHost();
+
+  bool leader() const { return engine_ != nullptr; }
+  // REQUIRES: leader().
+  cluster::Engine& engine() { return *engine_; }
+  // REQUIRES: !leader(). Runs the leader's plans until it calls Finish.
+  absl::Status Follow();
+  // Leader: shuts the engine down and releases the followers.
+  absl::Status Finish();
+
+ private:
+  std::unique_ptr<model::StepRunner> runner_;
+  parallel::Communicator* replica_ = nullptr;  // null on one rank
+  int leader_ = 0;                             // the leader's rank in *replica_
+  std::unique_ptr<cluster::ReplicaExecutor> executor_;
+  std::unique_ptr<cluster::Engine> engine_;
+};
+
+}  // namespace q3vl::launcher
+
+#endif  // Q3VL_LAUNCHER_REPLICA_H_
