@@ -1,6 +1,5 @@
 // serving_bench: the engine (continuous batching, chunked prefill) against static batching
-// (batches of B run to completion by the whole-batch Generator, the previous behaviour) on the
-// same generated workload, side by side in one run, as one JSON object on stdout.
+// (batches of B run to completion, the previous behaviour) on the same generated workload, side by side in one run, as one JSON object on stdout.
 // Workload: N requests with prompt lengths uniform in [prompt-min, prompt-max], output lengths
 // uniform in [output-min, output-max] (greedy, EOS ignored, so both runs generate the same
 // tokens), a share of image prompts (one image of 8x8 to 16x16 merged tokens) and of video
@@ -23,7 +22,6 @@
 #include "absl/strings/str_split.h"
 #include "cluster/engine/engine.h"
 #include "core/backend.h"
-#include "model/generator.h"
 #include "model/model_runner.h"
 #include "nlohmann/json.hpp"
 
@@ -43,11 +41,12 @@ struct Options {
   std::vector<double> load_fractions = {0.7};
   uint64_t seed = 1;
   bool busy_neighbour = false;
+  bool run_engine = true, run_static = true;  // --only engine|static (profiling one side)
 };
 
 // One request of the workload and when it arrives (seconds after the phase starts).
 struct Item {
-  model::GenerationRequest request;
+  model::RunnerRequest request;
   double arrival = 0.0;
 };
 
@@ -58,7 +57,7 @@ std::vector<Item> MakeWorkload(const Options& o, const model::ModelConfig& cfg) 
   const int64_t cols = cfg.vision.in_channels * tp * patch * patch;
   std::vector<Item> items(o.requests);
   for (Item& item : items) {
-    model::GenerationRequest& r = item.request;
+    model::RunnerRequest& r = item.request;
     const double kind = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
     const int64_t prompt = uniform(o.prompt_min, o.prompt_max);
     model::VisionInput* media = nullptr;
@@ -148,9 +147,7 @@ std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, cons
   for (size_t i = 0; i < items.size(); ++i) {
     clients.emplace_back([&, i] {
       SleepUntil(t0, items[i].arrival);
-      const model::GenerationRequest& g = items[i].request;
-      cluster::EngineRequest r{.id = std::to_string(i), .ignore_eos = true};
-      r.input = {.input_ids = g.input_ids, .images = g.images, .videos = g.videos, .sampling = g.sampling};
+      cluster::EngineRequest r{.id = std::to_string(i), .input = items[i].request, .ignore_eos = true};
       traces[i].arrival = Since(t0);
       auto stream = engine.Submit(std::move(r));
       Q3VL_CHECK(stream.ok()) << stream.status();
@@ -165,25 +162,47 @@ std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, cons
   return traces;
 }
 
-// Static batching: whenever idle, the next (up to) B arrived requests run to completion.
+// Static batching (the whole-batch behaviour the engine replaced): whenever idle, the next (up
+// to) B arrived requests run to completion together, prefilled in one step, before any other
+// request is admitted. Run on the same engine and model runner, so the comparison measures the
+// scheduling and nothing else.
 std::vector<Trace> RunStatic(const model::Qwen3VL& model, const Options& o, const std::vector<Item>& items) {
+  int64_t pages = 0, longest_prompts = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const model::RunnerRequest& r = items[i].request;
+    pages += (static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens + 15) / 16;
+    longest_prompts += static_cast<int64_t>(r.input_ids.size());
+  }
+  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages});
+  cluster::Engine engine(runner, {.scheduler = {.max_num_batched_tokens = longest_prompts,
+                                                .max_num_seqs = o.static_batch, .page_size = 16, .num_pages = pages,
+                                                .max_model_len = model.config().text.max_position_embeddings}});
+  engine.Start();
   std::vector<Trace> traces(items.size());
   const Clock::time_point t0 = Clock::now();
   for (size_t next = 0; next < items.size();) {
     SleepUntil(t0, items[next].arrival);
     const double now = Since(t0);
+    std::vector<std::shared_ptr<cluster::RequestStream>> streams;
     std::vector<size_t> batch;
     while (next < items.size() && static_cast<int>(batch.size()) < o.static_batch && items[next].arrival <= now) {
       traces[next].arrival = items[next].arrival;
+      cluster::EngineRequest r{.id = std::to_string(next), .input = items[next].request, .ignore_eos = true};
       batch.push_back(next++);
+      streams.push_back(*engine.Submit(std::move(r)));
     }
-    std::vector<model::GenerationRequest> requests;
-    for (size_t i : batch) requests.push_back(items[i].request);
-    model::Generator generator(model, {.on_token = [&](size_t seq, int64_t) {
-      traces[batch[seq]].tokens.push_back(Since(t0));
-    }});
-    Q3VL_CHECK_OK(generator.Generate(requests).status());
+    std::vector<std::thread> readers;
+    for (size_t j = 0; j < batch.size(); ++j) {
+      readers.emplace_back([&, j] {
+        while (auto out = streams[j]->Next()) {
+          const double at = Since(t0);
+          for (size_t k = 0; k < out->token_ids.size(); ++k) traces[batch[j]].tokens.push_back(at);
+        }
+      });
+    }
+    for (std::thread& t : readers) t.join();
   }
+  engine.Shutdown();
   return traces;
 }
 
@@ -229,13 +248,22 @@ int Main(int argc, char** argv) {
     else if (a == "--max-num-batched-tokens") number(o.max_num_batched_tokens);
     else if (a == "--seed") o.seed = std::stoull(value());
     else if (a == "--busy-neighbour") o.busy_neighbour = true;
+    else if (a == "--only") {
+      const std::string which = value();
+      if (which != "engine" && which != "static") {
+        std::cerr << "serving_bench: --only takes engine or static, not " << which << std::endl;
+        return 2;
+      }
+      o.run_engine = which == "engine";
+      o.run_static = which == "static";
+    }
     else if (a == "--loads") {
       o.load_fractions.clear();
-      for (absl::string_view f : absl::StrSplit(value(), ',')) o.load_fractions.push_back(std::stod(std::string(f)));
+      for (absl::string_view f : absl::StrSplit(value(), ',', absl::SkipEmpty())) o.load_fractions.push_back(std::stod(std::string(f)));
     } else {
       std::cerr << "usage: serving_bench --model DIR [--requests N] [--prompt-min/--prompt-max N] "
                    "[--output-min/--output-max N] [--image-share F] [--video-share F] [--static-batch B] "
-                   "[--max-num-batched-tokens N] [--loads F,F] [--seed S] [--busy-neighbour]" << std::endl;
+                   "[--max-num-batched-tokens N] [--loads F,F] [--seed S] [--busy-neighbour] [--only engine|static]" << std::endl;
       return a == "--help" ? 0 : 2;
     }
   }
@@ -269,20 +297,34 @@ int Main(int argc, char** argv) {
   }
   std::cerr << "serving_bench: " << o.requests << " requests, saturation phase" << std::endl;
   Json phases = Json::array();
-  const Json engine_sat = Summarise(RunEngine(**model, o, workload));
-  const Json static_sat = Summarise(RunStatic(**model, o, workload));
-  phases.push_back({{"phase", "saturation"}, {"engine", engine_sat}, {"static", static_sat},
-                    {"throughput_ratio", engine_sat["output_tokens_per_s"].get<double>() /
-                                             static_sat["output_tokens_per_s"].get<double>()}});
-  const double saturated_rate = engine_sat["requests_per_s"].get<double>();
+  // A side left out by --only reports null and no ratio.
+  auto engine_run = [&](const std::vector<Item>& items) {
+    return o.run_engine ? Summarise(RunEngine(**model, o, items)) : Json();
+  };
+  auto static_run = [&](const std::vector<Item>& items) {
+    return o.run_static ? Summarise(RunStatic(**model, o, items)) : Json();
+  };
+  const Json engine_sat = engine_run(workload);
+  const Json static_sat = static_run(workload);
+  Json saturation = {{"phase", "saturation"}, {"engine", engine_sat}, {"static", static_sat}};
+  if (o.run_engine && o.run_static) {
+    saturation["throughput_ratio"] =
+        engine_sat["output_tokens_per_s"].get<double>() / static_sat["output_tokens_per_s"].get<double>();
+  }
+  phases.push_back(saturation);
+  // Poisson rates are fractions of the saturated request rate (the engine's, else static's).
+  const double saturated_rate = (o.run_engine ? engine_sat : static_sat)["requests_per_s"].get<double>();
   for (double f : o.load_fractions) {
     std::cerr << "serving_bench: Poisson arrivals at " << f << " of saturation" << std::endl;
     const std::vector<Item> timed = WithPoissonArrivals(workload, f * saturated_rate, o.seed + 7);
-    const Json e = Summarise(RunEngine(**model, o, timed));
-    const Json s = Summarise(RunStatic(**model, o, timed));
-    phases.push_back({{"phase", "poisson"}, {"load_fraction", f}, {"rate_requests_per_s", f * saturated_rate},
-                      {"engine", e}, {"static", s},
-                      {"ttft_p99_ratio", e["ttft_p99_s"].get<double>() / std::max(s["ttft_p99_s"].get<double>(), 1e-9)}});
+    const Json e = engine_run(timed);
+    const Json s = static_run(timed);
+    Json phase = {{"phase", "poisson"}, {"load_fraction", f}, {"rate_requests_per_s", f * saturated_rate},
+                  {"engine", e}, {"static", s}};
+    if (o.run_engine && o.run_static) {
+      phase["ttft_p99_ratio"] = e["ttft_p99_s"].get<double>() / std::max(s["ttft_p99_s"].get<double>(), 1e-9);
+    }
+    phases.push_back(phase);
   }
   if (neighbour > 0) {
     kill(neighbour, SIGKILL);

@@ -27,18 +27,29 @@ Q3VL_ISA_CLONES void WidenBf16(const uint16_t* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint32_t>(src[i]) << 16;
 }
 
-// out = beta * out + a @ bᵀ for bf16 b [n, k] (nn.Linear rows, contiguous). Decode-sized a goes
-// to SmallGemm, which widens b in registers; otherwise b is widened a block of rows at a time
-// into an f32 buffer of about 8 MB and multiplied by OpenBLAS (widening is exact, so the
-// results equal those of the f32 weights).
+// out = beta * out + a @ bᵀ for bf16 b [n, k] (nn.Linear rows, contiguous). Up to
+// kSplitSmallRows rows go to SmallGemm, which widens b in registers, in passes of at most
+// kSmallGemmMaxRows rows; otherwise b is widened a block of rows at a time into an f32 buffer of
+// about 8M floats and multiplied by OpenBLAS (widening is exact, so the results equal those of
+// the f32 weights).
+constexpr int64_t kSplitSmallRows = 4 * cpu::kSmallGemmMaxRows;
+
 void SgemmBf16(const Tensor& a, const Tensor& b, float beta, Tensor& out) {
   const int64_t m = a.dim(0), k = a.dim(1), n = out.dim(1);
   Q3VL_CHECK(b.rank() == 2 && b.is_contiguous()) << "bf16 weights must be contiguous [N, K]: " << b.DebugString();
   const uint16_t* w = b.data<uint16_t>();
-  if (m <= cpu::kSmallGemmMaxRows) {
-    return cpu::SmallGemm({.a = a.data<float>(), .lda = RowStride(a, "a"), .b_bf16 = w, .ldb = k,
-                           .b_transposed = true, .beta = beta, .out = out.data<float>(),
-                           .ldo = RowStride(out, "out"), .m = m, .n = n, .k = k});
+  if (m <= kSplitSmallRows) {
+    // Up to a few small-row passes, each reading the bf16 weights once, cost less memory
+    // traffic than widening them (2 bytes read, 4 written and 4 read again per element).
+    const int64_t parts = (m + cpu::kSmallGemmMaxRows - 1) / cpu::kSmallGemmMaxRows;
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t r0 = m * p / parts, r1 = m * (p + 1) / parts;
+      cpu::SmallGemm({.a = a.data<float>() + r0 * RowStride(a, "a"), .lda = RowStride(a, "a"), .b_bf16 = w,
+                      .ldb = k, .b_transposed = true, .beta = beta,
+                      .out = out.data<float>() + r0 * RowStride(out, "out"), .ldo = RowStride(out, "out"),
+                      .m = r1 - r0, .n = n, .k = k});
+    }
+    return;
   }
   const int64_t block = std::min(n, std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(k, 1)));
   // Reused across calls (a fresh buffer would be zero-filled and page-faulted every time).
