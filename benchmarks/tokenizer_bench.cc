@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::bench {

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "benchmarks/bench_media.h"
-#include "model/image_decode.h"
-#include "model/video_decode.h"
-#include "model/video_processor.h"
-#include "model/vision_processor.h"
+#include "model/media/image_decode.h"
+#include "model/media/video_decode.h"
+#include "model/media/video_processor.h"
+#include "model/media/vision_processor.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::bench {

@@ -8,9 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "launcher/options.h"
-#include "model/chat_messages.h"
-#include "model/chat_template.h"
-#include "model/tokenizer.h"
+#include "model/text/chat_messages.h"
+#include "model/text/chat_template.h"
+#include "model/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {

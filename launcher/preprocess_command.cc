@@ -11,10 +11,10 @@
 #include "core/npy.h"
 #include "core/status_macros.h"
 #include "launcher/options.h"
-#include "model/image_decode.h"
+#include "model/media/image_decode.h"
+#include "model/media/video_processor.h"
+#include "model/media/vision_processor.h"
 #include "model/processor.h"
-#include "model/video_processor.h"
-#include "model/vision_processor.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {

@@ -9,10 +9,10 @@
 #include "core/npy.h"
 #include "core/status_macros.h"
 #include "launcher/eval_case.h"
+#include "model/media/resize.h"
+#include "model/media/video_processor.h"
+#include "model/media/vision_processor.h"
 #include "model/processor.h"
-#include "model/resize.h"
-#include "model/video_processor.h"
-#include "model/vision_processor.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {

@@ -8,7 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "launcher/options.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {

@@ -8,11 +8,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status_macros.h"
-#include "model/chat_messages.h"
-#include "model/byte_level.h"
-#include "model/chat_template.h"
-#include "model/image_decode.h"
-#include "model/video_processor.h"
+#include "model/media/image_decode.h"
+#include "model/media/video_processor.h"
+#include "model/text/byte_level.h"
+#include "model/text/chat_messages.h"
+#include "model/text/chat_template.h"
 
 namespace q3vl::model {
 namespace {

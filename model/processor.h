@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "model/prompt.h"
-#include "model/tokenizer.h"
-#include "model/vision.h"
-#include "model/vision_processor.h"
+#include "model/media/vision_input.h"
+#include "model/media/vision_processor.h"
+#include "model/text/prompt.h"
+#include "model/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::model {

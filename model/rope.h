@@ -11,10 +11,9 @@
 #include "absl/status/statusor.h"
 #include "core/backend.h"
 #include "model/config.h"
+#include "model/media/vision_input.h"
 
 namespace q3vl::model {
-
-using GridThw = std::array<int64_t, 3>;  // (t, h, w) in patches
 
 struct RopeIndexParams {
   const std::vector<int64_t>* input_ids = nullptr;  // expanded prompt

@@ -9,16 +9,12 @@
 
 #include "core/backend.h"
 #include "model/config.h"
+#include "model/media/vision_input.h"
 #include "model/rope.h"
 #include "model/trace.h"
 #include "model/weight_loader.h"
 
 namespace q3vl::model {
-
-struct VisionInput {
-  Tensor pixel_values;          // [N, C * tp * ps * ps], patches in merge-block order
-  std::vector<GridThw> grids;   // one (t, h, w) per image or video
-};
 
 struct VisionOutput {
   Tensor embeds;                  // [N / m^2, out_hidden]

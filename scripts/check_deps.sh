@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that #include "folder/..." edges follow the layering
 #   core -> parallel -> moe, kv -> model -> cluster -> launcher
-# (a folder may include only folders listed before it, moe and kv not each other).
+# (a folder may include only folders listed before it, moe and kv not each other), and that
+# model/text and model/media stand on core alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A allowed=(
@@ -25,6 +26,27 @@ for folder in "${!allowed[@]}"; do
     fi
   done < <(grep -rn '#include "[a-z_]*/' "$folder" --include='*.h' --include='*.cc' --include='*.cu' || true)
 done
+# model/text (tokenizer, chat template) and model/media (image and video decoding, processors)
+# are libraries on core alone. The model proper uses only media/vision_input.h (plain data);
+# model/processor.* is the one place that joins text and media.
+for sub in model/text model/media; do
+  [[ -d $sub ]] || continue
+  while IFS=: read -r file _ include; do
+    path=$(sed -E 's/.*#include "([^"]+)".*/\1/' <<<"$include")
+    case $path in
+      core/* | "$sub"/*) ;;
+      *) [[ -d ${path%%/*} ]] || continue
+         echo "layering violation: $file includes $path ($sub may use: core, $sub)"
+         bad=1 ;;
+    esac
+  done < <(grep -rn '#include "[a-z_]*/' "$sub" --include='*.h' --include='*.cc' || true)
+done
+while IFS=: read -r file _ include; do
+  path=$(sed -E 's/.*#include "([^"]+)".*/\1/' <<<"$include")
+  [[ $file == model/processor.* || $path == model/media/vision_input.h ]] && continue
+  echo "layering violation: $file includes $path (only model/processor.* joins the model with text and media)"
+  bad=1
+done < <(grep -n '#include "model/\(text\|media\)/' model/*.h model/*.cc 2>/dev/null || true)
 # Optional backends stay in their sub-targets: only parallel/mpi/ includes <mpi.h>, only
 # parallel/nccl/ includes <nccl.h>.
 for header in mpi nccl; do

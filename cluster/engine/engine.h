@@ -23,7 +23,7 @@
 #include "cluster/engine/request.h"
 #include "cluster/engine/scheduler.h"
 #include "model/step_plan.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace q3vl::cluster {
 

@@ -1,4 +1,4 @@
-#include "model/exif.h"
+#include "model/media/exif.h"
 
 #include <cstdint>
 #include <cstring>

@@ -1,11 +1,11 @@
 // EXIF orientation: reading tag 0x0112 from a TIFF/EXIF block (JPEG APP1 "Exif\0\0" payload or
 // a PNG eXIf chunk) and applying it the way PIL's ImageOps.exif_transpose does. Stateless and
 // thread-safe; malformed EXIF is never an error (orientation 1 is assumed, as PIL does).
-#ifndef Q3VL_MODEL_EXIF_H_
-#define Q3VL_MODEL_EXIF_H_
+#ifndef Q3VL_MODEL_MEDIA_EXIF_H_
+#define Q3VL_MODEL_MEDIA_EXIF_H_
 
 #include "absl/strings/string_view.h"
-#include "model/image.h"
+#include "model/media/image.h"
 
 namespace q3vl::model {
 
@@ -20,4 +20,4 @@ Image ApplyExifOrientation(Image image, int orientation);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_EXIF_H_
+#endif  // Q3VL_MODEL_MEDIA_EXIF_H_

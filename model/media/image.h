@@ -1,8 +1,8 @@
 // Image: an owned 8-bit RGB picture, row-major and interleaved ([height, width, 3]). The common
 // currency of the image/video decoders, the resize and the patchifier. A plain value type:
 // copies are deep, and it is not synchronised (one writer at a time).
-#ifndef Q3VL_MODEL_IMAGE_H_
-#define Q3VL_MODEL_IMAGE_H_
+#ifndef Q3VL_MODEL_MEDIA_IMAGE_H_
+#define Q3VL_MODEL_MEDIA_IMAGE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -30,4 +30,4 @@ struct Image {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_IMAGE_H_
+#endif  // Q3VL_MODEL_MEDIA_IMAGE_H_

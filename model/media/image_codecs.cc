@@ -1,4 +1,4 @@
-#include "model/image_codecs.h"
+#include "model/media/image_codecs.h"
 
 #include <csetjmp>
 #include <cstdio>

@@ -2,15 +2,15 @@
 // in-memory files to 8-bit RGB, plus their raw EXIF block. Internal to image_decode.cc.
 // Library errors are caught with setjmp/longjmp and returned as a Status; never exits or throws.
 // Stateless and thread-safe.
-#ifndef Q3VL_MODEL_IMAGE_CODECS_H_
-#define Q3VL_MODEL_IMAGE_CODECS_H_
+#ifndef Q3VL_MODEL_MEDIA_IMAGE_CODECS_H_
+#define Q3VL_MODEL_MEDIA_IMAGE_CODECS_H_
 
 #include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "model/image.h"
+#include "model/media/image.h"
 
 namespace q3vl::model {
 
@@ -30,4 +30,4 @@ absl::StatusOr<DecodedFile> DecodeJpeg(const CodecParams& params);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_IMAGE_CODECS_H_
+#endif  // Q3VL_MODEL_MEDIA_IMAGE_CODECS_H_

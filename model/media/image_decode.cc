@@ -1,4 +1,4 @@
-#include "model/image_decode.h"
+#include "model/media/image_decode.h"
 
 #include <fstream>
 
@@ -7,8 +7,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "model/exif.h"
-#include "model/image_codecs.h"
+#include "model/media/exif.h"
+#include "model/media/image_codecs.h"
 
 namespace q3vl::model {
 namespace {

@@ -2,15 +2,15 @@
 // (base64) or raw bytes (format sniffed from the magic bytes), decoded to 8-bit RGB with the
 // EXIF orientation applied (as transformers 4.x / PIL's exif_transpose do). Every failure is a
 // Status whose message names the source; nothing exits or throws. Stateless and thread-safe.
-#ifndef Q3VL_MODEL_IMAGE_DECODE_H_
-#define Q3VL_MODEL_IMAGE_DECODE_H_
+#ifndef Q3VL_MODEL_MEDIA_IMAGE_DECODE_H_
+#define Q3VL_MODEL_MEDIA_IMAGE_DECODE_H_
 
 #include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "model/image.h"
+#include "model/media/image.h"
 
 namespace q3vl::model {
 
@@ -41,4 +41,4 @@ absl::StatusOr<Image> LoadImage(absl::string_view reference, const ImageDecodeOp
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_IMAGE_DECODE_H_
+#endif  // Q3VL_MODEL_MEDIA_IMAGE_DECODE_H_

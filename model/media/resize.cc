@@ -1,4 +1,4 @@
-#include "model/resize.h"
+#include "model/media/resize.h"
 
 #include <algorithm>
 #include <cmath>

@@ -3,13 +3,13 @@
 // resize uses): PIL-style support widened when downscaling, cubic a = -0.5, weights rounded
 // to int16 fixed point at one precision per axis; the horizontal pass is rounded and clamped
 // to uint8, then the vertical pass runs on that. Stateless and thread-safe.
-#ifndef Q3VL_MODEL_RESIZE_H_
-#define Q3VL_MODEL_RESIZE_H_
+#ifndef Q3VL_MODEL_MEDIA_RESIZE_H_
+#define Q3VL_MODEL_MEDIA_RESIZE_H_
 
 #include <cstdint>
 #include <vector>
 
-#include "model/image.h"
+#include "model/media/image.h"
 
 namespace q3vl::model {
 
@@ -31,4 +31,4 @@ Image ResizeBicubicAntialias(const Image& src, ImageSize size);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_RESIZE_H_
+#endif  // Q3VL_MODEL_MEDIA_RESIZE_H_

@@ -1,4 +1,4 @@
-#include "model/video_decode.h"
+#include "model/media/video_decode.h"
 
 #include <algorithm>
 #include <cstring>

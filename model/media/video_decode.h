@@ -3,8 +3,8 @@
 // reader seeks to keyframes, decodes forward and lets the decoder drop unrequested non-reference
 // frames, holding one frame plus a packet index. One VideoReader per thread, but its const methods
 // (info, Reopen, KeyframeOf) may be shared. Bad or truncated files give a Status naming the file.
-#ifndef Q3VL_MODEL_VIDEO_DECODE_H_
-#define Q3VL_MODEL_VIDEO_DECODE_H_
+#ifndef Q3VL_MODEL_MEDIA_VIDEO_DECODE_H_
+#define Q3VL_MODEL_MEDIA_VIDEO_DECODE_H_
 
 #include <cstdint>
 #include <memory>
@@ -13,7 +13,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "model/image.h"
+#include "model/media/image.h"
 
 namespace q3vl::model {
 
@@ -83,4 +83,4 @@ class VideoReader {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_VIDEO_DECODE_H_
+#endif  // Q3VL_MODEL_MEDIA_VIDEO_DECODE_H_

@@ -1,4 +1,4 @@
-#include "model/video_processor.h"
+#include "model/media/video_processor.h"
 
 #include <omp.h>
 
@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "model/resize.h"
+#include "model/media/resize.h"
 
 namespace q3vl::model {
 

@@ -3,8 +3,8 @@
 // sampled frames, the per-frame uint8 resize, odd counts padded by repeating the last frame,
 // patchify with the temporal patch, and the per-group timestamps and token counts the chat
 // template expands a video into. Stateless functions; thread-safe.
-#ifndef Q3VL_MODEL_VIDEO_PROCESSOR_H_
-#define Q3VL_MODEL_VIDEO_PROCESSOR_H_
+#ifndef Q3VL_MODEL_MEDIA_VIDEO_PROCESSOR_H_
+#define Q3VL_MODEL_MEDIA_VIDEO_PROCESSOR_H_
 
 #include <cstdint>
 #include <string>
@@ -13,10 +13,10 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "core/tensor.h"
-#include "model/image.h"
-#include "model/rope.h"
-#include "model/video_decode.h"
-#include "model/vision_processor.h"
+#include "model/media/image.h"
+#include "model/media/video_decode.h"
+#include "model/media/vision_input.h"
+#include "model/media/vision_processor.h"
 
 namespace q3vl::model {
 
@@ -66,4 +66,4 @@ absl::StatusOr<ProcessedVideo> LoadVideo(const std::string& path, const VisionPr
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_VIDEO_PROCESSOR_H_
+#endif  // Q3VL_MODEL_MEDIA_VIDEO_PROCESSOR_H_

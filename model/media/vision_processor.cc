@@ -1,11 +1,11 @@
-#include "model/vision_processor.h"
+#include "model/media/vision_processor.h"
 
 #include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "model/resize.h"
+#include "model/media/resize.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::model {

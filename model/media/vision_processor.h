@@ -3,8 +3,8 @@
 // budget, the uint8 antialiased bicubic resize (resize.h), x = (u8 - 255 mean) / (255 std), and
 // patchify into rows of C*tp*ps*ps values in merge-block order, ready for VisionInput.
 // Stateless functions; configs are immutable values. Thread-safe.
-#ifndef Q3VL_MODEL_VISION_PROCESSOR_H_
-#define Q3VL_MODEL_VISION_PROCESSOR_H_
+#ifndef Q3VL_MODEL_MEDIA_VISION_PROCESSOR_H_
+#define Q3VL_MODEL_MEDIA_VISION_PROCESSOR_H_
 
 #include <array>
 #include <cstdint>
@@ -15,9 +15,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "core/tensor.h"
-#include "model/image.h"
-#include "model/rope.h"
-#include "model/vision.h"
+#include "model/media/image.h"
+#include "model/media/vision_input.h"
 
 namespace q3vl::model {
 
@@ -97,4 +96,4 @@ VisionInput MakeVisionInput(const Items& items) {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_VISION_PROCESSOR_H_
+#endif  // Q3VL_MODEL_MEDIA_VISION_PROCESSOR_H_

@@ -2,8 +2,8 @@
 // (leftmost first among equal ranks), as Hugging Face tokenizers' BPE model does. The merge
 // table is immutable; encoded pieces are cached in a bounded cache sharded by hash with one mutex
 // per shard, so Encode may be called from many threads at once.
-#ifndef Q3VL_MODEL_BPE_H_
-#define Q3VL_MODEL_BPE_H_
+#ifndef Q3VL_MODEL_TEXT_BPE_H_
+#define Q3VL_MODEL_TEXT_BPE_H_
 
 #include <array>
 #include <cstdint>
@@ -58,4 +58,4 @@ class BytePairEncoder {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_BPE_H_
+#endif  // Q3VL_MODEL_TEXT_BPE_H_

@@ -1,4 +1,4 @@
-#include "model/byte_level.h"
+#include "model/text/byte_level.h"
 
 #include <array>
 

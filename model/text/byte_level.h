@@ -1,8 +1,8 @@
 // Byte-level helpers of the tokenizer (internal to model/): the GPT-2 byte <-> char alphabet
 // that byte-level BPE vocabularies are spelled in, and UTF-8 validation / lossy conversion with
 // exactly the replacement rule of Rust's String::from_utf8_lossy. Stateless and thread-safe.
-#ifndef Q3VL_MODEL_BYTE_LEVEL_H_
-#define Q3VL_MODEL_BYTE_LEVEL_H_
+#ifndef Q3VL_MODEL_TEXT_BYTE_LEVEL_H_
+#define Q3VL_MODEL_TEXT_BYTE_LEVEL_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -36,4 +36,4 @@ size_t AppendUtf8Lossy(absl::string_view bytes, bool final, std::string* out);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_BYTE_LEVEL_H_
+#endif  // Q3VL_MODEL_TEXT_BYTE_LEVEL_H_

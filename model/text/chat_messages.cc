@@ -1,4 +1,4 @@
-#include "model/chat_messages.h"
+#include "model/text/chat_messages.h"
 
 #include <charconv>
 #include <cmath>

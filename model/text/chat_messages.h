@@ -1,8 +1,8 @@
 // Chat messages in the OpenAI / Hugging Face form, parsed and validated from JSON for the chat
 // template (chat_template.h). Plain values that own their strings; the functions are stateless
 // and thread-safe.
-#ifndef Q3VL_MODEL_CHAT_MESSAGES_H_
-#define Q3VL_MODEL_CHAT_MESSAGES_H_
+#ifndef Q3VL_MODEL_TEXT_CHAT_MESSAGES_H_
+#define Q3VL_MODEL_TEXT_CHAT_MESSAGES_H_
 
 #include <optional>
 #include <string>
@@ -63,4 +63,4 @@ std::string PythonJsonDumps(const nlohmann::ordered_json& value);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_CHAT_MESSAGES_H_
+#endif  // Q3VL_MODEL_TEXT_CHAT_MESSAGES_H_

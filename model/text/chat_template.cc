@@ -1,4 +1,4 @@
-#include "model/chat_template.h"
+#include "model/text/chat_template.h"
 
 #include <filesystem>
 #include <fstream>

@@ -1,15 +1,15 @@
 // The Qwen3-VL Instruct chat template, written out in C++ (there is no Jinja engine): renders
 // parsed chat messages (chat_messages.h) to exactly the text transformers renders, and refuses a
 // model directory that declares any other template. Stateless functions; thread-safe.
-#ifndef Q3VL_MODEL_CHAT_TEMPLATE_H_
-#define Q3VL_MODEL_CHAT_TEMPLATE_H_
+#ifndef Q3VL_MODEL_TEXT_CHAT_TEMPLATE_H_
+#define Q3VL_MODEL_TEXT_CHAT_TEMPLATE_H_
 
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "model/chat_messages.h"
+#include "model/text/chat_messages.h"
 
 namespace q3vl::model {
 
@@ -49,4 +49,4 @@ absl::Status CheckModelChatTemplate(const std::string& model_dir);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_CHAT_TEMPLATE_H_
+#endif  // Q3VL_MODEL_TEXT_CHAT_TEMPLATE_H_

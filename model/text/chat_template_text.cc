@@ -2,7 +2,7 @@
 // (= chat_template.json["chat_template"] of the official Qwen3-VL Instruct repos). Only compared
 // against, never interpreted: chat_template.cc renders it in C++. chat_template_test checks the
 // two copies agree.
-#include "model/chat_template.h"
+#include "model/text/chat_template.h"
 
 namespace q3vl::model {
 

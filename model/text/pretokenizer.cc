@@ -1,4 +1,4 @@
-#include "model/pretokenizer.h"
+#include "model/text/pretokenizer.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
-#include "model/byte_level.h"
+#include "model/text/byte_level.h"
 
 namespace q3vl::model {
 namespace {

@@ -1,8 +1,8 @@
 // Text stages of the tokenizer before BPE (internal to model/): NFC normalisation (utf8proc)
 // and the Split pre-tokenizer regex (PCRE2, JIT). A compiled SplitRegex is immutable and safe
 // to use from many threads at once; each Split call allocates its own match data.
-#ifndef Q3VL_MODEL_PRETOKENIZER_H_
-#define Q3VL_MODEL_PRETOKENIZER_H_
+#ifndef Q3VL_MODEL_TEXT_PRETOKENIZER_H_
+#define Q3VL_MODEL_TEXT_PRETOKENIZER_H_
 
 #include <memory>
 #include <string>
@@ -46,4 +46,4 @@ class SplitRegex {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_PRETOKENIZER_H_
+#endif  // Q3VL_MODEL_TEXT_PRETOKENIZER_H_

@@ -1,4 +1,4 @@
-#include "model/prompt.h"
+#include "model/text/prompt.h"
 
 #include <algorithm>
 #include <cstring>

@@ -2,8 +2,8 @@
 // expanded to the number of vision tokens its encoder produces, then tokenized. Takes plain
 // counts and timestamp strings (from vision_processor.h / video_processor.h). Stateless;
 // thread-safe (the Tokenizer is only read).
-#ifndef Q3VL_MODEL_PROMPT_H_
-#define Q3VL_MODEL_PROMPT_H_
+#ifndef Q3VL_MODEL_TEXT_PROMPT_H_
+#define Q3VL_MODEL_TEXT_PROMPT_H_
 
 #include <cstdint>
 #include <string>
@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 namespace q3vl::model {
 
@@ -53,4 +53,4 @@ absl::StatusOr<std::vector<int32_t>> BuildPromptIds(const Tokenizer& tokenizer, 
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_PROMPT_H_
+#endif  // Q3VL_MODEL_TEXT_PROMPT_H_

@@ -1,4 +1,4 @@
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -10,10 +10,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "model/bpe.h"
-#include "model/byte_level.h"
-#include "model/pretokenizer.h"
-#include "model/tokenizer_json.h"
+#include "model/text/bpe.h"
+#include "model/text/byte_level.h"
+#include "model/text/pretokenizer.h"
+#include "model/text/tokenizer_json.h"
 
 namespace q3vl::model {
 

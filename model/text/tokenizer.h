@@ -2,8 +2,8 @@
 // give the ids and text of HF tokenizers. A Tokenizer is immutable after loading apart from an
 // internally locked cache, so one instance may be shared by many threads. A StreamDecoder
 // borrows its Tokenizer (which must outlive it) and belongs to one thread.
-#ifndef Q3VL_MODEL_TOKENIZER_H_
-#define Q3VL_MODEL_TOKENIZER_H_
+#ifndef Q3VL_MODEL_TEXT_TOKENIZER_H_
+#define Q3VL_MODEL_TEXT_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -82,4 +82,4 @@ class StreamDecoder {
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_TOKENIZER_H_
+#endif  // Q3VL_MODEL_TEXT_TOKENIZER_H_

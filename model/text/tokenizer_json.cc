@@ -1,10 +1,10 @@
-#include "model/tokenizer_json.h"
+#include "model/text/tokenizer_json.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "model/byte_level.h"
+#include "model/text/byte_level.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::model {

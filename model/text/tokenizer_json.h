@@ -2,8 +2,8 @@
 // what the Tokenizer implements exactly: a byte-level BPE model, an NFC (or no) normalizer, one
 // Split regex + ByteLevel pre-tokenizer, a ByteLevel (or no) decoder and post-processor, and
 // added tokens without lstrip/rstrip/single_word/normalized. Anything else is refused by name.
-#ifndef Q3VL_MODEL_TOKENIZER_JSON_H_
-#define Q3VL_MODEL_TOKENIZER_JSON_H_
+#ifndef Q3VL_MODEL_TEXT_TOKENIZER_JSON_H_
+#define Q3VL_MODEL_TEXT_TOKENIZER_JSON_H_
 
 #include <array>
 #include <cstdint>
@@ -12,8 +12,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "model/bpe.h"
-#include "model/tokenizer.h"
+#include "model/text/bpe.h"
+#include "model/text/tokenizer.h"
 
 namespace q3vl::model {
 
@@ -32,4 +32,4 @@ absl::StatusOr<TokenizerSpec> ParseTokenizerJson(absl::string_view json_text);
 
 }  // namespace q3vl::model
 
-#endif  // Q3VL_MODEL_TOKENIZER_JSON_H_
+#endif  // Q3VL_MODEL_TEXT_TOKENIZER_JSON_H_

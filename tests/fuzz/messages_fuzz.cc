@@ -9,8 +9,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "model/chat_messages.h"
-#include "model/chat_template.h"
+#include "model/text/chat_messages.h"
+#include "model/text/chat_template.h"
 #include "nlohmann/json.hpp"
 
 namespace {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 extern "C" {
 #include <utf8proc.h>

@@ -14,7 +14,7 @@
 
 #include "core/npy.h"
 #include "gtest/gtest.h"
-#include "model/image.h"
+#include "model/media/image.h"
 #include "nlohmann/json.hpp"
 #include "tests/model/sha256.h"
 #include "tests/test_util.h"

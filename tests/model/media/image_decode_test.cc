@@ -2,7 +2,7 @@
 // libpng), greyscale and EXIF-tagged JPEGs (written with libjpeg), EXIF parsing and the eight
 // orientations, and bad input (truncated, corrupt, garbage, bad base64, missing file, too large)
 // returning a clear Status.
-#include "model/image_decode.h"
+#include "model/media/image_decode.h"
 
 #include <csetjmp>
 #include <cstring>
@@ -11,7 +11,7 @@
 
 #include "absl/strings/escaping.h"
 #include "gtest/gtest.h"
-#include "model/exif.h"
+#include "model/media/exif.h"
 #include "tests/model/input_test_util.h"
 
 // clang-format off

@@ -7,9 +7,9 @@
 
 #include "absl/strings/escaping.h"
 #include "gtest/gtest.h"
-#include "model/image_decode.h"
-#include "model/resize.h"
-#include "model/vision_processor.h"
+#include "model/media/image_decode.h"
+#include "model/media/resize.h"
+#include "model/media/vision_processor.h"
 #include "tests/model/input_test_util.h"
 
 namespace q3vl::model {

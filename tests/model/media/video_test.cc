@@ -11,10 +11,10 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "model/image_decode.h"
-#include "model/resize.h"
-#include "model/video_decode.h"
-#include "model/video_processor.h"
+#include "model/media/image_decode.h"
+#include "model/media/resize.h"
+#include "model/media/video_decode.h"
+#include "model/media/video_processor.h"
 #include "tests/model/input_test_util.h"
 
 extern "C" {

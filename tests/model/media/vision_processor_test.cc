@@ -1,14 +1,14 @@
 // Unit tests of the vision preprocessing pieces the goldens only touch at a few points:
 // smart_resize branches and half-to-even rounding, the patch row layout, config parsing, the
 // resize's fixed-point taps, frame sampling and timestamp formatting, and plans for long videos.
-#include "model/vision_processor.h"
+#include "model/media/vision_processor.h"
 
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/resize.h"
-#include "model/video_processor.h"
+#include "model/media/resize.h"
+#include "model/media/video_processor.h"
 
 namespace q3vl::model {
 namespace {

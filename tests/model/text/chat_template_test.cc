@@ -2,7 +2,7 @@
 // byte for byte and ids), the built-in template text against its asset copy, template detection
 // in model directories, the template's edge rules, Python-style tojson, and clear errors for
 // malformed messages.
-#include "model/chat_template.h"
+#include "model/text/chat_template.h"
 
 #include <filesystem>
 #include <fstream>
@@ -11,7 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 

@@ -3,7 +3,7 @@
 // messages and the recorded token counts and timestamps; equivalence with tokenizing the whole
 // expanded text as HF does; count and timestamp errors. Golden case.json files are read from
 // ../shared/golden/inputs; a missing one fails.
-#include "model/prompt.h"
+#include "model/text/prompt.h"
 
 #include <filesystem>
 #include <fstream>
@@ -11,7 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/chat_template.h"
+#include "model/text/chat_template.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 

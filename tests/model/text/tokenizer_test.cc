@@ -1,7 +1,7 @@
 // The tokenizer against Hugging Face tokenizers' goldens (every encode.jsonl and decode.jsonl
 // line, byte exact), the stream decoder against Decode, thread-safety of the piece cache, and
 // clear errors for malformed or unsupported tokenizer.json files.
-#include "model/tokenizer.h"
+#include "model/text/tokenizer.h"
 
 #include <fstream>
 #include <functional>
@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "model/byte_level.h"
-#include "model/pretokenizer.h"
+#include "model/text/byte_level.h"
+#include "model/text/pretokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 
