@@ -196,6 +196,7 @@ int GenerateCommand(const Args& args) {
   if (absl::Status s = Sampling(vm, {}).Validate(); !s.ok()) return UsageError(kName, std::string(s.message()));
   auto engine_options = EngineOptions::From(vm);
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
+  const int threads = ConfigureComputeThreads(engine_options->threads);
   const int micro_batches = vm["micro-batches"].as<int>();
   if (micro_batches > 1) {
     auto mesh_config = vm.count("mesh") ? parallel::ParallelConfig::FromString(vm["mesh"].as<std::string>())
@@ -318,7 +319,7 @@ int GenerateCommand(const Args& args) {
       {"generated_tokens", emitted},
       {"prefill_tokens_per_s", prompt_tokens / std::max(first_token_s, 1e-9)},
       {"decode_tokens_per_s", decode_tokens > 0 ? decode_tokens / std::max(total_s - first_token_s, 1e-9) : 0.0},
-      {"finish_reason", outcome.finish_reason}};
+      {"finish_reason", outcome.finish_reason}, {"threads", threads}};
   const std::vector<int64_t>& generated = outcome.tokens;
   if (json) {
     nlohmann::json out = {{"input_ids", request.input_ids}, {"generated_ids", generated}, {"stats", stats}};

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "core/cpu/compute_threads.h"
 #include "core/status_macros.h"
 #include "parallel/comm_factory.h"
 #include "nlohmann/json.hpp"
@@ -15,17 +15,6 @@
 namespace q3vl::launcher {
 
 namespace {
-
-// Ranks sharing a machine share its cores: without this, every rank's OpenMP team takes all of
-// them and oversubscribed ranks spin against each other (20-300x slower on 2 cores, 4 ranks).
-// OMP_NUM_THREADS, when set, wins.
-void SplitCoresAmongLocalRanks() {
-  if (std::getenv("OMP_NUM_THREADS") != nullptr) return;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int local_ranks = local ? std::max(1, std::atoi(local)) : 1;
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  omp_set_num_threads(std::max(1, cores / local_ranks));
-}
 
 // This process's index among the job's ranks on its machine (OpenMPI's mpirun says; 0 when
 // started otherwise).
@@ -36,9 +25,21 @@ int LocalRank() {
 
 }  // namespace
 
+int ConfigureComputeThreads(int requested) {
+  int threads = requested;
+  if (threads <= 0 && std::getenv("OMP_NUM_THREADS") != nullptr) threads = omp_get_max_threads();
+  if (threads <= 0) {
+    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    const int local_ranks = local ? std::max(1, std::atoi(local)) : 1;
+    threads = std::max(1, CountCpus().usable / local_ranks);
+  }
+  SetComputeThreads(threads);
+  return threads;
+}
+
 absl::StatusOr<std::unique_ptr<MeshRun>> MeshRun::Start(const std::string& mesh, BackendKind backend,
                                                         const parallel::DataPlaneFactory& wrap) {
-  SplitCoresAmongLocalRanks();
+  if (ComputeThreads() == 0) ConfigureComputeThreads(0);
   Q3VL_ASSIGN_OR_RETURN(parallel::ParallelConfig config, parallel::ParallelConfig::FromString(mesh));
   std::unique_ptr<MeshRun> run(new MeshRun());
   Q3VL_ASSIGN_OR_RETURN(run->mpi_, parallel::MpiRuntime::Init(nullptr, nullptr));

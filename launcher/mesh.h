@@ -22,9 +22,16 @@
 
 namespace q3vl::launcher {
 
+// Chooses and sets (SetComputeThreads) this process's compute threads and returns the count:
+// `requested` when > 0 (--threads); else OMP_NUM_THREADS when set; else the CPUs this process
+// may use (affinity mask capped by a cgroup quota, core/cpu/compute_threads.h) divided among
+// the job's ranks on this machine (mpirun's OMPI_COMM_WORLD_LOCAL_SIZE), at least 1.
+int ConfigureComputeThreads(int requested);
+
 class MeshRun {
  public:
-  // Starts MPI, creates the backend of `backend` and builds the mesh. InvalidArgument when the
+  // Starts MPI, creates the backend of `backend` and builds the mesh (first choosing the compute
+  // threads, ConfigureComputeThreads(0), unless the command has). InvalidArgument when the
   // world size is not the mesh's (the message gives the mpirun -np to use). `wrap` (optional)
   // is applied to each group's data-plane communicator (benchmarks meter the traffic so).
   static absl::StatusOr<std::unique_ptr<MeshRun>> Start(const std::string& mesh, BackendKind backend,

@@ -12,17 +12,21 @@ void EngineOptions::AddTo(po::options_description& options) {
       ("max-num-seqs", po::value<int64_t>()->default_value(d.max_num_seqs), "sequences running at once")
       ("kv-page-size", po::value<int64_t>()->default_value(d.page_size), "tokens per KV cache page")
       ("kv-cache-tokens", po::value<int64_t>()->default_value(0),
-       "KV cache capacity in tokens per replica (0: what this command's requests need at once)");
+       "KV cache capacity in tokens per replica (0: what this command's requests need at once)")
+      ("threads", po::value<int>()->default_value(0),
+       "compute threads per rank (0: OMP_NUM_THREADS if set, else the CPUs this process may use, "
+       "cgroup quota included, divided among the ranks on this machine)");
 }
 
 absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
   EngineOptions o{.max_num_batched_tokens = vm["max-num-batched-tokens"].as<int64_t>(),
                   .max_num_seqs = vm["max-num-seqs"].as<int64_t>(),
                   .page_size = vm["kv-page-size"].as<int64_t>(),
-                  .kv_cache_tokens = vm["kv-cache-tokens"].as<int64_t>()};
+                  .kv_cache_tokens = vm["kv-cache-tokens"].as<int64_t>(),
+                  .threads = vm["threads"].as<int>()};
   const struct { const char* flag; int64_t value; int64_t min; } checks[] = {
       {"--max-num-batched-tokens", o.max_num_batched_tokens, 1}, {"--max-num-seqs", o.max_num_seqs, 1},
-      {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}};
+      {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}, {"--threads", o.threads, 0}};
   for (const auto& c : checks) {
     if (c.value < c.min) return absl::InvalidArgumentError(absl::StrCat(c.flag, " must be >= ", c.min, ", got ", c.value));
   }

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "core/cpu/compute_threads.h"
 #include "core/status_macros.h"
 
 namespace q3vl::cluster {
@@ -271,7 +272,10 @@ void Engine::Loop() {
 
 void Engine::Start() {
   Q3VL_CHECK(!thread_.joinable()) << "Start called twice";
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    AdoptComputeThreads();  // the team size the process chose, not libgomp's global default
+    Loop();
+  });
 }
 
 void Engine::Shutdown() {

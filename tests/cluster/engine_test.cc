@@ -5,9 +5,13 @@
 // the clock, and many threads can submit while the loop runs.
 #include "cluster/engine/engine.h"
 
+#include <omp.h>
+
+#include <atomic>
 #include <map>
 #include <thread>
 
+#include "core/cpu/compute_threads.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 
@@ -266,6 +270,32 @@ TEST_F(EngineTest, ManyThreadsSubmitWhileTheLoopRuns) {
     EXPECT_EQ(results[k].completion_tokens, 3 + k);
   }
   EXPECT_EQ(engine.Submit(Request("late", 3)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// The loop thread computes with the team size the process chose (SetComputeThreads), not
+// libgomp's global default, which a std::thread would otherwise start from.
+TEST_F(EngineTest, TheLoopComputesWithTheChosenThreads) {
+  class TeamSizeRunner : public FakeRunner {
+   public:
+    using FakeRunner::FakeRunner;
+    absl::StatusOr<model::StepOutput> Execute(const model::StepPlan& plan) override {
+      team_size = omp_get_max_threads();
+      return FakeRunner::Execute(plan);
+    }
+    std::atomic<int> team_size{-1};
+  };
+  const int before = omp_get_max_threads();
+  SetComputeThreads(1);
+  TeamSizeRunner runner(Ids("x"), nullptr);
+  {
+    Engine engine(runner, Config(), tokenizer_.get());
+    engine.Start();
+    auto stream = engine.Submit(Request("a", 2));
+    ASSERT_TRUE(stream.ok());
+    EXPECT_EQ(Collect(**stream).completion_tokens, 2);
+  }
+  SetComputeThreads(before);
+  EXPECT_EQ(runner.team_size.load(), 1);
 }
 
 TEST_F(EngineTest, ShutdownAbortsLiveRequests) {

@@ -47,6 +47,17 @@ TEST(CliTest, MakeModelThenGenerate) {
   const CommandResult r = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 --json");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("\"generated_ids\""), std::string::npos) << r.output;
+  // --threads sets the compute threads (reported in the stats) without changing the tokens;
+  // a negative count is a usage error.
+  const CommandResult one = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 "
+                                    "--json --threads 1");
+  ASSERT_EQ(one.code, 0) << one.output;
+  const auto parsed = nlohmann::json::parse(one.output.substr(one.output.find('{')));
+  EXPECT_EQ(parsed["stats"]["threads"], 1);
+  EXPECT_EQ(parsed["generated_ids"], nlohmann::json::parse(r.output.substr(r.output.find('{')))["generated_ids"]);
+  const CommandResult negative = RunQ3vl("generate --model " + dir + " --ids 1 --threads -1");
+  EXPECT_EQ(negative.code, 2);
+  EXPECT_NE(negative.output.find("--threads must be >= 0"), std::string::npos) << negative.output;
 }
 
 // The README's main job: make-model ships the real tokenizer and chat template, and generate
