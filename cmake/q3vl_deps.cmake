@@ -3,6 +3,8 @@ find_package(absl REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(OpenMP REQUIRED)
 find_package(Threads REQUIRED)
+# SHA-256 content digests (core/sha256.h).
+find_package(OpenSSL 3 REQUIRED COMPONENTS Crypto)
 # OpenMPI: the MPI communicator (parallel/mpi) and mpirun for multirank tests.
 find_package(MPI REQUIRED COMPONENTS CXX)
 
@@ -52,3 +54,4 @@ pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 pkg_check_modules(LIBPNG REQUIRED IMPORTED_TARGET libpng)
 pkg_check_modules(LIBJPEG REQUIRED IMPORTED_TARGET libjpeg)
 pkg_check_modules(FFMPEG REQUIRED IMPORTED_TARGET libavformat libavcodec libavutil libswscale)
+

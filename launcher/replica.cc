@@ -13,6 +13,9 @@ void EngineOptions::AddTo(po::options_description& options) {
       ("kv-page-size", po::value<int64_t>()->default_value(d.page_size), "tokens per KV cache page")
       ("kv-cache-tokens", po::value<int64_t>()->default_value(0),
        "KV cache capacity in tokens per replica (0: what this command's requests need at once)")
+      ("encoder-cache-tokens", po::value<int64_t>()->default_value(d.encoder_cache_tokens),
+       "vision features of images and videos kept across requests, in visual tokens (identical media "
+       "are encoded once; memory: tokens x hidden x (1 + DeepStack layers) x 4 bytes; 0: none)")
       ("threads", po::value<int>()->default_value(0),
        "compute threads per rank (0: OMP_NUM_THREADS if set, else the CPUs this process may use, "
        "cgroup quota included, divided among the ranks on this machine)");
@@ -23,10 +26,12 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
                   .max_num_seqs = vm["max-num-seqs"].as<int64_t>(),
                   .page_size = vm["kv-page-size"].as<int64_t>(),
                   .kv_cache_tokens = vm["kv-cache-tokens"].as<int64_t>(),
-                  .threads = vm["threads"].as<int>()};
+                  .threads = vm["threads"].as<int>(),
+                  .encoder_cache_tokens = vm["encoder-cache-tokens"].as<int64_t>()};
   const struct { const char* flag; int64_t value; int64_t min; } checks[] = {
       {"--max-num-batched-tokens", o.max_num_batched_tokens, 1}, {"--max-num-seqs", o.max_num_seqs, 1},
-      {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}, {"--threads", o.threads, 0}};
+      {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}, {"--threads", o.threads, 0},
+      {"--encoder-cache-tokens", o.encoder_cache_tokens, 0}};
   for (const auto& c : checks) {
     if (c.value < c.min) return absl::InvalidArgumentError(absl::StrCat(c.flag, " must be >= ", c.min, ", got ", c.value));
   }
@@ -36,10 +41,11 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
 ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,
                          const model::Tokenizer* tokenizer) {
   if (model.is_vision_rank()) {
-    runner_ = std::make_unique<model::VisionStageRunner>(model);
+    runner_ = std::make_unique<model::VisionStageRunner>(model, options.encoder_cache_tokens);
   } else {
     runner_ = std::make_unique<model::ModelRunner>(
-        model, model::ModelRunnerOptions{.page_size = options.page_size, .num_pages = kv_pages});
+        model, model::ModelRunnerOptions{.page_size = options.page_size, .num_pages = kv_pages,
+                                         .encoder_cache_tokens = options.encoder_cache_tokens});
   }
   model::StepRunner* engine_runner = runner_.get();
   if (mesh != nullptr && mesh->topology().config().replica_size() > 1) {

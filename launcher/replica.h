@@ -25,8 +25,10 @@ struct EngineOptions {
   int64_t page_size = 16;
   int64_t kv_cache_tokens = 0;  // 0: what the command's own requests need
   int threads = 0;              // compute threads per rank; 0: ConfigureComputeThreads decides
+  int64_t encoder_cache_tokens = 16384;  // vision features kept across requests (0: none)
 
-  // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --threads.
+  // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --threads,
+  // --encoder-cache-tokens.
   static void AddTo(po::options_description& options);
   // InvalidArgument naming the flag (a usage error).
   static absl::StatusOr<EngineOptions> From(const po::variables_map& vm);

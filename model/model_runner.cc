@@ -27,7 +27,8 @@ ModelRunner::ModelRunner(const Qwen3VL& model, const ModelRunnerOptions& options
       cache_({.num_layers = model.decoder().local_layers(), .num_kv_heads = model.decoder().local_kv_heads(),
               .head_dim = model.config().text.head_dim, .page_size = options.page_size,
               .num_pages = options.num_pages},
-             model.backend()) {
+             model.backend()),
+      encoder_cache_(options.encoder_cache_tokens > 0 ? new EncoderCache(options.encoder_cache_tokens) : nullptr) {
   Q3VL_CHECK_GT(options.num_pages, 0);
 }
 
@@ -87,7 +88,8 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
   const int64_t v0 = seq.visual_before[s.begin], v1 = seq.visual_before[std::min(end, prompt)];
   if (v1 == v0) return;
   if (!seq.encoded) {
-    seq.features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images, seq.request.videos);
+    seq.features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images, seq.request.videos,
+                                        /*trace=*/nullptr, encoder_cache_.get());
     seq.encoded = true;
   }
   for (int64_t t = s.begin; t < std::min(end, prompt); ++t) {
@@ -246,8 +248,7 @@ absl::StatusOr<StepOutput> VisionStageRunner::Execute(const StepPlan& plan) {
     const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
     if (seq.encoded || s.begin >= prompt) continue;
     if (seq.visual_before[std::min(s.begin + s.num_tokens, prompt)] == seq.visual_before[s.begin]) continue;
-    if (!seq.request.images.grids.empty()) model_.ServeVision(seq.request.images);
-    if (!seq.request.videos.grids.empty()) model_.ServeVision(seq.request.videos);
+    ServeVisualFeatures(model_, seq.request.images, seq.request.videos, encoder_cache_.get());
     seq.encoded = true;
   }
   return out;

@@ -26,6 +26,9 @@ namespace q3vl::model {
 struct ModelRunnerOptions {
   int64_t page_size = 16;  // tokens per KV page
   int64_t num_pages = 0;   // KV pool size; REQUIRES: > 0
+  // Encoder cache budget in visual tokens (model/encoder_cache.h); 0: none. Every rank of a
+  // replica that encodes or serves the tower must use the same value.
+  int64_t encoder_cache_tokens = 0;
 };
 
 class ModelRunner : public StepRunner {
@@ -36,6 +39,8 @@ class ModelRunner : public StepRunner {
   absl::Status Validate(const RunnerRequest& request) const override;
   absl::Status Add(int64_t id, RunnerRequest request) override;
   void Remove(int64_t id) override;
+  // Null without an encoder cache (options.encoder_cache_tokens == 0).
+  const EncoderCache* encoder_cache() const { return encoder_cache_.get(); }
   absl::StatusOr<StepOutput> Execute(const StepPlan& plan) override;
 
   const ModelRunnerOptions& options() const { return options_; }
@@ -63,16 +68,20 @@ class ModelRunner : public StepRunner {
   const Qwen3VL& model_;
   ModelRunnerOptions options_;
   kv::PagedKvCache cache_;
+  std::unique_ptr<EncoderCache> encoder_cache_;  // null without a cache
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
 };
 
 // The vision ranks of a mesh (they hold the tower, no decoder): runs ServeVision for each
 // request's images, then videos, exactly when a ModelRunner on stage 0 executing the same plans
-// encodes them (at the first chunk that reaches a visual token), so the vision stage's
-// collectives line up. Sampling and KV are not its business: Execute returns no tokens.
+// encodes them (at the first chunk that reaches a visual token), and for exactly the items it
+// encodes (an equal encoder cache fed the same calls), so the vision stage's collectives line
+// up. Sampling and KV are not its business: Execute returns no tokens.
 class VisionStageRunner : public StepRunner {
  public:
-  explicit VisionStageRunner(const Qwen3VL& model) : model_(model) {}
+  // `encoder_cache_tokens`: the decoder ranks' ModelRunnerOptions value (the same decisions).
+  explicit VisionStageRunner(const Qwen3VL& model, int64_t encoder_cache_tokens = 0)
+      : model_(model), encoder_cache_(encoder_cache_tokens > 0 ? new EncoderCache(encoder_cache_tokens) : nullptr) {}
   absl::Status Validate(const RunnerRequest& request) const override;
   absl::Status Add(int64_t id, RunnerRequest request) override;
   void Remove(int64_t id) override { seqs_.erase(id); }
@@ -85,6 +94,7 @@ class VisionStageRunner : public StepRunner {
     bool encoded = false;
   };
   const Qwen3VL& model_;
+  std::unique_ptr<EncoderCache> encoder_cache_;  // keys only; null without a cache
   absl::flat_hash_map<int64_t, Sequence> seqs_;
 };
 

@@ -8,6 +8,98 @@
 namespace q3vl::model {
 namespace {
 
+// One kind's items through the cache. Without a cache: `in` as one tower pass. With one: the
+// items looked up in order (an item repeated within `in` is looked up once), the missing ones
+// encoded in one pass (served, on a vision rank) and inserted, and the kind's table assembled
+// from hits and new items in item order.
+VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& in, MediaKind kind, EncoderCache* cache,
+                        const TraceFn* trace, bool serve) {
+  if (in.grids.empty()) return {};
+  if (cache == nullptr) {
+    if (serve) {
+      model.ServeVision(in);
+      return {};
+    }
+    return model.RunVision(in, trace);
+  }
+  const int64_t merge = model.config().vision.spatial_merge_size * model.config().vision.spatial_merge_size;
+  const std::vector<Digest256> digests = DigestMediaItems(in, kind);
+  const size_t n = digests.size();
+  std::vector<EncodedItem> items(n);
+  std::vector<int64_t> source(n, -1);  // index into the missing items, or -1 for a hit
+  std::vector<size_t> missing;         // item index of each missing item (first occurrences)
+  std::vector<int64_t> first_row(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) first_row[i + 1] = first_row[i] + in.grids[i][0] * in.grids[i][1] * in.grids[i][2];
+  for (size_t i = 0; i < n; ++i) {
+    const auto earlier = std::find(digests.begin(), digests.begin() + i, digests[i]) - digests.begin();
+    if (static_cast<size_t>(earlier) < i) {
+      source[i] = source[earlier];
+      items[i] = items[earlier];
+      continue;
+    }
+    if (const EncodedItem* hit = cache->Lookup(digests[i])) {
+      items[i] = *hit;
+      continue;
+    }
+    source[i] = static_cast<int64_t>(missing.size());
+    missing.push_back(i);
+  }
+  std::vector<EncodedItem> fresh(missing.size());
+  if (!missing.empty()) {
+    VisionInput subset;
+    if (missing.size() == n) {
+      subset = in;
+    } else {
+      const int64_t cols = in.pixel_values.dim(1);
+      int64_t rows = 0;
+      for (size_t i : missing) rows += first_row[i + 1] - first_row[i];
+      subset.pixel_values = Tensor::Empty(DType::kF32, {rows, cols});
+      int64_t at = 0;
+      for (size_t i : missing) {
+        const int64_t r = first_row[i + 1] - first_row[i];
+        std::copy_n(in.pixel_values.data<float>() + first_row[i] * cols, r * cols,
+                    subset.pixel_values.data<float>() + at * cols);
+        at += r;
+        subset.grids.push_back(in.grids[i]);
+      }
+    }
+    VisionOutput out;
+    if (serve) model.ServeVision(subset);
+    else out = model.RunVision(subset, trace);
+    Backend& backend = model.backend();
+    auto copy_rows = [&](const Tensor& t, int64_t r0, int64_t r1) {
+      Tensor dst = backend.Allocate(DType::kF32, {r1 - r0, t.dim(1)});
+      backend.Copy(t.Slice(0, r0, r1), dst);
+      return dst;
+    };
+    int64_t row = 0;
+    for (size_t j = 0; j < missing.size(); ++j) {
+      const size_t i = missing[j];
+      EncodedItem& item = fresh[j];
+      item.tokens = (first_row[i + 1] - first_row[i]) / merge;
+      if (!serve) {
+        item.embeds = copy_rows(out.embeds, row, row + item.tokens);
+        for (const Tensor& d : out.deepstack) item.deepstack.push_back(copy_rows(d, row, row + item.tokens));
+      }
+      row += item.tokens;
+      cache->Insert(digests[i], item);
+    }
+  }
+  if (serve) return {};
+  VisionOutput table;
+  std::vector<Tensor> embeds;
+  std::vector<std::vector<Tensor>> deepstack;
+  for (size_t i = 0; i < n; ++i) {
+    const EncodedItem& item = source[i] >= 0 ? fresh[source[i]] : items[i];
+    embeds.push_back(item.embeds);
+    deepstack.resize(item.deepstack.size());
+    for (size_t k = 0; k < item.deepstack.size(); ++k) deepstack[k].push_back(item.deepstack[k]);
+  }
+  table.embeds = ConcatRows(model.backend(), embeds);
+  for (const std::vector<Tensor>& parts : deepstack) table.deepstack.push_back(ConcatRows(model.backend(), parts));
+  return table;
+}
+
 // Rows of `image` ([Ni, D]) and `video` ([Nv, D]) in the order of the visual tokens `ids`.
 Tensor Interleave(Backend& backend, const Tensor& image, const Tensor& video, const std::vector<int64_t>& ids,
                   int64_t image_token, int64_t hidden) {
@@ -46,7 +138,8 @@ Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts) {
 }
 
 VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
-                                    const VisionInput& images, const VisionInput& videos, const TraceFn* trace) {
+                                    const VisionInput& images, const VisionInput& videos, const TraceFn* trace,
+                                    EncoderCache* cache) {
   const ModelConfig& cfg = model.config();
   Backend& backend = model.backend();
   std::vector<int64_t> visual_ids;
@@ -55,9 +148,8 @@ VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int6
   }
   VisualFeatures out;
   if (visual_ids.empty()) return out;
-  VisionOutput image, video;
-  if (!images.grids.empty()) image = model.RunVision(images, trace);
-  if (!videos.grids.empty()) video = model.RunVision(videos, trace);
+  const VisionOutput image = EncodeKind(model, images, MediaKind::kImage, cache, trace, /*serve=*/false);
+  const VisionOutput video = EncodeKind(model, videos, MediaKind::kVideo, cache, trace, /*serve=*/false);
   const int64_t d = cfg.text.hidden_size;
   out.embeds = Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d);
   for (size_t k = 0; k < cfg.vision.deepstack_visual_indexes.size(); ++k) {
@@ -66,6 +158,12 @@ VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int6
                                        cfg.image_token_id, d));
   }
   return out;
+}
+
+void ServeVisualFeatures(const Qwen3VL& model, const VisionInput& images, const VisionInput& videos,
+                         EncoderCache* cache) {
+  EncodeKind(model, images, MediaKind::kImage, cache, nullptr, /*serve=*/true);
+  EncodeKind(model, videos, MediaKind::kVideo, cache, nullptr, /*serve=*/true);
 }
 
 absl::Status CheckPrompt(const ModelConfig& cfg, const std::vector<int64_t>& input_ids, const VisionInput& images,

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "core/backend.h"
+#include "model/encoder_cache.h"
 #include "model/qwen3_vl.h"
 #include "model/sampler.h"
 #include "model/trace.h"
@@ -23,11 +24,20 @@ struct VisualFeatures {
 };
 
 // Runs the tower (or receives its features, see Qwen3VL::RunVision) for `images` and `videos`
-// and interleaves the rows in the order of the visual tokens in `input_ids`.
+// and interleaves the rows in the order of the visual tokens in `input_ids`. Without a cache,
+// one tower pass per kind over all its items. With `cache`, items found there (by content) are
+// not encoded, an item repeated within the request is encoded once, and the new items are kept;
+// the tower runs once per kind over the missing items, if any.
 // REQUIRES: the placeholder counts match the grids (CheckPrompt).
 VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
                                     const VisionInput& images, const VisionInput& videos,
-                                    const TraceFn* trace = nullptr);
+                                    const TraceFn* trace = nullptr, EncoderCache* cache = nullptr);
+
+// Vision ranks: serves (Qwen3VL::ServeVision) exactly the tower passes EncodeVisualFeatures
+// makes on stage 0 when both hold caches of the same capacity fed the same calls (or none).
+// A vision rank's cache keeps keys only.
+void ServeVisualFeatures(const Qwen3VL& model, const VisionInput& images, const VisionInput& videos,
+                         EncoderCache* cache = nullptr);
 
 // Stacks [n_i, D] tensors into one [sum n_i, D] tensor.
 Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts);

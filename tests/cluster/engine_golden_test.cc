@@ -122,6 +122,30 @@ TEST_F(EngineMixTest, PreemptionAndRecomputeChangeNothing) {
   EXPECT_EQ(replica.runner.free_pages(), 8);
 }
 
+// The two media requests share their image and video: with an encoder cache the second one
+// reuses both items (the tower runs once per item) and every output is the solo one; an image
+// of the same size with one pixel changed never hits.
+TEST_F(EngineMixTest, EncoderCacheEncodesIdenticalMediaOnceAndChangesNothing) {
+  const std::map<std::string, RequestOutput> solo = Solo();
+  Replica replica(*model_, /*budget=*/16, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/100000);
+  const std::map<std::string, RequestOutput> got = Staggered(replica.engine, requests_, {0, 2, 3, 5, 9});
+  for (const auto& [id, want] : solo) EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
+  const model::EncoderCache& cache = *replica.runner.encoder_cache();
+  EXPECT_EQ(cache.queries(), 4);  // two requests x (one image + one video)
+  EXPECT_EQ(cache.hits(), 2);
+  EXPECT_EQ(cache.size(), 2);
+
+  EngineRequest changed = requests_[0];
+  changed.id = "changed_pixel";
+  changed.input.images.pixel_values = changed.input.images.pixel_values.Clone();
+  changed.input.images.pixel_values.data<float>()[0] += 0.25f;
+  const RequestOutput out = RunAlone(replica.engine, changed);
+  EXPECT_EQ(out.finish, FinishReason::kLength) << out.error;
+  EXPECT_EQ(cache.queries(), 6);
+  EXPECT_EQ(cache.hits(), 3);  // the video only
+  EXPECT_EQ(cache.size(), 3);
+}
+
 TEST_F(EngineMixTest, LogprobsPromptLogprobsAndMinTokens) {
   Replica replica(*model_, 2048, 64);
   EngineRequest r = requests_[0];

@@ -2,7 +2,9 @@
 // the leader's engine sends each step's plan through a ReplicaExecutor, every other rank
 // follows (decoder ranks with a ModelRunner, vision ranks with a VisionStageRunner), and a mixed
 // workload arriving at different steps with chunked prefill gives exactly the single-rank
-// engine's tokens on tp, ep, tp+ep, pp and vision-stage meshes.
+// engine's tokens on tp, ep, tp+ep, pp and vision-stage meshes, with and without an encoder
+// cache (the two media requests share their items, so stage 0 and the vision ranks must agree
+// on every hit).
 #include <map>
 
 #include "cluster/engine/executor.h"
@@ -27,10 +29,10 @@ std::map<std::string, RequestOutput> SingleRank(const std::string& dir) {
   return Staggered(replica.engine, MixedRequests(golden->request), kArrival);
 }
 
-class EngineMeshTest : public ::testing::TestWithParam<std::tuple<testing::Plane, std::string>> {};
+class EngineMeshTest : public ::testing::TestWithParam<std::tuple<testing::Plane, std::string, int64_t>> {};
 
 TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
-  const auto& [plane, mesh] = GetParam();
+  const auto& [plane, mesh, encoder_cache_tokens] = GetParam();
   const std::string dir = testing::GoldenCaseDir("06_image_and_video");
   const std::map<std::string, RequestOutput> want = SingleRank(dir);
   const int world = parallel::ParallelConfig::FromString(mesh)->world_size();
@@ -44,9 +46,11 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
         parallel::Communicator& replica = *groups[rank]->group("replica").host;
         std::unique_ptr<model::StepRunner> runner;
         if (model.is_vision_rank()) {
-          runner = std::make_unique<model::VisionStageRunner>(model);
+          runner = std::make_unique<model::VisionStageRunner>(model, encoder_cache_tokens);
         } else {
-          runner = std::make_unique<model::ModelRunner>(model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages});
+          runner = std::make_unique<model::ModelRunner>(
+              model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages,
+                                               .encoder_cache_tokens = encoder_cache_tokens});
         }
         if (replica.rank() != leader) {
           const absl::Status s = FollowReplica(replica, leader, *runner);
@@ -74,13 +78,18 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
 
 INSTANTIATE_TEST_SUITE_P(
     Meshes, EngineMeshTest,
-    ::testing::Values(std::tuple{testing::Plane::kCpu, "tp=2"}, std::tuple{testing::Plane::kCpu, "ep=2"},
-                      std::tuple{testing::Plane::kCpu, "tp=2,ep=2"}, std::tuple{testing::Plane::kCpu, "pp=2"},
-                      std::tuple{testing::Plane::kCpu, "vision=1,tp=2"},
-                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2"}),
+    ::testing::Values(std::tuple{testing::Plane::kCpu, "tp=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "ep=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "tp=2,ep=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "pp=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "vision=1,tp=2", int64_t{0}},
+                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "tp=2,ep=2", int64_t{100000}},
+                      std::tuple{testing::Plane::kCpu, "vision=1,tp=2", int64_t{100000}},
+                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2", int64_t{100000}}),
     [](const auto& info) {
       std::string name = std::string(std::get<0>(info.param) == testing::Plane::kCpu ? "cpu_" : "device_") +
-                         std::get<1>(info.param);
+                         std::get<1>(info.param) + (std::get<2>(info.param) > 0 ? "_encoder_cache" : "");
       for (char& c : name) {
         if (c == '=' || c == ',') c = '_';
       }
