@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
-#include "model/parallel_layers.h"
 #include "moe/ep_dispatcher.h"
+#include "parallel/layers.h"
 
 namespace q3vl::model {
 namespace {
@@ -217,7 +217,7 @@ void TextDecoder::Embed(Backend& backend, const std::vector<int64_t>& ids, Tenso
                             .ids = Upload(backend, Tensor::FromVectorI64(others, {m})), .out = out,
                             .accumulate = false});
   }
-  SumPartials(shard_.tp, out);
+  parallel::SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
@@ -241,7 +241,7 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
                      .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn,
                      .block_tables = plan.block_tables, .page_size = batch.kv->config().page_size});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
-  SumPartials(shard_.tp, out);
+  parallel::SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const {
@@ -252,7 +252,7 @@ void TextDecoder::DenseMlp(Backend& backend, const Layer& layer, const Tensor& x
   Tensor act = backend.AllocateUninitialized(DType::kF32, {t, inter});  // [T, Iff]
   backend.Activation({.kind = ActivationKind::kSiluMul, .x = gate_up, .out = act});
   backend.Gemm({.a = act, .b = layer.dense_down, .out = out});
-  SumPartials(shard_.tp, out);
+  parallel::SumPartials(shard_.tp, out);
 }
 
 void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
@@ -260,7 +260,6 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
   const int64_t t = h.dim(0), d = config_.hidden_size;
   Tensor a = backend.AllocateUninitialized(DType::kF32, {t, d});      // [T, D] normed input
   Tensor delta = backend.AllocateUninitialized(DType::kF32, {t, d});  // [T, D] block output
-  ReceiveFromPreviousStage(shard_.pp, h);
   const kv::KvStepPlan plan = batch.kv->Plan(batch.seq_ids, batch.q_starts);  // one upload per step
   moe::LocalDispatcher local;
   std::optional<moe::AllToAllDispatcher> all_to_all;
@@ -287,7 +286,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
                       {.x = a, .out = delta, .top_k = static_cast<int>(config_.top_k),
                        .renormalize = config_.norm_topk_prob,
                        .routing_out = batch.trace ? &routing : nullptr});
-      SumPartials(shard_.etp, delta);
+      parallel::SumPartials(shard_.etp, delta);
       if (batch.trace) Trace(backend, batch.trace, "router_topk", l, routing.expert_ids);
     } else {
       DenseMlp(backend, layer, a, delta);
@@ -300,7 +299,6 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
     if (deepstack) backend.ScatterAddRows({.src = batch.deepstack[l], .ids = batch.visual_rows, .out = h});
     Trace(backend, batch.trace, "layer_hidden", l, h);
   }
-  SendToNextStage(shard_.pp, h);
   for (size_t s = 0; s < batch.seq_ids.size(); ++s) {
     batch.kv->Commit(batch.seq_ids[s], batch.q_starts[s + 1] - batch.q_starts[s]);
   }
@@ -308,13 +306,7 @@ void TextDecoder::Forward(Backend& backend, DecoderBatch& batch) const {
 
 Tensor TextDecoder::Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                            const TraceFn* trace) const {
-  // Whole logits on every rank: eval-case keeps them. Sampling uses SampleRows instead.
-  const int64_t n = static_cast<int64_t>(rows.size());
-  const bool last_stage = Rank(shard_.pp) == Size(shard_.pp) - 1;
-  Tensor logits = last_stage ? StageLogits(backend, hidden, rows, trace)
-                             : Tensor::Empty(DType::kF32, {n, config_.vocab_size});
-  BroadcastFromLastStage(shard_.pp_host, logits);  // a host tensor
-  return logits;
+  return parallel::GatherVocab(backend, shard_.tp, LocalLogits(backend, hidden, rows, trace), config_.vocab_size);
 }
 
 Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
@@ -327,11 +319,6 @@ Tensor TextDecoder::LocalLogits(Backend& backend, const Tensor& hidden, const st
   Tensor local = backend.AllocateUninitialized(DType::kF32, {n, vocab_chunk_});  // [N, V_chunk]
   backend.Gemm({.a = selected, .b = lm_head_, .out = local});
   return local;
-}
-
-Tensor TextDecoder::StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
-                                const TraceFn* trace) const {
-  return GatherVocab(backend, shard_.tp, LocalLogits(backend, hidden, rows, trace), config_.vocab_size);
 }
 
 }  // namespace q3vl::model

@@ -75,15 +75,18 @@ class TextDecoder {
   // decoder layer first_layer + i).
   int64_t local_kv_heads() const { return shard_.num_kv_heads; }
   int64_t local_layers() const { return shard_.num_layers; }
+  int64_t vocab_size() const { return config_.vocab_size; }
   // This rank's part (counts filled in).
   const DecoderShard& shard() const { return shard_; }
 
   // out [N, D] = embed_tokens[ids] (vocab-parallel over tp: this rank's rows, all-reduced).
   void Embed(Backend& backend, const std::vector<int64_t>& ids, Tensor& out) const;
-  // Runs every layer; appends the new tokens to the KV cache (committed at the end).
+  // Runs this pipeline stage's layers on batch.hidden (the stage's input: embeddings on stage
+  // 0); appends the new tokens to the KV cache (committed at the end). Moving hidden states
+  // between stages is the stage runner's (model/pipeline_stage.h).
   void Forward(Backend& backend, DecoderBatch& batch) const;
   // logits [N, V] = RMSNorm(hidden[rows]) · lm_headᵀ for the given rows of `hidden`, as a
-  // host tensor.
+  // host tensor (the vocab-parallel LM head, gathered over tp). REQUIRES: the last stage.
   Tensor Logits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                 const TraceFn* trace = nullptr) const;
 
@@ -91,18 +94,12 @@ class TextDecoder {
   // full logits on any rank or on the host: the backend picks each tp rank's argmax or top-k
   // (value, id) pairs of its vocab chunk (Backend::TopK), the candidates are all-gathered and
   // sampled identically on every tp rank (SampleCandidates); top-p without a top-k of at most
-  // kMaxSampleCandidates falls back to whole rows. Under a
-  // pipeline the last stage samples and broadcasts the tokens over pp. Every rank returns the
-  // same tokens; only the last stage's Rngs advance.
+  // kMaxSampleCandidates falls back to whole rows. Every tp rank returns the same tokens.
+  // REQUIRES: the last stage (PipelineStage::SampleRows brings the tokens to every stage).
   static constexpr int64_t kMaxSampleCandidates = 1024;
   std::vector<int64_t> SampleRows(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
                                   const std::vector<const SamplingParams*>& params,
                                   const std::vector<Rng*>& rngs) const;
-  // SampleRows without the broadcast over pp: the last stage's tokens, there only (a
-  // micro-batched pipeline returns them to stage 0 itself). REQUIRES: this is the last stage.
-  std::vector<int64_t> SampleStage(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
-                                   const std::vector<const SamplingParams*>& params,
-                                   const std::vector<Rng*>& rngs) const;
 
  private:
   struct Layer {
@@ -124,9 +121,6 @@ class TextDecoder {
   void Attention(Backend& backend, const Layer& layer, int64_t cache_layer, DecoderBatch& batch,
                  const kv::KvStepPlan& plan, const Tensor& x, Tensor& out) const;
   void DenseMlp(Backend& backend, const Layer& layer, const Tensor& x, Tensor& out) const;
-  // Logits of this (last) stage: the vocab-parallel LM head, gathered over tp (host tensor).
-  Tensor StageLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,
-                     const TraceFn* trace) const;
   // This rank's chunk of the logits: [N, vocab_chunk_] (columns past V are padding), in the
   // backend's memory.
   Tensor LocalLogits(Backend& backend, const Tensor& hidden, const std::vector<int64_t>& rows,

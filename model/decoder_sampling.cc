@@ -4,7 +4,7 @@
 
 #include "core/check.h"
 #include "model/decoder.h"
-#include "model/parallel_layers.h"
+#include "parallel/layers.h"
 
 namespace q3vl::model {
 
@@ -12,23 +12,6 @@ std::vector<int64_t> TextDecoder::SampleRows(Backend& backend, const Tensor& hid
                                              const std::vector<int64_t>& rows,
                                              const std::vector<const SamplingParams*>& params,
                                              const std::vector<Rng*>& rngs) const {
-  const int64_t n = static_cast<int64_t>(rows.size());
-  const int last = shard_.pp ? shard_.pp->size() - 1 : 0;
-  const bool sampler = !shard_.pp || shard_.pp->rank() == last;
-  std::vector<int64_t> tokens = sampler ? SampleStage(backend, hidden, rows, params, rngs)
-                                        : std::vector<int64_t>(n, 0);
-  if (last > 0) {  // the last stage's tokens to every stage
-    Tensor t = Tensor::FromVectorI64(tokens, {n});
-    BroadcastFromLastStage(shard_.pp_host, t);
-    tokens.assign(t.data<int64_t>(), t.data<int64_t>() + n);
-  }
-  return tokens;
-}
-
-std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hidden,
-                                              const std::vector<int64_t>& rows,
-                                              const std::vector<const SamplingParams*>& params,
-                                              const std::vector<Rng*>& rngs) const {
   const int64_t n = static_cast<int64_t>(rows.size()), v = config_.vocab_size;
   const int tp = shard_.tp ? shard_.tp->size() : 1;
   std::vector<int64_t> tokens(n);
@@ -46,7 +29,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
   }
   if (whole_rows) {
     const Tensor logits = tp == 1 ? Download(backend, LocalLogits(backend, hidden, rows, nullptr))
-                                  : StageLogits(backend, hidden, rows, nullptr);  // [N, V] (tp: gathered)
+                                  : Logits(backend, hidden, rows, nullptr);  // [N, V] (tp: gathered)
     const int64_t ld = tp == 1 ? vocab_chunk_ : v;
     for (int64_t i = 0; i < n; ++i) tokens[i] = Sample(logits.data<float>() + i * ld, v, *params[i], *rngs[i]);
     return tokens;
@@ -73,7 +56,7 @@ std::vector<int64_t> TextDecoder::SampleStage(Backend& backend, const Tensor& hi
       dst[k + j] = static_cast<float>(j < take ? vocab_begin_ + top_ids.data<int32_t>()[i * take + j] : v);
     }
   }
-  const Tensor all = tp == 1 ? mine : GatherFromAll(shard_.tp_host, mine);  // [tp, N, 2, k]
+  const Tensor all = tp == 1 ? mine : parallel::GatherFromAll(shard_.tp_host, mine);  // [tp, N, 2, k]
   std::vector<float> logit(tp * k);
   std::vector<int64_t> id(tp * k);
   for (int64_t i = 0; i < n; ++i) {

@@ -7,7 +7,8 @@
 #include "core/check.h"
 #include "core/status_macros.h"
 #include "kv/paged_kv_cache.h"
-#include "model/parallel_layers.h"
+#include "model/pipeline_stage.h"
+#include "parallel/layers.h"
 #include "model/visual_features.h"
 
 namespace q3vl::model {
@@ -83,7 +84,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   }
   // The groups share every MoE step: all of them start, or none does.
   const bool fits = options_.kv_pages == 0 || pages <= options_.kv_pages;
-  if (MaxOverGroup(shard.stage, fits ? 0 : 1) > 0) {
+  if (parallel::MaxOverGroup(shard.stage, fits ? 0 : 1) > 0) {
     return absl::ResourceExhaustedError(
         fits ? "another attention group's share of the batch does not fit its KV cache"
              : absl::StrCat("the batch needs ", pages, " KV pages of ", options_.page_size,
@@ -149,7 +150,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   std::vector<int64_t> flat_positions;
   for (const auto& axis : positions) flat_positions.insert(flat_positions.end(), axis.begin(), axis.end());
   batch.rope = Upload(backend, MropeTables(cfg.text, flat_positions, total));
-  decoder.Forward(backend, batch);
+  const PipelineStage pipeline(decoder);
+  pipeline.Forward(backend, batch);
 
   std::vector<int64_t> logit_rows;
   for (size_t j = 0; j < n; ++j) {
@@ -180,13 +182,13 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       active[j] = false;
     }
   };
-  // Sampling never needs the full logits (decoder.SampleRows); only a caller that keeps every
+  // Sampling never needs the full logits (pipeline.SampleRows); only a caller that keeps every
   // prefill logit (eval-case) gathers them.
   auto sample = [&](const Tensor& hidden, const std::vector<int64_t>& rows, const std::vector<int64_t>& seqs) {
     std::vector<const SamplingParams*> params;
     std::vector<Rng*> seq_rngs;
     for (int64_t j : seqs) params.push_back(&requests[mine[j]].sampling), seq_rngs.push_back(&rngs[j]);
-    return decoder.SampleRows(backend, hidden, rows, params, seq_rngs);
+    return pipeline.SampleRows(backend, hidden, rows, params, seq_rngs);
   };
   std::vector<int64_t> all_seqs(n);
   for (size_t j = 0; j < n; ++j) {
@@ -194,7 +196,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     lengths[j] = static_cast<int64_t>(requests[mine[j]].input_ids.size());
   }
   if (options_.keep_prefill_logits) {
-    const Tensor logits = decoder.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
+    const Tensor logits = pipeline.Logits(backend, batch.hidden, logit_rows, options_.trace);  // [rows, V]
     int64_t row = 0;
     for (size_t j = 0; j < n; ++j) {
       const size_t i = mine[j];
@@ -209,7 +211,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   if (options_.on_prefill) options_.on_prefill();
   const int stages = GroupSize(shard.pp);
   const int64_t micro = std::min<int64_t>(std::max(options_.micro_batches, 1), stages);
-  if (micro > 1 && MaxOverGroup(shard.stage, static_cast<int64_t>(n)) >= 2) {
+  if (micro > 1 && parallel::MaxOverGroup(shard.stage, static_cast<int64_t>(n)) >= 2) {
     // Micro-batched pipeline: sequence j decodes in micro-batch j % micro, and the stages work
     // on different micro-batches at once. Stage 0 sends each item (one step of one
     // micro-batch: its sequences and positions, then the hidden states) down the pipeline; the
@@ -231,7 +233,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       step.rope = Upload(backend, MropeTables(cfg.text, pos3, m));
       step.hidden = backend.Allocate(DType::kF32, {m, d});
       if (first_stage) decoder.Embed(backend, ids, step.hidden);
-      decoder.Forward(backend, step);  // receives from stage - 1, sends to stage + 1
+      pipeline.Forward(backend, step);  // receives from stage - 1, sends to stage + 1
       ++stats_.decode_steps;
       if (stage == last) {
         std::vector<const SamplingParams*> params;
@@ -239,14 +241,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         for (int64_t j : seqs) params.push_back(&requests[mine[j]].sampling), seq_rngs.push_back(&rngs[j]);
         std::vector<int64_t> rows(m);
         for (int64_t j = 0; j < m; ++j) rows[j] = j;
-        SendValues(shard.pp_host, 0, decoder.SampleStage(backend, step.hidden, rows, params, seq_rngs));
+        parallel::SendValues(shard.pp_host, 0, decoder.SampleRows(backend, step.hidden, rows, params, seq_rngs));
       }
       return absl::OkStatus();
     };
     // Stage 0: the tokens of item `k` from the last stage.
     auto collect = [&](int64_t k) {
       const std::vector<int64_t>& seqs = in_flight[k % micro];
-      const std::vector<int64_t> tokens = ReceiveValues(shard.pp_host, last);
+      const std::vector<int64_t> tokens = parallel::ReceiveValues(shard.pp_host, last);
       Q3VL_CHECK_EQ(tokens.size(), seqs.size());
       for (size_t j = 0; j < seqs.size(); ++j) emit(static_cast<size_t>(seqs[j]), tokens[j]);
     };
@@ -255,8 +257,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         if (item >= micro) collect(item - micro);
         const int64_t remaining = std::count(active.begin(), active.end(), true);
         // Every attention group stops at the same item (they share the MoE exchanges).
-        if (MaxOverGroup(shard.stage, remaining) == 0) {
-          SendValues(shard.pp_host, 1, {});  // stop
+        if (parallel::MaxOverGroup(shard.stage, remaining) == 0) {
+          parallel::SendValues(shard.pp_host, 1, {});  // stop
           for (int64_t k = std::max<int64_t>(0, item - micro + 1); k < item; ++k) collect(k);
           break;
         }
@@ -271,14 +273,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
         std::vector<int64_t> header = {static_cast<int64_t>(seqs.size())};
         header.insert(header.end(), seqs.begin(), seqs.end());
         header.insert(header.end(), positions.begin(), positions.end());
-        SendValues(shard.pp_host, 1, header);
+        parallel::SendValues(shard.pp_host, 1, header);
         in_flight[item % micro] = seqs;
         Q3VL_RETURN_IF_ERROR(run_item(seqs, positions, ids));
       }
     } else {
       while (true) {
-        const std::vector<int64_t> header = ReceiveValues(shard.pp_host, stage - 1);
-        if (stage < last) SendValues(shard.pp_host, stage + 1, header);
+        const std::vector<int64_t> header = parallel::ReceiveValues(shard.pp_host, stage - 1);
+        if (stage < last) parallel::SendValues(shard.pp_host, stage + 1, header);
         if (header.empty()) break;  // stop
         const int64_t m = header[0];
         Q3VL_CHECK_EQ(static_cast<int64_t>(header.size()), 1 + 2 * m);
@@ -289,7 +291,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
       for (size_t j = 0; j < n; ++j) {
         GenerationResult& r = results[mine[j]];
         std::string bytes;
-        BroadcastFrom(shard.pp_host, 0, bytes);
+        parallel::BroadcastFrom(shard.pp_host, 0, bytes);
         UnpackResult(bytes, r);
         if (options_.on_token) {
           for (size_t t = 1; t < r.tokens.size(); ++t) options_.on_token(mine[j], r.tokens[t]);
@@ -299,7 +301,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     if (stage == 0) {
       for (size_t j = 0; j < n; ++j) {
         std::string bytes = PackResult(results[mine[j]]);
-        BroadcastFrom(shard.pp_host, 0, bytes);
+        parallel::BroadcastFrom(shard.pp_host, 0, bytes);
       }
     }
     if (shard.attn_groups > 1) ShareResults(requests, owner, results);
@@ -319,14 +321,14 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
     }
     const int64_t m = static_cast<int64_t>(ids.size());
     // A group whose sequences are done keeps stepping with zero tokens while another has work.
-    if (MaxOverGroup(shard.stage, m) == 0) break;
+    if (parallel::MaxOverGroup(shard.stage, m) == 0) break;
     ++stats_.decode_steps;
     std::vector<int64_t> pos3;
     for (int a = 0; a < 3; ++a) pos3.insert(pos3.end(), step_positions.begin(), step_positions.end());
     step.rope = Upload(backend, MropeTables(cfg.text, pos3, m));
     step.hidden = backend.Allocate(DType::kF32, {m, d});
     if (first_stage) decoder.Embed(backend, ids, step.hidden);
-    decoder.Forward(backend, step);
+    pipeline.Forward(backend, step);
     std::vector<int64_t> rows(m);
     for (int64_t j = 0; j < m; ++j) rows[j] = j;
     const std::vector<int64_t> next = sample(step.hidden, rows, step.seq_ids);
@@ -347,13 +349,13 @@ void Generator::ShareResults(const std::vector<GenerationRequest>& requests, con
     const bool ran_here = owner[i] == shard.attn_group;
     GenerationResult& r = results[i];
     std::string bytes = ran_here ? PackResult(r) : std::string();
-    BroadcastFrom(shard.stage, root, bytes);
+    parallel::BroadcastFrom(shard.stage, root, bytes);
     if (options_.keep_prefill_logits) {
       if (!ran_here) {
         r.prefill_logits = Tensor::Empty(DType::kF32, {static_cast<int64_t>(requests[i].input_ids.size()),
                                                        model_.config().text.vocab_size});
       }
-      BroadcastFrom(shard.stage, root, r.prefill_logits);
+      parallel::BroadcastFrom(shard.stage, root, r.prefill_logits);
     }
     if (ran_here) continue;
     UnpackResult(bytes, r);

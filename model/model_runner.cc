@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "core/status_macros.h"
+#include "model/pipeline_stage.h"
 
 namespace q3vl::model {
 
@@ -130,7 +131,7 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
   std::vector<int64_t> flat;
   for (const auto& axis : b.positions) flat.insert(flat.end(), axis.begin(), axis.end());
   batch.rope = Upload(backend, MropeTables(cfg.text, flat, total));
-  decoder.Forward(backend, batch);
+  PipelineStage(decoder).Forward(backend, batch);
   SampleAndReport(plan, batch.hidden, b.q_starts, out);
   return out;
 }
@@ -170,7 +171,8 @@ void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, co
     }
   }
   Tensor logits;  // [full_rows, V] host
-  if (!full_rows.empty()) logits = model_.decoder().Logits(backend, hidden, full_rows);
+  const PipelineStage stage(model_.decoder());
+  if (!full_rows.empty()) logits = stage.Logits(backend, hidden, full_rows);
   auto row_of = [&](int64_t k) { return logits.data<float>() + k * vocab; };
   int64_t next_full = 0;  // full_rows are in sequence order: prompt rows, then the sampled row
   for (size_t i = 0; i < n; ++i) {
@@ -212,7 +214,7 @@ void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, co
     params.push_back(&q.request.sampling);
     rngs.push_back(&q.rng);
   }
-  const std::vector<int64_t> tokens = model_.decoder().SampleRows(backend, hidden, fast_rows, params, rngs);
+  const std::vector<int64_t> tokens = stage.SampleRows(backend, hidden, fast_rows, params, rngs);
   for (size_t j = 0; j < fast_seqs.size(); ++j) {
     out.seqs[fast_seqs[j]].token = tokens[j];
     seqs_.at(plan.seqs[fast_seqs[j]].request)->tokens.push_back(tokens[j]);

@@ -1,6 +1,7 @@
 #include "model/vision_stage.h"
 
 #include "core/check.h"
+#include "parallel/layers.h"
 
 namespace q3vl::model {
 namespace {
@@ -65,32 +66,29 @@ void ServeVision(Backend& backend, const VisionTower& tower, const VisionInput& 
   auto feature = [&](int64_t f) -> const Tensor& { return f == 0 ? part.embeds : part.deepstack[f - 1]; };
   auto rows_of = [&](int p) { return std::make_pair(split.first_row[split.first[p]] / m2,
                                                     split.first_row[split.first[p + 1]] / m2); };
+  std::vector<Tensor> mine_rows;  // this share's features (none when it is empty)
+  for (int64_t f = 0; f < num_features && g1 > g0; ++f) mine_rows.push_back(feature(f));
   if (rank != 0) {  // this share to vision rank 0
-    const auto [begin, end] = rows_of(rank);
-    for (int64_t f = 0; f < num_features && end > begin; ++f) Q3VL_CHECK_OK(vision.Send(feature(f), 0));
+    parallel::GatherAtRoot(vision, 0, mine_rows, {});
     return;
   }
   const int64_t tokens = split.first_row.back() / m2, d = tower.config().out_hidden_size;
   Tensor packed = backend.Allocate(DType::kF32, {num_features, tokens, d});  // [1 + K, N, D]
+  std::vector<std::vector<Tensor>> shares(size);  // rank p's rows of each feature in `packed`
   for (int p = 0; p < size; ++p) {
     const auto [begin, end] = rows_of(p);
-    for (int64_t f = 0; f < num_features && end > begin; ++f) {
-      Tensor rows = packed.Select(f).Slice(0, begin, end);
-      if (p == 0) {
-        backend.Copy(feature(f), rows);
-      } else {
-        Q3VL_CHECK_OK(vision.Recv(rows, p));
-      }
-    }
+    for (int64_t f = 0; f < num_features && end > begin; ++f) shares[p].push_back(packed.Select(f).Slice(0, begin, end));
   }
-  Q3VL_CHECK_OK(groups.bcast->Broadcast(packed, 0));
+  for (size_t f = 0; f < shares[0].size(); ++f) backend.Copy(mine_rows[f], shares[0][f]);
+  parallel::GatherAtRoot(vision, 0, {}, shares);
+  parallel::BroadcastFrom(groups.bcast, 0, packed);
 }
 
 VisionOutput ReceiveVision(Backend& backend, const ModelConfig& config, const VisionInput& input,
                            const VisionStageGroups& groups) {
   Q3VL_CHECK(groups.bcast != nullptr);
   Tensor packed = Packed(backend, config, Tokens(config, input));
-  Q3VL_CHECK_OK(groups.bcast->Broadcast(packed, 0));
+  parallel::BroadcastFrom(groups.bcast, 0, packed);
   return Unpack(packed);
 }
 

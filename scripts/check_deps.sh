@@ -47,6 +47,13 @@ while IFS=: read -r file _ include; do
   echo "layering violation: $file includes $path (only model/processor.* joins the model with text and media)"
   bad=1
 done < <(grep -n '#include "model/\(text\|media\)/' model/*.h model/*.cc 2>/dev/null || true)
+# Model code never calls a communicator: collectives go through parallel/layers.h (and the MoE
+# dispatchers), pipeline movement through model/pipeline_stage.h.
+while IFS=: read -r file line _; do
+  echo "layering violation: $file:$line calls a communicator directly (use parallel/layers.h)"
+  bad=1
+done < <(grep -rnE '(->|\.)(Send|Recv|Broadcast|AllReduce|AllGather|AllToAll|ReduceScatter|Barrier)\(' model \
+           --include='*.h' --include='*.cc' || true)
 # Optional backends stay in their sub-targets: only parallel/mpi/ includes <mpi.h>, only
 # parallel/nccl/ includes <nccl.h>.
 for header in mpi nccl; do

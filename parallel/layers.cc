@@ -1,60 +1,60 @@
-#include "model/parallel_layers.h"
+#include "parallel/layers.h"
 
 #include <algorithm>
 
 #include "core/check.h"
 
-namespace q3vl::model {
+namespace q3vl::parallel {
 namespace {
 
-bool Trivial(const parallel::Communicator* group) { return group == nullptr || group->size() == 1; }
+bool Trivial(const Communicator* group) { return group == nullptr || group->size() == 1; }
 
 }  // namespace
 
-void SumPartials(parallel::Communicator* group, Tensor& partial) {
+void SumPartials(Communicator* group, Tensor& partial) {
   if (Trivial(group)) return;
   Q3VL_CHECK_OK(group->AllReduce({.in = partial, .out = partial}));
 }
 
-void ReceiveFromPreviousStage(parallel::Communicator* pp, Tensor& hidden) {
+void ReceiveFromPreviousStage(Communicator* pp, Tensor& hidden) {
   if (Trivial(pp) || pp->rank() == 0) return;
   Q3VL_CHECK_OK(pp->Recv(hidden, pp->rank() - 1));
 }
 
-void SendToNextStage(parallel::Communicator* pp, const Tensor& hidden) {
+void SendToNextStage(Communicator* pp, const Tensor& hidden) {
   if (Trivial(pp) || pp->rank() + 1 == pp->size()) return;
   Q3VL_CHECK_OK(pp->Send(hidden, pp->rank() + 1));
 }
 
-void BroadcastFromLastStage(parallel::Communicator* pp, Tensor& data) {
+void BroadcastFromLastStage(Communicator* pp, Tensor& data) {
   if (Trivial(pp)) return;
   Q3VL_CHECK_OK(pp->Broadcast(data, pp->size() - 1));
 }
 
-int64_t MaxOverGroup(parallel::Communicator* group, int64_t value) {
+int64_t MaxOverGroup(Communicator* group, int64_t value) {
   if (Trivial(group)) return value;
-  auto all = parallel::AllGatherValue(*group, value);
+  auto all = AllGatherValue(*group, value);
   Q3VL_CHECK_OK(all.status());
   return *std::max_element(all->begin(), all->end());
 }
 
-void BroadcastFrom(parallel::Communicator* group, int root, Tensor& data) {
+void BroadcastFrom(Communicator* group, int root, Tensor& data) {
   if (Trivial(group) || data.numel() == 0) return;
   Q3VL_CHECK_OK(group->Broadcast(data, root));
 }
 
-void BroadcastFrom(parallel::Communicator* group, int root, std::string& bytes) {
+void BroadcastFrom(Communicator* group, int root, std::string& bytes) {
   if (Trivial(group)) return;
-  Q3VL_CHECK_OK(parallel::BroadcastString(*group, bytes, root));
+  Q3VL_CHECK_OK(BroadcastString(*group, bytes, root));
 }
 
-void SendValues(parallel::Communicator* pp, int to, const std::vector<int64_t>& values) {
+void SendValues(Communicator* pp, int to, const std::vector<int64_t>& values) {
   const int64_t n = static_cast<int64_t>(values.size());
   Q3VL_CHECK_OK(pp->Send(Tensor::FromVectorI64({n}, {1}), to));
   if (n > 0) Q3VL_CHECK_OK(pp->Send(Tensor::FromVectorI64(values, {n}), to));
 }
 
-std::vector<int64_t> ReceiveValues(parallel::Communicator* pp, int from) {
+std::vector<int64_t> ReceiveValues(Communicator* pp, int from) {
   Tensor count = Tensor::Empty(DType::kI64, {1});
   Q3VL_CHECK_OK(pp->Recv(count, from));
   const int64_t n = count.data<int64_t>()[0];
@@ -65,7 +65,25 @@ std::vector<int64_t> ReceiveValues(parallel::Communicator* pp, int from) {
   return std::vector<int64_t>(values.data<int64_t>(), values.data<int64_t>() + n);
 }
 
-Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
+void GatherAtRoot(Communicator& group, int root, const std::vector<Tensor>& mine,
+                  const std::vector<std::vector<Tensor>>& dest) {
+  if (group.rank() != root) {
+    for (const Tensor& t : mine) {
+      if (t.numel() > 0) Q3VL_CHECK_OK(group.Send(t, root));
+    }
+    return;
+  }
+  Q3VL_CHECK_EQ(static_cast<int>(dest.size()), group.size());
+  for (int p = 0; p < group.size(); ++p) {
+    if (p == root) continue;
+    for (const Tensor& t : dest[p]) {
+      Tensor into = t;
+      if (into.numel() > 0) Q3VL_CHECK_OK(group.Recv(into, p));
+    }
+  }
+}
+
+Tensor GatherFromAll(Communicator* group, const Tensor& mine) {
   const int size = group == nullptr ? 1 : group->size();
   Shape shape = {size};
   for (int64_t d : mine.shape()) shape.push_back(d);
@@ -78,7 +96,7 @@ Tensor GatherFromAll(parallel::Communicator* group, const Tensor& mine) {
   return all;
 }
 
-Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& local, int64_t vocab) {
+Tensor GatherVocab(Backend& backend, Communicator* tp, const Tensor& local, int64_t vocab) {
   if (Trivial(tp)) return Download(backend, local);
   const int size = tp->size();
   const int64_t n = local.dim(0), chunk = local.dim(1);
@@ -95,4 +113,4 @@ Tensor GatherVocab(Backend& backend, parallel::Communicator* tp, const Tensor& l
   return logits;
 }
 
-}  // namespace q3vl::model
+}  // namespace q3vl::parallel
