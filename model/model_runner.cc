@@ -3,14 +3,112 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <cstring>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "core/status_macros.h"
 #include "model/pipeline_stage.h"
+#include "parallel/layers.h"
 
 namespace q3vl::model {
+namespace {
+
+// SequenceOutputs as bytes for a broadcast (data-parallel attention groups share them), and back.
+class Packer {
+ public:
+  template <typename T>
+  void Put(const T& v) { bytes.append(reinterpret_cast<const char*>(&v), sizeof(T)); }
+  template <typename T>
+  void PutArray(const T* v, int64_t n) {
+    Put(n);
+    bytes.append(reinterpret_cast<const char*>(v), n * sizeof(T));
+  }
+  void Put(const SequenceOutput& o) {
+    Put<int64_t>(o.token.value_or(-1));
+    Put<int8_t>(o.logprob.has_value());
+    if (o.logprob) {
+      Put(o.logprob->token);
+      Put(o.logprob->logprob);
+      Put<int64_t>(static_cast<int64_t>(o.logprob->top.size()));
+      for (const auto& [id, lp] : o.logprob->top) Put(id), Put(lp);
+    }
+    Put(o.first_prompt_row);
+    PutArray(o.prompt_logprobs.data(), static_cast<int64_t>(o.prompt_logprobs.size()));
+    Put<int64_t>(o.prompt_logits.defined() ? o.prompt_logits.dim(1) : 0);
+    PutArray(o.prompt_logits.defined() ? o.prompt_logits.data<float>() : nullptr,
+             o.prompt_logits.defined() ? o.prompt_logits.numel() : 0);
+  }
+  std::string bytes;
+};
+
+class Unpacker {
+ public:
+  explicit Unpacker(const std::string& bytes) : bytes_(bytes) {}
+  template <typename T>
+  T Get() {
+    Q3VL_CHECK_LE(at_ + sizeof(T), bytes_.size()) << "truncated step outputs";
+    T v;
+    std::memcpy(&v, bytes_.data() + at_, sizeof(T));
+    at_ += sizeof(T);
+    return v;
+  }
+  template <typename T>
+  void GetArray(T* out, int64_t n) {
+    Q3VL_CHECK_LE(at_ + n * sizeof(T), bytes_.size()) << "truncated step outputs";
+    if (n > 0) std::memcpy(out, bytes_.data() + at_, n * sizeof(T));
+    at_ += n * sizeof(T);
+  }
+  SequenceOutput GetOutput() {
+    SequenceOutput o;
+    if (const auto token = Get<int64_t>(); token >= 0) o.token = token;
+    if (Get<int8_t>()) {
+      TokenLogprob lp{.token = Get<int64_t>(), .logprob = Get<float>()};
+      lp.top.resize(Get<int64_t>());
+      for (auto& [id, value] : lp.top) id = Get<int64_t>(), value = Get<float>();
+      o.logprob = std::move(lp);
+    }
+    o.first_prompt_row = Get<int64_t>();
+    o.prompt_logprobs.resize(Get<int64_t>());
+    GetArray(o.prompt_logprobs.data(), static_cast<int64_t>(o.prompt_logprobs.size()));
+    const int64_t vocab = Get<int64_t>(), n = Get<int64_t>();
+    if (vocab > 0) {
+      o.prompt_logits = Tensor::Empty(DType::kF32, {n / vocab, vocab});
+      GetArray(o.prompt_logits.data<float>(), n);
+    } else {
+      GetArray<float>(nullptr, n);
+    }
+    return o;
+  }
+
+ private:
+  const std::string& bytes_;
+  size_t at_ = 0;
+};
+
+}  // namespace
+
+void ModelRunner::ShareOutputs(const StepPlan& plan, StepOutput& out) {
+  const DecoderShard& shard = model_.decoder().shard();
+  const int tp = shard.tp ? shard.tp->size() : 1;
+  for (int g = 0; g < shard.attn_groups; ++g) {
+    std::string bytes;
+    if (g == shard.attn_group) {
+      Packer packer;
+      for (size_t i = 0; i < plan.seqs.size(); ++i) {
+        if (seqs_.at(plan.seqs[i].request)->owner == g) packer.Put(out.seqs[i]);
+      }
+      bytes = std::move(packer.bytes);
+    }
+    parallel::BroadcastFrom(shard.stage, g * tp, bytes);  // from the group's first rank
+    if (g == shard.attn_group) continue;
+    Unpacker unpacker(bytes);
+    for (size_t i = 0; i < plan.seqs.size(); ++i) {
+      if (seqs_.at(plan.seqs[i].request)->owner == g) out.seqs[i] = unpacker.GetOutput();
+    }
+  }
+}
 
 struct ModelRunner::Batch {
   std::vector<int64_t> ids;             // [T] token ids
@@ -57,6 +155,12 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
   seq->tokens = request.input_ids;
   seq->visual_before = VisualPrefixCounts(cfg, request.input_ids);
   seq->rng.seed(request.sampling.seed);
+  // The least-loaded attention group runs it (replayed identically on every rank).
+  const int groups = std::max(1, model_.decoder().shard().attn_groups);
+  if (group_load_.size() != static_cast<size_t>(groups)) group_load_.assign(groups, 0);
+  seq->owner = static_cast<int>(std::min_element(group_load_.begin(), group_load_.end()) - group_load_.begin());
+  seq->load = static_cast<int64_t>(request.input_ids.size()) + request.sampling.max_new_tokens;
+  group_load_[seq->owner] += seq->load;
   seq->request = std::move(request);
   seqs_[id] = std::move(seq);
   return absl::OkStatus();
@@ -64,7 +168,10 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
 
 void ModelRunner::Remove(int64_t id) {
   cache_.Release(id);
-  seqs_.erase(id);
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  group_load_[it->second->owner] -= it->second->load;
+  seqs_.erase(it);
 }
 
 void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
@@ -105,8 +212,44 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
 
 absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
   for (int64_t id : plan.released) cache_.Release(id);
+  if (plan.seqs.empty()) return StepOutput{};
+  const DecoderShard& shard = model_.decoder().shard();
+  if (shard.attn_groups <= 1) return ExecuteLocal(plan);
+  // Data-parallel attention: this group's sequences only. Encoding comes first, in plan order
+  // over every group's sequences: received features arrive by a collective over all of stage 0
+  // (every rank takes every input, in the same order, and drops other groups' features).
+  StepPlan local{.step = plan.step};
+  const bool first_stage = shard.pp == nullptr || shard.pp->rank() == 0;
+  for (const StepSequence& s : plan.seqs) {
+    auto it = seqs_.find(s.request);
+    Q3VL_CHECK(it != seqs_.end()) << "plan names unknown request " << s.request;
+    Sequence& seq = *it->second;
+    const bool mine = seq.owner == shard.attn_group;
+    if (mine) local.seqs.push_back(s);
+    const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
+    if (!first_stage || seq.encoded || s.begin >= prompt ||
+        seq.visual_before[std::min(s.begin + s.num_tokens, prompt)] == seq.visual_before[s.begin]) {
+      continue;
+    }
+    if (!mine && !model_.vision_is_collective()) continue;
+    VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
+                                                   seq.request.videos, /*trace=*/nullptr, encoder_cache_.get());
+    if (mine) seq.features = std::move(features);
+    seq.encoded = true;
+  }
+  const StepOutput mine = ExecuteLocal(local);
   StepOutput out;
-  if (plan.seqs.empty()) return out;
+  out.seqs.resize(plan.seqs.size());
+  for (size_t i = 0, j = 0; i < plan.seqs.size(); ++i) {
+    if (seqs_.at(plan.seqs[i].request)->owner == shard.attn_group) out.seqs[i] = mine.seqs[j++];
+  }
+  ShareOutputs(plan, out);
+  return out;
+}
+
+StepOutput ModelRunner::ExecuteLocal(const StepPlan& plan) {
+  StepOutput out;
+  tokens_run_ += plan.num_tokens();
   Backend& backend = model_.backend();
   const ModelConfig& cfg = model_.config();
   const TextDecoder& decoder = model_.decoder();

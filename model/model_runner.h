@@ -8,7 +8,12 @@
 // then sampling: rows that need whole logits (logprobs, min_tokens masking, kept prompt
 // logits) read them on the host; the rest sample from backend-side top-k candidates.
 // Every rank of a replica that runs the same calls in the same order stays identical (the
-// sampling is drawn identically everywhere). Not thread-safe except Validate.
+// sampling is drawn identically everywhere). With data-parallel attention (a stage of S ranks
+// in S / T attention groups of T), Add gives each request to the least-loaded group (the same
+// choice on every rank); a rank runs only its group's sequences (KV, attention, sampling),
+// joins every MoE exchange (with no tokens if need be) and every collective vision encoding,
+// and each group's outputs reach every rank of the stage, so Execute returns the whole plan's
+// outputs everywhere. Not thread-safe except Validate.
 #ifndef Q3VL_MODEL_MODEL_RUNNER_H_
 #define Q3VL_MODEL_MODEL_RUNNER_H_
 
@@ -45,6 +50,8 @@ class ModelRunner : public StepRunner {
 
   const ModelRunnerOptions& options() const { return options_; }
   int64_t free_pages() const { return cache_.free_pages(); }
+  // Tokens this rank has run through its attention layers (its group's share of every plan).
+  int64_t tokens_run() const { return tokens_run_; }
 
  private:
   struct Sequence {
@@ -56,10 +63,17 @@ class ModelRunner : public StepRunner {
     VisualFeatures features;             // rows in prompt order (valid once encoded)
     Rng rng;
     int64_t prompt_rows_done = 0;        // prompt rows whose logits/logprobs were reported
+    int owner = 0;                       // the attention group that runs it
+    int64_t load = 0;                    // its share of owner's load (prompt + max tokens)
   };
 
   // The inputs of one step, packed.
   struct Batch;
+  // The plan's sequences this rank runs, forward and sampling (all of them, or its attention
+  // group's share; possibly none, the rank still joining the MoE exchanges).
+  StepOutput ExecuteLocal(const StepPlan& plan);
+  // Data-parallel attention: each group's outputs to every rank of the stage.
+  void ShareOutputs(const StepPlan& plan, StepOutput& out);
   void AddSequence(const StepSequence& s, Sequence& seq, Batch& batch);
   // Whole logit rows on the host for rows that need them; samples the rest on the backend.
   void SampleAndReport(const StepPlan& plan, const Tensor& hidden, const std::vector<int64_t>& q_starts,
@@ -70,6 +84,8 @@ class ModelRunner : public StepRunner {
   kv::PagedKvCache cache_;
   std::unique_ptr<EncoderCache> encoder_cache_;  // null without a cache
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
+  std::vector<int64_t> group_load_;  // per attention group: the load of its live requests
+  int64_t tokens_run_ = 0;
 };
 
 // The vision ranks of a mesh (they hold the tower, no decoder): runs ServeVision for each

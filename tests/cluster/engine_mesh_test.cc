@@ -5,6 +5,7 @@
 // engine's tokens on tp, ep, tp+ep, pp and vision-stage meshes, with and without an encoder
 // cache (the two media requests share their items, so stage 0 and the vision ranks must agree
 // on every hit).
+#include <algorithm>
 #include <map>
 
 #include "cluster/engine/executor.h"
@@ -40,6 +41,8 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
   std::vector<const parallel::CommGroups*> groups(world);
   std::map<std::string, RequestOutput> got;
   std::vector<std::string> follower_errors(world);
+  std::vector<int64_t> tokens_run(world, -1);  // decoder ranks: tokens through their attention
+  std::vector<int> attn_group(world, -1);
   const std::vector<std::string> errors = testing::OnMesh(
       dir, mesh,
       [&](int rank, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
@@ -52,9 +55,12 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
               model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages,
                                                .encoder_cache_tokens = encoder_cache_tokens});
         }
+        auto* decoder_runner = dynamic_cast<model::ModelRunner*>(runner.get());
+        if (decoder_runner != nullptr) attn_group[rank] = model.decoder().shard().attn_group;
         if (replica.rank() != leader) {
           const absl::Status s = FollowReplica(replica, leader, *runner);
           if (!s.ok()) follower_errors[rank] = s.ToString();
+          if (decoder_runner != nullptr) tokens_run[rank] = decoder_runner->tokens_run();
           return;
         }
         ReplicaExecutor executor(replica, *runner);
@@ -63,11 +69,29 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
                                                .max_model_len = model.config().text.max_position_embeddings}});
         got = Staggered(engine, MixedRequests(golden.request), kArrival);
         Q3VL_CHECK_OK(executor.Stop());
+        tokens_run[rank] = decoder_runner->tokens_run();
       },
       plane, [&](int rank, const parallel::CommGroups& g) { groups[rank] = &g; });
   for (int r = 0; r < world; ++r) {
     EXPECT_EQ(errors[r], "") << "rank " << r;
     EXPECT_EQ(follower_errors[r], "") << "rank " << r;
+  }
+  // Data-parallel attention splits the work: with G attention groups each rank runs a share,
+  // and the groups' shares add up to what one group would run.
+  const int num_groups = 1 + *std::max_element(attn_group.begin(), attn_group.end());
+  std::map<int, int64_t> per_group;
+  int64_t most = 0;
+  for (int r = 0; r < world; ++r) {
+    if (attn_group[r] < 0) continue;
+    per_group[attn_group[r]] = tokens_run[r];  // equal within a group (checked by the results)
+    most = std::max(most, tokens_run[r]);
+  }
+  int64_t sum = 0;
+  for (const auto& [g, n] : per_group) sum += n;
+  if (num_groups > 1) {
+    for (const auto& [g, n] : per_group) EXPECT_LT(n, sum) << "group " << g << " ran every token";
+  } else {
+    EXPECT_EQ(sum, most);
   }
   ASSERT_EQ(got.size(), want.size());
   for (const auto& [id, w] : want) {
@@ -86,7 +110,13 @@ INSTANTIATE_TEST_SUITE_P(
                       std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2", int64_t{0}},
                       std::tuple{testing::Plane::kCpu, "tp=2,ep=2", int64_t{100000}},
                       std::tuple{testing::Plane::kCpu, "vision=1,tp=2", int64_t{100000}},
-                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2", int64_t{100000}}),
+                      std::tuple{testing::Plane::kDeviceSim, "vision=1,pp=2,tp=2", int64_t{100000}},
+                      // Data-parallel attention: 2 and 4 groups, with a pipeline, with a vision
+                      // stage whose collective encoding every group joins.
+                      std::tuple{testing::Plane::kCpu, "ep=4", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "pp=2,ep=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "vision=1,ep=2", int64_t{0}},
+                      std::tuple{testing::Plane::kCpu, "vision=1,ep=2", int64_t{100000}}),
     [](const auto& info) {
       std::string name = std::string(std::get<0>(info.param) == testing::Plane::kCpu ? "cpu_" : "device_") +
                          std::get<1>(info.param) + (std::get<2>(info.param) > 0 ? "_encoder_cache" : "");
