@@ -166,6 +166,11 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
   return absl::OkStatus();
 }
 
+RunnerCounters ModelRunner::counters() const {
+  if (encoder_cache_ == nullptr) return {};
+  return {.mm_cache_queries = encoder_cache_->queries(), .mm_cache_hits = encoder_cache_->hits()};
+}
+
 void ModelRunner::Remove(int64_t id) {
   cache_.Release(id);
   auto it = seqs_.find(id);

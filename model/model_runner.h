@@ -47,6 +47,7 @@ class ModelRunner : public StepRunner {
   // Null without an encoder cache (options.encoder_cache_tokens == 0).
   const EncoderCache* encoder_cache() const { return encoder_cache_.get(); }
   absl::StatusOr<StepOutput> Execute(const StepPlan& plan) override;
+  RunnerCounters counters() const override;
 
   const ModelRunnerOptions& options() const { return options_; }
   int64_t free_pages() const { return cache_.free_pages(); }

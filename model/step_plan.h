@@ -77,6 +77,12 @@ struct StepOutput {
   std::vector<SequenceOutput> seqs;
 };
 
+// Cumulative counters a runner keeps for the engine's metrics.
+struct RunnerCounters {
+  int64_t mm_cache_queries = 0;  // encoder cache lookups (one per image or video item)
+  int64_t mm_cache_hits = 0;
+};
+
 // Runs plans. Not thread-safe except Validate: one engine loop drives it.
 class StepRunner {
  public:
@@ -88,6 +94,7 @@ class StepRunner {
   // Forgets `id` and frees its KV pages and media features.
   virtual void Remove(int64_t id) = 0;
   virtual absl::StatusOr<StepOutput> Execute(const StepPlan& plan) = 0;
+  virtual RunnerCounters counters() const { return {}; }
 };
 
 }  // namespace q3vl::model

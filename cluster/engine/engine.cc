@@ -253,6 +253,8 @@ void Engine::PublishGauges() {
   metrics_.SetGauges(scheduler_.num_running(), scheduler_.num_waiting(),
                      static_cast<double>(scheduler_.used_pages()) / config_.scheduler.num_pages,
                      scheduler_.num_preemptions());
+  const model::RunnerCounters counters = runner_.counters();
+  metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits);
 }
 
 void Engine::Loop() {

@@ -27,6 +27,7 @@ class ReplicaExecutor : public model::StepRunner {
   absl::Status Add(int64_t id, model::RunnerRequest request) override;
   void Remove(int64_t id) override;
   absl::StatusOr<model::StepOutput> Execute(const model::StepPlan& plan) override;
+  model::RunnerCounters counters() const override { return local_.counters(); }
   // Tells the followers to return (idempotent; also done by the destructor).
   absl::Status Stop();
 

@@ -62,6 +62,12 @@ void EngineMetrics::AddStep(int64_t prompt_tokens, int64_t generated_tokens) {
   m_.generation_tokens_total += generated_tokens;
 }
 
+void EngineMetrics::SetMmCache(int64_t queries, int64_t hits) {
+  absl::MutexLock lock(&mu_);
+  m_.mm_cache_queries_total = queries;
+  m_.mm_cache_hits_total = hits;
+}
+
 void EngineMetrics::ObserveTtft(double s) {
   absl::MutexLock lock(&mu_);
   m_.time_to_first_token.Observe(s);

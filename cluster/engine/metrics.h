@@ -1,6 +1,7 @@
 // What an engine records for a server to export, with vLLM's meanings (the HTTP server renders
 // them as Prometheus text): gauges of running and waiting requests and KV usage, token and
-// request counters, preemptions, and latency histograms (TTFT, inter-token latency, end to end,
+// request counters, preemptions, encoder (multimodal) cache queries and hits, and latency
+// histograms (TTFT, inter-token latency, end to end,
 // queue time). EngineMetrics is written by the engine loop and read by any thread: every
 // method is thread-safe; Snapshot() copies.
 #ifndef Q3VL_CLUSTER_ENGINE_METRICS_H_
@@ -38,6 +39,8 @@ struct MetricsSnapshot {
   int64_t generation_tokens_total = 0;
   int64_t num_preemptions_total = 0;
   int64_t steps_total = 0;
+  int64_t mm_cache_queries_total = 0;  // encoder cache lookups (images and videos)
+  int64_t mm_cache_hits_total = 0;
   std::map<std::string, int64_t> request_success_total;  // by finish reason: stop, length, abort, error
   Histogram time_to_first_token;
   Histogram inter_token_latency;
@@ -50,6 +53,7 @@ class EngineMetrics {
   EngineMetrics();
   void SetGauges(int64_t running, int64_t waiting, double kv_usage, int64_t preemptions);
   void AddStep(int64_t prompt_tokens, int64_t generated_tokens);
+  void SetMmCache(int64_t queries, int64_t hits);
   void ObserveTtft(double s);
   void ObserveInterToken(double s);
   void ObserveFinished(const std::string& reason, double e2e_s, double queue_s);

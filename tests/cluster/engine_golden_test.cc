@@ -134,6 +134,9 @@ TEST_F(EngineMixTest, EncoderCacheEncodesIdenticalMediaOnceAndChangesNothing) {
   EXPECT_EQ(cache.queries(), 4);  // two requests x (one image + one video)
   EXPECT_EQ(cache.hits(), 2);
   EXPECT_EQ(cache.size(), 2);
+  const MetricsSnapshot metrics = replica.engine.metrics().Snapshot();
+  EXPECT_EQ(metrics.mm_cache_queries_total, 4);
+  EXPECT_EQ(metrics.mm_cache_hits_total, 2);
 
   EngineRequest changed = requests_[0];
   changed.id = "changed_pixel";
