@@ -95,6 +95,9 @@ class StepRunner {
   virtual void Remove(int64_t id) = 0;
   virtual absl::StatusOr<StepOutput> Execute(const StepPlan& plan) = 0;
   virtual RunnerCounters counters() const { return {}; }
+  // Called by an idle engine at least every EngineConfig::heartbeat: a runner whose followers
+  // wait on communicators that time out tells them the leader is alive.
+  virtual absl::Status Heartbeat() { return absl::OkStatus(); }
 };
 
 }  // namespace q3vl::model

@@ -264,11 +264,16 @@ void Engine::Loop() {
       if (stop_) return;
     }
     if (Step()) continue;
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stop_ || !pending_.empty() || !cancels_.empty();
-    };
-    mu_.Await(absl::Condition(&ready));
+    bool idle = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || !pending_.empty() || !cancels_.empty();
+      };
+      idle = !mu_.AwaitWithTimeout(absl::Condition(&ready), config_.heartbeat);
+    }
+    // A failure means a lost follower: the next step fails its requests and says so.
+    if (idle) (void)runner_.Heartbeat();
   }
 }
 

@@ -31,6 +31,10 @@ struct EngineConfig {
   SchedulerConfig scheduler;
   std::vector<int64_t> eos_token_ids;  // end a sequence unless the request says ignore_eos
   int64_t max_waiting_requests = 0;    // 0: unbounded; else Submit answers ResourceExhausted
+  // An idle loop (Start) calls StepRunner::Heartbeat this often, so the followers of a
+  // multi-rank replica, waiting on communicators that time out (CommOptions::timeout, 300 s by
+  // default), know the leader is alive. Keep it well under that timeout.
+  absl::Duration heartbeat = absl::Seconds(30);
 };
 
 class Engine {

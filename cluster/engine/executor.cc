@@ -111,6 +111,11 @@ absl::StatusOr<model::StepOutput> ReplicaExecutor::Execute(const model::StepPlan
   return local_.Execute(plan);
 }
 
+absl::Status ReplicaExecutor::Heartbeat() {
+  if (stopped_) return absl::OkStatus();
+  return Send("{\"heartbeat\":true}", {});
+}
+
 absl::Status ReplicaExecutor::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
@@ -124,6 +129,7 @@ absl::Status FollowReplica(parallel::Communicator& replica, int leader, model::S
     const Json message = Json::parse(bytes, nullptr, /*allow_exceptions=*/false);
     if (message.is_discarded()) return absl::InternalError("malformed message from the replica leader");
     if (message.contains("stop")) return absl::OkStatus();
+    if (message.contains("heartbeat")) continue;
     for (const Json& call : message["calls"]) {
       const int64_t id = call["id"].get<int64_t>();
       if (call["op"] == "remove") {

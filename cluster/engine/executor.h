@@ -28,6 +28,8 @@ class ReplicaExecutor : public model::StepRunner {
   void Remove(int64_t id) override;
   absl::StatusOr<model::StepOutput> Execute(const model::StepPlan& plan) override;
   model::RunnerCounters counters() const override { return local_.counters(); }
+  // Tells the followers the leader is alive (they wait in a broadcast that times out).
+  absl::Status Heartbeat() override;
   // Tells the followers to return (idempotent; also done by the destructor).
   absl::Status Stop();
 
