@@ -1,5 +1,6 @@
 #include "launcher/eval_case.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/npy.h"
 #include "core/status_macros.h"
+#include "model/model_runner.h"
 #include "nlohmann/json.hpp"
 
 namespace q3vl::launcher {
@@ -101,7 +103,17 @@ absl::StatusOr<EvalCaseOutput> RunGoldenCaseOnEngine(cluster::Engine& engine, co
 
 absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
                                              const model::TraceFn* trace) {
-  model::Generator generator(model, {.keep_prefill_logits = true, .trace = trace});
+  const int64_t prompt = static_cast<int64_t>(golden.request.input_ids.size());
+  const int64_t pages = (prompt + golden.num_generated + 15) / 16 + 1;
+  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages, .trace = trace});
+  cluster::Engine engine(runner, {.scheduler = {.max_num_batched_tokens = std::max<int64_t>(prompt, 1),
+                                                .max_num_seqs = 1, .page_size = 16, .num_pages = pages,
+                                                .max_model_len = model.config().text.max_position_embeddings}});
+  return RunGoldenCaseOnEngine(engine, model.config(), golden);
+}
+
+absl::StatusOr<EvalCaseOutput> RunGoldenCaseWithGenerator(const model::Qwen3VL& model, const GoldenCase& golden) {
+  model::Generator generator(model, {.keep_prefill_logits = true});
   const auto start = std::chrono::steady_clock::now();
   Q3VL_ASSIGN_OR_RETURN(std::vector<model::GenerationResult> results, generator.Generate({golden.request}));
   EvalCaseOutput out;

@@ -35,10 +35,15 @@ absl::Status ReplaceWithRawPixels(GoldenCase& golden);
 absl::StatusOr<EvalCaseOutput> RunGoldenCaseOnEngine(cluster::Engine& engine, const model::ModelConfig& config,
                                                      const GoldenCase& golden);
 
-// Runs a case on `model` with the whole-batch Generator, every prefill logit kept and the
-// intermediates reported to `trace` (optional): the golden tests localise errors with it.
+// Runs a case on a single-rank `model` through an engine of its own (the whole prompt in one
+// prefill step), every prompt logit kept and the prefill's intermediates reported to `trace`
+// (optional): the golden tests localise errors with it.
 absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const GoldenCase& golden,
                                              const model::TraceFn* trace = nullptr);
+
+// The same with the whole-batch Generator, which runs in lockstep on every rank of a mesh
+// (vision ranks included) without a replica executor: the in-process mesh golden tests use it.
+absl::StatusOr<EvalCaseOutput> RunGoldenCaseWithGenerator(const model::Qwen3VL& model, const GoldenCase& golden);
 
 // Writes logits.npy, position_ids.npy, greedy_tokens.npy and result.json into `out_dir`.
 absl::Status WriteEvalCaseOutputs(const std::string& out_dir, const EvalCaseOutput& output,

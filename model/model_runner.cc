@@ -202,7 +202,7 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
   if (v1 == v0) return;
   if (!seq.encoded) {
     seq.features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images, seq.request.videos,
-                                        /*trace=*/nullptr, encoder_cache_.get());
+                                        options_.trace, encoder_cache_.get());
     seq.encoded = true;
   }
   for (int64_t t = s.begin; t < std::min(end, prompt); ++t) {
@@ -238,7 +238,8 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
     }
     if (!mine && !model_.vision_is_collective()) continue;
     VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
-                                                   seq.request.videos, /*trace=*/nullptr, encoder_cache_.get());
+                                                   seq.request.videos, mine ? options_.trace : nullptr,
+                                                   encoder_cache_.get());
     if (mine) seq.features = std::move(features);
     seq.encoded = true;
   }
@@ -255,6 +256,10 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
 StepOutput ModelRunner::ExecuteLocal(const StepPlan& plan) {
   StepOutput out;
   tokens_run_ += plan.num_tokens();
+  step_trace_ = nullptr;
+  for (const StepSequence& s : plan.seqs) {
+    if (s.begin < static_cast<int64_t>(seqs_.at(s.request)->request.input_ids.size())) step_trace_ = options_.trace;
+  }
   Backend& backend = model_.backend();
   const ModelConfig& cfg = model_.config();
   const TextDecoder& decoder = model_.decoder();
@@ -266,7 +271,7 @@ StepOutput ModelRunner::ExecuteLocal(const StepPlan& plan) {
   }
   const int64_t total = b.q_starts.back(), d = cfg.text.hidden_size;
   const bool first_stage = decoder.shard().pp == nullptr || decoder.shard().pp->rank() == 0;
-  DecoderBatch batch{.seq_ids = b.seq_ids, .q_starts = b.q_starts, .kv = &cache_};
+  DecoderBatch batch{.seq_ids = b.seq_ids, .q_starts = b.q_starts, .kv = &cache_, .trace = step_trace_};
   batch.hidden = backend.Allocate(DType::kF32, {total, d});
   if (first_stage) decoder.Embed(backend, b.ids, batch.hidden);
   if (!b.visual_rows.empty()) {
@@ -276,6 +281,7 @@ StepOutput ModelRunner::ExecuteLocal(const StepPlan& plan) {
                             .out = batch.hidden, .accumulate = false});
     for (const std::vector<Tensor>& parts : b.deepstack_parts) batch.deepstack.push_back(ConcatRows(backend, parts));
   }
+  Trace(backend, step_trace_, "inputs_embeds", 0, batch.hidden);
   std::vector<int64_t> flat;
   for (const auto& axis : b.positions) flat.insert(flat.end(), axis.begin(), axis.end());
   batch.rope = Upload(backend, MropeTables(cfg.text, flat, total));
@@ -320,7 +326,7 @@ void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, co
   }
   Tensor logits;  // [full_rows, V] host
   const PipelineStage stage(model_.decoder());
-  if (!full_rows.empty()) logits = stage.Logits(backend, hidden, full_rows);
+  if (!full_rows.empty()) logits = stage.Logits(backend, hidden, full_rows, step_trace_);
   auto row_of = [&](int64_t k) { return logits.data<float>() + k * vocab; };
   int64_t next_full = 0;  // full_rows are in sequence order: prompt rows, then the sampled row
   for (size_t i = 0; i < n; ++i) {

@@ -34,6 +34,10 @@ struct ModelRunnerOptions {
   // Encoder cache budget in visual tokens (model/encoder_cache.h); 0: none. Every rank of a
   // replica that encodes or serves the tower must use the same value.
   int64_t encoder_cache_tokens = 0;
+  // Intermediates of every step that prefills (inputs_embeds, vision points, layer_hidden,
+  // router_topk, final_hidden_normed of the rows whose whole logits are read): the golden
+  // tests localise errors with it. Decode-only steps report nothing. Null: none.
+  const TraceFn* trace = nullptr;
 };
 
 class ModelRunner : public StepRunner {
@@ -87,6 +91,7 @@ class ModelRunner : public StepRunner {
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   std::vector<int64_t> group_load_;  // per attention group: the load of its live requests
   int64_t tokens_run_ = 0;
+  const TraceFn* step_trace_ = nullptr;  // options_.trace while a step that prefills runs
 };
 
 // The vision ranks of a mesh (they hold the tower, no decoder): runs ServeVision for each

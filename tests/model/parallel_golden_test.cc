@@ -49,7 +49,7 @@ std::vector<RankOutcome> RunMesh(const std::string& case_dir, const std::string&
           model::ServeVisionFor(model, {golden.request});
           return;
         }
-        auto result = launcher::RunGoldenCase(model, golden);
+        auto result = launcher::RunGoldenCaseWithGenerator(model, golden);
         if (!result.ok()) return void(out.error = result.status().ToString());
         out.logits = result->result.prefill_logits;
         out.tokens = result->result.tokens;
