@@ -58,7 +58,8 @@ ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const Engin
   cluster::EngineConfig config{
       .scheduler = {.max_num_batched_tokens = options.max_num_batched_tokens, .max_num_seqs = options.max_num_seqs,
                     .page_size = options.page_size, .num_pages = kv_pages,
-                    .max_model_len = model.config().text.max_position_embeddings},
+                    .max_model_len = model.config().text.max_position_embeddings,
+                    .num_groups = model.decoder().shard().attn_groups},  // each group: its own KV pool
       .eos_token_ids = model.config().text.eos_token_ids};
   engine_ = std::make_unique<cluster::Engine>(*engine_runner, std::move(config), tokenizer);
 }

@@ -97,7 +97,7 @@ void ModelRunner::ShareOutputs(const StepPlan& plan, StepOutput& out) {
     if (g == shard.attn_group) {
       Packer packer;
       for (size_t i = 0; i < plan.seqs.size(); ++i) {
-        if (seqs_.at(plan.seqs[i].request)->owner == g) packer.Put(out.seqs[i]);
+        if (plan.seqs[i].group == g) packer.Put(out.seqs[i]);
       }
       bytes = std::move(packer.bytes);
     }
@@ -105,7 +105,7 @@ void ModelRunner::ShareOutputs(const StepPlan& plan, StepOutput& out) {
     if (g == shard.attn_group) continue;
     Unpacker unpacker(bytes);
     for (size_t i = 0; i < plan.seqs.size(); ++i) {
-      if (seqs_.at(plan.seqs[i].request)->owner == g) out.seqs[i] = unpacker.GetOutput();
+      if (plan.seqs[i].group == g) out.seqs[i] = unpacker.GetOutput();
     }
   }
 }
@@ -155,12 +155,6 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
   seq->tokens = request.input_ids;
   seq->visual_before = VisualPrefixCounts(cfg, request.input_ids);
   seq->rng.seed(request.sampling.seed);
-  // The least-loaded attention group runs it (replayed identically on every rank).
-  const int groups = std::max(1, model_.decoder().shard().attn_groups);
-  if (group_load_.size() != static_cast<size_t>(groups)) group_load_.assign(groups, 0);
-  seq->owner = static_cast<int>(std::min_element(group_load_.begin(), group_load_.end()) - group_load_.begin());
-  seq->load = static_cast<int64_t>(request.input_ids.size()) + request.sampling.max_new_tokens;
-  group_load_[seq->owner] += seq->load;
   seq->request = std::move(request);
   seqs_[id] = std::move(seq);
   return absl::OkStatus();
@@ -173,10 +167,7 @@ RunnerCounters ModelRunner::counters() const {
 
 void ModelRunner::Remove(int64_t id) {
   cache_.Release(id);
-  auto it = seqs_.find(id);
-  if (it == seqs_.end()) return;
-  group_load_[it->second->owner] -= it->second->load;
-  seqs_.erase(it);
+  seqs_.erase(id);
 }
 
 void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
@@ -229,7 +220,9 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
     auto it = seqs_.find(s.request);
     Q3VL_CHECK(it != seqs_.end()) << "plan names unknown request " << s.request;
     Sequence& seq = *it->second;
-    const bool mine = seq.owner == shard.attn_group;
+    Q3VL_CHECK(s.group >= 0 && s.group < shard.attn_groups) << "plan puts request " << s.request << " in group "
+                                                            << s.group << " of " << shard.attn_groups;
+    const bool mine = s.group == shard.attn_group;
     if (mine) local.seqs.push_back(s);
     const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
     if (!first_stage || seq.encoded || s.begin >= prompt ||
@@ -247,7 +240,7 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
   StepOutput out;
   out.seqs.resize(plan.seqs.size());
   for (size_t i = 0, j = 0; i < plan.seqs.size(); ++i) {
-    if (seqs_.at(plan.seqs[i].request)->owner == shard.attn_group) out.seqs[i] = mine.seqs[j++];
+    if (plan.seqs[i].group == shard.attn_group) out.seqs[i] = mine.seqs[j++];
   }
   ShareOutputs(plan, out);
   return out;

@@ -9,8 +9,8 @@
 // logits) read them on the host; the rest sample from backend-side top-k candidates.
 // Every rank of a replica that runs the same calls in the same order stays identical (the
 // sampling is drawn identically everywhere). With data-parallel attention (a stage of S ranks
-// in S / T attention groups of T), Add gives each request to the least-loaded group (the same
-// choice on every rank); a rank runs only its group's sequences (KV, attention, sampling),
+// in S / T attention groups of T), each planned sequence names its group (the scheduler's
+// choice, StepSequence::group); a rank runs only its group's sequences (KV, attention, sampling),
 // joins every MoE exchange (with no tokens if need be) and every collective vision encoding,
 // and each group's outputs reach every rank of the stage, so Execute returns the whole plan's
 // outputs everywhere. Not thread-safe except Validate.
@@ -68,8 +68,6 @@ class ModelRunner : public StepRunner {
     VisualFeatures features;             // rows in prompt order (valid once encoded)
     Rng rng;
     int64_t prompt_rows_done = 0;        // prompt rows whose logits/logprobs were reported
-    int owner = 0;                       // the attention group that runs it
-    int64_t load = 0;                    // its share of owner's load (prompt + max tokens)
   };
 
   // The inputs of one step, packed.
@@ -89,7 +87,6 @@ class ModelRunner : public StepRunner {
   kv::PagedKvCache cache_;
   std::unique_ptr<EncoderCache> encoder_cache_;  // null without a cache
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
-  std::vector<int64_t> group_load_;  // per attention group: the load of its live requests
   int64_t tokens_run_ = 0;
   const TraceFn* step_trace_ = nullptr;  // options_.trace while a step that prefills runs
 };

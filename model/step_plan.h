@@ -42,6 +42,7 @@ struct StepSequence {
   int64_t begin = 0;
   int64_t num_tokens = 0;
   bool sample = false;  // the step reaches the last known token: sample the next one
+  int64_t group = 0;    // the data-parallel attention group that runs it (0 without groups)
 };
 
 struct StepPlan {

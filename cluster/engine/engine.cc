@@ -251,7 +251,7 @@ void Engine::PublishGauges() {
     num_waiting_ = static_cast<int64_t>(pending_.size()) + scheduler_.num_waiting();
   }
   metrics_.SetGauges(scheduler_.num_running(), scheduler_.num_waiting(),
-                     static_cast<double>(scheduler_.used_pages()) / config_.scheduler.num_pages,
+                     static_cast<double>(scheduler_.used_pages()) / scheduler_.total_pages(),
                      scheduler_.num_preemptions());
   const model::RunnerCounters counters = runner_.counters();
   metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits);

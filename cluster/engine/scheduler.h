@@ -24,8 +24,12 @@ struct SchedulerConfig {
   int64_t max_num_batched_tokens = 2048;  // tokens per step (decode tokens + prefill chunks)
   int64_t max_num_seqs = 256;             // sequences running at once
   int64_t page_size = 16;                 // tokens per KV page
-  int64_t num_pages = 0;                  // KV pool
+  int64_t num_pages = 0;                  // KV pool (of each group)
   int64_t max_model_len = 0;              // prompt + max_tokens limit (the model's context)
+  // Data-parallel attention groups, each with its own pool of num_pages: a request runs in the
+  // group it is admitted to (the one with the most free pages; StepSequence::group) and a
+  // sequence that cannot grow preempts the newest of its own group.
+  int64_t num_groups = 1;
 
   absl::Status Validate() const;
   int64_t PagesFor(int64_t tokens) const { return (tokens + page_size - 1) / page_size; }
@@ -52,7 +56,8 @@ class Scheduler {
 
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
-  int64_t used_pages() const { return used_pages_; }
+  int64_t used_pages() const;  // over every group
+  int64_t total_pages() const { return config_.num_pages * config_.num_groups; }
   int64_t num_preemptions() const { return num_preemptions_; }
   bool has_work() const { return !running_.empty() || !waiting_.empty() || !released_.empty(); }
   const SchedulerConfig& config() const { return config_; }
@@ -63,9 +68,10 @@ class Scheduler {
     int64_t computed = 0;  // tokens in its KV cache
     int64_t pages = 0;     // pages it holds
     int64_t step = -1;     // index in the plan being built, -1 when not in it
+    int64_t group = 0;     // attention group (valid while running)
   };
-  // Frees the newest running request other than `keep`, moving it to the head of the queue.
-  // False when there is none.
+  // Frees the newest running request of `keep`'s group, moving it to the head of the queue.
+  // False when that was `keep` itself.
   bool PreemptNewest(int64_t keep, model::StepPlan& plan, int64_t& budget);
   // Schedules up to `budget` of the request's remaining tokens; false when it was preempted.
   bool ScheduleRunning(int64_t id, model::StepPlan& plan, int64_t& budget);
@@ -75,7 +81,7 @@ class Scheduler {
   std::vector<int64_t> running_;  // admission order, oldest first
   std::deque<int64_t> waiting_;   // FCFS; preempted requests go back to the front
   std::vector<int64_t> released_; // ended since the last plan
-  int64_t used_pages_ = 0;
+  std::vector<int64_t> used_pages_;  // per group
   int64_t num_preemptions_ = 0;
   int64_t next_step_ = 0;
 };

@@ -66,7 +66,8 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
         ReplicaExecutor executor(replica, *runner);
         Engine engine(executor, {.scheduler = {.max_num_batched_tokens = kBudget, .max_num_seqs = 16, .page_size = 16,
                                                .num_pages = kPages,
-                                               .max_model_len = model.config().text.max_position_embeddings}});
+                                               .max_model_len = model.config().text.max_position_embeddings,
+                                               .num_groups = model.decoder().shard().attn_groups}});
         got = Staggered(engine, MixedRequests(golden.request), kArrival);
         Q3VL_CHECK_OK(executor.Stop());
         tokens_run[rank] = decoder_runner->tokens_run();

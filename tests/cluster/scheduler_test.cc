@@ -13,9 +13,10 @@
 namespace q3vl::cluster {
 namespace {
 
-SchedulerConfig Config(int64_t budget, int64_t pages, int64_t max_seqs = 64, int64_t page_size = 4) {
+SchedulerConfig Config(int64_t budget, int64_t pages, int64_t max_seqs = 64, int64_t page_size = 4,
+                       int64_t groups = 1) {
   return {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs, .page_size = page_size, .num_pages = pages,
-          .max_model_len = 4096};
+          .max_model_len = 4096, .num_groups = groups};
 }
 
 // Plays the engine: commits each plan and ends requests after `max_new` tokens.
@@ -33,8 +34,8 @@ class Driver {
     const SchedulerConfig& c = sched_.config();
     EXPECT_LE(plan.num_tokens(), c.max_num_batched_tokens);
     EXPECT_LE(static_cast<int64_t>(plan.seqs.size()), c.max_num_seqs);
-    EXPECT_LE(sched_.used_pages(), c.num_pages);
-    for (int64_t id : plan.released) cached_[id] = 0;
+    EXPECT_LE(sched_.used_pages(), c.num_pages * c.num_groups);
+    for (int64_t id : plan.released) cached_[id] = 0, group_.erase(id);
     bool seen_chunk = false;
     for (const model::StepSequence& s : plan.seqs) {
       EXPECT_EQ(s.begin, cached_[s.request]) << "request " << s.request << " step " << plan.step;
@@ -42,20 +43,29 @@ class Driver {
       const bool decode = cached_[s.request] > 0 && prompt_[s.request] + generated_[s.request] - cached_[s.request] == 1;
       EXPECT_FALSE(decode && seen_chunk) << "a decode token after a prefill chunk, step " << plan.step;
       if (!decode) seen_chunk = true;
+      // A request keeps its attention group while it holds KV.
+      EXPECT_TRUE(s.group >= 0 && s.group < c.num_groups);
+      if (cached_[s.request] > 0) EXPECT_EQ(s.group, group_[s.request]) << "request " << s.request;
+      group_[s.request] = s.group;
       cached_[s.request] += s.num_tokens;
     }
+    // Each group's pool holds its own requests' pages.
+    std::map<int64_t, int64_t> pages;
+    for (const auto& [id, g] : group_) pages[g] += (cached_[id] + c.page_size - 1) / c.page_size;
+    for (const auto& [g, n] : pages) EXPECT_LE(n, c.num_pages) << "group " << g << " step " << plan.step;
     sched_.Commit(plan);
     for (const model::StepSequence& s : plan.seqs) {
       if (!s.sample) continue;
       if (++generated_[s.request] >= want_[s.request]) {
         sched_.Finish(s.request);
+        group_.erase(s.request);
         finished_at_[s.request] = plan.step;
       }
     }
     return plan;
   }
   Scheduler sched_;
-  std::map<int64_t, int64_t> want_, prompt_, cached_, generated_, finished_at_;
+  std::map<int64_t, int64_t> want_, prompt_, cached_, generated_, finished_at_, group_;
 };
 
 TEST(SchedulerTest, ChunksCoverThePromptUnderTheBudget) {
@@ -148,11 +158,29 @@ TEST(SchedulerTest, FinishingAWaitingRequestReleasesIt) {
 // Random arrivals over a pool that forces preemption: every step obeys the invariants (checked
 // in Driver::Step), a step is empty only when nothing is queued, and every request finishes
 // with all its tokens, so nothing starves.
+// Data-parallel attention: each group has its own pool. Two requests that each fill a pool run
+// together with two groups, one after the other with one.
+TEST(SchedulerTest, AttentionGroupsEachHaveTheirOwnPool) {
+  for (const int64_t groups : {1, 2}) {
+    Driver d(Config(/*budget=*/64, /*pages=*/4, /*max_seqs=*/8, /*page_size=*/4, groups));
+    d.Add(0, 12, 5);  // 16 cached tokens: the whole pool of a group
+    d.Add(1, 12, 5);
+    const model::StepPlan first = d.Step();
+    ASSERT_EQ(static_cast<int64_t>(first.seqs.size()), groups);
+    if (groups == 2) EXPECT_NE(first.seqs[0].group, first.seqs[1].group);
+    while (d.sched_.has_work()) d.Step();
+    EXPECT_EQ(d.generated_[0], 5);
+    EXPECT_EQ(d.generated_[1], 5);
+    EXPECT_EQ(d.sched_.num_preemptions(), 0);
+  }
+}
+
 TEST(SchedulerTest, RandomLoadNeverStarves) {
   int64_t preemptions = 0;
-  for (uint32_t seed = 0; seed < 20; ++seed) {
+  for (uint32_t seed = 0; seed < 30; ++seed) {
     std::mt19937 rng(seed);
-    Driver d(Config(/*budget=*/16, /*pages=*/24, /*max_seqs=*/6));
+    const int64_t groups = seed < 20 ? 1 : 3;  // the last seeds with three attention groups
+    Driver d(Config(/*budget=*/16, /*pages=*/groups == 1 ? 24 : 18, /*max_seqs=*/6, /*page_size=*/4, groups));
     int64_t next = 0, steps = 0;
     while ((next < 40 || d.sched_.has_work()) && steps < 5000) {
       if (next < 40 && rng() % 3 == 0) d.Add(next++, 1 + rng() % 40, 1 + rng() % 30);
