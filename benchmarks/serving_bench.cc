@@ -1,5 +1,6 @@
 // serving_bench: the engine (continuous batching, chunked prefill) against static batching
-// (batches of B run to completion, the previous behaviour) on the same generated workload, side by side in one run, as one JSON object on stdout.
+// (batches of B run to completion, the previous behaviour) on the same generated workload,
+// side by side in one run, as one JSON object on stdout.
 // Workload: N requests with prompt lengths uniform in [prompt-min, prompt-max], output lengths
 // uniform in [output-min, output-max] (greedy, EOS ignored, so both runs generate the same
 // tokens), a share of image prompts (one image of 8x8 to 16x16 merged tokens) and of video
@@ -130,79 +131,86 @@ void SleepUntil(Clock::time_point t0, double seconds) {
   std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)));
 }
 
+// A started engine over its own runner, with KV room for every request of the phase at once.
+struct BenchEngine {
+  BenchEngine(const model::Qwen3VL& model, const std::vector<Item>& items, int64_t budget, int64_t max_seqs)
+      : runner(model, {.page_size = kPageSize, .num_pages = Pages(items)}),
+        engine(runner, {.scheduler = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs,
+                                      .page_size = kPageSize, .num_pages = Pages(items),
+                                      .max_model_len = model.config().text.max_position_embeddings}}) {
+    engine.Start();
+  }
+  ~BenchEngine() { engine.Shutdown(); }
+  static int64_t Pages(const std::vector<Item>& items) {
+    int64_t pages = 0;
+    for (const Item& item : items) {
+      const model::RunnerRequest& r = item.request;
+      pages += (static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens + kPageSize - 1) / kPageSize;
+    }
+    return pages;
+  }
+  // Submits item `i` (id = its index).
+  std::shared_ptr<cluster::RequestStream> Submit(const std::vector<Item>& items, size_t i) {
+    cluster::EngineRequest r{.id = std::to_string(i), .input = items[i].request, .ignore_eos = true};
+    auto stream = engine.Submit(std::move(r));
+    Q3VL_CHECK(stream.ok()) << stream.status();
+    return *std::move(stream);
+  }
+  // Records when each token of `stream` arrives.
+  static void Read(cluster::RequestStream& stream, Clock::time_point t0, Trace& trace) {
+    while (auto out = stream.Next()) {
+      const double now = Since(t0);
+      for (size_t k = 0; k < out->token_ids.size(); ++k) trace.tokens.push_back(now);
+    }
+  }
+  static constexpr int64_t kPageSize = 16;
+  model::ModelRunner runner;
+  cluster::Engine engine;
+};
+
 // The engine: one client thread per request submits at its arrival and reads its stream.
 std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, const std::vector<Item>& items) {
-  int64_t pages = 0;
-  for (const Item& item : items) {
-    pages += (static_cast<int64_t>(item.request.input_ids.size()) + item.request.sampling.max_new_tokens + 15) / 16;
-  }
-  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages});
-  cluster::Engine engine(runner, {.scheduler = {.max_num_batched_tokens = o.max_num_batched_tokens,
-                                                .max_num_seqs = 256, .page_size = 16, .num_pages = pages,
-                                                .max_model_len = model.config().text.max_position_embeddings}});
-  engine.Start();
+  BenchEngine bench(model, items, o.max_num_batched_tokens, /*max_seqs=*/256);
   std::vector<Trace> traces(items.size());
   std::vector<std::thread> clients;
   const Clock::time_point t0 = Clock::now();
   for (size_t i = 0; i < items.size(); ++i) {
     clients.emplace_back([&, i] {
       SleepUntil(t0, items[i].arrival);
-      cluster::EngineRequest r{.id = std::to_string(i), .input = items[i].request, .ignore_eos = true};
       traces[i].arrival = Since(t0);
-      auto stream = engine.Submit(std::move(r));
-      Q3VL_CHECK(stream.ok()) << stream.status();
-      while (auto out = (*stream)->Next()) {
-        const double now = Since(t0);
-        for (size_t k = 0; k < out->token_ids.size(); ++k) traces[i].tokens.push_back(now);
-      }
+      BenchEngine::Read(*bench.Submit(items, i), t0, traces[i]);
     });
   }
   for (std::thread& t : clients) t.join();
-  engine.Shutdown();
   return traces;
 }
 
 // Static batching (the whole-batch behaviour the engine replaced): whenever idle, the next (up
-// to) B arrived requests run to completion together, prefilled in one step, before any other
-// request is admitted. Run on the same engine and model runner, so the comparison measures the
-// scheduling and nothing else.
+// to) B arrived requests run to completion together, prefilled in one step (the budget covers
+// every prompt), before any other request is admitted. Run on the same engine and model
+// runner, so the comparison measures the scheduling and nothing else.
 std::vector<Trace> RunStatic(const model::Qwen3VL& model, const Options& o, const std::vector<Item>& items) {
-  int64_t pages = 0, longest_prompts = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const model::RunnerRequest& r = items[i].request;
-    pages += (static_cast<int64_t>(r.input_ids.size()) + r.sampling.max_new_tokens + 15) / 16;
-    longest_prompts += static_cast<int64_t>(r.input_ids.size());
-  }
-  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages});
-  cluster::Engine engine(runner, {.scheduler = {.max_num_batched_tokens = longest_prompts,
-                                                .max_num_seqs = o.static_batch, .page_size = 16, .num_pages = pages,
-                                                .max_model_len = model.config().text.max_position_embeddings}});
-  engine.Start();
+  int64_t all_prompts = 0;
+  for (const Item& item : items) all_prompts += static_cast<int64_t>(item.request.input_ids.size());
+  BenchEngine bench(model, items, all_prompts, /*max_seqs=*/o.static_batch);
   std::vector<Trace> traces(items.size());
   const Clock::time_point t0 = Clock::now();
   for (size_t next = 0; next < items.size();) {
     SleepUntil(t0, items[next].arrival);
     const double now = Since(t0);
-    std::vector<std::shared_ptr<cluster::RequestStream>> streams;
-    std::vector<size_t> batch;
+    // The whole batch is submitted before any of it is read, so it starts in one step.
+    std::vector<std::pair<size_t, std::shared_ptr<cluster::RequestStream>>> batch;
     while (next < items.size() && static_cast<int>(batch.size()) < o.static_batch && items[next].arrival <= now) {
       traces[next].arrival = items[next].arrival;
-      cluster::EngineRequest r{.id = std::to_string(next), .input = items[next].request, .ignore_eos = true};
-      batch.push_back(next++);
-      streams.push_back(*engine.Submit(std::move(r)));
+      batch.emplace_back(next, bench.Submit(items, next));
+      ++next;
     }
     std::vector<std::thread> readers;
-    for (size_t j = 0; j < batch.size(); ++j) {
-      readers.emplace_back([&, j] {
-        while (auto out = streams[j]->Next()) {
-          const double at = Since(t0);
-          for (size_t k = 0; k < out->token_ids.size(); ++k) traces[batch[j]].tokens.push_back(at);
-        }
-      });
+    for (auto& [i, stream] : batch) {
+      readers.emplace_back([&, i = i, stream = stream] { BenchEngine::Read(*stream, t0, traces[i]); });
     }
     for (std::thread& t : readers) t.join();
   }
-  engine.Shutdown();
   return traces;
 }
 

@@ -87,6 +87,12 @@ class Unpacker {
   size_t at_ = 0;
 };
 
+// Whether a step's tokens [s.begin, s.begin + s.num_tokens) reach a visual token of the prompt
+// (`visual_before`: VisualPrefixCounts of it).
+bool ReachesVisual(const StepSequence& s, const std::vector<int64_t>& visual_before, int64_t prompt) {
+  return s.begin < prompt && visual_before[std::min(s.begin + s.num_tokens, prompt)] > visual_before[s.begin];
+}
+
 }  // namespace
 
 void ModelRunner::ShareOutputs(const StepPlan& plan, StepOutput& out) {
@@ -225,10 +231,7 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
     const bool mine = s.group == shard.attn_group;
     if (mine) local.seqs.push_back(s);
     const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
-    if (!first_stage || seq.encoded || s.begin >= prompt ||
-        seq.visual_before[std::min(s.begin + s.num_tokens, prompt)] == seq.visual_before[s.begin]) {
-      continue;
-    }
+    if (!first_stage || seq.encoded || !ReachesVisual(s, seq.visual_before, prompt)) continue;
     if (!mine && !model_.vision_is_collective()) continue;
     VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
                                                    seq.request.videos, mine ? options_.trace : nullptr,
@@ -395,8 +398,7 @@ absl::StatusOr<StepOutput> VisionStageRunner::Execute(const StepPlan& plan) {
     Q3VL_CHECK(it != seqs_.end()) << "plan names unknown request " << s.request;
     Sequence& seq = it->second;
     const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
-    if (seq.encoded || s.begin >= prompt) continue;
-    if (seq.visual_before[std::min(s.begin + s.num_tokens, prompt)] == seq.visual_before[s.begin]) continue;
+    if (seq.encoded || !ReachesVisual(s, seq.visual_before, prompt)) continue;
     ServeVisualFeatures(model_, seq.request.images, seq.request.videos, encoder_cache_.get());
     seq.encoded = true;
   }
