@@ -28,7 +28,9 @@ enum class MediaKind : uint8_t { kImage = 1, kVideo = 2 };
 std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind);
 
 // One item's encoder output: [tokens, D] merged rows and one [tokens, D] per DeepStack layer
-// (undefined on a keys-only cache).
+// (undefined on a keys-only cache). They may be views of one tower pass's output shared with
+// the pass's other items: the budget counts tokens, and a pass's buffer is freed when its last
+// item leaves.
 struct EncodedItem {
   int64_t tokens = 0;
   Tensor embeds;

@@ -10,8 +10,10 @@ namespace {
 
 // One kind's items through the cache. Without a cache: `in` as one tower pass. With one: the
 // items looked up in order (an item repeated within `in` is looked up once), the missing ones
-// encoded in one pass (served, on a vision rank) and inserted, and the kind's table assembled
-// from hits and new items in item order.
+// encoded in one pass (served, on a vision rank) and inserted as views of that pass's output
+// (no copy; the pass's buffer lives until its last item leaves the cache), and the kind's
+// table assembled from hits and new items in item order (the pass's output itself when every
+// item was new).
 VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& in, MediaKind kind, EncoderCache* cache,
                         const TraceFn* trace, bool serve) {
   if (in.grids.empty()) return {};
@@ -66,24 +68,19 @@ VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& in, MediaKind k
     VisionOutput out;
     if (serve) model.ServeVision(subset);
     else out = model.RunVision(subset, trace);
-    Backend& backend = model.backend();
-    auto copy_rows = [&](const Tensor& t, int64_t r0, int64_t r1) {
-      Tensor dst = backend.Allocate(DType::kF32, {r1 - r0, t.dim(1)});
-      backend.Copy(t.Slice(0, r0, r1), dst);
-      return dst;
-    };
     int64_t row = 0;
     for (size_t j = 0; j < missing.size(); ++j) {
       const size_t i = missing[j];
       EncodedItem& item = fresh[j];
       item.tokens = (first_row[i + 1] - first_row[i]) / merge;
       if (!serve) {
-        item.embeds = copy_rows(out.embeds, row, row + item.tokens);
-        for (const Tensor& d : out.deepstack) item.deepstack.push_back(copy_rows(d, row, row + item.tokens));
+        item.embeds = out.embeds.Slice(0, row, row + item.tokens);
+        for (const Tensor& d : out.deepstack) item.deepstack.push_back(d.Slice(0, row, row + item.tokens));
       }
       row += item.tokens;
       cache->Insert(digests[i], item);
     }
+    if (!serve && missing.size() == n) return out;  // every item new, in order: the pass itself
   }
   if (serve) return {};
   VisionOutput table;
