@@ -17,6 +17,7 @@ int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
 int MakeModelCommand(const Args& args);
 int PreprocessCommand(const Args& args);
+int RunCommand(const Args& args);
 int TokenizeCommand(const Args& args);
 
 // Prints "q3vl <command>: <message>" to stderr and returns 1 (or 2 for InvalidArgument

@@ -14,6 +14,8 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
+    {"run", "a batch job: OpenAI batch JSONL in, results out (vllm run-batch's format), resumable; under mpirun on a mesh",
+     q3vl::launcher::RunCommand},
     {"generate", "greedy or sampled generation from token ids on a checkpoint directory",
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",

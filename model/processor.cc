@@ -1,9 +1,14 @@
 #include "model/processor.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -42,6 +47,50 @@ std::string Resolve(const std::string& source, const std::string& root) {
 
 std::string FilePath(const std::string& reference) {
   return absl::StartsWith(reference, "file://") ? reference.substr(7) : reference;
+}
+
+// Whether local file `path` may be read under options.allowed_media_dirs.
+absl::Status CheckAllowed(const std::string& path, const ProcessOptions& options, const std::string& what) {
+  if (!options.allowed_media_dirs) return absl::OkStatus();
+  std::error_code ec;
+  const std::filesystem::path real = std::filesystem::weakly_canonical(path, ec);
+  if (!ec) {
+    for (const std::string& dir : *options.allowed_media_dirs) {
+      const std::filesystem::path root = std::filesystem::weakly_canonical(dir, ec);
+      if (ec) continue;
+      auto [r, p] = std::mismatch(root.begin(), root.end(), real.begin(), real.end());
+      if (r == root.end()) return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(what, ": ", path, " is outside the allowed media directories (",
+                                                  absl::StrJoin(*options.allowed_media_dirs, ", "), ")"));
+}
+
+// A video given as `data:[<type>];base64,<payload>`: the bytes go to an anonymous in-memory
+// file that FFmpeg opens by its /proc path.
+absl::StatusOr<ProcessedVideo> LoadVideoDataUrl(absl::string_view url, const VisionProcessorConfig& config) {
+  const size_t comma = url.find(',');
+  if (comma == absl::string_view::npos || !absl::EndsWith(url.substr(0, comma), ";base64")) {
+    return absl::InvalidArgumentError("a video data: URL must be base64 (data:video/mp4;base64,...)");
+  }
+  std::string bytes;
+  if (!absl::Base64Unescape(url.substr(comma + 1), &bytes)) {
+    return absl::InvalidArgumentError("the video data: URL's payload is not valid base64");
+  }
+  const int fd = memfd_create("q3vl-video", MFD_CLOEXEC);
+  if (fd < 0) return absl::InternalError("memfd_create failed");
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
+    if (n <= 0) {
+      close(fd);
+      return absl::InternalError("writing the video to memory failed");
+    }
+    written += static_cast<size_t>(n);
+  }
+  auto video = LoadVideo(absl::StrCat("/proc/self/fd/", fd), config);
+  close(fd);
+  return video;
 }
 
 // Every string in a request must be UTF-8: silently replacing bytes would change the prompt.
@@ -94,6 +143,9 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
   std::vector<ImagePlaceholder> image_slots;
   for (size_t i = 0; i < rendered.image_sources.size(); ++i) {
     const std::string ref = Resolve(rendered.image_sources[i], options.media_root);
+    if (!absl::StartsWith(ref, "data:") && !absl::StrContains(FilePath(ref), "://")) {
+      Q3VL_RETURN_IF_ERROR(CheckAllowed(FilePath(ref), options, absl::StrCat("image ", i + 1)));
+    }
     auto image = LoadImage(ref);
     if (!image.ok()) return Annotate(image.status(), absl::StrCat("image ", i + 1));
     auto processed = ProcessImage(*image, image_config_);
@@ -105,11 +157,16 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
   std::vector<VideoPlaceholder> video_slots;
   for (size_t i = 0; i < rendered.video_sources.size(); ++i) {
     const std::string ref = Resolve(rendered.video_sources[i], options.media_root);
-    if (absl::StartsWith(ref, "data:") || absl::StrContains(FilePath(ref), "://")) {
-      return absl::UnimplementedError(absl::StrCat(
-          "video ", i + 1, ": only local files are read (got \"", ref.substr(0, 40), "\")"));
+    absl::StatusOr<ProcessedVideo> video;
+    if (absl::StartsWith(ref, "data:")) {
+      video = LoadVideoDataUrl(ref, video_config_);
+    } else if (absl::StrContains(FilePath(ref), "://")) {
+      return absl::UnimplementedError(absl::StrCat("video ", i + 1, ": remote URLs are not fetched (got \"",
+                                                   ref.substr(0, 40), "\")"));
+    } else {
+      Q3VL_RETURN_IF_ERROR(CheckAllowed(FilePath(ref), options, absl::StrCat("video ", i + 1)));
+      video = LoadVideo(FilePath(ref), video_config_);
     }
-    auto video = LoadVideo(FilePath(ref), video_config_);
     if (!video.ok()) return Annotate(video.status(), absl::StrCat("video ", i + 1));
     video_slots.push_back({.timestamps = video->plan.timestamps,
                            .tokens_per_group = video->plan.tokens_per_group});

@@ -6,6 +6,7 @@
 #define Q3VL_MODEL_PROCESSOR_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct ProcessOptions {
   // Relative image and video paths in the messages resolve against this directory (empty: the
   // working directory).
   std::string media_root;
+  // When set, local files (plain paths and file:// URLs) must lie inside one of these
+  // directories once symlinks and ".." are resolved (PermissionDenied otherwise); an empty list
+  // allows none. Unset: any file the process can read.
+  std::optional<std::vector<std::string>> allowed_media_dirs;
 };
 
 struct ProcessedRequest {
@@ -50,8 +55,10 @@ class Processor {
   // DIR/video_preprocessor_config.json when present (transformers' defaults otherwise).
   static absl::StatusOr<Processor> Load(const std::string& model_dir);
 
-  // `messages` is an OpenAI-style JSON array. InvalidArgument for bad messages or media (the
-  // message names the item), NotFound for a missing file.
+  // `messages` is an OpenAI-style JSON array. Images: data: URLs, file:// URLs and paths; videos:
+  // the same (a data: URL's bytes are decoded from memory). InvalidArgument for bad messages or
+  // media (the message names the item), NotFound for a missing file, PermissionDenied for a
+  // file outside options.allowed_media_dirs, Unimplemented for a remote URL.
   absl::StatusOr<ProcessedRequest> Process(const nlohmann::ordered_json& messages,
                                            const ProcessOptions& options) const;
 

@@ -114,11 +114,15 @@ bool Engine::Step() {
   Intake();
   const model::StepPlan plan = scheduler_.Schedule();
   if (plan.seqs.empty()) {
-    if (!plan.released.empty()) Q3VL_CHECK(runner_.Execute(plan).ok());
+    if (!plan.released.empty()) {
+      Q3VL_CHECK(runner_.Execute(plan).ok());
+      last_sent_ = clock_.Now();
+    }
     PublishGauges();
     return !plan.released.empty();
   }
   const absl::Time now = clock_.Now();
+  last_sent_ = now;
   for (const model::StepSequence& s : plan.seqs) {
     Live& l = *live_.at(s.request);
     if (l.scheduled == absl::InfinitePast()) l.scheduled = now;
@@ -275,6 +279,13 @@ void Engine::Loop() {
     // A failure means a lost follower: the next step fails its requests and says so.
     if (idle) (void)runner_.Heartbeat();
   }
+}
+
+void Engine::KeepAlive() {
+  const absl::Time now = clock_.Now();
+  if (now - last_sent_ < config_.heartbeat) return;
+  last_sent_ = now;
+  (void)runner_.Heartbeat();  // a failure means a lost follower: the next step says so
 }
 
 void Engine::Start() {

@@ -54,6 +54,10 @@ class Engine {
 
   // One iteration on the caller's thread; false when there was nothing to run.
   bool Step();
+  // For a caller that drives Step() itself: when neither a step nor a heartbeat went to the
+  // runner for config.heartbeat, sends a heartbeat (followers of a multi-rank replica wait on
+  // timed communicators). Call it while idle; same thread as Step().
+  void KeepAlive();
   // Runs Step() on a thread of its own until Shutdown().
   void Start();
   // Stops the loop; requests still live end with abort (Cancelled).
@@ -97,6 +101,7 @@ class Engine {
 
   // The loop's own state.
   Scheduler scheduler_;
+  absl::Time last_sent_ = absl::InfinitePast();  // the last step or heartbeat sent to the runner
   absl::flat_hash_map<int64_t, std::unique_ptr<Live>> live_;
   std::thread thread_;
 };

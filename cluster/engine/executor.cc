@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "cluster/engine/request_wire.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -9,50 +10,6 @@ namespace q3vl::cluster {
 namespace {
 
 using Json = nlohmann::json;
-
-Json VisionMeta(const model::VisionInput& in) {
-  Json grids = Json::array();
-  for (const model::GridThw& g : in.grids) grids.push_back({g[0], g[1], g[2]});
-  return {{"grids", grids},
-          {"rows", in.grids.empty() ? 0 : in.pixel_values.dim(0)},
-          {"cols", in.grids.empty() ? 0 : in.pixel_values.dim(1)}};
-}
-
-model::VisionInput VisionFromMeta(const Json& m) {
-  model::VisionInput in;
-  for (const Json& g : m["grids"]) in.grids.push_back({g[0].get<int64_t>(), g[1].get<int64_t>(), g[2].get<int64_t>()});
-  if (!in.grids.empty()) {
-    in.pixel_values = Tensor::Empty(DType::kF32, {m["rows"].get<int64_t>(), m["cols"].get<int64_t>()});
-  }
-  return in;
-}
-
-Json RequestMeta(const model::RunnerRequest& r) {
-  const model::SamplingParams& s = r.sampling;
-  return {{"ids", r.input_ids},
-          {"sampling", {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"seed", s.seed},
-                        {"max_new_tokens", s.max_new_tokens}, {"stop", s.stop_tokens}}},
-          {"min_tokens", r.min_tokens}, {"top_logprobs", r.top_logprobs},
-          {"prompt_logprobs", r.prompt_logprobs}, {"keep_prompt_logits", r.keep_prompt_logits},
-          {"images", VisionMeta(r.images)}, {"videos", VisionMeta(r.videos)}};
-}
-
-model::RunnerRequest RequestFromMeta(const Json& m) {
-  model::RunnerRequest r;
-  r.input_ids = m["ids"].get<std::vector<int64_t>>();
-  const Json& s = m["sampling"];
-  r.sampling = {.temperature = s["temperature"].get<float>(), .top_k = s["top_k"].get<int64_t>(),
-                .top_p = s["top_p"].get<float>(), .seed = s["seed"].get<uint64_t>(),
-                .max_new_tokens = s["max_new_tokens"].get<int64_t>(),
-                .stop_tokens = s["stop"].get<std::vector<int64_t>>()};
-  r.min_tokens = m["min_tokens"].get<int64_t>();
-  r.top_logprobs = m["top_logprobs"].get<int>();
-  r.prompt_logprobs = m["prompt_logprobs"].get<bool>();
-  r.keep_prompt_logits = m["keep_prompt_logits"].get<bool>();
-  r.images = VisionFromMeta(m["images"]);
-  r.videos = VisionFromMeta(m["videos"]);
-  return r;
-}
 
 Json PlanMeta(const model::StepPlan& plan) {
   Json seqs = Json::array();
@@ -77,11 +34,8 @@ ReplicaExecutor::ReplicaExecutor(parallel::Communicator& replica, model::StepRun
 ReplicaExecutor::~ReplicaExecutor() { (void)Stop(); }
 
 absl::Status ReplicaExecutor::Add(int64_t id, model::RunnerRequest request) {
-  Json call = {{"op", "add"}, {"id", id}, {"request", RequestMeta(request)}};
-  std::vector<Tensor> pixels;
-  for (const model::VisionInput* in : {&request.images, &request.videos}) {
-    if (!in->grids.empty()) pixels.push_back(in->pixel_values);
-  }
+  Json call = {{"op", "add"}, {"id", id}, {"request", RunnerRequestToJson(request)}};
+  std::vector<Tensor> pixels = PixelTensors(request);
   Q3VL_RETURN_IF_ERROR(local_.Add(id, std::move(request)));
   // Queued only once the leader accepted it: the followers see exactly the leader's calls.
   pixels_.insert(pixels_.end(), pixels.begin(), pixels.end());
@@ -136,7 +90,7 @@ absl::Status FollowReplica(parallel::Communicator& replica, int leader, model::S
         local.Remove(id);
         continue;
       }
-      model::RunnerRequest request = RequestFromMeta(call["request"]);
+      model::RunnerRequest request = RunnerRequestFromJson(call["request"]);
       for (model::VisionInput* in : {&request.images, &request.videos}) {
         if (!in->grids.empty()) Q3VL_RETURN_IF_ERROR(replica.Broadcast(in->pixel_values, leader));
       }

@@ -37,26 +37,28 @@ void RequestStream::Push(RequestOutput output) {
   queue_.push_back(std::move(output));
 }
 
+void Append(RequestOutput& all, RequestOutput o) {
+  all.token_ids.insert(all.token_ids.end(), o.token_ids.begin(), o.token_ids.end());
+  all.text += o.text;
+  all.logprobs.insert(all.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+  if (all.prompt_logprobs.empty()) all.first_prompt_row = o.first_prompt_row;
+  all.prompt_logprobs.insert(all.prompt_logprobs.end(), o.prompt_logprobs.begin(), o.prompt_logprobs.end());
+  all.prompt_logits.insert(all.prompt_logits.end(), o.prompt_logits.begin(), o.prompt_logits.end());
+  all.prompt_tokens = o.prompt_tokens;
+  all.completion_tokens = o.completion_tokens;
+  if (o.finish) {
+    all.finish = o.finish;
+    all.stop_reason = o.stop_reason;
+    all.error = o.error;
+    all.queue_seconds = o.queue_seconds;
+    all.ttft_seconds = o.ttft_seconds;
+    all.e2e_seconds = o.e2e_seconds;
+  }
+}
+
 RequestOutput Collect(RequestStream& stream) {
   RequestOutput all;
-  while (std::optional<RequestOutput> o = stream.Next()) {
-    all.token_ids.insert(all.token_ids.end(), o->token_ids.begin(), o->token_ids.end());
-    all.text += o->text;
-    all.logprobs.insert(all.logprobs.end(), o->logprobs.begin(), o->logprobs.end());
-    if (all.prompt_logprobs.empty()) all.first_prompt_row = o->first_prompt_row;
-    all.prompt_logprobs.insert(all.prompt_logprobs.end(), o->prompt_logprobs.begin(), o->prompt_logprobs.end());
-    all.prompt_logits.insert(all.prompt_logits.end(), o->prompt_logits.begin(), o->prompt_logits.end());
-    all.prompt_tokens = o->prompt_tokens;
-    all.completion_tokens = o->completion_tokens;
-    if (o->finish) {
-      all.finish = o->finish;
-      all.stop_reason = o->stop_reason;
-      all.error = o->error;
-      all.queue_seconds = o->queue_seconds;
-      all.ttft_seconds = o->ttft_seconds;
-      all.e2e_seconds = o->e2e_seconds;
-    }
-  }
+  while (std::optional<RequestOutput> o = stream.Next()) Append(all, *std::move(o));
   return all;
 }
 

@@ -67,6 +67,8 @@ class RequestStream {
   bool drained_ ABSL_GUARDED_BY(mu_) = false; // ... and read
 };
 
+// Merges delta `next` into `all` (what Collect does with each).
+void Append(RequestOutput& all, RequestOutput next);
 // Every delta of a stream merged into one (blocks until the end).
 RequestOutput Collect(RequestStream& stream);
 

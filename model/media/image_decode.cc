@@ -22,7 +22,16 @@ absl::string_view OtherFormatName(absl::string_view b) {
   if (b.size() >= 12 && absl::StartsWith(b, "RIFF") && b.substr(8, 4) == "WEBP") return "WebP";
   if (absl::StartsWith(b, "BM")) return "BMP";
   if (absl::StartsWith(b, "II*") || absl::StartsWith(b, absl::string_view("MM\0*", 4))) return "TIFF";
-  if (b.size() >= 12 && b.substr(4, 4) == "ftyp") return "HEIF/AVIF";
+  if (b.size() >= 12 && b.substr(4, 4) == "ftyp") {  // ISO base media: the brand says which
+    const absl::string_view brand = b.substr(8, 4);
+    for (absl::string_view still : {"heic", "heix", "hevc", "mif1", "msf1", "avif", "avis"}) {
+      if (brand == still) return "HEIF/AVIF";
+    }
+    if (brand == "qt  ") return "a QuickTime (MOV) video (send videos as video parts)";
+    if (absl::StartsWith(brand, "3g")) return "a 3GP video (send videos as video parts)";
+    return "an MP4 video (send videos as video parts)";
+  }
+  if (absl::StartsWith(b, "\x1a\x45\xdf\xa3")) return "a WebM/Matroska video (send videos as video parts)";
   return "";
 }
 

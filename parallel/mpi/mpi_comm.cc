@@ -66,6 +66,7 @@ class MpiCommunicator final : public Communicator {
 
   absl::string_view backend_name() const override { return "mpi"; }
   Device device() const override { return Device::kCpu; }
+  MPI_Comm handle() const { return comm_; }
 
  protected:
   absl::Status DoAllReduce(const CommBuffers& b) override {
@@ -264,7 +265,117 @@ class MpiCommunicator final : public Communicator {
   std::vector<float> scratch_;
 };
 
+// Posts are MPI_Isend on a communicator of the mailbox's own (a duplicate, so no call of the
+// parent's can match them); Poll is MPI_Improbe + MPI_Imrecv, whose completion is polled against
+// the timeout like every other call here.
+class MpiMailbox final : public Mailbox {
+ public:
+  MpiMailbox(MPI_Comm comm, int rank, int size, absl::Duration timeout)
+      : Mailbox(rank, size), comm_(comm), timeout_(timeout) {}
+
+  ~MpiMailbox() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    // Sends a dead peer never takes are left pending (and the communicator leaked), not waited on.
+    if (broken_.ok() && Flush(absl::Seconds(5)).ok()) MPI_Comm_free(&comm_);
+  }
+
+  absl::Status Post(int peer, std::string bytes) override {
+    Q3VL_RETURN_IF_ERROR(CheckPeer(peer));
+    Q3VL_RETURN_IF_ERROR(broken_);
+    Q3VL_ASSIGN_OR_RETURN(const int count, IntCount(static_cast<int64_t>(bytes.size()), "Mailbox::Post"));
+    auto send = std::make_unique<Send>();
+    send->bytes = std::move(bytes);
+    Q3VL_RETURN_IF_ERROR(Check("Post", MPI_Isend(send->bytes.data(), count, MPI_BYTE, peer, kTag, comm_, &send->request)));
+    sends_.push_back(std::move(send));
+    return Reap();
+  }
+
+  absl::StatusOr<std::optional<MailMessage>> Poll() override {
+    Q3VL_RETURN_IF_ERROR(broken_);
+    Q3VL_RETURN_IF_ERROR(Reap());
+    int flag = 0;
+    MPI_Message message = MPI_MESSAGE_NULL;
+    MPI_Status status;
+    Q3VL_RETURN_IF_ERROR(Check("Poll", MPI_Improbe(MPI_ANY_SOURCE, kTag, comm_, &flag, &message, &status)));
+    if (!flag) return std::optional<MailMessage>();
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    MailMessage out{.from = status.MPI_SOURCE, .bytes = std::string(count, '\0')};
+    MPI_Request request = MPI_REQUEST_NULL;
+    Q3VL_RETURN_IF_ERROR(Check("Poll", MPI_Imrecv(out.bytes.data(), count, MPI_BYTE, &message, &request)));
+    const absl::Time deadline = absl::Now() + timeout_;
+    for (int done = 0;;) {
+      Q3VL_RETURN_IF_ERROR(Check("Poll", MPI_Test(&request, &done, MPI_STATUS_IGNORE)));
+      if (done) return std::optional<MailMessage>(std::move(out));
+      if (absl::Now() > deadline) {
+        return Fail(absl::DeadlineExceededError(absl::StrCat("mailbox of rank ", rank(), ": a ", count,
+                                                             "-byte message from rank ", out.from, " stalled")));
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  absl::Status Flush(absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      Q3VL_RETURN_IF_ERROR(Reap());
+      if (sends_.empty()) return absl::OkStatus();
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat("mailbox of rank ", rank(), ": ", sends_.size(),
+                                                        " messages not taken by their peers after ",
+                                                        absl::FormatDuration(timeout)));
+      }
+      absl::SleepFor(kSleep);
+    }
+  }
+
+ private:
+  static constexpr int kTag = 23;
+  struct Send {
+    std::string bytes;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+
+  absl::Status Fail(absl::Status status) {
+    if (broken_.ok()) broken_ = status;
+    return status;
+  }
+  absl::Status Check(absl::string_view op, int err) {
+    if (err == MPI_SUCCESS) return absl::OkStatus();
+    return Fail(absl::UnavailableError(absl::StrCat("mailbox ", op, " on rank ", rank(), ": ", MpiErrorString(err))));
+  }
+  // Frees the sends that completed.
+  absl::Status Reap() {
+    for (auto it = sends_.begin(); it != sends_.end();) {
+      int done = 0;
+      Q3VL_RETURN_IF_ERROR(Check("send", MPI_Test(&(*it)->request, &done, MPI_STATUS_IGNORE)));
+      it = done ? sends_.erase(it) : std::next(it);
+    }
+    return absl::OkStatus();
+  }
+
+  MPI_Comm comm_;
+  absl::Duration timeout_;
+  absl::Status broken_;
+  std::vector<std::unique_ptr<Send>> sends_;
+};
+
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<Mailbox>> CreateMpiMailbox(Communicator& comm, absl::Duration timeout) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&comm);
+  if (mpi == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("a mailbox needs an MPI communicator, not ", comm.backend_name()));
+  }
+  MPI_Comm dup = MPI_COMM_NULL;
+  if (int err = MPI_Comm_dup(mpi->handle(), &dup); err != MPI_SUCCESS) {
+    return absl::UnavailableError(absl::StrCat("MPI_Comm_dup: ", MpiErrorString(err)));
+  }
+  MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+  return std::unique_ptr<Mailbox>(new MpiMailbox(dup, comm.rank(), comm.size(), timeout));
+}
 
 absl::StatusOr<std::unique_ptr<MpiRuntime>> MpiRuntime::Init(int* argc, char*** argv) {
   int initialized = 0;

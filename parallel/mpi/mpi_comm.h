@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
+#include "parallel/mailbox.h"
 
 namespace q3vl::parallel {
 
@@ -39,6 +40,11 @@ class MpiRuntime {
 // A communicator over every rank of the job: a duplicate of MPI_COMM_WORLD with
 // MPI_ERRORS_RETURN. REQUIRES: a live MpiRuntime.
 absl::StatusOr<std::unique_ptr<Communicator>> CreateMpiWorld(const CommOptions& options = {});
+
+// Collective over `comm` (an MPI communicator from this file): a Mailbox over its ranks, on a
+// duplicate of it. A message being received waits at most `timeout` for its bytes.
+absl::StatusOr<std::unique_ptr<Mailbox>> CreateMpiMailbox(Communicator& comm,
+                                                          absl::Duration timeout = absl::Minutes(5));
 
 }  // namespace q3vl::parallel
 

@@ -1,0 +1,207 @@
+// The OpenAI request parser and response shapes: what is accepted, what is refused (a 400
+// naming the field), and the objects the official clients read.
+#include "cluster/api/openai.h"
+
+#include "gtest/gtest.h"
+#include "model/text/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace q3vl::cluster::api {
+namespace {
+
+Json Chat(Json extra = Json::object()) {
+  Json body = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  for (auto it = extra.begin(); it != extra.end(); ++it) body[it.key()] = *it;
+  return body;
+}
+
+ApiError ErrorOf(Endpoint e, const Json& body) {
+  auto r = ParseRequest(e, body);
+  EXPECT_TRUE(std::holds_alternative<ApiError>(r)) << body.dump();
+  return std::holds_alternative<ApiError>(r) ? std::get<ApiError>(r) : ApiError{};
+}
+
+TEST(OpenAiParseTest, ChatFieldsAreRead) {
+  auto r = ParseRequest(Endpoint::kChatCompletions,
+                        Chat({{"max_completion_tokens", 9}, {"temperature", 0.5}, {"top_p", 0.9}, {"top_k", -1},
+                              {"seed", 3}, {"stop", "END"}, {"n", 2}, {"logprobs", true}, {"top_logprobs", 4},
+                              {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"min_tokens", 2},
+                              {"ignore_eos", true}, {"frequency_penalty", 0}, {"user", "u1"}}));
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(r)) << std::get<ApiError>(r).message;
+  const ApiRequest& a = std::get<ApiRequest>(r);
+  EXPECT_EQ(a.max_tokens, 9);
+  EXPECT_FLOAT_EQ(a.temperature, 0.5f);
+  EXPECT_EQ(a.top_k, 0);
+  EXPECT_EQ(a.seed, 3u);
+  EXPECT_EQ(a.stop, std::vector<std::string>{"END"});
+  EXPECT_EQ(a.n, 2);
+  EXPECT_EQ(a.top_logprobs, 4);
+  EXPECT_TRUE(a.stream && a.include_usage && a.ignore_eos);
+  EXPECT_EQ(a.min_tokens, 2);
+}
+
+TEST(OpenAiParseTest, RefusalsNameTheField) {
+  const struct { Json extra; const char* param; } cases[] = {
+      {{{"temperature", 3}}, "temperature"},
+      {{{"top_p", 0}}, "top_p"},
+      {{{"max_tokens", 0}}, "max_tokens"},
+      {{{"max_tokens", "ten"}}, "max_tokens"},
+      {{{"n", 0}}, "n"},
+      {{{"top_logprobs", 2}}, "top_logprobs"},  // without logprobs
+      {{{"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs"},
+      {{{"stop", {1, 2}}}, "stop"},
+      {{{"stop", ""}}, "stop"},
+      {{{"stream_options", {{"include_usage", true}}}}, "stream_options"},  // without stream
+      {{{"presence_penalty", 0.5}}, "presence_penalty"},
+      {{{"tools", {{{"type", "function"}}}}}, "tools"},
+      {{{"response_format", {{"type", "json_object"}}}}, "response_format"},
+      {{{"best_of_luck", 1}}, "best_of_luck"},
+      {{{"min_tokens", 5}, {"max_tokens", 2}}, "min_tokens"},
+      {{{"messages", Json::array()}}, "messages"},
+  };
+  for (const auto& c : cases) {
+    const ApiError e = ErrorOf(Endpoint::kChatCompletions, Chat(c.extra));
+    EXPECT_EQ(e.status, 400) << c.extra.dump();
+    EXPECT_EQ(e.param, c.param) << c.extra.dump() << ": " << e.message;
+    EXPECT_NE(e.message.find(c.param), std::string::npos) << e.message;
+  }
+  EXPECT_EQ(ErrorOf(Endpoint::kChatCompletions, Json::array()).status, 400);
+  EXPECT_EQ(ErrorOf(Endpoint::kChatCompletions, Json{{"model", "m"}}).param, "messages");
+}
+
+TEST(OpenAiParseTest, DefaultsSentExplicitlyAreAccepted) {
+  auto r = ParseRequest(Endpoint::kChatCompletions,
+                        Chat({{"presence_penalty", 0.0}, {"response_format", {{"type", "text"}}}, {"tools", Json::array()},
+                              {"logit_bias", Json::object()}, {"temperature", nullptr}}));
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(r)) << std::get<ApiError>(r).message;
+  EXPECT_FLOAT_EQ(std::get<ApiRequest>(r).temperature, 1.0f);  // null: the default
+}
+
+TEST(OpenAiParseTest, CompletionsPromptForms) {
+  auto text = ParseRequest(Endpoint::kCompletions, Json{{"prompt", {"once"}}});
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(text));
+  EXPECT_EQ(*std::get<ApiRequest>(text).prompt, "once");
+  EXPECT_EQ(std::get<ApiRequest>(text).max_tokens, 16);  // the completions API's default
+  auto ids = ParseRequest(Endpoint::kCompletions, Json{{"prompt", {1, 2, 3}}, {"logprobs", 2}});
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(ids));
+  EXPECT_EQ(std::get<ApiRequest>(ids).prompt_ids, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(std::get<ApiRequest>(ids).top_logprobs, 2);
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, Json{{"prompt", {"a", "b"}}}).param, "prompt");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, Json{{"prompt", "a"}, {"echo", true}}).param, "echo");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, Json{{"prompt", "a"}, {"max_completion_tokens", 3}}).param,
+            "max_completion_tokens");
+}
+
+TEST(OpenAiParseTest, EndpointsAndStatusMapping) {
+  EXPECT_EQ(EndpointOf("/v1/chat/completions"), Endpoint::kChatCompletions);
+  EXPECT_EQ(EndpointOf("/v1/completions"), Endpoint::kCompletions);
+  EXPECT_FALSE(EndpointOf("/v1/embeddings"));
+  EXPECT_EQ(FromStatus(absl::NotFoundError("x")).status, 400);
+  EXPECT_EQ(FromStatus(absl::ResourceExhaustedError("x")).status, 429);
+  EXPECT_EQ(FromStatus(absl::UnavailableError("x")).status, 503);
+  EXPECT_EQ(FromStatus(absl::InternalError("x")).status, 500);
+  const Json body = InvalidRequest("bad", "n").Body();
+  EXPECT_EQ(body["error"]["message"], "bad");
+  EXPECT_EQ(body["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(body["error"]["param"], "n");
+  EXPECT_TRUE(body["error"]["code"].is_null());
+}
+
+class OpenAiPrepareTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto p = model::Processor::Load(testing::E2eModelDir());
+    if (p.ok()) processor_ = new model::Processor(*std::move(p));
+  }
+  PrepareOptions Options(int64_t context, int64_t seq = 0) {
+    return {.processor = processor_, .max_model_len = context, .max_seq_tokens = seq};
+  }
+  static model::Processor* processor_;
+};
+model::Processor* OpenAiPrepareTest::processor_ = nullptr;
+
+TEST_F(OpenAiPrepareTest, LimitsNameTheNumbers) {
+  ASSERT_NE(processor_, nullptr);
+  ApiRequest r = std::get<ApiRequest>(ParseRequest(Endpoint::kChatCompletions, Chat({{"max_tokens", 100}})));
+  auto over = Prepare(r, Options(50));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(over));
+  EXPECT_EQ(std::get<ApiError>(over).param, "max_tokens");
+  EXPECT_NE(std::get<ApiError>(over).message.find("50 tokens"), std::string::npos) << std::get<ApiError>(over).message;
+  auto no_room = Prepare(r, Options(4));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(no_room));
+  EXPECT_EQ(std::get<ApiError>(no_room).param, "input_tokens");
+  auto kv = Prepare(r, Options(100000, 60));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(kv));
+  EXPECT_NE(std::get<ApiError>(kv).message.find("KV cache"), std::string::npos);
+  r.max_tokens.reset();  // default: the room left
+  auto fits = Prepare(r, Options(100));
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(fits));
+  const PreparedRequest& p = std::get<PreparedRequest>(fits);
+  EXPECT_EQ(static_cast<int64_t>(p.input.input_ids.size()) + p.input.sampling.max_new_tokens, 100);
+  EXPECT_FLOAT_EQ(p.input.sampling.temperature, 1.0f);
+}
+
+TEST_F(OpenAiPrepareTest, MediaOutsideTheAllowedDirectoriesIsRefused) {
+  ASSERT_NE(processor_, nullptr);
+  const std::string image = testing::TestDataDir() + "/media/shapes_333x517.jpg";
+  Json messages = {{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", {{"url", image}}}}}}}};
+  ApiRequest r = std::get<ApiRequest>(ParseRequest(Endpoint::kChatCompletions, Chat({{"messages", messages}})));
+  PrepareOptions o = Options(100000);
+  o.process.allowed_media_dirs = std::vector<std::string>{testing::ScratchDir()};
+  auto refused = Prepare(r, o);
+  ASSERT_TRUE(std::holds_alternative<ApiError>(refused));
+  EXPECT_EQ(std::get<ApiError>(refused).status, 400);
+  EXPECT_NE(std::get<ApiError>(refused).message.find("outside the allowed"), std::string::npos);
+  o.process.allowed_media_dirs = std::vector<std::string>{testing::TestDataDir()};
+  auto allowed = Prepare(r, o);
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(allowed)) << std::get<ApiError>(allowed).message;
+  EXPECT_EQ(std::get<PreparedRequest>(allowed).input.images.grids.size(), 1u);
+}
+
+TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
+  ASSERT_NE(processor_, nullptr);
+  ApiRequest api = std::get<ApiRequest>(ParseRequest(
+      Endpoint::kChatCompletions, Chat({{"n", 2}, {"seed", 5}, {"stop", "x"}, {"logprobs", true}, {"top_logprobs", 1}})));
+  auto prepared = Prepare(api, Options(1000));
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(prepared));
+  const std::vector<EngineRequest> choices = EngineRequests(std::get<PreparedRequest>(prepared), "abc");
+  ASSERT_EQ(choices.size(), 2u);
+  EXPECT_EQ(choices[0].id, "abc-0");
+  EXPECT_EQ(choices[1].input.sampling.seed, 6u);
+  EXPECT_EQ(choices[0].stop, std::vector<std::string>{"x"});
+
+  const model::Tokenizer& tok = processor_->tokenizer();
+  const int32_t hello = tok.Encode("Hello")[0];
+  RequestOutput a{.token_ids = {hello}, .text = "Hello", .logprobs = {{.token = hello, .logprob = -0.5f, .top = {{hello, -0.5f}}}},
+                  .finish = FinishReason::kStop, .stop_reason = "x", .prompt_tokens = 7, .completion_tokens = 1};
+  RequestOutput b = a;
+  b.finish = FinishReason::kLength;
+  b.stop_reason.reset();
+  const Json body = ResponseBody(api, "chatcmpl-1", 42, "served", {a, b}, tok);
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["model"], "served");
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "Hello");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][0]["stop_reason"], "x");
+  EXPECT_EQ(body["choices"][1]["finish_reason"], "length");
+  EXPECT_EQ(body["choices"][0]["logprobs"]["content"][0]["token"], "Hello");
+  EXPECT_EQ(body["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 1u);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(body["usage"]["total_tokens"], 9);
+
+  ApiRequest completion = std::get<ApiRequest>(ParseRequest(Endpoint::kCompletions, Json{{"prompt", "a"}, {"logprobs", 1}}));
+  const Json text = ResponseBody(completion, "cmpl-1", 42, "served", {a}, tok);
+  EXPECT_EQ(text["object"], "text_completion");
+  EXPECT_EQ(text["choices"][0]["text"], "Hello");
+  EXPECT_EQ(text["choices"][0]["logprobs"]["tokens"][0], "Hello");
+  EXPECT_TRUE(text["choices"][0]["stop_reason"].is_null());  // "x" was not this request's stop string
+
+  RequestOutput failed{.finish = FinishReason::kError, .error = absl::InternalError("boom")};
+  ASSERT_TRUE(ChoiceError({a, failed}));
+  EXPECT_EQ(ChoiceError({a, failed})->status, 500);
+  EXPECT_FALSE(ChoiceError({a, b}));
+}
+
+}  // namespace
+}  // namespace q3vl::cluster::api
