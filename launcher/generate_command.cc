@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/status_macros.h"
 #include "absl/strings/str_split.h"
 #include "core/backend.h"
@@ -71,6 +72,18 @@ absl::StatusOr<nlohmann::ordered_json> Messages(const po::variables_map& vm) {
     content.push_back({{"type", "video"}, {"video", video}});
   }
   if (vm.count("prompt")) content.push_back({{"type", "text"}, {"text", vm["prompt"].as<std::string>()}});
+  if (vm.count("prompt-file")) {
+    const std::string path = vm["prompt-file"].as<std::string>();
+    std::stringstream text;
+    if (path == "-") {
+      text << std::cin.rdbuf();
+    } else {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+      text << in.rdbuf();
+    }
+    content.push_back({{"type", "text"}, {"text", text.str()}});
+  }
   messages.push_back({{"role", "user"}, {"content", content}});
   return messages;
 }
@@ -162,6 +175,7 @@ int GenerateCommand(const Args& args) {
   options.add_options()
       ("model", po::value<std::string>()->required(), "model directory (HF layout: config.json, safetensors, tokenizer.json, chat template)")
       ("prompt", po::value<std::string>(), "user text")
+      ("prompt-file", po::value<std::string>(), "user text from a file (- for standard input), for prompts too long for the command line")
       ("image", po::value<std::vector<std::string>>()->composing(), "image: file path, file:// or data: URL (repeatable)")
       ("video", po::value<std::vector<std::string>>()->composing(), "video file (repeatable)")
       ("system", po::value<std::string>(), "system message")
@@ -185,9 +199,11 @@ int GenerateCommand(const Args& args) {
                           options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
-  const bool chat_inputs = vm.count("prompt") || vm.count("image") || vm.count("video") || vm.count("system");
+  const bool chat_inputs = vm.count("prompt") || vm.count("prompt-file") || vm.count("image") || vm.count("video") ||
+                           vm.count("system");
+  if (vm.count("prompt") && vm.count("prompt-file")) return UsageError(kName, "give --prompt or --prompt-file, not both");
   if (vm.count("ids") + vm.count("messages") + (chat_inputs ? 1 : 0) != 1) {
-    return UsageError(kName, "give exactly one of --ids, --messages, or --prompt/--image/--video/--system");
+    return UsageError(kName, "give exactly one of --ids, --messages, or --prompt/--prompt-file/--image/--video/--system");
   }
   if (vm["batch"].as<int>() < 1) return UsageError(kName, "--batch must be >= 1");
   if (vm["micro-batches"].as<int>() < 1) return UsageError(kName, "--micro-batches must be >= 1");
@@ -198,9 +214,11 @@ int GenerateCommand(const Args& args) {
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
   const int threads = ConfigureComputeThreads(engine_options->threads);
   const int micro_batches = vm["micro-batches"].as<int>();
+  // Under mpirun without --mesh every rank is a replica of its own (said once).
+  const std::string mesh_spec = vm.count("mesh") ? vm["mesh"].as<std::string>() : DefaultMeshUnderMpirun(kName);
   if (micro_batches > 1) {
-    auto mesh_config = vm.count("mesh") ? parallel::ParallelConfig::FromString(vm["mesh"].as<std::string>())
-                                        : absl::StatusOr<parallel::ParallelConfig>(parallel::ParallelConfig{});
+    auto mesh_config = !mesh_spec.empty() ? parallel::ParallelConfig::FromString(mesh_spec)
+                                          : absl::StatusOr<parallel::ParallelConfig>(parallel::ParallelConfig{});
     if (mesh_config.ok() && micro_batches > mesh_config->pp) {
       return UsageError(kName, absl::StrCat("--micro-batches ", micro_batches, " exceeds the pipeline stages (pp = ",
                                             mesh_config->pp, ")"));
@@ -210,9 +228,9 @@ int GenerateCommand(const Args& args) {
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
   std::unique_ptr<MeshRun> mesh;
-  if (vm.count("mesh")) {
-    auto started = MeshRun::Start(vm["mesh"].as<std::string>(), *kind);
-    if (!started.ok()) return Fail(kName, started.status());
+  if (!mesh_spec.empty()) {
+    auto started = MeshRun::Start(mesh_spec, *kind);
+    if (!started.ok()) return FirstRankOfJob() ? Fail(kName, started.status()) : 1;
     mesh = *std::move(started);
   }
   // Under a mesh each step ends in an agreement (a failure on any rank stops every rank at
@@ -257,10 +275,19 @@ int GenerateCommand(const Args& args) {
     if (!own_backend.ok()) return Fail(kName, own_backend.status());
   }
   Backend& backend = mesh ? mesh->backend() : **own_backend;
+  if (leader) {
+    std::cerr << "q3vl generate: loading " << model_dir << " (mesh " << (mesh_spec.empty() ? "single rank" : mesh_spec)
+              << ", backend " << vm["backend"].as<std::string>() << ", " << threads << " threads per rank)..."
+              << std::flush;
+  }
   const Clock::time_point load_start = Clock::now();
   auto model = model::Qwen3VL::Load(model_dir, backend, mesh ? mesh->parallel() : model::ModelParallel{});
-  if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
+  if (absl::Status s = step(model.status()); !s.ok()) {
+    if (leader) std::cerr << std::endl;
+    return fail(s);
+  }
   const double load_s = SecondsSince(load_start);
+  if (leader) std::cerr << " " << absl::StrFormat("%.1f", load_s) << " s" << std::endl;
   request.sampling = Sampling(vm, (*model)->config());
   if (mesh) {
     if (absl::Status s = mesh->BroadcastRequest(request); !s.ok()) {

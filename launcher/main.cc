@@ -16,7 +16,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"run", "a batch job: OpenAI batch JSONL in, results out (vllm run-batch's format), resumable; under mpirun on a mesh",
      q3vl::launcher::RunCommand},
-    {"generate", "greedy or sampled generation from token ids on a checkpoint directory",
+    {"generate", "generation from a chat prompt (text, images, videos), a messages file or token ids, streamed",
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",
      q3vl::launcher::EvalCaseCommand},
@@ -33,7 +33,7 @@ constexpr Command kCommands[] = {
 void PrintUsage(FILE* out) {
   std::fprintf(out,
                "q3vl: a runtime for Qwen3-VL Mixture-of-Experts models\n\n"
-               "usage: q3vl <command> [options]   (q3vl <command> --help for its options)\n\ncommands:\n");
+               "usage: q3vl <command> [options]   (q3vl <command> --help for its options; q3vl --version)\n\ncommands:\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
 }
 
@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     PrintUsage(stderr);
     return 2;
+  }
+  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version")) {
+    std::printf("q3vl %s\n", Q3VL_VERSION);
+    return 0;
   }
   if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     PrintUsage(stdout);

@@ -12,7 +12,8 @@ int MakeModelCommand(const Args& args) {
   constexpr char kName[] = "make-model";
   po::options_description options("options");
   options.add_options()
-      ("out", po::value<std::string>()->required(), "directory to write (created)")
+      ("out", po::value<std::string>()->required(), "directory to write (created; an existing non-empty one only with --force)")
+      ("force", po::bool_switch(), "write into --out even when it is not empty (its checkpoint files are replaced)")
       ("config", po::value<std::string>(), "config.json to use instead of the built-in demo config")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed of the weights")
       ("shards", po::value<int>()->default_value(1), "number of safetensors shards (>1 writes an index)")
@@ -31,6 +32,17 @@ int MakeModelCommand(const Args& args) {
   }
   if (vm["shards"].as<int>() < 1) return UsageError(kName, "--shards must be >= 1");
   const std::string out = vm["out"].as<std::string>();
+  std::error_code ec;
+  if (std::filesystem::exists(out, ec) && !vm["force"].as<bool>()) {
+    if (!std::filesystem::is_directory(out, ec)) return UsageError(kName, absl::StrCat(out, " exists and is not a directory"));
+    if (!std::filesystem::is_empty(out, ec)) {
+      return UsageError(kName, absl::StrCat(out, " is not empty (", std::filesystem::exists(std::filesystem::path(out) / "config.json")
+                                                                   ? "it holds a checkpoint"
+                                                                   : "it holds files",
+                                            "); choose another --out, or pass --force to overwrite"));
+    }
+  }
+  std::cerr << "make-model: writing a random-weight checkpoint to " << out << "..." << std::endl;
   absl::Status s = model::WriteRandomCheckpoint(config, {.dir = out, .seed = vm["seed"].as<uint64_t>(),
                                                          .num_shards = vm["shards"].as<int>(),
                                                          .per_expert_layout = vm["per-expert"].as<bool>()});

@@ -25,6 +25,22 @@ int LocalRank() {
 
 }  // namespace
 
+bool FirstRankOfJob() {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  return rank == nullptr || std::atoi(rank) == 0;
+}
+
+std::string DefaultMeshUnderMpirun(const char* command) {
+  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
+  if (size == nullptr || std::atoi(size) <= 1) return "";
+  const std::string mesh = absl::StrCat("dp=", std::atoi(size));
+  if (FirstRankOfJob()) {
+    std::cerr << "q3vl " << command << ": no --mesh under mpirun -np " << size << ": running " << size
+              << " single-rank replicas (--mesh " << mesh << ")" << std::endl;
+  }
+  return mesh;
+}
+
 int ConfigureComputeThreads(int requested) {
   int threads = requested;
   if (threads <= 0 && std::getenv("OMP_NUM_THREADS") != nullptr) threads = omp_get_max_threads();

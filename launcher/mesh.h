@@ -28,6 +28,13 @@ namespace q3vl::launcher {
 // the job's ranks on this machine (mpirun's OMPI_COMM_WORLD_LOCAL_SIZE), at least 1.
 int ConfigureComputeThreads(int requested);
 
+// Under mpirun (OMPI_COMM_WORLD_SIZE > 1) a command given no --mesh runs one single-rank
+// replica per rank: returns "dp=N" and says so once on stderr. Without mpirun: "".
+std::string DefaultMeshUnderMpirun(const char* command);
+// Whether this process is the first rank of its mpirun job (or runs without mpirun): the rank
+// that reports an error every rank finds alike (a bad --mesh), so it is printed once.
+bool FirstRankOfJob();
+
 class MeshRun {
  public:
   // Starts MPI, creates the backend of `backend` and builds the mesh (first choosing the compute

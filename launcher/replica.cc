@@ -12,7 +12,8 @@ void EngineOptions::AddTo(po::options_description& options) {
       ("max-num-seqs", po::value<int64_t>()->default_value(d.max_num_seqs), "sequences running at once")
       ("kv-page-size", po::value<int64_t>()->default_value(d.page_size), "tokens per KV cache page")
       ("kv-cache-tokens", po::value<int64_t>()->default_value(0),
-       "KV cache capacity in tokens per replica (0: what this command's requests need at once)")
+       "KV cache capacity in tokens per replica (0: generate and eval-case size it for their requests; "
+       "run: --max-concurrency x min(context, 4096))")
       ("encoder-cache-tokens", po::value<int64_t>()->default_value(d.encoder_cache_tokens),
        "vision features of images and videos kept across requests, in visual tokens (identical media "
        "are encoded once; memory: tokens x hidden x (1 + DeepStack layers) x 4 bytes; 0: none)")

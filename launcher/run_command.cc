@@ -46,18 +46,24 @@ std::string Duration(double seconds) {
 // Progress on stderr: a bar redrawn in place on a terminal, else a line every 10 seconds.
 class ProgressPrinter {
  public:
-  explicit ProgressPrinter(int64_t skipped) : tty_(isatty(STDERR_FILENO) == 1), skipped_(skipped) {}
+  // `mode`: "bar", "lines", "none", or "auto" (a bar when stderr is a terminal).
+  explicit ProgressPrinter(const std::string& mode)
+      : bar_(mode == "bar" || (mode == "auto" && isatty(STDERR_FILENO) == 1)), none_(mode == "none"),
+        last_(bar_ ? absl::InfinitePast() : absl::Now()) {}
 
   void Update(const cluster::batch::BatchProgress& p) {
     const absl::Time now = absl::Now();
-    if (!tty_ && now - last_ < absl::Seconds(10)) return;
+    if (none_ || (!bar_ && now - last_ < absl::Seconds(10)) || (bar_ && now - last_ < absl::Milliseconds(100) &&
+                                                                p.finished() < p.total)) {
+      return;
+    }
     last_ = now;
     const double rate = p.seconds > 0 ? p.completion_tokens / p.seconds : 0.0;
     const double per_request = p.finished() > 0 ? p.seconds / p.finished() : NAN;
     const std::string eta = Duration(per_request * (p.total - p.finished()));
     const std::string text = absl::StrFormat("%d/%d requests, %d errors, %.1f output tok/s, %s elapsed, ETA %s",
                                              p.finished(), p.total, p.failed, rate, Duration(p.seconds), eta);
-    if (tty_) {
+    if (bar_) {
       constexpr int kWidth = 24;
       const int filled = p.total > 0 ? static_cast<int>(kWidth * p.finished() / p.total) : kWidth;
       std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
@@ -68,16 +74,16 @@ class ProgressPrinter {
     std::fflush(stderr);
   }
   void End() {
-    if (tty_) std::fprintf(stderr, "\n");
+    if (bar_) std::fprintf(stderr, "\n");
   }
 
  private:
-  bool tty_;
-  int64_t skipped_;
-  absl::Time last_ = absl::InfinitePast();
+  bool bar_;
+  bool none_;
+  absl::Time last_;
 };
 
-nlohmann::json SummaryJson(const cluster::batch::BatchProgress& p, int64_t skipped, int64_t input_lines) {
+nlohmann::ordered_json SummaryJson(const cluster::batch::BatchProgress& p, int64_t skipped, int64_t input_lines) {
   return {{"input_lines", input_lines}, {"skipped_already_done", skipped}, {"run", p.total},
           {"succeeded", p.succeeded}, {"failed", p.failed}, {"abandoned", p.abandoned},
           {"not_started", p.total - p.finished() - p.abandoned}, {"stopped", p.stopped},
@@ -138,6 +144,7 @@ int RunCommand(const Args& args) {
       ("allowed-media-dir", po::value<std::vector<std::string>>()->composing(), "directory local images and videos may be read from (repeatable; default: the input file's directory); relative paths resolve against the input file's directory")
       ("served-model-name", po::value<std::vector<std::string>>()->composing(), "model name(s) a request's \"model\" may give (default: --model as given and its directory name); the first is reported in responses")
       ("summary", po::value<std::string>(), "also write the final summary to this file as JSON")
+      ("progress", po::value<std::string>()->default_value("auto"), "progress on stderr: bar (redrawn in place), lines (one every 10 s), none, or auto (a bar on a terminal, else lines)")
       ("drain-timeout", po::value<double>()->default_value(30.0), "seconds requests in flight get to finish after SIGINT/SIGTERM before they are abandoned")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D (run under mpirun -np D*(V+P*max(T,E))); under mpirun without it, each rank is a replica (dp = ranks)");
@@ -149,6 +156,9 @@ int RunCommand(const Args& args) {
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
   if (vm["max-concurrency"].as<int>() < 1) return UsageError(kName, "--max-concurrency must be >= 1");
   if (!(vm["drain-timeout"].as<double>() >= 0)) return UsageError(kName, "--drain-timeout must be >= 0");
+  if (const std::string p = vm["progress"].as<std::string>(); p != "auto" && p != "bar" && p != "lines" && p != "none") {
+    return UsageError(kName, "--progress must be auto, bar, lines or none, got " + p);
+  }
   auto engine_options = EngineOptions::From(vm);
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
@@ -157,24 +167,13 @@ int RunCommand(const Args& args) {
   const int max_concurrency = vm["max-concurrency"].as<int>();
 
   // Under mpirun without --mesh every rank is a replica of its own.
-  std::string mesh_spec = vm.count("mesh") ? vm["mesh"].as<std::string>() : "";
-  const char* world_size = std::getenv("OMPI_COMM_WORLD_SIZE");
-  if (mesh_spec.empty() && world_size != nullptr && std::atoi(world_size) > 1) {
-    mesh_spec = absl::StrCat("dp=", world_size);
-    if (const char* r = std::getenv("OMPI_COMM_WORLD_RANK"); r != nullptr && std::atoi(r) == 0) {
-      std::cerr << "q3vl run: no --mesh under mpirun -np " << world_size << ": running " << world_size
-                << " single-rank replicas (--mesh " << mesh_spec << ")" << std::endl;
-    }
-  }
+  std::string mesh_spec = vm.count("mesh") ? vm["mesh"].as<std::string>() : DefaultMeshUnderMpirun(kName);
   const int threads = ConfigureComputeThreads(engine_options->threads);
   std::unique_ptr<MeshRun> mesh;
   if (!mesh_spec.empty()) {
     auto started = MeshRun::Start(mesh_spec, *kind);
-    if (!started.ok()) {
-      // Every rank finds the same mesh error: the first rank alone says it.
-      const char* r = std::getenv("OMPI_COMM_WORLD_RANK");
-      if (r == nullptr || std::atoi(r) == 0) return UsageError(kName, std::string(started.status().message()));
-      return 2;
+    if (!started.ok()) {  // every rank finds the same mesh error: the first alone says it
+      return FirstRankOfJob() ? UsageError(kName, std::string(started.status().message())) : 2;
     }
     mesh = *std::move(started);
   }
@@ -280,7 +279,7 @@ int RunCommand(const Args& args) {
     std::cerr << ", " << (mesh ? mesh->num_replicas() : 1) << " replica(s), up to " << max_concurrency
               << " in flight each" << std::endl;
     auto writer = cluster::batch::ResultWriter::Open(vm["output"].as<std::string>());
-    ProgressPrinter printer(checked.skipped);
+    ProgressPrinter printer(vm["progress"].as<std::string>());
     if (!writer.ok()) {
       ran = writer.status();
     } else {
@@ -301,7 +300,7 @@ int RunCommand(const Args& args) {
   if (absl::Status s = agree(ran); !s.ok()) return fail(s);
   if (!leader || !progress) return 0;
 
-  const nlohmann::json summary = SummaryJson(*progress, checked.skipped, checked.input_lines);
+  const nlohmann::ordered_json summary = SummaryJson(*progress, checked.skipped, checked.input_lines);
   std::cerr << absl::StrFormat(
                    "q3vl run: %s: %d succeeded, %d failed, %d abandoned, %d not started, %d skipped (already done); "
                    "%d prompt + %d completion tokens in %s (%.2f requests/s, %.1f output tok/s) -> %s",

@@ -223,12 +223,13 @@ int64_t CountLines(const std::string& path) {
   return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
 }
 
-// Starts `command` in a process group of its own; returns the group's pid.
-pid_t Spawn(const std::string& command) {
+// Starts `command` (the shell execs it) in a process group of its own, its output to `log`;
+// returns its pid, which is also the group's.
+pid_t Spawn(const std::string& command, const std::string& log = "/dev/null") {
   const pid_t pid = fork();
   if (pid == 0) {
     setpgid(0, 0);
-    execl("/bin/sh", "sh", "-c", (command + " >/dev/null 2>&1").c_str(), static_cast<char*>(nullptr));
+    execl("/bin/sh", "sh", "-c", ("exec " + command + " >" + log + " 2>&1").c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   setpgid(pid, pid);
@@ -294,6 +295,31 @@ TEST(BatchRunTest, KilledAtAnyMomentAResumeLosesAndRepeatsNothing) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("nothing to do"), std::string::npos) << r.output;
   EXPECT_EQ(CountLines(out), n);
+}
+
+TEST(BatchRunTest, SigtermStopsCleanlyAndARerunFinishes) {
+  const std::string dir = testing::ScratchDir() + "/sigterm";
+  fs::create_directories(dir);
+  const int n = 30;
+  const std::string input = KillWorkload(dir, n), out = dir + "/out.jsonl", log = dir + "/log";
+  const pid_t job = Spawn(std::string(Q3VL_BINARY) + " " + RunArgs(input, out, "--max-concurrency 4 --drain-timeout 0.5"), log);
+  ASSERT_TRUE(WaitForLines(out, 3, absl::Seconds(60)));
+  const absl::Time sent = absl::Now();
+  kill(job, SIGTERM);
+  int status = 0;
+  waitpid(job, &status, 0);
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - sent);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << text;
+  EXPECT_LT(seconds, 10.0) << "the drain is bounded by --drain-timeout";
+  EXPECT_NE(text.find("q3vl run: stopped: "), std::string::npos) << text;
+  const int64_t written = static_cast<int64_t>(ByCustomId(ReadLines(out)).size());  // whole lines, no repeats
+  EXPECT_LT(written, n);
+  const CommandResult r = RunQ3vl(RunArgs(input, out));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(ByCustomId(ReadLines(out)).size(), static_cast<size_t>(n));
 }
 
 TEST(BatchRunTest, RetryFailedRunsOnlyTheFailedAgain) {

@@ -60,6 +60,30 @@ TEST(CliTest, MakeModelThenGenerate) {
   EXPECT_NE(negative.output.find("--threads must be >= 0"), std::string::npos) << negative.output;
 }
 
+// make-model never silently replaces a directory's contents; --prompt-file (here: standard
+// input) gives the same prompt as --prompt; --version answers.
+TEST(CliTest, MakeModelGuardsItsOutputAndPromptFileReadsStdin) {
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/guarded";
+  ASSERT_EQ(RunQ3vl("make-model --out " + dir).code, 0);
+  CommandResult again = RunQ3vl("make-model --out " + dir + " --seed 3");
+  EXPECT_EQ(again.code, 2) << again.output;
+  EXPECT_NE(again.output.find("is not empty (it holds a checkpoint)"), std::string::npos) << again.output;
+  EXPECT_EQ(RunQ3vl("make-model --out " + dir + " --seed 3 --force").code, 0);
+
+  const CommandResult inline_prompt = RunQ3vl("generate --model " + dir + " --prompt 'Hello there' --max-new-tokens 2 --json");
+  const CommandResult from_stdin = testing::RunCommand("printf 'Hello there' | " + std::string(Q3VL_BINARY) + " generate --model " +
+                                                       dir + " --prompt-file - --max-new-tokens 2 --json 2>&1");
+  ASSERT_EQ(inline_prompt.code, 0) << inline_prompt.output;
+  ASSERT_EQ(from_stdin.code, 0) << from_stdin.output;
+  auto ids = [](const std::string& out) { return nlohmann::json::parse(out.substr(out.find('{')))["input_ids"]; };
+  EXPECT_EQ(ids(inline_prompt.output), ids(from_stdin.output));
+  EXPECT_EQ(RunQ3vl("generate --model " + dir + " --prompt a --prompt-file - --max-new-tokens 2").code, 2);
+
+  const CommandResult version = RunQ3vl("--version");
+  EXPECT_EQ(version.code, 0);
+  EXPECT_EQ(version.output.rfind("q3vl 0.1.0", 0), 0u) << version.output;
+}
+
 // The README's main job: make-model ships the real tokenizer and chat template, and generate
 // takes a chat prompt with an image and a video through the whole pipeline.
 TEST(CliTest, MakeModelThenGenerateFromPromptImageAndVideo) {
