@@ -1,5 +1,7 @@
 // q3vl generate: generation from a chat prompt (text, images, videos, or a messages file) or
 // from token ids, streaming the output as it is sampled.
+#include <unistd.h>
+
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -121,9 +123,31 @@ absl::Status RunOnEngine(cluster::Engine& engine, const std::vector<model::Gener
     streams.push_back(std::move(stream));
   }
   engine.Start();
+  // A prefill that takes a while says how far it got (stderr: a line redrawn on a terminal).
+  int64_t prompt_total = 0;
+  for (const model::GenerationRequest& r : requests) prompt_total += static_cast<int64_t>(r.input_ids.size());
+  const bool tty = isatty(STDERR_FILENO) == 1;
+  absl::Time last_note = absl::Now();
+  bool noted = false;
+  auto next = [&](cluster::RequestStream& stream) -> std::optional<cluster::RequestOutput> {
+    while (true) {
+      std::optional<cluster::RequestOutput> o = stream.Next(absl::Seconds(1));
+      if (o || stream.done()) {
+        if (noted) std::cerr << (tty ? "\n" : "") << std::flush;
+        noted = false;
+        return o;
+      }
+      if (outcome.emitted > 0 || absl::Now() - last_note < (tty ? absl::Seconds(2) : absl::Seconds(10))) continue;
+      last_note = absl::Now();
+      noted = true;
+      const int64_t done = engine.metrics().Snapshot().prompt_tokens_total;
+      std::cerr << (tty ? "\r\033[K" : "") << "q3vl generate: prefill " << std::min(done, prompt_total) << "/"
+                << prompt_total << " prompt tokens" << (tty ? "" : "\n") << std::flush;
+    }
+  };
   absl::Status status;
   for (size_t i = 0; i < streams.size(); ++i) {
-    while (std::optional<cluster::RequestOutput> o = streams[i]->Next()) {
+    while (std::optional<cluster::RequestOutput> o = next(*streams[i])) {
       if (!o->token_ids.empty() && outcome.emitted == 0) outcome.first_token_s = SecondsSince(start);
       outcome.emitted += static_cast<int64_t>(o->token_ids.size());
       if (o->finish && *o->finish == cluster::FinishReason::kError && status.ok()) status = o->error;

@@ -418,7 +418,9 @@ absl::Status RunBatchReplica(Engine& engine, const model::Tokenizer& tokenizer, 
   int64_t asked = 0;  // items asked for and not yet received
   bool finish = false, stopping = false, cancelled = false;
   absl::Time drain_deadline = absl::InfiniteFuture();
-  const int64_t keep = 2 * static_cast<int64_t>(options.max_concurrency);
+  // Enough beyond what runs to cover the leader's answer time (it answers between its own
+  // steps), little enough that a replica hoards no work the others could take at the end.
+  const int64_t keep = options.max_concurrency + std::max(1, options.max_concurrency / 4);
   std::vector<Result> results;
   while (true) {
     while (true) {

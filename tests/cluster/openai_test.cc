@@ -2,6 +2,11 @@
 // naming the field), and the objects the official clients read.
 #include "cluster/api/openai.h"
 
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/text/tokenizer.h"
 #include "tests/test_util.h"
@@ -156,6 +161,41 @@ TEST_F(OpenAiPrepareTest, MediaOutsideTheAllowedDirectoriesIsRefused) {
   auto allowed = Prepare(r, o);
   ASSERT_TRUE(std::holds_alternative<PreparedRequest>(allowed)) << std::get<ApiError>(allowed).message;
   EXPECT_EQ(std::get<PreparedRequest>(allowed).input.images.grids.size(), 1u);
+}
+
+TEST_F(OpenAiPrepareTest, ImagesAndVideosFromDataUrls) {
+  ASSERT_NE(processor_, nullptr);
+  auto data_url = [](const std::string& path, const char* type) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    return absl::StrCat("data:", type, ";base64,", absl::Base64Escape(bytes.str()));
+  };
+  const std::string media = testing::TestDataDir() + "/media/";
+  Json content = {{{"type", "image_url"}, {"image_url", {{"url", data_url(media + "shapes_333x517.jpg", "image/jpeg")}}}},
+                  {{"type", "video_url"}, {"video_url", {{"url", data_url(media + "testsrc2_320x240_4s.mp4", "video/mp4")}}}},
+                  {{"type", "text"}, {"text", "both?"}}};
+  ApiRequest r = std::get<ApiRequest>(ParseRequest(
+      Endpoint::kChatCompletions, Chat({{"messages", {{{"role", "user"}, {"content", content}}}}})));
+  PrepareOptions o = Options(100000);
+  o.process.allowed_media_dirs = std::vector<std::string>{};  // no files at all: data URLs need none
+  auto prepared = Prepare(r, o);
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(prepared)) << std::get<ApiError>(prepared).message;
+  EXPECT_EQ(std::get<PreparedRequest>(prepared).input.images.grids.size(), 1u);
+  EXPECT_EQ(std::get<PreparedRequest>(prepared).input.videos.grids.size(), 1u);
+  // The same video as a file gives the same pixels.
+  content[1]["video_url"]["url"] = media + "testsrc2_320x240_4s.mp4";
+  r.messages = {{{"role", "user"}, {"content", content}}};
+  auto from_file = Prepare(r, Options(100000));
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(from_file));
+  EXPECT_EQ(testing::MaxAbsDiff(std::get<PreparedRequest>(from_file).input.videos.pixel_values,
+                                std::get<PreparedRequest>(prepared).input.videos.pixel_values), 0.0f);
+  // A video data URL that is not base64 is refused with a reason.
+  content[1]["video_url"]["url"] = "data:video/mp4,rawbytes";
+  r.messages = {{{"role", "user"}, {"content", content}}};
+  auto bad = Prepare(r, Options(100000));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(bad));
+  EXPECT_NE(std::get<ApiError>(bad).message.find("base64"), std::string::npos) << std::get<ApiError>(bad).message;
 }
 
 TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
