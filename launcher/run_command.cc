@@ -95,6 +95,7 @@ nlohmann::ordered_json SummaryJson(const cluster::batch::BatchProgress& p, int64
 
 // What the job leader checks before any model is loaded.
 struct Checked {
+  std::unique_ptr<cluster::batch::ResultWriter> writer;  // the output, locked
   std::vector<cluster::batch::InputLine> todo;
   int64_t input_lines = 0;
   int64_t skipped = 0;
@@ -109,8 +110,11 @@ absl::StatusOr<Checked> CheckFiles(const po::variables_map& vm) {
   if (std::filesystem::exists(output) && std::filesystem::equivalent(input, output, ec)) {
     return absl::InvalidArgumentError("--output is the input file");
   }
+  // Locked before it is read: a lingering job on the same output is refused, not raced.
+  Q3VL_ASSIGN_OR_RETURN(std::unique_ptr<cluster::batch::ResultWriter> writer, cluster::batch::ResultWriter::Open(output));
   Q3VL_ASSIGN_OR_RETURN(cluster::batch::ExistingOutput existing,
                         cluster::batch::RecoverOutput(output, vm["retry-failed"].as<bool>()));
+  if (existing.dropped_failed > 0) Q3VL_RETURN_IF_ERROR(writer->Reopen());  // the file was replaced
   if (existing.torn_bytes > 0) {
     std::cerr << "q3vl run: " << output << ": cut a partial last line (" << existing.torn_bytes
               << " bytes) left by an interrupted run" << std::endl;
@@ -119,7 +123,7 @@ absl::StatusOr<Checked> CheckFiles(const po::variables_map& vm) {
     std::cerr << "q3vl run: --retry-failed: " << existing.dropped_failed << " failed results removed; they run again"
               << std::endl;
   }
-  Checked c{.input_lines = static_cast<int64_t>(lines.size())};
+  Checked c{.writer = std::move(writer), .input_lines = static_cast<int64_t>(lines.size())};
   for (cluster::batch::InputLine& l : lines) {
     if (existing.done.contains(l.Key())) {
       ++c.skipped;
@@ -278,19 +282,14 @@ int RunCommand(const Args& args) {
     if (checked.skipped > 0) std::cerr << " (" << checked.skipped << " already done)";
     std::cerr << ", " << (mesh ? mesh->num_replicas() : 1) << " replica(s), up to " << max_concurrency
               << " in flight each" << std::endl;
-    auto writer = cluster::batch::ResultWriter::Open(vm["output"].as<std::string>());
     ProgressPrinter printer(vm["progress"].as<std::string>());
-    if (!writer.ok()) {
-      ran = writer.status();
-    } else {
-      auto p = cluster::batch::RunBatchLeader(host.engine(), processor->tokenizer(), std::move(checked.todo), **writer,
-                                              mailbox.get(), job, g_stop,
-                                              [&](const cluster::batch::BatchProgress& p) { printer.Update(p); });
-      printer.End();
-      ran = p.status();
-      if (p.ok()) progress = *p;
-      if (absl::Status s = (*writer)->Close(); ran.ok()) ran = s;
-    }
+    auto p = cluster::batch::RunBatchLeader(host.engine(), processor->tokenizer(), std::move(checked.todo),
+                                            *checked.writer, mailbox.get(), job, g_stop,
+                                            [&](const cluster::batch::BatchProgress& p) { printer.Update(p); });
+    printer.End();
+    ran = p.status();
+    if (p.ok()) progress = *p;
+    if (absl::Status s = checked.writer->Close(); ran.ok()) ran = s;
     if (absl::Status s = host.Finish(); ran.ok()) ran = s;
   } else {
     ran = cluster::batch::RunBatchReplica(host.engine(), processor->tokenizer(), *mailbox, job, g_stop);

@@ -1,6 +1,7 @@
 #include "cluster/batch/batch_io.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -146,10 +147,36 @@ absl::Status CheckWritable(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<ResultWriter>> ResultWriter::Open(const std::string& path, absl::Duration sync_every) {
+namespace {
+
+absl::StatusOr<int> OpenLocked(const std::string& path) {
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot open for appending", path);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, ": another q3vl run is writing this output (stop it, or wait for it to end, before rerunning)"));
+    }
+    errno = e;
+    return Errno("cannot lock", path);
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ResultWriter>> ResultWriter::Open(const std::string& path, absl::Duration sync_every) {
+  Q3VL_ASSIGN_OR_RETURN(const int fd, OpenLocked(path));
   return std::unique_ptr<ResultWriter>(new ResultWriter(fd, path, sync_every));
+}
+
+absl::Status ResultWriter::Reopen() {
+  Q3VL_ASSIGN_OR_RETURN(const int fd, OpenLocked(path_));
+  if (fd_ >= 0) close(fd_);
+  fd_ = fd;
+  return absl::OkStatus();
 }
 
 ResultWriter::~ResultWriter() { (void)Close(); }

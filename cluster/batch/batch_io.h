@@ -46,12 +46,18 @@ absl::StatusOr<ExistingOutput> RecoverOutput(const std::string& path, bool retry
 absl::Status CheckWritable(const std::string& path);
 
 // Appends whole lines with one write each and syncs them to disk at most every `sync_every`
-// (and on Close). One thread.
+// (and on Close). It holds an exclusive lock (flock) on the file from Open to Close, so a second
+// job on the same output (a rerun started while a killed job's ranks linger) is refused rather
+// than interleaving lines. One thread.
 class ResultWriter {
  public:
+  // Creates the file when absent. FailedPrecondition when another process holds the lock.
   static absl::StatusOr<std::unique_ptr<ResultWriter>> Open(const std::string& path,
                                                             absl::Duration sync_every = absl::Seconds(1));
   ~ResultWriter();
+  // Opens and locks the file at the path again (after RecoverOutput replaced it), then lets go
+  // of the old one.
+  absl::Status Reopen();
   absl::Status Append(const std::string& line);  // `line` without its newline
   absl::Status Close();
 

@@ -89,8 +89,12 @@ TEST(BatchOutputTest, WriterAppendsWholeLines) {
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE((*w)->Append("second").ok());
   EXPECT_EQ(Read(path), "first\nsecond\n");  // on disk before Close
+  auto rival = ResultWriter::Open(path);  // a second job on the same output is refused
+  EXPECT_EQ(rival.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(rival.status().message().find("another q3vl run"), std::string::npos) << rival.status();
   ASSERT_TRUE((*w)->Close().ok());
   EXPECT_FALSE((*w)->Append("third").ok());
+  EXPECT_TRUE(ResultWriter::Open(path).ok());  // the lock went with Close
   EXPECT_TRUE(CheckWritable(path).ok());
   EXPECT_EQ(CheckWritable(testing::ScratchDir() + "/no/such/dir/out.jsonl").code(), absl::StatusCode::kNotFound);
   EXPECT_FALSE(CheckWritable(testing::ScratchDir()).ok());  // a directory

@@ -249,7 +249,7 @@ bool WaitForLines(const std::string& path, int64_t lines, absl::Duration timeout
 TEST(BatchRunTest, KilledAtAnyMomentAResumeLosesAndRepeatsNothing) {
   const std::string dir = testing::ScratchDir() + "/kill";
   fs::create_directories(dir);
-  const int n = 40;
+  const int n = 60;
   const std::string input = KillWorkload(dir, n);
   const std::string clean = dir + "/clean.jsonl", out = dir + "/out.jsonl";
   CommandResult r = RunQ3vl(RunArgs(input, clean, "--max-concurrency 8"));
@@ -273,15 +273,30 @@ TEST(BatchRunTest, KilledAtAnyMomentAResumeLosesAndRepeatsNothing) {
   const int64_t after_first = CountLines(out);
   EXPECT_LT(after_first, n) << "the job finished before the kill; make the workload longer";
 
-  // 2. A single-rank run of the rest, killed (SIGKILL, no goodbye) once it has made progress.
+  // 2. The same job again, this time mpirun itself killed: its ranks must not linger (they
+  // would race the rerun; the output's lock would refuse it).
+  job = Spawn(kMpirun + Q3VL_BINARY + " " + RunArgs(input, out, "--max-concurrency 2"));
+  ASSERT_TRUE(WaitForLines(out, after_first + 2, absl::Seconds(60)));
+  kill(job, SIGKILL);
+  waitpid(job, &status, 0);
+  bool gone = false;
+  for (int i = 0; i < 300 && !gone; ++i) {
+    gone = testing::RunCommand("pgrep -f -- '^" + std::string(Q3VL_BINARY) + " run .*" + out + "'").output.empty();
+    if (!gone) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(gone) << "ranks outlived a killed mpirun by 30 s";
+  kill(-job, SIGKILL);
+  const int64_t after_second = CountLines(out);
+
+  // 3. A single-rank run of the rest, killed (SIGKILL, no goodbye) once it has made progress.
   job = Spawn(std::string(Q3VL_BINARY) + " " + RunArgs(input, out, "--max-concurrency 4"));
-  ASSERT_TRUE(WaitForLines(out, after_first + 3, absl::Seconds(60)));
+  ASSERT_TRUE(WaitForLines(out, after_second + 3, absl::Seconds(60)));
   kill(-job, SIGKILL);
   waitpid(job, &status, 0);
   // A torn last line, as a kill mid-write would leave.
   std::ofstream(out, std::ios::app) << R"({"id": "batch-x", "custom_id": "req-)";
 
-  // 3. The rerun finishes the job.
+  // 4. The rerun finishes the job.
   r = RunQ3vl(RunArgs(input, out, "--max-concurrency 8"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("cut a partial last line"), std::string::npos) << r.output;
@@ -290,7 +305,7 @@ TEST(BatchRunTest, KilledAtAnyMomentAResumeLosesAndRepeatsNothing) {
   ASSERT_EQ(resumed.size(), static_cast<size_t>(n));
   for (const auto& [id, line] : reference) EXPECT_EQ(Stable(resumed.at(id)), Stable(line)) << id;
 
-  // 4. Nothing left: a rerun adds nothing.
+  // 5. Nothing left: a rerun adds nothing.
   r = RunQ3vl(RunArgs(input, out));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("nothing to do"), std::string::npos) << r.output;
