@@ -18,6 +18,7 @@ int GenerateCommand(const Args& args);
 int MakeModelCommand(const Args& args);
 int PreprocessCommand(const Args& args);
 int RunCommand(const Args& args);
+int ServeCommand(const Args& args);
 int TokenizeCommand(const Args& args);
 
 // Prints "q3vl <command>: <message>" to stderr and returns 1 (or 2 for InvalidArgument

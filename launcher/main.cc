@@ -16,6 +16,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"run", "a batch job: OpenAI batch JSONL in, results out (vllm run-batch's format), resumable; under mpirun on a mesh",
      q3vl::launcher::RunCommand},
+    {"serve", "an OpenAI-compatible HTTP server (chat and completions, streaming, /health, /metrics)",
+     q3vl::launcher::ServeCommand},
     {"generate", "generation from a chat prompt (text, images, videos), a messages file or token ids, streamed",
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",

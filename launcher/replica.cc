@@ -40,7 +40,7 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
 }
 
 ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,
-                         const model::Tokenizer* tokenizer) {
+                         const model::Tokenizer* tokenizer, int64_t max_waiting_requests) {
   if (model.is_vision_rank()) {
     runner_ = std::make_unique<model::VisionStageRunner>(model, options.encoder_cache_tokens);
   } else {
@@ -61,7 +61,8 @@ ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const Engin
                     .page_size = options.page_size, .num_pages = kv_pages,
                     .max_model_len = model.config().text.max_position_embeddings,
                     .num_groups = model.decoder().shard().attn_groups},  // each group: its own KV pool
-      .eos_token_ids = model.config().text.eos_token_ids};
+      .eos_token_ids = model.config().text.eos_token_ids,
+      .max_waiting_requests = max_waiting_requests};
   engine_ = std::make_unique<cluster::Engine>(*engine_runner, std::move(config), tokenizer);
 }
 

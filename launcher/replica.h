@@ -37,9 +37,10 @@ struct EngineOptions {
 class ReplicaHost {
  public:
   // `mesh` may be null (one rank). `kv_pages` of options.page_size tokens; `tokenizer` (may be
-  // null) gives the engine its text and stop strings.
+  // null: no text, no stop strings). `max_waiting_requests` > 0 bounds the engine's queue (a
+  // server answers 429 beyond it).
   ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,
-              const model::Tokenizer* tokenizer);
+              const model::Tokenizer* tokenizer, int64_t max_waiting_requests = 0);
   ~ReplicaHost();
 
   bool leader() const { return engine_ != nullptr; }

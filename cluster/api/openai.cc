@@ -411,6 +411,41 @@ Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t crea
                      {"total_tokens", prompt_tokens + completion_tokens}}}};
 }
 
+Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
+                 int index, const RequestOutput& delta, bool first, const model::Tokenizer& tokenizer) {
+  const bool chat = request.endpoint == Endpoint::kChatCompletions;
+  Json choice = {{"index", index}};
+  if (chat) {
+    Json d = Json::object();
+    if (first) d["role"] = "assistant";
+    if (first || !delta.text.empty()) d["content"] = delta.text;
+    choice["delta"] = d;
+  } else {
+    choice["text"] = delta.text;
+  }
+  Json logprobs = nullptr;
+  if (request.top_logprobs >= 0 && !delta.logprobs.empty()) {
+    logprobs = chat ? ChatLogprobs(delta.logprobs, request.top_logprobs, tokenizer)
+                    : CompletionLogprobs(delta.logprobs, request.top_logprobs, tokenizer);
+  }
+  choice["logprobs"] = logprobs;
+  choice["finish_reason"] = delta.finish ? Json(FinishReasonName(*delta.finish)) : Json(nullptr);
+  if (delta.finish) choice["stop_reason"] = StopReason(request, delta);
+  Json chunk = {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
+                {"model", model}, {"choices", Json::array({choice})}};
+  if (request.include_usage) chunk["usage"] = nullptr;
+  return chunk;
+}
+
+Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
+                int64_t prompt_tokens, int64_t completion_tokens) {
+  const bool chat = request.endpoint == Endpoint::kChatCompletions;
+  return {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
+          {"model", model}, {"choices", Json::array()},
+          {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
+                     {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
 std::optional<ApiError> ChoiceError(const std::vector<RequestOutput>& choices) {
   for (const RequestOutput& c : choices) {
     if (c.finish && *c.finish == FinishReason::kError) return FromStatus(c.error);

@@ -96,6 +96,15 @@ std::vector<EngineRequest> EngineRequests(const PreparedRequest& request, const 
 Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
                   const std::vector<RequestOutput>& choices, const model::Tokenizer& tokenizer);
 
+// Streaming (server-sent events): the chunk for one delta of choice `index`, as OpenAI sends
+// it: chat.completion.chunk (its first chunk carries the assistant role) or text_completion;
+// finish_reason (and stop_reason) on the choice's last. With include_usage, "usage": null.
+Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
+                 int index, const RequestOutput& delta, bool first, const model::Tokenizer& tokenizer);
+// The chunk after the last choice ended, with include_usage: "choices": [] and the usage.
+Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
+                int64_t prompt_tokens, int64_t completion_tokens);
+
 // The first error among the choices' outputs (a choice that ended in error), if any.
 std::optional<ApiError> ChoiceError(const std::vector<RequestOutput>& choices);
 

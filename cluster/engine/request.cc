@@ -31,10 +31,25 @@ bool RequestStream::done() const {
   return drained_;
 }
 
+void RequestStream::SetListener(std::function<void()> listener) {
+  bool waiting = false;
+  {
+    absl::MutexLock lock(&mu_);
+    listener_ = listener;
+    waiting = !queue_.empty();
+  }
+  if (waiting && listener) listener();
+}
+
 void RequestStream::Push(RequestOutput output) {
-  absl::MutexLock lock(&mu_);
-  if (output.finish.has_value()) closed_ = true;
-  queue_.push_back(std::move(output));
+  std::function<void()> listener;
+  {
+    absl::MutexLock lock(&mu_);
+    if (output.finish.has_value()) closed_ = true;
+    queue_.push_back(std::move(output));
+    listener = listener_;
+  }
+  if (listener) listener();
 }
 
 void Append(RequestOutput& all, RequestOutput o) {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -57,11 +58,16 @@ class RequestStream {
   std::optional<RequestOutput> Next(absl::Duration timeout = absl::InfiniteDuration());
   // True once the final output has been read.
   bool done() const;
+  // For consumers that must not block (an asynchronous server): `listener` is called after
+  // every Push (on the engine's thread, outside the stream's lock; it must not block), and once
+  // at once when outputs are already waiting. Then read with Next(absl::ZeroDuration()).
+  void SetListener(std::function<void()> listener);
   // Engine side.
   void Push(RequestOutput output);
 
  private:
   mutable absl::Mutex mu_;
+  std::function<void()> listener_ ABSL_GUARDED_BY(mu_);
   std::deque<RequestOutput> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;  // the final output was pushed
   bool drained_ ABSL_GUARDED_BY(mu_) = false; // ... and read
