@@ -193,6 +193,7 @@ class Session : public std::enable_shared_from_this<Session> {
     watching_ = true;
     stream_.socket().async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
       self->watching_ = false;
+      if (self->lingering_) return self->Drop();  // Linger took over the socket
       if (!ec) {
         self->buffer_.commit(n);
         if (self->answered_) return self->Next();
@@ -220,7 +221,7 @@ class Session : public std::enable_shared_from_this<Session> {
         busy_ = false;
         on_close_ = nullptr;
         stream_.expires_never();
-        if (!keep_alive_) return Close();
+        if (!keep_alive_) return Linger();
         if (watching_) {
           beast::error_code ignored;
           stream_.socket().cancel(ignored);  // the watch ends, then Next()
@@ -239,8 +240,32 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
+  // After a last answer: stop sending, then read and drop what the client still sends (the rest
+  // of a body refused with 413) until it closes, for at most a few seconds, so that it reads the
+  // answer instead of a reset.
+  void Linger() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    lingering_ = true;
+    linger_until_ = absl::Now() + absl::Seconds(3);
+    if (watching_) {
+      stream_.socket().cancel(ignored);  // its handler goes on with Drop
+      return;
+    }
+    Drop();
+  }
+  void Drop() {
+    if (closed_) return;
+    if (absl::Now() > linger_until_) return Close();
+    stream_.expires_after(Chrono(linger_until_ - absl::Now()));
+    stream_.async_read_some(buffer_.prepare(64 * 1024), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->Close();
+      self->Drop();
+    });
+  }
+
   void Next() {
-    if (!closed_ && answered_ && !watching_ && !writing_) Read();
+    if (!closed_ && !lingering_ && answered_ && !watching_ && !writing_) Read();
   }
 
   void Close() {
@@ -270,6 +295,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool watching_ = false;
   bool closed_ = false;
   uint64_t request_number_ = 0;
+  bool lingering_ = false;
+  absl::Time linger_until_;
 };
 
 template <typename F>

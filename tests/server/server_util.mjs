@@ -1,0 +1,42 @@
+// Starting and stopping `q3vl serve` for the tests: on loopback, any free port (read from the
+// server's "serving ... on http://HOST:PORT" line), killed if a test leaves it behind.
+import { spawn, execFileSync } from 'node:child_process';
+
+export function q3vl(args) {
+  return execFileSync(process.env.Q3VL_BINARY, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+}
+
+export function startServer(args, env = {}) {
+  const proc = spawn(process.env.Q3VL_BINARY, ['serve', '--model', process.env.Q3VL_MODEL_DIR, '--port', '0', ...args],
+                     { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`q3vl serve did not start in 60 s:\n${log}`)), 60000);
+    proc.stderr.on('data', (d) => {
+      log += d;
+      const m = /serving \S+ on (http:\/\/[\d.]+:\d+)/.exec(log);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, url: m[1], exited, log: () => log });
+      }
+    });
+    proc.on('exit', () => { clearTimeout(timer); reject(new Error(`q3vl serve exited:\n${log}`)); });
+  });
+}
+
+export async function stopServer(server) {
+  if (!server) return;
+  server.proc.kill('SIGTERM');
+  const timeout = new Promise((r) => setTimeout(() => r('timeout'), 20000));
+  if ((await Promise.race([server.exited, timeout])) === 'timeout') server.proc.kill('SIGKILL');
+}
+
+// The value of a sample in /metrics: `name{...labels containing `label`...}`.
+export async function metric(server, name, label = '') {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name}{`) && line.includes(label)) return Number(line.split(' ').at(-1));
+  }
+  throw new Error(`no sample ${name} ${label} in /metrics`);
+}
