@@ -22,6 +22,9 @@ PACKAGES=(
   libboost-dev libboost-program-options-dev
   # tests and benchmarks (the ffmpeg CLI encodes vision_preprocess_bench's long H.264 video)
   libgtest-dev libgmock-dev libbenchmark-dev ffmpeg
+  # serve's tests: node runs the official OpenAI SDK against it; hey is the load generator;
+  # curl for the shell checks (promtool comes from the prometheus package, below)
+  nodejs hey curl
 )
 
 missing=()
@@ -31,15 +34,36 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  echo "setup: all ${#PACKAGES[@]} packages present"
-  exit 0
-fi
-
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+updated=0
+apt_install() {
+  ((updated)) || { $SUDO apt-get update -qq; updated=1; }
+  $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+if ((${#missing[@]} == 0)); then
+  echo "setup: all ${#PACKAGES[@]} packages present"
+else
+  echo "setup: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+# Debian's nodejs comes without npm (NodeSource's bundles it).
+command -v npm >/dev/null || apt_install npm
+
+# promtool (checks /metrics) from Debian's prometheus package, unpacked without the daemon.
+cd "$(dirname "$0")/.."
+if [[ ! -x .tools/promtool ]]; then
+  echo "setup: unpacking promtool from Debian's prometheus package into .tools/"
+  ((updated)) || { $SUDO apt-get update -qq; updated=1; }
+  tmp=$(mktemp -d) && chmod 755 "$tmp"  # apt-get download runs as _apt
+  (cd "$tmp" && apt-get download -qq prometheus >/dev/null && dpkg -x prometheus_*.deb root)
+  mkdir -p .tools && cp "$tmp/root/usr/bin/promtool" .tools/promtool
+  rm -rf "$tmp"
+fi
+# The npm packages the server tests use (the official openai SDK), pinned by the lock file.
+if [[ ! -d tests/server/node_modules/openai ]] || [[ tests/server/package-lock.json -nt tests/server/node_modules ]]; then
+  echo "setup: npm ci in tests/server"
+  npm ci --prefix tests/server --no-audit --no-fund --loglevel=error
+fi
 echo "setup: done"
