@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-targets=(safetensors_header config tokenizer messages)
+targets=(safetensors_header config tokenizer messages api_request)
 
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DQ3VL_FUZZ=ON -DQ3VL_BENCHMARKS=OFF >/dev/null
