@@ -3,8 +3,8 @@ find_package(absl REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(OpenMP REQUIRED)
 find_package(Threads REQUIRED)
-# SHA-256 content digests (core/sha256.h).
-find_package(OpenSSL 3 REQUIRED COMPONENTS Crypto)
+# SHA-256 content digests (core/sha256.h); TLS for fetching https media (cluster/server).
+find_package(OpenSSL 3 REQUIRED COMPONENTS Crypto SSL)
 # OpenMPI: the MPI communicator (parallel/mpi) and mpirun for multirank tests.
 find_package(MPI REQUIRED COMPONENTS CXX)
 

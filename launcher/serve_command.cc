@@ -60,6 +60,9 @@ int ServeCommand(const Args& args) {
       ("served-model-name", po::value<std::vector<std::string>>()->composing(), "model name(s) requests may give (default: --model as given); the first is reported")
       ("api-key-file", po::value<std::string>(), "file with the API keys clients must send (Authorization: Bearer KEY), one per line; else the Q3VL_API_KEY variable; neither: no key needed")
       ("allowed-local-media-path", po::value<std::vector<std::string>>()->composing(), "directory whose files requests may name as images and videos (file:// URLs or paths; repeatable; default: none, only data: URLs)")
+      ("allowed-media-domains", po::value<std::vector<std::string>>()->composing(), "hosts whose http(s) image and video URLs may be fetched (repeatable; default: none)")
+      ("media-fetch-timeout", po::value<double>()->default_value(10.0), "seconds a remote image or video may take to fetch")
+      ("max-media-bytes", po::value<int64_t>()->default_value(64 << 20), "largest remote image or video fetched")
       ("max-waiting-requests", po::value<int64_t>()->default_value(1024), "requests queued before new ones get 429 (0: no bound)")
       ("drain-timeout", po::value<double>()->default_value(30.0), "seconds in-flight requests get to finish after SIGTERM or SIGINT")
       ("http-threads", po::value<int>()->default_value(2), "HTTP I/O threads (parsing, chat template and media decoding run on them)")
@@ -79,6 +82,8 @@ int ServeCommand(const Args& args) {
   if (vm["max-waiting-requests"].as<int64_t>() < 0) return UsageError(kName, "--max-waiting-requests must be >= 0");
   if (!(vm["drain-timeout"].as<double>() >= 0)) return UsageError(kName, "--drain-timeout must be >= 0");
   if (vm["max-body-bytes"].as<int64_t>() < 1024) return UsageError(kName, "--max-body-bytes must be >= 1024");
+  if (!(vm["media-fetch-timeout"].as<double>() > 0)) return UsageError(kName, "--media-fetch-timeout must be > 0");
+  if (vm["max-media-bytes"].as<int64_t>() < 1) return UsageError(kName, "--max-media-bytes must be >= 1");
   auto keys = ApiKeys(vm);
   if (!keys.ok()) return UsageError(kName, std::string(keys.status().message()));
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
@@ -153,7 +158,12 @@ int ServeCommand(const Args& args) {
                                                         ? vm["allowed-local-media-path"].as<std::vector<std::string>>()
                                                         : std::vector<std::string>{}},
                   .max_model_len = config.text.max_position_embeddings,
-                  .max_seq_tokens = pages * page}};
+                  .max_seq_tokens = pages * page},
+      .fetch = {.allowed_domains = vm.count("allowed-media-domains")
+                                       ? vm["allowed-media-domains"].as<std::vector<std::string>>()
+                                       : std::vector<std::string>{},
+                .timeout = absl::Seconds(vm["media-fetch-timeout"].as<double>()),
+                .max_bytes = vm["max-media-bytes"].as<int64_t>()}};
   const std::string name = server_options.served_names[0];
   cluster::server::OpenAiServer service(host.engine(), processor->tokenizer(), std::move(server_options));
   host.engine().Start();

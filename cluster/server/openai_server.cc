@@ -226,6 +226,11 @@ void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& reques
     return ReplyError(*exchange, request_id, {.status = 404, .message = absl::StrCat("The model `", api.model, "` does not exist."),
                                               .type = "NotFoundError", .param = "model", .code = "model_not_found"});
   }
+  if (endpoint == api::Endpoint::kChatCompletions) {  // remote images and videos become data: URLs
+    if (auto fetched = FetchRemoteMedia(api.messages, options_.fetch); !fetched.ok()) {
+      return ReplyError(*exchange, request_id, api::InvalidRequest(std::string(fetched.status().message()), "messages"));
+    }
+  }
   auto prepared = api::Prepare(std::move(api), options_.prepare);
   if (auto* e = std::get_if<api::ApiError>(&prepared)) return ReplyError(*exchange, request_id, *e);
   const api::PreparedRequest& p = std::get<api::PreparedRequest>(prepared);

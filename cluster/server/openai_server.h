@@ -4,7 +4,8 @@
 // in constant time) guard /v1/*. Every response carries X-Request-Id (the client's, else a new
 // one). A client that disconnects cancels its request. Draining: /health says 503 and new
 // requests get 503 while those in flight finish.
-// Threads: Handle runs on the server's I/O threads (parsing, the chat template, media decoding);
+// Threads: Handle runs on the server's I/O threads (parsing, fetching remote media, the chat
+// template, media decoding);
 // outputs arrive on the engine's thread (stream listeners) and are formatted there.
 #ifndef Q3VL_CLUSTER_SERVER_OPENAI_SERVER_H_
 #define Q3VL_CLUSTER_SERVER_OPENAI_SERVER_H_
@@ -19,6 +20,7 @@
 #include "cluster/api/openai.h"
 #include "cluster/engine/engine.h"
 #include "cluster/server/http_server.h"
+#include "cluster/server/media_fetch.h"
 
 namespace q3vl::cluster::server {
 
@@ -26,6 +28,7 @@ struct OpenAiServerOptions {
   std::vector<std::string> served_names;  // the first is reported; a request may name any
   std::vector<std::string> api_keys;      // empty: no key needed
   api::PrepareOptions prepare;            // processor, media directories, limits
+  MediaFetchOptions fetch;                // http(s) media: allowed hosts, timeout, size cap
 };
 
 class OpenAiServer {

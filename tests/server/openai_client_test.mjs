@@ -7,6 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import OpenAI from 'openai';
 import { startServer, stopServer, metric, q3vl } from './server_util.mjs';
 
@@ -14,13 +15,28 @@ const MEDIA = `${process.env.Q3VL_TEST_DATA_DIR}/media`;
 const KEY = 'test-key-0123456789';
 let server;
 let client;
+let mediaHost;  // a plain HTTP server on loopback that serves the test image
 
 before(async () => {
+  mediaHost = createServer((req, res) => {
+    if (req.url === '/shapes.jpg') {
+      res.writeHead(200, { 'Content-Type': 'image/jpeg' }).end(readFileSync(`${MEDIA}/shapes_333x517.jpg`));
+    } else if (req.url === '/moved') {
+      res.writeHead(302, { Location: '/shapes.jpg' }).end();
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((r) => mediaHost.listen(0, '127.0.0.1', r));
   server = await startServer(['--served-model-name', 'demo', '--allowed-local-media-path', MEDIA,
-                              '--max-body-bytes', String(4 << 20)], { Q3VL_API_KEY: KEY });
+                              '--max-body-bytes', String(4 << 20), '--allowed-media-domains', '127.0.0.1'],
+                             { Q3VL_API_KEY: KEY });
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0 });
 });
-after(async () => { await stopServer(server); });
+after(async () => {
+  await stopServer(server);
+  mediaHost.close();
+});
 
 const user = (content) => [{ role: 'user', content }];
 
@@ -80,6 +96,24 @@ test('an image data URL and a video file are seen', async () => {
                     { type: 'text', text: 'What happens?' }]),
   });
   assert.ok(video.usage.prompt_tokens > text.usage.prompt_tokens + 100, `${video.usage.prompt_tokens} prompt tokens`);
+});
+
+test('http images from allowed hosts only', async () => {
+  const base = `http://127.0.0.1:${mediaHost.address().port}`;
+  const ask = (url) => client.chat.completions.create({
+    model: 'demo', max_tokens: 2, temperature: 0,
+    messages: user([{ type: 'image_url', image_url: { url } }, { type: 'text', text: 'What is shown?' }]),
+  });
+  const jpeg = readFileSync(`${MEDIA}/shapes_333x517.jpg`).toString('base64');
+  const fetched = await ask(`${base}/shapes.jpg`);
+  const inline = await ask(`data:image/jpeg;base64,${jpeg}`);
+  assert.equal(fetched.usage.prompt_tokens, inline.usage.prompt_tokens);
+  assert.equal(fetched.choices[0].message.content, inline.choices[0].message.content);
+  const port = mediaHost.address().port;
+  await assert.rejects(ask(`http://localhost:${port}/shapes.jpg`),
+                       (e) => e instanceof OpenAI.BadRequestError && /localhost is not allowed/.test(e.message));
+  await assert.rejects(ask(`${base}/missing.jpg`), (e) => e instanceof OpenAI.BadRequestError && /404/.test(e.message));
+  await assert.rejects(ask(`${base}/moved`), (e) => e instanceof OpenAI.BadRequestError && /redirects/.test(e.message));
 });
 
 test('stop strings end the text before them; n = 2; logprobs', async () => {
