@@ -205,6 +205,27 @@ test('a client that goes away frees its request', async () => {
   assert.equal(await metric(server, 'q3vl:num_requests_running'), 0);
 });
 
+test('a 2-rank replica under mpirun (tp=2, ep=2) answers as one rank does', async () => {
+  const mesh = await startServer(['--served-model-name', 'demo', '--mesh', 'tp=2,ep=2'], {}, 2);
+  try {
+    const c = new OpenAI({ baseURL: `${mesh.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const args = { model: 'demo', messages: user('Name three colours.'), max_tokens: 8, temperature: 0 };
+    const [sharded, single] = await Promise.all([c.chat.completions.create(args), client.chat.completions.create(args)]);
+    assert.equal(sharded.choices[0].message.content, single.choices[0].message.content);
+    let text = '';
+    for await (const chunk of await c.chat.completions.create({ ...args, stream: true })) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+    }
+    assert.equal(text, single.choices[0].message.content);
+  } finally {
+    await stopServer(mesh);  // SIGTERM to mpirun, which passes it to both ranks
+  }
+  await mesh.exited;
+  // The leader drained and stopped, releasing its follower (mpirun itself exits 1 whenever it
+  // was signalled, however its ranks ended).
+  assert.match(mesh.log(), /q3vl serve: stopped \(0 requests cut off/);
+});
+
 test('a full queue answers 429 with Retry-After', async () => {
   const small = await startServer(['--served-model-name', 'demo', '--max-waiting-requests', '1', '--max-num-seqs', '1']);
   try {

@@ -6,9 +6,13 @@ export function q3vl(args) {
   return execFileSync(process.env.Q3VL_BINARY, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
 }
 
-export function startServer(args, env = {}) {
-  const proc = spawn(process.env.Q3VL_BINARY, ['serve', '--model', process.env.Q3VL_MODEL_DIR, '--port', '0', ...args],
-                     { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+// `ranks` > 1: under mpirun (Q3VL_MPIEXEC), e.g. with --mesh in `args`.
+export function startServer(args, env = {}, ranks = 1) {
+  const command = ['serve', '--model', process.env.Q3VL_MODEL_DIR, '--port', '0', ...args];
+  const [program, argv] = ranks > 1
+    ? [process.env.Q3VL_MPIEXEC, ['--allow-run-as-root', '--oversubscribe', '-np', String(ranks), process.env.Q3VL_BINARY, ...command]]
+    : [process.env.Q3VL_BINARY, command];
+  const proc = spawn(program, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve(code ?? signal)));
   return new Promise((resolve, reject) => {
