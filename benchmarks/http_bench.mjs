@@ -1,7 +1,7 @@
 // Serving benchmark over HTTP: q3vl serve under a streaming load, against the engine driven
 // directly (q3vl run over the same requests, no HTTP). Prints one JSON object on stdout.
 //   node benchmarks/http_bench.mjs [--model DIR] [--requests N] [--concurrency C] [--rates 1,2,4]
-//                                  [--rate-requests N] [--q3vl PATH]
+//                                  [--rate-requests N] [--threads T] [--q3vl PATH]
 // 1. saturation: the same N requests through `q3vl run --max-concurrency C` (engine-direct) and
 //    through HTTP with C clients streaming at once: output tokens/s of each, and their ratio
 //    (the HTTP path's cost: parsing, SSE, the I/O threads sharing the cores);
@@ -25,6 +25,7 @@ const N = Number(args.requests ?? 200);
 const C = Number(args.concurrency ?? 16);
 const rates = (args.rates ?? '2,4,8').split(',').map(Number);
 const rateN = Number(args['rate-requests'] ?? 60);
+const threads = args.threads ?? '0';  // compute threads of both sides (0: q3vl's default)
 const work = mkdtempSync(join(tmpdir(), 'q3vl_http_bench_'));
 const log = (m) => process.stderr.write(`http_bench: ${m}\n`);
 
@@ -63,12 +64,13 @@ writeFileSync(join(work, 'requests.jsonl'), workload.slice(0, N).map((w) => JSON
 log(`engine-direct: q3vl run, ${N} requests, --max-concurrency ${C}`);
 execFileSync(q3vl, ['run', '--model', model, '--input', join(work, 'requests.jsonl'), '--output', join(work, 'out.jsonl'),
                     '--max-concurrency', String(C), '--summary', join(work, 'summary.json'), '--progress', 'none',
-                    '--served-model-name', 'bench'], { stdio: ['ignore', 'ignore', 'inherit'] });
+                    '--served-model-name', 'bench', '--threads', threads], { stdio: ['ignore', 'ignore', 'inherit'] });
 const direct = JSON.parse(readFileSync(join(work, 'summary.json'), 'utf8'));
 
 // The server.
 const server = spawn(q3vl, ['serve', '--model', model, '--port', '0', '--served-model-name', 'bench',
-                            '--max-num-seqs', String(Math.max(C, 256)), '--max-waiting-requests', '0'],
+                            '--max-num-seqs', String(Math.max(C, 256)), '--max-waiting-requests', '0',
+                            '--threads', threads],
                      { stdio: ['ignore', 'ignore', 'pipe'] });
 const url = await new Promise((resolve, reject) => {
   let text = '';
@@ -121,13 +123,21 @@ function summarize(results, seconds) {
 
 // 1b. HTTP at saturation: C clients, each taking the next request when its last one ends.
 log(`http: ${N} requests, ${C} streaming clients`);
+const procSeconds = (pid) => {  // user + system CPU seconds of a process
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+};
 let next = 0;
 const results = [];
+const cpu0 = process.cpuUsage(), server0 = procSeconds(server.pid);
 const t0 = performance.now();
 await Promise.all(Array.from({ length: C }, async () => {
   while (next < N) results.push(await one(workload[next++]));
 }));
 const saturation = summarize(results, (performance.now() - t0) / 1000);
+const cpu1 = process.cpuUsage(cpu0);
+saturation.client_cpu_seconds = (cpu1.user + cpu1.system) / 1e6;  // the load generator shares the cores
+saturation.server_cpu_seconds = procSeconds(server.pid) - server0;
 
 // 2. Poisson arrivals at each rate.
 const byRate = [];
@@ -149,7 +159,7 @@ rmSync(work, { recursive: true, force: true });
 
 const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? 'unknown';
 process.stdout.write(JSON.stringify({
-  benchmark: 'http_bench', machine: { cpu, cpus: cpus().length }, requests: N, concurrency: C,
+  benchmark: 'http_bench', machine: { cpu, cpus: cpus().length }, requests: N, concurrency: C, threads: Number(threads),
   workload: '85% text (1-60 words), 15% with an image; 8-128 completion tokens, greedy, ignore_eos',
   engine_direct: { output_tokens_per_second: direct.output_tokens_per_second,
                    requests_per_second: direct.requests_per_second, completion_tokens: direct.completion_tokens,

@@ -46,6 +46,7 @@ class Exchange final : public HttpExchange {
   void Send(std::string chunk) override;
   void End() override;
   void OnClose(std::function<void()> on_close) override;
+  void Run(std::function<void()> fn) override;
 
  private:
   template <typename F>
@@ -111,8 +112,13 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void Send(std::string chunk) {
     if (!answer_started_ || closed_ || chunk.empty()) return;
-    auto data = std::make_shared<std::string>(std::move(chunk));
-    Enqueue([self = shared_from_this(), data](Done done) {
+    pending_ += chunk;  // joins what is not yet being written
+    if (chunk_queued_) return;
+    chunk_queued_ = true;
+    Enqueue([self = shared_from_this()](Done done) {
+      auto data = std::make_shared<std::string>(std::move(self->pending_));
+      self->pending_.clear();
+      self->chunk_queued_ = false;
       net::async_write(self->stream_, http::make_chunk(net::buffer(*data)),
                        [data, done](beast::error_code ec, size_t) { done(ec); });
     });
@@ -287,6 +293,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   std::deque<Op> ops_;
   std::function<void()> on_close_;
+  std::string pending_;        // chunk bytes waiting for the queued chunk write
+  bool chunk_queued_ = false;  // a chunk write is queued and has not started
   bool keep_alive_ = false;
   bool busy_ = false;            // a request is being answered
   bool answer_started_ = false;  // Respond or StartStream was called
@@ -322,6 +330,14 @@ void Exchange::Send(std::string chunk) {
 void Exchange::End() {
   Post([](Session& s) { s.End(); });
 }
+void Exchange::Run(std::function<void()> fn) {
+  if (std::shared_ptr<Session> s = session_.lock()) {
+    net::post(s->executor(), [s, fn = std::move(fn)] { fn(); });
+  } else {
+    fn();  // the connection is gone: nothing to keep in order with
+  }
+}
+
 void Exchange::OnClose(std::function<void()> on_close) {
   if (std::shared_ptr<Session> s = session_.lock()) {
     net::post(s->executor(), [s, n = number_, f = std::move(on_close)]() mutable {

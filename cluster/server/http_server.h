@@ -39,11 +39,16 @@ class HttpExchange {
   virtual void Respond(int status, Headers headers, std::string body) = 0;
   // A chunked response (e.g. text/event-stream); each Send is one chunk, written in order.
   virtual void StartStream(int status, Headers headers) = 0;
+  // Chunks sent while an earlier one is being written go out together, as one.
   virtual void Send(std::string chunk) = 0;
   virtual void End() = 0;
   // `on_close` runs (once, on an I/O thread) if the client goes away before the answer is
   // complete; at once if it already has.
   virtual void OnClose(std::function<void()> on_close) = 0;
+  // Runs `fn` on an I/O thread, in order with this connection's other work (so a caller on a
+  // busy thread, the engine's, hands the formatting of its answer to the I/O threads). When the
+  // connection is already gone, `fn` runs at once on the caller's thread.
+  virtual void Run(std::function<void()> fn) = 0;
 };
 
 using HttpHandler = std::function<void(HttpRequest request, std::shared_ptr<HttpExchange> exchange)>;

@@ -276,8 +276,10 @@ void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& reques
   exchange->OnClose([this, ids = call->engine_ids] {
     for (const std::string& id : ids) engine_.Cancel(id);
   });
+  // Outputs are formatted on the I/O threads: the engine's thread only posts (it is also the
+  // master of the compute threads, which wait while it works on anything else).
   for (size_t i = 0; i < call->streams.size(); ++i) {
-    call->streams[i]->SetListener([call, i] { call->OnOutput(i); });
+    call->streams[i]->SetListener([call, i] { call->exchange->Run([call, i] { call->OnOutput(i); }); });
   }
 }
 
