@@ -293,26 +293,11 @@ int GenerateCommand(const Args& args) {
   }
   const double process_s = SecondsSince(process_start);
 
-  absl::StatusOr<std::unique_ptr<Backend>> own_backend;  // without a mesh
-  if (!mesh) {
-    own_backend = CreateBackend(*kind);
-    if (!own_backend.ok()) return Fail(kName, own_backend.status());
-  }
-  Backend& backend = mesh ? mesh->backend() : **own_backend;
-  if (leader) {
-    std::cerr << "q3vl generate: loading " << model_dir << " (mesh " << (mesh_spec.empty() ? "single rank" : mesh_spec)
-              << ", backend " << vm["backend"].as<std::string>() << ", " << threads << " threads per rank)..."
-              << std::flush;
-  }
-  const Clock::time_point load_start = Clock::now();
-  auto model = model::Qwen3VL::Load(model_dir, backend, mesh ? mesh->parallel() : model::ModelParallel{});
-  if (absl::Status s = step(model.status()); !s.ok()) {
-    if (leader) std::cerr << std::endl;
-    return fail(s);
-  }
-  const double load_s = SecondsSince(load_start);
-  if (leader) std::cerr << " " << absl::StrFormat("%.1f", load_s) << " s" << std::endl;
-  request.sampling = Sampling(vm, (*model)->config());
+  auto loaded = LoadCommandModel(kName, model_dir, mesh.get(), *kind, mesh_spec, threads);
+  if (!loaded.ok()) return fail(loaded.status());
+  const std::unique_ptr<model::Qwen3VL>& model = loaded->model;
+  const double load_s = loaded->load_seconds;
+  request.sampling = Sampling(vm, model->config());
   if (mesh) {
     if (absl::Status s = mesh->BroadcastRequest(request); !s.ok()) {
       std::cerr << "[rank " << mesh->rank() << "] " << s.message() << std::endl;
@@ -341,14 +326,14 @@ int GenerateCommand(const Args& args) {
   Outcome outcome;
   absl::Status ran;
   if (micro_batches > 1) {
-    ran = RunOnGenerator(**model, requests, micro_batches, json, stream ? &*stream : nullptr, outcome, start);
+    ran = RunOnGenerator(*model, requests, micro_batches, json, stream ? &*stream : nullptr, outcome, start);
   } else {
     const int64_t page = engine_options->page_size;
     const int64_t per_request = (static_cast<int64_t>(request.input_ids.size()) + request.sampling.max_new_tokens + page - 1) / page;
     const int64_t pages = engine_options->kv_cache_tokens > 0
                               ? (engine_options->kv_cache_tokens + page - 1) / page
                               : std::max<int64_t>(1, per_request * static_cast<int64_t>(requests.size()));
-    ReplicaHost host(**model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
+    ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
     if (!host.leader()) {
       ran = host.Follow();
     } else {

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/cpu/compute_threads.h"
 #include "core/status_macros.h"
 #include "parallel/comm_factory.h"
@@ -175,6 +176,37 @@ absl::Status MeshRun::Agree(const absl::Status& status) {
     std::cerr << "[rank " << rank() << "] " << status.message() << std::endl;
   }
   return absl::AbortedError(absl::StrCat("rank ", first_failed, " failed (its error is above)"));
+}
+
+absl::StatusOr<CommandModel> LoadCommandModel(const char* command, const std::string& model_dir, MeshRun* mesh,
+                                              BackendKind backend, const std::string& mesh_text, int threads) {
+  CommandModel out;
+  if (mesh == nullptr) {
+    auto created = CreateBackend(backend);
+    if (!created.ok()) return created.status();
+    out.own_backend = *std::move(created);
+  }
+  const bool leader = mesh == nullptr || mesh->leader();
+  if (leader) {
+    std::cerr << "q3vl " << command << ": loading " << model_dir << " (mesh "
+              << (mesh_text.empty() ? "single rank" : mesh_text) << ", backend " << (backend == BackendKind::kCuda ? "cuda" : "cpu") << ", "
+              << threads << " threads per rank)..." << std::flush;
+  }
+  const absl::Time start = absl::Now();
+  auto model = model::Qwen3VL::Load(model_dir, mesh ? mesh->backend() : *out.own_backend,
+                                    mesh ? mesh->parallel() : model::ModelParallel{});
+  const absl::Status status = mesh ? mesh->Agree(model.status()) : model.status();
+  out.load_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (leader) {
+    if (status.ok()) {
+      std::cerr << absl::StrFormat(" %.1f s", out.load_seconds) << std::endl;
+    } else {
+      std::cerr << std::endl;
+    }
+  }
+  if (!status.ok()) return status;
+  out.model = *std::move(model);
+  return out;
 }
 
 }  // namespace q3vl::launcher

@@ -35,6 +35,22 @@ std::string DefaultMeshUnderMpirun(const char* command);
 // that reports an error every rank finds alike (a bad --mesh), so it is printed once.
 bool FirstRankOfJob();
 
+class MeshRun;
+
+// A command's model: its backend (the mesh's, or one of its own without a mesh) and the loaded
+// weights, with how long loading took.
+struct CommandModel {
+  std::unique_ptr<Backend> own_backend;  // null under a mesh
+  std::unique_ptr<model::Qwen3VL> model;
+  double load_seconds = 0.0;
+};
+// Loads `model_dir` for `command` on this rank. The leader (or the only rank) says on stderr
+// what it loads ("q3vl COMMAND: loading DIR (mesh M, backend B, T threads per rank)... S s").
+// Under a mesh every rank agrees on the outcome (MeshRun::Agree), so an error on any rank is
+// an error on all.
+absl::StatusOr<CommandModel> LoadCommandModel(const char* command, const std::string& model_dir, MeshRun* mesh,
+                                              BackendKind backend, const std::string& mesh_text, int threads);
+
 class MeshRun {
  public:
   // Starts MPI, creates the backend of `backend` and builds the mesh (first choosing the compute

@@ -211,23 +211,9 @@ int RunCommand(const Args& args) {
     return fail(s);
   }
 
-  absl::StatusOr<std::unique_ptr<Backend>> own_backend;
-  if (!mesh) {
-    own_backend = CreateBackend(*kind);
-    if (!own_backend.ok()) return Fail(kName, own_backend.status());
-  }
-  Backend& backend = mesh ? mesh->backend() : **own_backend;
-  if (leader) {
-    std::cerr << "q3vl run: loading " << model_dir << " (mesh " << (mesh_spec.empty() ? "single rank" : mesh_spec)
-              << ", backend " << vm["backend"].as<std::string>() << ", " << threads << " threads per rank)..." << std::flush;
-  }
-  const absl::Time load_start = absl::Now();
-  auto model = model::Qwen3VL::Load(model_dir, backend, mesh ? mesh->parallel() : model::ModelParallel{});
-  if (absl::Status s = agree(model.status()); !s.ok()) {
-    if (leader) std::cerr << std::endl;
-    return fail(s);
-  }
-  if (leader) std::cerr << " " << absl::StrFormat("%.1f", absl::ToDoubleSeconds(absl::Now() - load_start)) << " s" << std::endl;
+  auto loaded = LoadCommandModel(kName, model_dir, mesh.get(), *kind, mesh_spec, threads);
+  if (!loaded.ok()) return fail(loaded.status());
+  const std::unique_ptr<model::Qwen3VL>& model = loaded->model;
 
   // The leaders of the replicas exchange work and results through a mailbox.
   std::unique_ptr<parallel::Communicator> leaders;
@@ -244,7 +230,7 @@ int RunCommand(const Args& args) {
     if (absl::Status all = agree(s); !all.ok()) return fail(all);
   }
 
-  const model::ModelConfig& config = (*model)->config();
+  const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
   const int64_t kv_tokens = engine_options->kv_cache_tokens > 0
                                 ? engine_options->kv_cache_tokens
@@ -272,7 +258,7 @@ int RunCommand(const Args& args) {
 
   signal(SIGINT, OnSignal);
   signal(SIGTERM, OnSignal);
-  ReplicaHost host(**model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
+  ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
   absl::Status ran;
   std::optional<cluster::batch::BatchProgress> progress;
   if (!host.leader()) {

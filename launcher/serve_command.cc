@@ -116,25 +116,11 @@ int ServeCommand(const Args& args) {
     }
     if (absl::Status all = agree(s); !all.ok()) return fail(all);
   }
-  absl::StatusOr<std::unique_ptr<Backend>> own_backend;
-  if (!mesh) {
-    own_backend = CreateBackend(*kind);
-    if (!own_backend.ok()) return Fail(kName, own_backend.status());
-  }
-  Backend& backend = mesh ? mesh->backend() : **own_backend;
-  if (leader) {
-    std::cerr << "q3vl serve: loading " << model_dir << " (mesh " << (mesh ? vm["mesh"].as<std::string>() : "single rank")
-              << ", backend " << vm["backend"].as<std::string>() << ", " << threads << " threads per rank)..." << std::flush;
-  }
-  const absl::Time load_start = absl::Now();
-  auto model = model::Qwen3VL::Load(model_dir, backend, mesh ? mesh->parallel() : model::ModelParallel{});
-  if (absl::Status s = agree(model.status()); !s.ok()) {
-    if (leader) std::cerr << std::endl;
-    return fail(s);
-  }
-  if (leader) std::cerr << absl::StrFormat(" %.1f s", absl::ToDoubleSeconds(absl::Now() - load_start)) << std::endl;
+  auto loaded = LoadCommandModel(kName, model_dir, mesh.get(), *kind, mesh ? vm["mesh"].as<std::string>() : "", threads);
+  if (!loaded.ok()) return fail(loaded.status());
+  const std::unique_ptr<model::Qwen3VL>& model = loaded->model;
 
-  const model::ModelConfig& config = (*model)->config();
+  const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
   const int64_t kv_tokens = engine_options->kv_cache_tokens > 0
                                 ? engine_options->kv_cache_tokens
@@ -142,7 +128,7 @@ int ServeCommand(const Args& args) {
   const int64_t pages = (kv_tokens + page - 1) / page;
   signal(SIGINT, OnSignal);
   signal(SIGTERM, OnSignal);
-  ReplicaHost host(**model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr,
+  ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr,
                    vm["max-waiting-requests"].as<int64_t>());
   if (!host.leader()) {
     const absl::Status followed = host.Follow();
