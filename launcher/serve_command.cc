@@ -116,6 +116,26 @@ int ServeCommand(const Args& args) {
     }
     if (absl::Status all = agree(s); !all.ok()) return fail(all);
   }
+  // The leader listens before the model loads: /health answers 503 (and every other path 503)
+  // until the service is ready, so an orchestrator's probes see "loading", not a refused port;
+  // a port that cannot be bound fails the command before the load.
+  std::atomic<cluster::server::OpenAiServer*> live{nullptr};
+  absl::StatusOr<std::unique_ptr<cluster::server::HttpServer>> http = std::unique_ptr<cluster::server::HttpServer>();
+  if (leader) {
+    http = cluster::server::HttpServer::Start(
+        {.host = vm["host"].as<std::string>(), .port = port, .threads = vm["http-threads"].as<int>(),
+         .max_body_bytes = static_cast<size_t>(vm["max-body-bytes"].as<int64_t>())},
+        [&live](cluster::server::HttpRequest r, std::shared_ptr<cluster::server::HttpExchange> e) {
+          if (cluster::server::OpenAiServer* s = live.load()) return s->Handle(std::move(r), std::move(e));
+          cluster::server::OpenAiServer::AnswerLoading(r, *e);
+        });
+    if (http.ok()) {
+      std::cerr << "q3vl serve: listening on http://" << vm["host"].as<std::string>() << ":" << (*http)->port()
+                << " (503 until the model is loaded)" << std::endl;
+    }
+  }
+  if (absl::Status s = agree(http.status()); !s.ok()) return fail(s);
+
   auto loaded = LoadCommandModel(kName, model_dir, mesh.get(), *kind, mesh ? vm["mesh"].as<std::string>() : "", threads);
   if (!loaded.ok()) return fail(loaded.status());
   const std::unique_ptr<model::Qwen3VL>& model = loaded->model;
@@ -153,15 +173,10 @@ int ServeCommand(const Args& args) {
   const std::string name = server_options.served_names[0];
   cluster::server::OpenAiServer service(host.engine(), processor->tokenizer(), std::move(server_options));
   host.engine().Start();
-  auto http = cluster::server::HttpServer::Start(
-      {.host = vm["host"].as<std::string>(), .port = port, .threads = vm["http-threads"].as<int>(),
-       .max_body_bytes = static_cast<size_t>(vm["max-body-bytes"].as<int64_t>())},
-      [&service](cluster::server::HttpRequest r, std::shared_ptr<cluster::server::HttpExchange> e) {
-        service.Handle(std::move(r), std::move(e));
-      });
-  absl::Status ran = http.status();
-  if (http.ok()) {
+  absl::Status ran;
+  {
     service.SetReady();
+    live.store(&service);
     std::cerr << "q3vl serve: serving " << name << " on http://" << vm["host"].as<std::string>() << ":" << (*http)->port()
               << " (OpenAI API under /v1; /health, /metrics" << (keys->empty() ? "" : "; API key required") << ")"
               << std::endl;

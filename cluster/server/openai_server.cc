@@ -159,6 +159,14 @@ std::string OpenAiServer::MetricsText() const {
   return RenderPrometheus(engine_.metrics().Snapshot(), options_.served_names.at(0), counts);
 }
 
+void OpenAiServer::AnswerLoading(const HttpRequest& request, HttpExchange& exchange) {
+  std::string request_id = request.Header("X-Request-Id");
+  if (request_id.empty() || request_id.size() > 128) request_id = NewId();
+  const api::ApiError e{.status = 503, .message = "loading: the model is not ready yet", .type = "service_unavailable"};
+  exchange.Respond(503, {{"Content-Type", "application/json"}, {"X-Request-Id", request_id}, {"Retry-After", "5"}},
+                   Dump(e.Body()));
+}
+
 void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exchange) {
   std::string request_id = request.Header("X-Request-Id");
   if (request_id.empty() || request_id.size() > 128) request_id = NewId();

@@ -38,6 +38,9 @@ class OpenAiServer {
   ~OpenAiServer();
 
   void Handle(HttpRequest request, std::shared_ptr<HttpExchange> exchange);
+  // The answer to any request before a server exists (the model is loading): 503, with
+  // X-Request-Id, in OpenAI's error shape.
+  static void AnswerLoading(const HttpRequest& request, HttpExchange& exchange);
 
   void SetReady() { ready_ = true; }
   // /health turns 503 and new requests are refused with 503; those in flight go on.

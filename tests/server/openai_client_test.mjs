@@ -149,6 +149,12 @@ test('completions: text prompt, streaming', async () => {
                                                    temperature: 0, stream: true });
   for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
   assert.equal(text, r.choices[0].text);
+  // Token ids as the prompt, and min_tokens.
+  const ids = await client.completions.create({ model: 'demo', prompt: [9707, 11, 1879], max_tokens: 4, min_tokens: 4 });
+  assert.equal(ids.usage.prompt_tokens, 3);
+  assert.equal(ids.usage.completion_tokens, 4);
+  await assert.rejects(client.completions.create({ model: 'demo', prompt: [-1], max_tokens: 1 }),
+                       (e) => e instanceof OpenAI.BadRequestError && /outside the vocabulary/.test(e.message));
 });
 
 test('errors come back as the SDK typed exceptions', async () => {
@@ -174,6 +180,11 @@ test('errors come back as the SDK typed exceptions', async () => {
   assert.equal(res.status, 413);
   res = await fetch(`${server.url}/v1/nothing`, { headers: { Authorization: `Bearer ${KEY}` } });
   assert.equal(res.status, 404);
+  res = await fetch(`${server.url}/v1/models`, { headers: { Authorization: `Bearer ${KEY}`, 'X-Pad': 'x'.repeat(20000) } });
+  assert.equal(res.status, 431);
+  res = await fetch(`${server.url}/v1/models`, { method: 'DELETE', headers: { Authorization: `Bearer ${KEY}` } });
+  assert.equal(res.status, 405);
+  assert.equal(res.headers.get('allow'), 'GET');
   res = await post(JSON.stringify({ messages: user('hi'), max_tokens: 1 }), { 'X-Request-Id': 'mine-42' });
   assert.equal(res.status, 200);
   assert.equal(res.headers.get('x-request-id'), 'mine-42');
