@@ -65,7 +65,8 @@ int ServeCommand(const Args& args) {
       ("max-media-bytes", po::value<int64_t>()->default_value(64 << 20), "largest remote image or video fetched")
       ("max-waiting-requests", po::value<int64_t>()->default_value(1024), "requests queued before new ones get 429 (0: no bound)")
       ("drain-timeout", po::value<double>()->default_value(30.0), "seconds in-flight requests get to finish after SIGTERM or SIGINT")
-      ("http-threads", po::value<int>()->default_value(2), "HTTP I/O threads (parsing, chat template and media decoding run on them)")
+      ("http-threads", po::value<int>()->default_value(2), "HTTP I/O threads (connections, SSE writes)")
+      ("prepare-threads", po::value<int>()->default_value(2), "threads that prepare completions requests (parse, fetch remote media, chat template, decode images and videos)")
       ("max-body-bytes", po::value<int64_t>()->default_value(64 << 20), "largest request body (413 beyond it)")
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda")
       ("mesh", po::value<std::string>(), "parallel mesh of the replica vision=V,pp=P,tp=T,ep=E (dp=1) under mpirun; its first stage-0 rank serves HTTP");
@@ -79,6 +80,7 @@ int ServeCommand(const Args& args) {
   const int port = vm["port"].as<int>();
   if (port < 0 || port > 65535) return UsageError(kName, "--port must be in [0, 65535]");
   if (vm["http-threads"].as<int>() < 1) return UsageError(kName, "--http-threads must be >= 1");
+  if (vm["prepare-threads"].as<int>() < 1) return UsageError(kName, "--prepare-threads must be >= 1");
   if (vm["max-waiting-requests"].as<int64_t>() < 0) return UsageError(kName, "--max-waiting-requests must be >= 0");
   if (!(vm["drain-timeout"].as<double>() >= 0)) return UsageError(kName, "--drain-timeout must be >= 0");
   if (vm["max-body-bytes"].as<int64_t>() < 1024) return UsageError(kName, "--max-body-bytes must be >= 1024");
@@ -169,7 +171,8 @@ int ServeCommand(const Args& args) {
                                        ? vm["allowed-media-domains"].as<std::vector<std::string>>()
                                        : std::vector<std::string>{},
                 .timeout = absl::Seconds(vm["media-fetch-timeout"].as<double>()),
-                .max_bytes = vm["max-media-bytes"].as<int64_t>()}};
+                .max_bytes = vm["max-media-bytes"].as<int64_t>()},
+      .prepare_threads = vm["prepare-threads"].as<int>()};
   const std::string name = server_options.served_names[0];
   cluster::server::OpenAiServer service(host.engine(), processor->tokenizer(), std::move(server_options));
   host.engine().Start();

@@ -2,6 +2,9 @@
 
 #include <openssl/crypto.h>
 
+#include <utility>  // Boost 1.74 under C++20 needs it before its headers
+
+#include <boost/asio/post.hpp>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -111,9 +114,13 @@ struct OpenAiServer::Call {
 };
 
 OpenAiServer::OpenAiServer(Engine& engine, const model::Tokenizer& tokenizer, OpenAiServerOptions options)
-    : engine_(engine), tokenizer_(tokenizer), options_(std::move(options)), created_(absl::ToUnixSeconds(absl::Now())) {}
+    : engine_(engine),
+      tokenizer_(tokenizer),
+      options_(std::move(options)),
+      created_(absl::ToUnixSeconds(absl::Now())),
+      prepare_pool_(static_cast<size_t>(std::max(1, options_.prepare_threads))) {}
 
-OpenAiServer::~OpenAiServer() = default;
+OpenAiServer::~OpenAiServer() { prepare_pool_.join(); }
 
 int64_t OpenAiServer::in_flight() const {
   absl::MutexLock lock(&mu_);
@@ -211,7 +218,9 @@ void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exc
     return Reply(*exchange, request_id, 200, Dump(Json{{"object", "list"}, {"data", data}}));
   }
   if (request.method != "POST") return method_not_allowed("POST");
-  Completions(*endpoint, request, exchange, request_id);
+  boost::asio::post(prepare_pool_, [this, endpoint = *endpoint, request = std::move(request), exchange, request_id] {
+    Completions(endpoint, request, exchange, request_id);
+  });
 }
 
 void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& request,

@@ -4,17 +4,22 @@
 // in constant time) guard /v1/*. Every response carries X-Request-Id (the client's, else a new
 // one). A client that disconnects cancels its request. Draining: /health says 503 and new
 // requests get 503 while those in flight finish.
-// Threads: Handle runs on the server's I/O threads (parsing, fetching remote media, the chat
-// template, media decoding);
+// Threads: Handle runs on the server's I/O threads and answers the cheap routes there; a
+// completions request is parsed, its remote media fetched, templated and its media decoded on a
+// pool of prepare threads (so a slow media host or a long video never stalls the I/O threads);
 // outputs arrive on the engine's thread (stream listeners) and are formatted there.
 #ifndef Q3VL_CLUSTER_SERVER_OPENAI_SERVER_H_
 #define Q3VL_CLUSTER_SERVER_OPENAI_SERVER_H_
+
+#include <utility>  // Boost 1.74 under C++20 needs it before its headers
 
 #include <atomic>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <boost/asio/thread_pool.hpp>
 
 #include "absl/synchronization/mutex.h"
 #include "cluster/api/openai.h"
@@ -29,6 +34,7 @@ struct OpenAiServerOptions {
   std::vector<std::string> api_keys;      // empty: no key needed
   api::PrepareOptions prepare;            // processor, media directories, limits
   MediaFetchOptions fetch;                // http(s) media: allowed hosts, timeout, size cap
+  int prepare_threads = 2;                // parse, fetch, template and decode completions requests
 };
 
 class OpenAiServer {
@@ -72,6 +78,7 @@ class OpenAiServer {
   mutable absl::Mutex mu_;
   std::map<int, int64_t> status_counts_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Call>> calls_ ABSL_GUARDED_BY(mu_);  // in flight, by request id
+  boost::asio::thread_pool prepare_pool_;  // last: joined first, while the rest is alive
 };
 
 // The engine's metrics and the HTTP status counts as Prometheus text exposition (format 0.0.4).
