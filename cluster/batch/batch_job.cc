@@ -76,7 +76,19 @@ Work PrepareLine(InputLine line, const BatchJobOptions& options) {
   return w;
 }
 
-// Prepares the lines in order on a thread of its own, keeping at most `capacity` ready.
+// Decoded pixels the leader keeps prepared ahead of the engines at most (one item always fits).
+constexpr int64_t kReadyPixelBytes = int64_t{2} << 30;
+
+int64_t PixelBytes(const Work& w) {
+  int64_t n = 0;
+  if (w.request) {
+    for (const Tensor& t : PixelTensors(w.request->input)) n += static_cast<int64_t>(t.size_bytes());
+  }
+  return n;
+}
+
+// Prepares the lines in order on a thread of its own, keeping at most `capacity` ready and at
+// most kReadyPixelBytes of their pixels (long videos are large once decoded).
 class Preparer {
  public:
   Preparer(std::vector<InputLine> lines, const BatchJobOptions& options, size_t capacity)
@@ -88,6 +100,7 @@ class Preparer {
     if (ready_.empty()) return std::nullopt;
     Work w = std::move(ready_.front());
     ready_.pop_front();
+    ready_bytes_ -= PixelBytes(w);
     return w;
   }
   // Every line has been taken (or the preparer was stopped and its queue taken).
@@ -103,6 +116,7 @@ class Preparer {
     if (thread_.joinable()) thread_.join();
     absl::MutexLock lock(&mu_);
     ready_.clear();
+    ready_bytes_ = 0;
   }
 
  private:
@@ -111,7 +125,9 @@ class Preparer {
       InputLine line;
       {
         absl::MutexLock lock(&mu_);
-        auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || ready_.size() < capacity_; };
+        auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || ready_.empty() || (ready_.size() < capacity_ && ready_bytes_ < kReadyPixelBytes);
+        };
         mu_.Await(absl::Condition(&room));
         if (stop_ || next_ == lines_.size()) return;
         line = std::move(lines_[next_++]);
@@ -119,6 +135,7 @@ class Preparer {
       }
       Work w = PrepareLine(std::move(line), options_);
       absl::MutexLock lock(&mu_);
+      ready_bytes_ += PixelBytes(w);
       ready_.push_back(std::move(w));
       busy_ = false;
     }
@@ -132,6 +149,7 @@ class Preparer {
   bool busy_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Work> ready_ ABSL_GUARDED_BY(mu_);
+  int64_t ready_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 };
 
