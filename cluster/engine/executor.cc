@@ -1,8 +1,8 @@
 #include "cluster/engine/executor.h"
 
 #include "absl/strings/str_cat.h"
-#include "core/check.h"
 #include "cluster/engine/request_wire.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "nlohmann/json.hpp"
 
 namespace q3vl::cluster::server {
 
@@ -170,8 +171,9 @@ class Session : public std::enable_shared_from_this<Session> {
       busy_ = true;
       ++request_number_;
       answer_started_ = answered_ = false;
-      Respond(status, {{"Content-Type", "application/json"}},
-              absl::StrCat(R"({"error": {"message": ")", message, R"(", "type": "invalid_request_error", "param": null, "code": null}})"));
+      const nlohmann::json body = {
+          {"error", {{"message", message}, {"type", "invalid_request_error"}, {"param", nullptr}, {"code", nullptr}}}};
+      Respond(status, {{"Content-Type", "application/json"}}, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       return;
     }
     http::request<http::string_body> req = parser_->release();

@@ -80,6 +80,8 @@ struct OpenAiServer::Call {
   }
 
   void Finish() {
+    // The listeners hold this call: let them go, or call and streams keep each other alive.
+    for (const std::shared_ptr<RequestStream>& stream : streams) stream->SetListener(nullptr);
     std::vector<RequestOutput> all;
     bool error_sent = false;
     {
