@@ -59,10 +59,7 @@ int EvalCaseCommand(const Args& args) {
   if (absl::Status s = step(model.status()); !s.ok()) return fail(s);
   // The case through the replica's engine (the leader steps it; the other ranks follow).
   const int64_t seq_len = static_cast<int64_t>(golden->request.input_ids.size());
-  const int64_t page = engine_options->page_size;
-  const int64_t pages = engine_options->kv_cache_tokens > 0
-                            ? (engine_options->kv_cache_tokens + page - 1) / page
-                            : (seq_len + golden->num_generated + page - 1) / page;
+  const int64_t pages = engine_options->KvPages(seq_len + golden->num_generated);
   ReplicaHost host(**model, mesh.get(), *engine_options, pages, /*tokenizer=*/nullptr);
   absl::StatusOr<EvalCaseOutput> output = absl::UnknownError("not run on this rank");
   absl::Status ran;

@@ -330,9 +330,7 @@ int GenerateCommand(const Args& args) {
   } else {
     const int64_t page = engine_options->page_size;
     const int64_t per_request = (static_cast<int64_t>(request.input_ids.size()) + request.sampling.max_new_tokens + page - 1) / page;
-    const int64_t pages = engine_options->kv_cache_tokens > 0
-                              ? (engine_options->kv_cache_tokens + page - 1) / page
-                              : std::max<int64_t>(1, per_request * static_cast<int64_t>(requests.size()));
+    const int64_t pages = engine_options->KvPages(per_request * page * static_cast<int64_t>(requests.size()));
     ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
     if (!host.leader()) {
       ran = host.Follow();

@@ -1,5 +1,7 @@
 #include "launcher/replica.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace q3vl::launcher {
@@ -37,6 +39,11 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
     if (c.value < c.min) return absl::InvalidArgumentError(absl::StrCat(c.flag, " must be >= ", c.min, ", got ", c.value));
   }
   return o;
+}
+
+int64_t EngineOptions::KvPages(int64_t default_tokens) const {
+  const int64_t tokens = kv_cache_tokens > 0 ? kv_cache_tokens : default_tokens;
+  return std::max<int64_t>(1, (tokens + page_size - 1) / page_size);
 }
 
 ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,

@@ -32,6 +32,9 @@ struct EngineOptions {
   static void AddTo(po::options_description& options);
   // InvalidArgument naming the flag (a usage error).
   static absl::StatusOr<EngineOptions> From(const po::variables_map& vm);
+  // KV pages of page_size tokens: --kv-cache-tokens, or the command's `default_tokens` when
+  // it is 0 (at least one page).
+  int64_t KvPages(int64_t default_tokens) const;
 };
 
 class ReplicaHost {

@@ -232,10 +232,8 @@ int RunCommand(const Args& args) {
 
   const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
-  const int64_t kv_tokens = engine_options->kv_cache_tokens > 0
-                                ? engine_options->kv_cache_tokens
-                                : static_cast<int64_t>(max_concurrency) * std::min<int64_t>(config.text.max_position_embeddings, 4096);
-  const int64_t pages = (kv_tokens + page - 1) / page;
+  const int64_t pages =
+      engine_options->KvPages(static_cast<int64_t>(max_concurrency) * std::min<int64_t>(config.text.max_position_embeddings, 4096));
 
   cluster::batch::BatchJobOptions job{.max_concurrency = max_concurrency,
                                       .drain_timeout = absl::Seconds(vm["drain-timeout"].as<double>())};

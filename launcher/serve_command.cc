@@ -144,10 +144,7 @@ int ServeCommand(const Args& args) {
 
   const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
-  const int64_t kv_tokens = engine_options->kv_cache_tokens > 0
-                                ? engine_options->kv_cache_tokens
-                                : 32 * std::min<int64_t>(config.text.max_position_embeddings, 4096);
-  const int64_t pages = (kv_tokens + page - 1) / page;
+  const int64_t pages = engine_options->KvPages(32 * std::min<int64_t>(config.text.max_position_embeddings, 4096));
   signal(SIGINT, OnSignal);
   signal(SIGTERM, OnSignal);
   ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr,

@@ -446,6 +446,13 @@ Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t create
                      {"total_tokens", prompt_tokens + completion_tokens}}}};
 }
 
+std::string NewRequestId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
+}
+
+std::string Dump(const Json& json) { return json.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
 std::optional<ApiError> ChoiceError(const std::vector<RequestOutput>& choices) {
   for (const RequestOutput& c : choices) {
     if (c.finish && *c.finish == FinishReason::kError) return FromStatus(c.error);

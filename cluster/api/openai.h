@@ -105,6 +105,11 @@ Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t creat
 Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
                 int64_t prompt_tokens, int64_t completion_tokens);
 
+// A new request id: 16 random hex digits.
+std::string NewRequestId();
+// Compact JSON text; invalid UTF-8 in strings is replaced, never an exception.
+std::string Dump(const Json& json);
+
 // The first error among the choices' outputs (a choice that ended in error), if any.
 std::optional<ApiError> ChoiceError(const std::vector<RequestOutput>& choices);
 

@@ -204,7 +204,7 @@ std::string SuccessLine(const std::string& custom_id, const std::string& request
   api::Json line = {{"id", absl::StrCat("batch-", request_id)}, {"custom_id", custom_id},
                     {"response", {{"status_code", 200}, {"request_id", request_id}, {"body", body}}},
                     {"error", nullptr}};
-  return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return api::Dump(line);
 }
 
 std::string ErrorLine(const InputLine& line, const std::string& request_id, const api::ApiError& error) {
@@ -212,7 +212,7 @@ std::string ErrorLine(const InputLine& line, const std::string& request_id, cons
                    {"custom_id", line.custom_id ? api::Json(*line.custom_id) : api::Json(nullptr)},
                    {"response", {{"status_code", error.status}, {"request_id", request_id}, {"body", nullptr}}},
                    {"error", error.Body()["error"]}};
-  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return api::Dump(out);
 }
 
 }  // namespace q3vl::cluster::batch

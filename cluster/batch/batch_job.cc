@@ -2,7 +2,6 @@
 
 #include <cstring>
 #include <deque>
-#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -24,11 +23,6 @@ struct Work {
   std::optional<api::PreparedRequest> request;
   std::optional<api::ApiError> error;
 };
-
-std::string NewRequestId() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
-}
 
 // The API request of an input line, checked: {"custom_id", "method": "POST", "url", "body"}.
 api::ApiResult<api::ApiRequest> ParseLine(const InputLine& line, const BatchJobOptions& options) {
@@ -61,7 +55,7 @@ api::ApiResult<api::ApiRequest> ParseLine(const InputLine& line, const BatchJobO
 }
 
 Work PrepareLine(InputLine line, const BatchJobOptions& options) {
-  Work w{.line = std::move(line), .request_id = NewRequestId()};
+  Work w{.line = std::move(line), .request_id = api::NewRequestId()};
   auto parsed = ParseLine(w.line, options);
   if (auto* e = std::get_if<api::ApiError>(&parsed)) {
     w.error = *e;

@@ -5,7 +5,6 @@
 #include <utility>  // Boost 1.74 under C++20 needs it before its headers
 
 #include <boost/asio/post.hpp>
-#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -17,12 +16,13 @@ namespace {
 
 using Json = api::Json;
 
-std::string NewId() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16));
-}
+using api::Dump;
 
-std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+// The client's X-Request-Id when it gives a usable one, else a new id.
+std::string RequestIdOf(const HttpRequest& request) {
+  std::string id = request.Header("X-Request-Id");
+  return id.empty() || id.size() > 128 ? api::NewRequestId() : id;
+}
 
 std::string Event(const Json& j) { return absl::StrCat("data: ", Dump(j), "\n\n"); }
 
@@ -169,16 +169,14 @@ std::string OpenAiServer::MetricsText() const {
 }
 
 void OpenAiServer::AnswerLoading(const HttpRequest& request, HttpExchange& exchange) {
-  std::string request_id = request.Header("X-Request-Id");
-  if (request_id.empty() || request_id.size() > 128) request_id = NewId();
+  const std::string request_id = RequestIdOf(request);
   const api::ApiError e{.status = 503, .message = "loading: the model is not ready yet", .type = "service_unavailable"};
   exchange.Respond(503, {{"Content-Type", "application/json"}, {"X-Request-Id", request_id}, {"Retry-After", "5"}},
                    Dump(e.Body()));
 }
 
 void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exchange) {
-  std::string request_id = request.Header("X-Request-Id");
-  if (request_id.empty() || request_id.size() > 128) request_id = NewId();
+  const std::string request_id = RequestIdOf(request);
   const std::string& path = request.path;
   auto method_not_allowed = [&](const char* allow) {
     ReplyError(*exchange, request_id, {.status = 405, .message = absl::StrCat(request.method, " is not allowed on ", path)},
@@ -258,7 +256,7 @@ void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& reques
   call->server = this;
   call->exchange = exchange;
   call->request_id = request_id;
-  call->key = absl::StrCat(request_id, "#", NewId());  // unique even when a client repeats its id
+  call->key = absl::StrCat(request_id, "#", api::NewRequestId());  // unique even when a client repeats its id
   call->response_id = absl::StrCat(endpoint == api::Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-", request_id);
   call->model = names[0];
   call->created = absl::ToUnixSeconds(absl::Now());
