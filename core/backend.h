@@ -87,7 +87,8 @@ struct ActivationParams {
 // block_tables[s][j / page_size] * page_size + j % page_size (no gather of the context).
 struct AttentionParams {
   Tensor q;                       // [Tq, H, d]
-  Tensor k;                       // [Tk, KV, d], or paged: [pages * page_size, KV, d]
+  Tensor k;                       // [Tk, KV, d], or paged: [pages * page_size, KV, d] (paged k and v
+                                  // may be bf16 with an f32 q: a bf16 KV cache)
   Tensor v;                       // like k
   std::vector<int64_t> q_starts;  // [num_seqs + 1]
   std::vector<int64_t> k_starts;  // [num_seqs + 1]
@@ -140,12 +141,13 @@ struct GatherRowsParams {
 
 // out[ids[i]] += scale[i] * src[i] (scale optional: 1); rows of ids may repeat. With
 // accumulate = false the rows are overwritten instead: out[ids[i]] = scale[i] * src[i], and
-// the ids must be distinct (a device writes repeated rows in no defined order).
+// the ids must be distinct (a device writes repeated rows in no defined order). An overwrite may
+// store into a bf16 `out` (rounded to nearest even): the KV cache's bf16 pages.
 struct ScatterAddRowsParams {
   Tensor src;    // [N, D]
   Tensor ids;    // [N] i64 or i32
   Tensor scale;  // optional [N] f32
-  Tensor out;    // [M, D]
+  Tensor out;    // [M, D], f32 (bf16 allowed when !accumulate)
   bool accumulate = true;
 };
 

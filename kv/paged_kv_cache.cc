@@ -6,13 +6,21 @@
 
 namespace q3vl::kv {
 
+absl::StatusOr<DType> ParseKvDtype(absl::string_view name) {
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f32") return DType::kF32;
+  return absl::InvalidArgumentError(absl::StrCat("KV cache dtype '", name, "' is not one of bf16, f32"));
+}
+
 PagedKvCache::PagedKvCache(const KvCacheConfig& config, Backend& backend)
     : config_(config), backend_(backend) {
   Q3VL_CHECK_GT(config.page_size, 0);
+  Q3VL_CHECK(config.dtype == DType::kF32 || config.dtype == DType::kBF16)
+      << "KV pages are f32 or bf16, not " << DTypeName(config.dtype);
   const Shape shape = {config.num_pages, config.page_size, config.num_kv_heads, config.head_dim};
   for (int64_t l = 0; l < config.num_layers; ++l) {
-    keys_.push_back(backend.Allocate(DType::kF32, shape));
-    values_.push_back(backend.Allocate(DType::kF32, shape));
+    keys_.push_back(backend.Allocate(config.dtype, shape));
+    values_.push_back(backend.Allocate(config.dtype, shape));
   }
   for (int64_t p = config.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
 }

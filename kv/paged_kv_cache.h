@@ -1,5 +1,5 @@
 // Paged KV cache: fixed-size pages of [page_size, num_kv_heads, head_dim] keys and values per
-// layer, drawn from one pool in the backend's memory; each sequence owns a block table (its
+// layer, stored in f32 or bf16 (KvCacheConfig::dtype), drawn from one pool in the backend's memory; each sequence owns a block table (its
 // list of pages). Keys are stored post-k_norm, post-RoPE. Reserve() fails with
 // ResourceExhausted when the pool is empty and leaves the sequence unchanged.
 // The block tables live on the host. A forward step turns them into what every layer uses,
@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/backend.h"
 
 namespace q3vl::kv {
@@ -26,10 +28,18 @@ struct KvCacheConfig {
   int64_t head_dim = 0;
   int64_t page_size = 16;  // tokens per page
   int64_t num_pages = 0;
+  // Storage of the pages: kBF16 (the default: half of f32, what attention reads on every
+  // backend) or kF32 (the exact fp32 path of the golden cases). Writes round to it.
+  DType dtype = DType::kBF16;
 
-  // Bytes of one page across all layers, keys and values, in f32.
-  int64_t page_bytes() const { return 2 * num_layers * page_size * num_kv_heads * head_dim * 4; }
+  // Bytes of one page across all layers, keys and values.
+  int64_t page_bytes() const {
+    return 2 * num_layers * page_size * num_kv_heads * head_dim * static_cast<int64_t>(DTypeSize(dtype));
+  }
 };
+
+// The KV dtypes a cache stores: "f32" or "bf16" (InvalidArgument naming the choices).
+absl::StatusOr<DType> ParseKvDtype(absl::string_view name);
 
 // The rows one forward step touches, the same for every layer (see the file comment).
 struct KvStepPlan {

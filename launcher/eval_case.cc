@@ -105,7 +105,7 @@ absl::StatusOr<EvalCaseOutput> RunGoldenCase(const model::Qwen3VL& model, const 
                                              const model::TraceFn* trace) {
   const int64_t prompt = static_cast<int64_t>(golden.request.input_ids.size());
   const int64_t pages = (prompt + golden.num_generated + 15) / 16 + 1;
-  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages, .trace = trace});
+  model::ModelRunner runner(model, {.page_size = 16, .num_pages = pages, .kv_dtype = DType::kF32, .trace = trace});
   cluster::Engine engine(runner, {.scheduler = {.max_num_batched_tokens = std::max<int64_t>(prompt, 1),
                                                 .max_num_seqs = 1, .page_size = 16, .num_pages = pages,
                                                 .max_model_len = model.config().text.max_position_embeddings}});

@@ -18,7 +18,7 @@ int EvalCaseCommand(const Args& args) {
       ("backend", po::value<std::string>()->default_value("cpu"), "compute backend: cpu or cuda (with --mesh: each rank on GPU local rank % visible GPUs, activations over NCCL, control over MPI)")
       ("mesh", po::value<std::string>(), "parallel mesh vision=V,pp=P,tp=T,ep=E,dp=D (run under mpirun -np D*(V+P*max(T,E))); every replica runs the case, replica 0 writes")
       ("from-raw", po::bool_switch(), "compute pixel values with q3vl's own preprocessing from the raw images/frames in inputs/");
-  EngineOptions::AddTo(options);
+  EngineOptions::AddTo(options, /*kv_dtype=*/DType::kF32);  // the fp32 contract
   po::positional_options_description positional;
   positional.add("case", 1);
   auto parsed = ParseArgs(kName, "CASE_DIR --out OUT_DIR [options]", options, positional, args);

@@ -24,12 +24,14 @@ struct EngineOptions {
   int64_t max_num_seqs = 256;
   int64_t page_size = 16;
   int64_t kv_cache_tokens = 0;  // 0: what the command's own requests need
+  DType kv_dtype = DType::kBF16;  // KV page storage (--kv-dtype)
   int threads = 0;              // compute threads per rank; 0: ConfigureComputeThreads decides
   int64_t encoder_cache_tokens = 16384;  // vision features kept across requests (0: none)
 
-  // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --threads,
-  // --encoder-cache-tokens.
-  static void AddTo(po::options_description& options);
+  // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --kv-dtype,
+  // --threads, --encoder-cache-tokens. `kv_dtype`: the command's default for --kv-dtype (bf16;
+  // eval-case keeps the fp32 contract with f32).
+  static void AddTo(po::options_description& options, DType kv_dtype = DType::kBF16);
   // InvalidArgument naming the flag (a usage error).
   static absl::StatusOr<EngineOptions> From(const po::variables_map& vm);
   // KV pages of page_size tokens: --kv-cache-tokens, or the command's `default_tokens` when

@@ -93,7 +93,8 @@ absl::StatusOr<std::vector<GenerationResult>> Generator::Generate(const std::vec
   stats_ = {.sequences = static_cast<int64_t>(n), .kv_pages = options_.kv_pages > 0 ? options_.kv_pages : pages};
   kv::PagedKvCache cache({.num_layers = decoder.local_layers(), .num_kv_heads = decoder.local_kv_heads(),
                           .head_dim = cfg.text.head_dim, .page_size = options_.page_size,
-                          .num_pages = options_.kv_pages > 0 ? options_.kv_pages : std::max<int64_t>(pages, 1)},
+                          .num_pages = options_.kv_pages > 0 ? options_.kv_pages : std::max<int64_t>(pages, 1),
+                          .dtype = DType::kF32},  // the whole-batch path keeps the fp32 contract
                          backend);
 
   // Prefill: every prompt of this rank packed into one batch (none: the rank still joins the

@@ -131,7 +131,7 @@ ModelRunner::ModelRunner(const Qwen3VL& model, const ModelRunnerOptions& options
       options_(options),
       cache_({.num_layers = model.decoder().local_layers(), .num_kv_heads = model.decoder().local_kv_heads(),
               .head_dim = model.config().text.head_dim, .page_size = options.page_size,
-              .num_pages = options.num_pages},
+              .num_pages = options.num_pages, .dtype = options.kv_dtype},
              model.backend()),
       encoder_cache_(options.encoder_cache_tokens > 0 ? new EncoderCache(options.encoder_cache_tokens) : nullptr) {
   Q3VL_CHECK_GT(options.num_pages, 0);

@@ -31,6 +31,7 @@ namespace q3vl::model {
 struct ModelRunnerOptions {
   int64_t page_size = 16;  // tokens per KV page
   int64_t num_pages = 0;   // KV pool size; REQUIRES: > 0
+  DType kv_dtype = DType::kBF16;  // KV page storage: bf16, or f32 for the exact fp32 path
   // Encoder cache budget in visual tokens (model/encoder_cache.h); 0: none. Every rank of a
   // replica that encodes or serves the tower must use the same value.
   int64_t encoder_cache_tokens = 0;

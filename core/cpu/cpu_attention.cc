@@ -1,6 +1,6 @@
 // Attention on CPU: per (sequence, KV head, block of queries) work items run in parallel; each
 // takes the KV head's keys and values (in place when packed, gathered from the pages into a
-// per-thread buffer when paged) a tile of keys at a time and, for every query head of the group,
+// per-thread buffer when paged, widened from bf16 pages) a tile of keys at a time and, for every query head of the group,
 // computes the tile's scores with one SGEMM, an online softmax (running max and sum per row, the
 // output rescaled when the max grows), and accumulates the weighted sum with another SGEMM. The
 // buffers are one tile, so memory does not grow with the context. The softmax loops are
@@ -48,6 +48,18 @@ void OnlineSoftmaxRow(float* row, int64_t n, int64_t width, bool first_tile, flo
   }
   sum += tile_sum;
   std::fill(row + n, row + width, 0.0f);
+}
+
+// bf16 to f32 is a 16-bit shift: exact, and vectorised.
+Q3VL_ISA_CLONES
+void WidenBf16(const uint16_t* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    dst[i] = f;
+  }
 }
 
 struct WorkItem {
@@ -104,9 +116,16 @@ void CpuBackend::Attention(const AttentionParams& p) {
     }
   }
 
+  Q3VL_CHECK(p.q.dtype() == DType::kF32 && p.out.dtype() == DType::kF32) << "q and out must be f32";
+  Q3VL_CHECK(p.k.dtype() == p.v.dtype() &&
+             (p.k.dtype() == DType::kF32 || (paged && p.k.dtype() == DType::kBF16)))
+      << "k and v must be f32, or bf16 pages: " << p.k.DebugString() << ", " << p.v.DebugString();
+  const bool bf16_kv = p.k.dtype() == DType::kBF16;
   const float* q = p.q.data<float>();
-  const float* k = p.k.data<float>();
-  const float* v = p.v.data<float>();
+  const float* k = bf16_kv ? nullptr : p.k.data<float>();
+  const float* v = bf16_kv ? nullptr : p.v.data<float>();
+  const uint16_t* k16 = bf16_kv ? p.k.data<uint16_t>() : nullptr;
+  const uint16_t* v16 = bf16_kv ? p.v.data<uint16_t>() : nullptr;
   float* out = p.out.data<float>();
   const int64_t q_ld = num_heads * head_dim, k_ld = num_kv_heads * head_dim;
 
@@ -151,8 +170,14 @@ void CpuBackend::Attention(const AttentionParams& p) {
           for (int64_t j = 0; j < width; ++j) {
             const int64_t key = c0 + j;
             const int64_t row = tables[w.seq * max_pages + key / p.page_size] * p.page_size + key % p.page_size;
-            std::memcpy(&k_rows[j * head_dim], k + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
-            std::memcpy(&v_rows[j * head_dim], v + row * k_ld + w.kv_head * head_dim, head_dim * sizeof(float));
+            const int64_t at = row * k_ld + w.kv_head * head_dim;
+            if (bf16_kv) {
+              WidenBf16(k16 + at, &k_rows[j * head_dim], head_dim);
+              WidenBf16(v16 + at, &v_rows[j * head_dim], head_dim);
+            } else {
+              std::memcpy(&k_rows[j * head_dim], k + at, head_dim * sizeof(float));
+              std::memcpy(&v_rows[j * head_dim], v + at, head_dim * sizeof(float));
+            }
           }
           kb = k_rows.data();
           vb = v_rows.data();

@@ -341,10 +341,25 @@ void CpuBackend::GatherRows(const GatherRowsParams& p) {
 
 void CpuBackend::ScatterAddRows(const ScatterAddRowsParams& p) {
   const Rows src = AsRows(p.src, "src");
-  const Rows out = AsRows(p.out, "out");
-  Q3VL_CHECK_EQ(src.width, out.width);
   Q3VL_CHECK_EQ(p.ids.numel(), src.rows);
   const float* scale = p.scale.defined() ? p.scale.data<float>() : nullptr;
+  if (p.out.dtype() == DType::kBF16) {  // a bf16 store (the KV cache's pages): overwrite only
+    Q3VL_CHECK(!p.accumulate) << "ScatterAddRows accumulates into f32 only: " << p.out.DebugString();
+    Q3VL_CHECK(p.out.is_contiguous() && p.out.rank() >= 1 && p.out.dim(-1) == src.width) << p.out.DebugString();
+    const int64_t out_rows = p.out.numel() / src.width;
+    uint16_t* const out = p.out.data<uint16_t>();
+    for (int64_t i = 0; i < src.rows; ++i) {
+      const int64_t id = IdAt(p.ids, i);
+      Q3VL_CHECK(id >= 0 && id < out_rows) << "row id " << id << " outside [0, " << out_rows << ")";
+      const float s = scale ? scale[i] : 1.0f;
+      const float* sr = src.data + i * src.width;
+      uint16_t* o = out + id * src.width;
+      for (int64_t j = 0; j < src.width; ++j) o[j] = F32ToBF16(s * sr[j]);
+    }
+    return;
+  }
+  const Rows out = AsRows(p.out, "out");
+  Q3VL_CHECK_EQ(src.width, out.width);
   // Sequential over rows: ids may repeat; each row is vectorised.
   for (int64_t i = 0; i < src.rows; ++i) {
     const int64_t id = IdAt(p.ids, i);

@@ -398,8 +398,9 @@ void CudaBackend::Attention(const AttentionParams& p) {
   Q3VL_CHECK(kv_heads > 0 && heads % kv_heads == 0) << heads << " query heads over " << kv_heads << " KV heads";
   Q3VL_CHECK(p.k.dim(2) == hd && p.v.shape() == p.k.shape() && p.out.shape() == p.q.shape());
   Q3VL_CHECK_LE(hd, 512) << "head_dim";
-  Q3VL_CHECK(p.q.dtype() == p.k.dtype() && p.q.dtype() == p.v.dtype() && p.q.dtype() == p.out.dtype())
-      << "Attention wants one dtype for q, k, v and out";
+  Q3VL_CHECK(p.q.dtype() == p.out.dtype() && p.k.dtype() == p.v.dtype() &&
+             (p.k.dtype() == p.q.dtype() || (p.page_size > 0 && p.k.dtype() == DType::kBF16)))
+      << "Attention wants one dtype for q and out, and k, v of that dtype or bf16 pages";
   const size_t seqs = p.q_starts.size() - 1;
   Q3VL_CHECK(p.q_starts.size() >= 2 && p.k_starts.size() == p.q_starts.size());
   Q3VL_CHECK_EQ(p.q_starts.back(), p.q.dim(0));
@@ -427,7 +428,7 @@ void CudaBackend::Attention(const AttentionParams& p) {
   Tensor bounds = ToDevice(Tensor::FromVectorI64(starts, {static_cast<int64_t>(starts.size())}));
   const int64_t* d_starts = bounds.device_data<int64_t>();
   const AttentionArgs args{
-      .q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .q_starts = d_starts,
+      .q = q.data, .k = k.data, .v = v.data, .out = out.data, .type = q.type, .kv_type = k.type, .q_starts = d_starts,
       .k_starts = d_starts + seqs + 1, .num_seqs = static_cast<int>(seqs), .total_q = p.q.dim(0),
       .heads = static_cast<int>(heads), .kv_heads = static_cast<int>(kv_heads), .head_dim = static_cast<int>(hd),
       .causal = p.causal, .scale = p.scale, .block_tables = paged ? p.block_tables.device_data<int32_t>() : nullptr,

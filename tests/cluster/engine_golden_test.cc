@@ -3,6 +3,10 @@
 // case; requests arriving at different steps (text, image, video, greedy and seeded sampling)
 // each get exactly their solo output; preemption and recompute change nothing; logprobs,
 // prompt logprobs and min_tokens; bad requests are refused at submission.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
 #include <map>
 
 #include "cluster/engine/engine.h"
@@ -71,6 +75,66 @@ INSTANTIATE_TEST_SUITE_P(Cases, EngineGoldenTest, ::testing::ValuesIn(CasesTimes
                            return absl::StrCat(std::get<0>(info.param).substr(0, 2), "_chunk",
                                                std::get<1>(info.param));
                          });
+
+// bf16 KV pages (the serving default): every prompt logit row keeps cosine >= 0.999 with the
+// fp32 reference, and the greedy tokens equal the reference for as long as the reference's
+// margin (top-1 minus top-2 logit) at each step stays above 4x the prompt rows' max |diff|: a
+// smaller margin may flip the token legitimately, and everything after it then differs. The
+// figures (max |diff|, min cosine, tokens compared) are recorded as test properties.
+class KvBf16GoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(KvBf16GoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
+  const std::string dir = testing::GoldenCaseDir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "golden case not present (needs ../shared)";
+  std::unique_ptr<Backend> backend = *CreateBackend(BackendKind::kCpu);
+  auto golden = launcher::ReadGoldenCase(dir);
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  auto model = model::Qwen3VL::Load(dir + "/model", *backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Replica replica(**model, /*budget=*/7, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/0, DType::kBF16);
+  EngineRequest r{.id = "golden", .ignore_eos = true};
+  r.input = {.input_ids = golden->request.input_ids, .images = golden->request.images,
+             .videos = golden->request.videos, .sampling = golden->request.sampling, .keep_prompt_logits = true};
+  const RequestOutput out = RunAlone(replica.engine, r);
+  ASSERT_EQ(out.finish, FinishReason::kLength) << out.error;
+  const Tensor logits = ConcatHostRows(out.prompt_logits);
+  auto expected = ReadNpy(dir + "/expected/logits.npy");
+  ASSERT_TRUE(expected.ok());
+  ASSERT_EQ(logits.shape(), expected->shape());
+  const float diff = testing::MaxAbsDiff(logits, *expected);
+  double min_cosine = 1.0;
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* a = logits.data<float>() + i * vocab;
+    const float* b = expected->data<float>() + i * vocab;
+    double ab = 0, aa = 0, bb = 0;
+    for (int64_t j = 0; j < vocab; ++j) ab += double(a[j]) * b[j], aa += double(a[j]) * a[j], bb += double(b[j]) * b[j];
+    min_cosine = std::min(min_cosine, ab / std::sqrt(aa * bb));
+  }
+  EXPECT_GE(min_cosine, 0.999);
+  EXPECT_GT(diff, 0.0f) << "bf16 pages should round something";  // the pages really are bf16
+  auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");
+  auto steps = ReadNpy(dir + "/expected/gen_step_logits.npy");  // [N, V]: the reference's logits per step
+  ASSERT_TRUE(greedy.ok() && steps.ok());
+  int64_t compared = 0;
+  for (int64_t i = 0; i < greedy->numel() && i < static_cast<int64_t>(out.token_ids.size()); ++i) {
+    std::vector<float> row(steps->data<float>() + i * vocab, steps->data<float>() + (i + 1) * vocab);
+    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
+    if (row[0] - row[1] <= 4.0f * diff) break;
+    EXPECT_EQ(out.token_ids[i], greedy->data<int64_t>()[i]) << "step " << i << ", margin " << row[0] - row[1];
+    ++compared;
+  }
+  EXPECT_GT(compared, 0) << "no step had a margin above 4x the logit error " << diff;
+  RecordProperty("max_abs_logit_diff", std::to_string(diff));
+  RecordProperty("min_row_cosine", std::to_string(min_cosine));
+  RecordProperty("greedy_tokens_compared", std::to_string(compared) + " of " + std::to_string(greedy->numel()));
+  std::printf("kv bf16 %s: max |logit diff| %.5f, min cosine %.7f, greedy tokens equal %lld of %lld\n",
+              GetParam().c_str(), diff, min_cosine, static_cast<long long>(compared),
+              static_cast<long long>(greedy->numel()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, KvBf16GoldenTest, ::testing::ValuesIn(testing::GoldenCaseNames()),
+                         [](const auto& info) { return info.param.substr(0, 2); });
 
 // Mixed requests on the image + video model.
 class EngineMixTest : public ::testing::Test {

@@ -52,7 +52,7 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
           runner = std::make_unique<model::VisionStageRunner>(model, encoder_cache_tokens);
         } else {
           runner = std::make_unique<model::ModelRunner>(
-              model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages,
+              model, model::ModelRunnerOptions{.page_size = 16, .num_pages = kPages, .kv_dtype = DType::kF32,
                                                .encoder_cache_tokens = encoder_cache_tokens});
         }
         auto* decoder_runner = dynamic_cast<model::ModelRunner*>(runner.get());

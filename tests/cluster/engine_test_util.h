@@ -16,11 +16,12 @@
 
 namespace q3vl::cluster {
 
-// A model runner and an engine over it.
+// A model runner and an engine over it (f32 KV pages unless told: the fp32 contract).
 struct Replica {
   Replica(const model::Qwen3VL& model, int64_t budget, int64_t pages, int64_t max_seqs = 16,
-          int64_t encoder_cache_tokens = 0)
-      : runner(model, {.page_size = 16, .num_pages = pages, .encoder_cache_tokens = encoder_cache_tokens}),
+          int64_t encoder_cache_tokens = 0, DType kv_dtype = DType::kF32)
+      : runner(model, {.page_size = 16, .num_pages = pages, .kv_dtype = kv_dtype,
+                       .encoder_cache_tokens = encoder_cache_tokens}),
         engine(runner, {.scheduler = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs, .page_size = 16,
                                       .num_pages = pages,
                                       .max_model_len = model.config().text.max_position_embeddings}}) {}

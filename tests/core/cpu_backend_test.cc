@@ -231,6 +231,47 @@ TEST_P(CpuOpsTest, PagedAttentionEqualsPacked) {
   EXPECT_EQ(MaxAbsDiff(paged, packed), 0.0f);
 }
 
+// bf16 pages (a bf16 KV cache) are widened exactly: the result equals f32 pages holding the same
+// bf16-rounded values, bit for bit. The pages are written by ScatterAddRows' bf16 store.
+TEST_P(CpuOpsTest, Bf16PagedAttentionEqualsF32PagesOfTheRoundedValues) {
+  const int64_t extra = GetParam(), heads = 4, kv_heads = 2, d = 8, page = 4;
+  const std::vector<int64_t> q_starts = {0, extra, extra + 1}, k_starts = {0, extra + 5, extra + 14};
+  const int64_t pool_pages = (extra + 5 + page - 1) / page + 3 + 2;
+  const Tensor q = RandomTensor({q_starts.back(), heads, d}, 40);
+  Tensor k = RandomTensor({k_starts.back(), kv_heads, d}, 41), v = RandomTensor({k_starts.back(), kv_heads, d}, 42);
+  for (Tensor* t : {&k, &v}) {  // the values a bf16 page can hold
+    for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = BF16ToF32(F32ToBF16(t->data<float>()[i]));
+  }
+  const PagedKv f32 = ScatterIntoPages(k, v, k_starts, page, pool_pages, 43);
+  // The same pages in bf16: every row of the f32 pools stored through ScatterAddRows.
+  const int64_t pool_rows = pool_pages * page, width = kv_heads * d;
+  std::vector<int64_t> all_rows(pool_rows);
+  for (int64_t i = 0; i < pool_rows; ++i) all_rows[i] = i;
+  const Tensor ids = Tensor::FromVectorI64(all_rows, {pool_rows});
+  Tensor k16 = Tensor::Empty(DType::kBF16, {pool_rows, kv_heads, d}), v16 = Tensor::Empty(DType::kBF16, {pool_rows, kv_heads, d});
+  backend_.ScatterAddRows({.src = f32.k_pool.Reshape({pool_rows, width}), .ids = ids, .out = k16.Reshape({pool_rows, width}),
+                           .accumulate = false});
+  backend_.ScatterAddRows({.src = f32.v_pool.Reshape({pool_rows, width}), .ids = ids, .out = v16.Reshape({pool_rows, width}),
+                           .accumulate = false});
+  Tensor from_f32 = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  Tensor from_bf16 = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  backend_.Attention({.q = q, .k = f32.k_pool, .v = f32.v_pool, .q_starts = q_starts, .k_starts = k_starts,
+                      .causal = true, .scale = 0.3f, .out = from_f32, .block_tables = f32.tables, .page_size = page});
+  backend_.Attention({.q = q, .k = k16, .v = v16, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                      .scale = 0.3f, .out = from_bf16, .block_tables = f32.tables, .page_size = page});
+  EXPECT_EQ(MaxAbsDiff(from_bf16, from_f32), 0.0f);
+  EXPECT_NE(from_bf16.data<float>()[0], 0.0f);
+  // A bf16 store rounds to nearest even and refuses to accumulate.
+  Tensor one = Tensor::Empty(DType::kBF16, {1, 1});
+  const float x = 1.0f + 3.0f / 256.0f;  // between bf16 neighbours 1 + 2/256 and 1 + 4/256: ties to even
+  backend_.ScatterAddRows({.src = Tensor::FromVector(std::vector<float>{x}, {1, 1}),
+                           .ids = Tensor::FromVectorI64({0}, {1}), .out = one, .accumulate = false});
+  EXPECT_EQ(BF16ToF32(one.data<uint16_t>()[0]), 1.0f + 4.0f / 256.0f);
+  EXPECT_DEATH(backend_.ScatterAddRows({.src = Tensor::FromVector(std::vector<float>{x}, {1, 1}),
+                                        .ids = Tensor::FromVectorI64({0}, {1}), .out = one}),
+               "accumulates into f32 only");
+}
+
 TEST_P(CpuOpsTest, RouterPicksTopKWithLowerIndexOnTies) {
   const int64_t tokens = GetParam(), experts = 6;
   Tensor logits = RandomTensor({tokens, experts}, 12);

@@ -392,6 +392,18 @@ TEST_P(CudaOpsTest, AttentionMatchesCpu) {
     gpu_->Attention({.q = Up(q), .k = Up(k_pool), .v = Up(v_pool), .q_starts = qs, .k_starts = ks, .causal = true,
                      .scale = scale, .out = paged, .block_tables = gpu_->ToDevice(tables), .page_size = kPage});
     ExpectClose(Down(paged), want, dtype() == DType::kF32 ? 1e-5 : 1.6e-2, 1e-5);
+
+    // f32 queries over bf16 pages (a bf16 KV cache): the CPU's answer on the same rounded keys.
+    if (dtype() != DType::kF32) continue;
+    const Tensor k16 = Rounded(k_pool, DType::kBF16), v16 = Rounded(v_pool, DType::kBF16);
+    Tensor want16 = Tensor::Empty(DType::kF32, q.shape());
+    cpu_.Attention({.q = q, .k = k16, .v = v16, .q_starts = qs, .k_starts = ks, .causal = true, .scale = scale,
+                    .out = want16, .block_tables = tables, .page_size = kPage});
+    Tensor mixed = gpu_->Allocate(DType::kF32, q.shape());
+    gpu_->Attention({.q = UpF32(q), .k = gpu_->ToDevice(AsDType(k16, DType::kBF16)),
+                     .v = gpu_->ToDevice(AsDType(v16, DType::kBF16)), .q_starts = qs, .k_starts = ks, .causal = true,
+                     .scale = scale, .out = mixed, .block_tables = gpu_->ToDevice(tables), .page_size = kPage});
+    ExpectClose(Down(mixed), want16, 1e-5, 1e-5);
   }
 }
 

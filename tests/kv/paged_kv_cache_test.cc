@@ -4,6 +4,8 @@
 #include "kv/paged_kv_cache.h"
 
 #include <memory>
+#include <string>
+#include <tuple>
 
 #include "core/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
@@ -37,10 +39,11 @@ Tensor Stack(const std::vector<Tensor>& parts) {
   return out;
 }
 
-class PagedKvCacheTest : public ::testing::TestWithParam<bool> {
+// (simulated device, page dtype)
+class PagedKvCacheTest : public ::testing::TestWithParam<std::tuple<bool, DType>> {
  protected:
   void SetUp() override {
-    if (GetParam()) {
+    if (std::get<0>(GetParam())) {
       backend_ = std::make_unique<testing::DeviceSimBackend>();
     } else {
       backend_ = std::make_unique<CpuBackend>();
@@ -50,8 +53,12 @@ class PagedKvCacheTest : public ::testing::TestWithParam<bool> {
 };
 
 TEST_P(PagedKvCacheTest, ReserveCountsPagesAndRefusesWhenFull) {
-  PagedKvCache cache({.num_layers = 1, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 3},
+  const DType dtype = std::get<1>(GetParam());
+  PagedKvCache cache({.num_layers = 1, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 3,
+                      .dtype = dtype},
                      *backend_);
+  EXPECT_EQ(cache.config().page_bytes(), 2 * kPage * kHeads * kDim * static_cast<int64_t>(DTypeSize(dtype)));
+  EXPECT_EQ(cache.keys(0).dtype(), dtype);
   ASSERT_TRUE(cache.Reserve(0, 5).ok());  // 2 pages
   EXPECT_EQ(cache.free_pages(), 1);
   const absl::Status full = cache.Reserve(1, 5);
@@ -73,8 +80,15 @@ TEST_P(PagedKvCacheTest, ReserveCountsPagesAndRefusesWhenFull) {
 // contiguous.
 TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
   Backend& b = *backend_;
-  PagedKvCache cache({.num_layers = 2, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 6},
+  const DType dtype = std::get<1>(GetParam());
+  PagedKvCache cache({.num_layers = 2, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 6,
+                      .dtype = dtype},
                      b);
+  // What a page holds of value x: x itself in f32, x rounded to nearest even in bf16.
+  auto stored = [&](const Tensor& pool, int64_t i) {
+    return dtype == DType::kF32 ? pool.data<float>()[i] : BF16ToF32(pool.data<uint16_t>()[i]);
+  };
+  auto rounded = [&](float x) { return dtype == DType::kF32 ? x : BF16ToF32(F32ToBF16(x)); };
   // Interleave the reservations so that each sequence's pages are not adjacent.
   ASSERT_TRUE(cache.Reserve(0, 3).ok());
   ASSERT_TRUE(cache.Reserve(1, 3).ok());
@@ -116,9 +130,9 @@ TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
         for (int64_t pos = 0; pos < lengths[s]; ++pos) {
           const int64_t row = tables.data<int32_t>()[s * tables.dim(1) + pos / kPage] * kPage + pos % kPage;
           for (int64_t e = 0; e < kHeads * kDim; ++e) {
-            ASSERT_EQ(kh.data<float>()[row * kHeads * kDim + e], want_k.data<float>()[pos * kHeads * kDim + e])
+            ASSERT_EQ(stored(kh, row * kHeads * kDim + e), rounded(want_k.data<float>()[pos * kHeads * kDim + e]))
                 << "layer " << layer << " seq " << s << " pos " << pos;
-            ASSERT_EQ(vh.data<float>()[row * kHeads * kDim + e], want_v.data<float>()[pos * kHeads * kDim + e])
+            ASSERT_EQ(stored(vh, row * kHeads * kDim + e), rounded(want_v.data<float>()[pos * kHeads * kDim + e]))
                 << "layer " << layer << " seq " << s << " pos " << pos;
           }
         }
@@ -136,8 +150,20 @@ TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
   EXPECT_EQ(Download(b, decode.write_rows).numel(), 2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, PagedKvCacheTest, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "DeviceSim" : "Cpu"; });
+INSTANTIATE_TEST_SUITE_P(Backends, PagedKvCacheTest,
+                         ::testing::Combine(::testing::Values(false, true), ::testing::Values(DType::kF32, DType::kBF16)),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "DeviceSim_" : "Cpu_") +
+                                  std::string(DTypeName(std::get<1>(info.param)));
+                         });
+
+TEST(KvDtypeTest, ParsesTheStoredDtypesAndNamesTheChoices) {
+  EXPECT_EQ(*ParseKvDtype("bf16"), DType::kBF16);
+  EXPECT_EQ(*ParseKvDtype("f32"), DType::kF32);
+  const absl::Status bad = ParseKvDtype("fp16").status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("bf16, f32"), std::string::npos) << bad;
+}
 
 }  // namespace
 }  // namespace q3vl::kv

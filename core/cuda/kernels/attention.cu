@@ -3,7 +3,8 @@
 // (one score per thread), and an online softmax rescales the running output, which each thread
 // keeps for up to 4 of the head dimensions. Correct for any mix of sequence lengths, causal or
 // not, GQA, empty sequences, packed or paged keys; it reads each KV head once per query head, so
-// it is the prefill and general path, not the decode one (attention_decode.cu).
+// it is the prefill and general path, not the decode one (attention_decode.cu). Keys and values
+// may be bf16 under f32 queries (a bf16 KV cache).
 #include "core/cuda/kernels/common.cuh"
 
 namespace q3vl::cuda {
@@ -12,7 +13,7 @@ namespace {
 constexpr int kTile = 128;  // keys per tile = threads per block
 constexpr int kMaxDimsPerThread = 4;
 
-template <typename T>
+template <typename T, typename KV>
 __global__ void __launch_bounds__(kTile) AttentionKernel(AttentionArgs a) {
   extern __shared__ float shared[];
   float* sq = shared;                // [head_dim] scaled query
@@ -32,8 +33,8 @@ __global__ void __launch_bounds__(kTile) AttentionKernel(AttentionArgs a) {
   visible = visible < 0 ? 0 : (visible > nk ? nk : visible);
   const int kvh = h / (a.heads / a.kv_heads);
   const T* q = static_cast<const T*>(a.q) + (row * a.heads + h) * hd;
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
+  const KV* k = static_cast<const KV*>(a.k);
+  const KV* v = static_cast<const KV*>(a.v);
   for (int d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = ToF32(q[d]) * a.scale;
   __syncthreads();
   float m = -INFINITY, l = 0.0f;
@@ -42,7 +43,7 @@ __global__ void __launch_bounds__(kTile) AttentionKernel(AttentionArgs a) {
     const int64_t j = t0 + threadIdx.x;
     float s = -INFINITY;
     if (j < visible) {
-      const T* kr = k + (KeyRow(a, lo, k0, j) * a.kv_heads + kvh) * hd;
+      const KV* kr = k + (KeyRow(a, lo, k0, j) * a.kv_heads + kvh) * hd;
       float dot = 0.0f;
       for (int d = 0; d < hd; ++d) dot += sq[d] * ToF32(kr[d]);
       s = dot;
@@ -80,9 +81,10 @@ void Attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.total_q == 0 || a.heads == 0) return;
   const dim3 grid(static_cast<unsigned>(a.total_q), static_cast<unsigned>(a.heads));
   const size_t shared = (a.head_dim + kTile) * sizeof(float);
-  DispatchType(a.type, [&](auto tag) {
+  DispatchAttentionTypes(a.type, a.kv_type, [&](auto tag, auto kv_tag) {
     using T = decltype(tag);
-    AttentionKernel<T><<<grid, kTile, shared, stream>>>(a);
+    using KV = decltype(kv_tag);
+    AttentionKernel<T, KV><<<grid, kTile, shared, stream>>>(a);
   });
 }
 

@@ -5,7 +5,8 @@
 // an online softmax (max, sum, weighted values) per head. The warps are merged in shared memory
 // and the block writes one partial (max, sum, unnormalised output) per head and split.
 // Pass 2: one block per (sequence, head) rescales and sums the splits. Long contexts (256K) get
-// many splits, so the whole GPU streams the cache even at batch 1.
+// many splits, so the whole GPU streams the cache even at batch 1. Keys and values may be bf16
+// under f32 queries (a bf16 KV cache).
 #include "core/cuda/kernels/common.cuh"
 
 namespace q3vl::cuda {
@@ -14,7 +15,7 @@ namespace {
 constexpr int kWarps = 4;
 
 // kDims = head_dim / 32 dimensions per lane; kGroup = query heads per KV head.
-template <typename T, int kDims, int kGroup>
+template <typename T, typename KV, int kDims, int kGroup>
 __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttentionArgs a) {
   const int s = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -34,8 +35,8 @@ __global__ void __launch_bounds__(kWarps * 32) DecodePartialKernel(DecodeAttenti
     l[g] = 0.0f;
     for (int d = 0; d < kDims; ++d) acc[g][d] = 0.0f;
   }
-  const T* k = static_cast<const T*>(a.attn.k);
-  const T* v = static_cast<const T*>(a.attn.v);
+  const KV* k = static_cast<const KV*>(a.attn.k);
+  const KV* v = static_cast<const KV*>(a.attn.v);
   for (int64_t j = begin + warp; j < end; j += kWarps) {
     const int64_t row = (KeyRow(a.attn, s, a.attn.k_starts[s], j) * a.attn.kv_heads + kvh) * hd + lane * kDims;
     float kr[kDims], vr[kDims];
@@ -101,27 +102,27 @@ __global__ void DecodeCombineKernel(DecodeAttentionArgs a) {
   }
 }
 
-template <typename T, int kDims, int kGroup>
+template <typename T, typename KV, int kDims, int kGroup>
 void Launch(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(a.attn.num_seqs), static_cast<unsigned>(a.attn.kv_heads),
                   static_cast<unsigned>(a.splits));
   const size_t shared = static_cast<size_t>(kWarps) * kGroup * kDims * 32 * sizeof(float);
   if (shared > 48 * 1024) {
-    cudaFuncSetAttribute(DecodePartialKernel<T, kDims, kGroup>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(DecodePartialKernel<T, KV, kDims, kGroup>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          static_cast<int>(shared));
   }
-  DecodePartialKernel<T, kDims, kGroup><<<grid, kWarps * 32, shared, stream>>>(a);
+  DecodePartialKernel<T, KV, kDims, kGroup><<<grid, kWarps * 32, shared, stream>>>(a);
   DecodeCombineKernel<T><<<static_cast<unsigned>(a.attn.num_seqs) * a.attn.heads, 128, 0, stream>>>(a);
 }
 
-template <typename T, int kDims>
+template <typename T, typename KV, int kDims>
 bool DispatchGroup(const DecodeAttentionArgs& a, cudaStream_t stream) {
   switch (a.attn.heads / a.attn.kv_heads) {
-    case 1: Launch<T, kDims, 1>(a, stream); return true;
-    case 2: Launch<T, kDims, 2>(a, stream); return true;
-    case 4: Launch<T, kDims, 4>(a, stream); return true;
-    case 8: Launch<T, kDims, 8>(a, stream); return true;
-    case 16: Launch<T, kDims, 16>(a, stream); return true;
+    case 1: Launch<T, KV, kDims, 1>(a, stream); return true;
+    case 2: Launch<T, KV, kDims, 2>(a, stream); return true;
+    case 4: Launch<T, KV, kDims, 4>(a, stream); return true;
+    case 8: Launch<T, KV, kDims, 8>(a, stream); return true;
+    case 16: Launch<T, KV, kDims, 16>(a, stream); return true;
     default: return false;
   }
 }
@@ -136,12 +137,13 @@ bool DecodeAttentionSupported(int head_dim, int heads, int kv_heads) {
 
 void DecodeAttention(const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (a.attn.num_seqs == 0 || a.attn.heads == 0) return;
-  DispatchType(a.attn.type, [&](auto tag) {
+  DispatchAttentionTypes(a.attn.type, a.attn.kv_type, [&](auto tag, auto kv_tag) {
     using T = decltype(tag);
+    using KV = decltype(kv_tag);
     if (a.attn.head_dim == 64) {
-      DispatchGroup<T, 2>(a, stream);
+      DispatchGroup<T, KV, 2>(a, stream);
     } else {
-      DispatchGroup<T, 4>(a, stream);
+      DispatchGroup<T, KV, 4>(a, stream);
     }
   });
 }

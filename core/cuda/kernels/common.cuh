@@ -35,6 +35,20 @@ void DispatchType(ElemType type, F&& f) {
   }
 }
 
+// Calls f(T{}, KV{}) with T the C++ type of `type` and KV that of `kv_type`, which is `type`
+// itself or bf16 (the pairs attention supports; anything else is refused by the backend).
+template <typename F>
+void DispatchAttentionTypes(ElemType type, ElemType kv_type, F&& f) {
+  DispatchType(type, [&](auto tag) {
+    using T = decltype(tag);
+    if (kv_type == type) {
+      f(T{}, T{});
+    } else {
+      f(T{}, __nv_bfloat16{});
+    }
+  });
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -210,7 +210,8 @@ struct AttentionArgs {
   const void* k;  // [Tk, KV, d]
   const void* v;  // [Tk, KV, d]
   void* out;      // [Tq, H, d]
-  ElemType type;  // of q, k, v and out
+  ElemType type;     // of q and out
+  ElemType kv_type;  // of k and v: `type`, or bf16 (a bf16 KV cache under f32 activations)
   const int64_t* q_starts;  // device [num_seqs + 1]
   const int64_t* k_starts;  // device [num_seqs + 1]; paged: only the lengths count
   int num_seqs;
