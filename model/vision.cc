@@ -1,5 +1,6 @@
 #include "model/vision.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -195,6 +196,63 @@ Tensor VisionTower::RunMerger(Backend& backend, const Merger& merger, const Tens
 }
 
 VisionOutput VisionTower::Forward(Backend& backend, const VisionInput& input, const TraceFn* trace) const {
+  return Forward(backend, input, kMaxPatchesPerPass, trace);
+}
+
+VisionOutput VisionTower::Forward(Backend& backend, const VisionInput& input, int64_t max_patches,
+                                  const TraceFn* trace) const {
+  Q3VL_CHECK_GT(max_patches, 0);
+  // Passes of consecutive segments: a video item is cut between frame groups, its pieces are
+  // videos of fewer frame groups (the position embedding and rotary repeat per frame group).
+  std::vector<VisionInput> passes;
+  std::vector<int64_t> pass_rows = {0};  // patch row where each pass starts
+  VisionInput current;
+  int64_t current_patches = 0;
+  auto flush = [&] {
+    if (current_patches == 0) return;
+    const int64_t begin = pass_rows.back();
+    current.pixel_values = input.pixel_values.Slice(0, begin, begin + current_patches);
+    pass_rows.push_back(begin + current_patches);
+    passes.push_back(std::move(current));
+    current = {};
+    current_patches = 0;
+  };
+  for (const GridThw& g : input.grids) {
+    const int64_t group = g[1] * g[2];
+    for (int64_t t = 0; t < g[0];) {
+      if (current_patches > 0 && current_patches + group > max_patches) flush();
+      // As many of the item's remaining frame groups as fit (at least one).
+      const int64_t take = std::clamp<int64_t>((max_patches - current_patches) / group, 1, g[0] - t);
+      current.grids.push_back({take, g[1], g[2]});
+      current_patches += take * group;
+      t += take;
+    }
+  }
+  flush();
+  if (passes.size() <= 1) return RunPass(backend, input, trace);
+  // Run each pass and place its merged rows (and DeepStack rows) after the previous ones.
+  const int64_t merge = config_.spatial_merge_size * config_.spatial_merge_size;
+  const int64_t rows = input.pixel_values.dim(0) / merge, out_dim = config_.out_hidden_size;
+  VisionOutput out;
+  out.embeds = backend.AllocateUninitialized(DType::kF32, {rows, out_dim});
+  for (size_t i = 0; i < config_.deepstack_visual_indexes.size(); ++i) {
+    out.deepstack.push_back(backend.AllocateUninitialized(DType::kF32, {rows, out_dim}));
+  }
+  for (size_t p = 0; p < passes.size(); ++p) {
+    const VisionOutput part = RunPass(backend, passes[p], trace);
+    const int64_t first = pass_rows[p] / merge, n = part.embeds.dim(0);
+    std::vector<int64_t> ids(n);
+    for (int64_t i = 0; i < n; ++i) ids[i] = first + i;
+    const Tensor at = Upload(backend, Tensor::FromVectorI64(ids, {n}));
+    backend.ScatterAddRows({.src = part.embeds, .ids = at, .out = out.embeds, .accumulate = false});
+    for (size_t i = 0; i < part.deepstack.size(); ++i) {
+      backend.ScatterAddRows({.src = part.deepstack[i], .ids = at, .out = out.deepstack[i], .accumulate = false});
+    }
+  }
+  return out;
+}
+
+VisionOutput VisionTower::RunPass(Backend& backend, const VisionInput& input, const TraceFn* trace) const {
   const int64_t n = input.pixel_values.dim(0), dv = config_.hidden_size;
   Tensor x = backend.AllocateUninitialized(DType::kF32, {n, dv});  // [N, Dv]
   backend.Gemm({.a = Upload(backend, input.pixel_values.ToF32()), .b = patch_w_, .bias = patch_b_, .out = x});

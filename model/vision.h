@@ -30,9 +30,18 @@ class VisionTower {
   // Declares and loads every "model.visual.*" weight.
   VisionTower(const VisionConfig& config, WeightLoader& loader);
 
+  // Patches of one pass: Forward runs an input in passes of whole segments (an image, or a
+  // video's frame groups) of at most this many patches, so a long video's activations stay
+  // bounded (about 0.7 GB at the 235B's width); an image larger than this runs in a pass of its
+  // own. Every op is per row except attention, which stays inside a segment, so the result
+  // equals one pass.
+  static constexpr int64_t kMaxPatchesPerPass = 16384;
+
   // Runs the tower; `trace` (optional) sees "vision_patch_embed", "vision_pos_embed",
-  // "vision_block" (index = block).
+  // "vision_block" (index = block), once per pass.
   VisionOutput Forward(Backend& backend, const VisionInput& input, const TraceFn* trace = nullptr) const;
+  // Forward with passes of at most `max_patches` patches (tests choose small ones).
+  VisionOutput Forward(Backend& backend, const VisionInput& input, int64_t max_patches, const TraceFn* trace) const;
 
   const VisionConfig& config() const { return config_; }
 
@@ -65,6 +74,8 @@ class VisionTower {
   // Position embedding [N, Dv] and the patch (row, col) of every patch row.
   Tensor PositionEmbedding(const std::vector<GridThw>& grids, std::vector<int64_t>* rows,
                            std::vector<int64_t>* cols) const;
+  // One pass over every patch of `input`.
+  VisionOutput RunPass(Backend& backend, const VisionInput& input, const TraceFn* trace) const;
   void RunBlock(Backend& backend, const Block& block, const RopeTables& rope,
                 const std::vector<int64_t>& segments, Tensor& x) const;
   Tensor RunMerger(Backend& backend, const Merger& merger, const Tensor& x) const;

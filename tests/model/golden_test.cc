@@ -2,6 +2,7 @@
 // delta and greedy tokens exact, prefill logits within 2e-3, and the intermediates (vision
 // patch/pos embedding, blocks, merger and DeepStack features, inputs_embeds, per-layer hidden
 // states, router top-k) to localise any error.
+#include <algorithm>
 #include <map>
 
 #include "core/backend.h"
@@ -135,6 +136,35 @@ void GoldenTest::CheckVisionFeatures() {
     ++checked;
   }
   EXPECT_GT(checked, 0) << "case has no images or videos";
+}
+
+// The tower in passes of a few frame groups (cut inside videos, and one pass per segment) gives
+// the one-pass features: only attention crosses rows, and it stays inside a segment. Equal up
+// to the GEMM's rounding, which depends on the row count (about 1e-6). On the simulated device
+// too (the passes' rows are placed by backend ops).
+void CheckPassesEqualOnePass(Backend& backend, const model::Qwen3VL& model, const launcher::GoldenCase& golden) {
+  for (const model::VisionInput* input : {&golden.request.images, &golden.request.videos}) {
+    if (input->grids.empty()) continue;
+    const model::VisionOutput whole = model.vision().Forward(backend, *input);
+    int64_t group = 0;  // patches of the largest segment
+    for (const model::GridThw& g : input->grids) group = std::max(group, g[1] * g[2]);
+    for (int64_t max_patches : {int64_t{1}, group, 3 * group}) {
+      const model::VisionOutput parts = model.vision().Forward(backend, *input, max_patches, nullptr);
+      EXPECT_LE(testing::MaxAbsDiff(Download(backend, parts.embeds), Download(backend, whole.embeds)), 1e-5f)
+          << max_patches;
+      ASSERT_EQ(parts.deepstack.size(), whole.deepstack.size());
+      for (size_t i = 0; i < whole.deepstack.size(); ++i) {
+        EXPECT_LE(testing::MaxAbsDiff(Download(backend, parts.deepstack[i]), Download(backend, whole.deepstack[i])),
+                  1e-5f)
+            << max_patches << " deepstack " << i;
+      }
+    }
+  }
+}
+
+TEST_P(GoldenVisionTest, PassesOfFrameGroupsEqualOnePass) { CheckPassesEqualOnePass(*backend_, *model_, golden_); }
+TEST_P(GoldenDeviceSimVisionTest, PassesOfFrameGroupsEqualOnePass) {
+  CheckPassesEqualOnePass(*backend_, *model_, golden_);
 }
 
 // eval-case --from-raw: our preprocessing (frame sampling, smart_resize, resize, normalise,
