@@ -22,6 +22,8 @@ constexpr Command kCommands[] = {
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",
      q3vl::launcher::EvalCaseCommand},
+    {"plan", "memory per rank for a model on a mesh: weights, workspace, KV pool, concurrent 32K/128K/256K sequences",
+     q3vl::launcher::PlanCommand},
     {"make-model", "write a random-weight Qwen3-VL-MoE checkpoint in the Hugging Face layout",
      q3vl::launcher::MakeModelCommand},
     {"chat-template", "render chat messages with the chat template: {messages, kwargs} JSON in, {text, ids} out",
