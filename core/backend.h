@@ -163,6 +163,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual absl::string_view name() const = 0;
   virtual Device device() const = 0;
+  // Bytes of device memory the backend computes in (what a replica divides between weights,
+  // workspace and KV); 0 for host memory, which has no such fixed size.
+  virtual int64_t device_memory_bytes() const { return 0; }
 
   // Zero-filled, contiguous tensor in this backend's memory.
   virtual Tensor Allocate(DType dtype, Shape shape) = 0;

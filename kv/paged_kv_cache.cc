@@ -19,8 +19,10 @@ PagedKvCache::PagedKvCache(const KvCacheConfig& config, Backend& backend)
       << "KV pages are f32 or bf16, not " << DTypeName(config.dtype);
   const Shape shape = {config.num_pages, config.page_size, config.num_kv_heads, config.head_dim};
   for (int64_t l = 0; l < config.num_layers; ++l) {
-    keys_.push_back(backend.Allocate(config.dtype, shape));
-    values_.push_back(backend.Allocate(config.dtype, shape));
+    // Uninitialised: a row is written before any attention reads it, and the pool's memory is
+    // committed only as pages are first used (a 4 GiB CPU pool costs nothing until it fills).
+    keys_.push_back(backend.AllocateUninitialized(config.dtype, shape));
+    values_.push_back(backend.AllocateUninitialized(config.dtype, shape));
   }
   for (int64_t p = config.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
 }

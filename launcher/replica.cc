@@ -1,9 +1,12 @@
 #include "launcher/replica.h"
 
 #include <algorithm>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "kv/paged_kv_cache.h"
+#include "model/memory_plan.h"
+#include "core/status_macros.h"
 
 namespace q3vl::launcher {
 
@@ -21,6 +24,12 @@ void EngineOptions::AddTo(po::options_description& options, DType kv_dtype) {
        "KV cache page storage: bf16 (half the memory of f32; on the golden cases logits move by 0.02-0.07, "
        "cosine > 0.9999, greedy tokens unchanged) or f32 "
        "(exact fp32 path)")
+      ("kv-cache-memory", po::value<std::string>()->default_value("4GiB"),
+       "CPU: memory for the KV pool of each rank (serve and run size the pool with it; pages are "
+       "committed as they fill)")
+      ("gpu-memory-utilization", po::value<double>()->default_value(d.gpu_memory_utilization),
+       "GPU: share of device memory for weights, workspace and the KV pool (serve and run give the KV "
+       "pool what the weights and workspace leave; q3vl plan shows the figures)")
       ("encoder-cache-tokens", po::value<int64_t>()->default_value(d.encoder_cache_tokens),
        "vision features of images and videos kept across requests, in visual tokens (identical media "
        "are encoded once; memory: tokens x hidden x (1 + DeepStack layers) x 4 bytes; 0: none)")
@@ -39,6 +48,15 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
   auto kv_dtype = kv::ParseKvDtype(vm["kv-dtype"].as<std::string>());
   if (!kv_dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--kv-dtype: ", kv_dtype.status().message()));
   o.kv_dtype = *kv_dtype;
+  auto kv_memory = model::ParseBytes(vm["kv-cache-memory"].as<std::string>());
+  if (!kv_memory.ok() || *kv_memory <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory: ", kv_memory.ok() ? "must be > 0" : kv_memory.status().message()));
+  }
+  o.kv_cache_memory = *kv_memory;
+  o.gpu_memory_utilization = vm["gpu-memory-utilization"].as<double>();
+  if (!(o.gpu_memory_utilization > 0 && o.gpu_memory_utilization <= 1)) {
+    return absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]");
+  }
   const struct { const char* flag; int64_t value; int64_t min; } checks[] = {
       {"--max-num-batched-tokens", o.max_num_batched_tokens, 1}, {"--max-num-seqs", o.max_num_seqs, 1},
       {"--kv-page-size", o.page_size, 1}, {"--kv-cache-tokens", o.kv_cache_tokens, 0}, {"--threads", o.threads, 0},
@@ -52,6 +70,30 @@ absl::StatusOr<EngineOptions> EngineOptions::From(const po::variables_map& vm) {
 int64_t EngineOptions::KvPages(int64_t default_tokens) const {
   const int64_t tokens = kv_cache_tokens > 0 ? kv_cache_tokens : default_tokens;
   return std::max<int64_t>(1, (tokens + page_size - 1) / page_size);
+}
+
+absl::StatusOr<int64_t> EngineOptions::PlanKvPages(const char* command, const model::ModelConfig& config,
+                                                   MeshRun* mesh, const Backend& backend) const {
+  if (kv_cache_tokens > 0) return KvPages(0);
+  const int64_t device = backend.device_memory_bytes();
+  model::MemoryPlanOptions o{.mesh = mesh ? mesh->topology().config() : parallel::ParallelConfig{}, .kv_dtype = kv_dtype, .page_size = page_size,
+                             .max_num_batched_tokens = max_num_batched_tokens, .max_num_seqs = max_num_seqs,
+                             .encoder_cache_tokens = encoder_cache_tokens, .device_memory_bytes = device,
+                             .memory_utilization = gpu_memory_utilization,
+                             .kv_pool_bytes = device > 0 ? 0 : kv_cache_memory};
+  o.mesh.dp = 1;
+  Q3VL_ASSIGN_OR_RETURN(model::MemoryPlan plan, model::PlanMemory(config, o));
+  const int64_t pages = plan.KvPages(page_size);
+  if (pages < 1) return absl::InvalidArgumentError(absl::StrCat("no room for one KV page of ", page_size, " tokens"));
+  const std::string source = device > 0 ? absl::StrCat(model::FormatBytes(device), " x ", gpu_memory_utilization, " per GPU")
+                                        : absl::StrCat("--kv-cache-memory ", model::FormatBytes(kv_cache_memory), " per rank");
+  const bool log = mesh == nullptr || mesh->topology().rank() == mesh->topology().ReplicaLeader();
+  if (!log) return pages;
+  std::cerr << "q3vl " << command << ": KV cache " << DTypeName(kv_dtype) << ": " << pages * page_size
+            << " tokens per attention group (" << pages << " pages, " << model::FormatBytes(plan.kv_bytes_per_token_per_rank)
+            << " a token per rank); weights " << model::FormatBytes(plan.weights_bytes_per_rank) << ", workspace "
+            << model::FormatBytes(plan.workspace_bytes_per_rank) << " per rank; from " << source << std::endl;
+  return pages;
 }
 
 ReplicaHost::ReplicaHost(const model::Qwen3VL& model, MeshRun* mesh, const EngineOptions& options, int64_t kv_pages,

@@ -25,11 +25,13 @@ struct EngineOptions {
   int64_t page_size = 16;
   int64_t kv_cache_tokens = 0;  // 0: what the command's own requests need
   DType kv_dtype = DType::kBF16;  // KV page storage (--kv-dtype)
+  int64_t kv_cache_memory = int64_t{4} << 30;  // CPU: the KV pool per rank in bytes (--kv-cache-memory)
+  double gpu_memory_utilization = 0.9;         // GPU: share of device memory the replica uses
   int threads = 0;              // compute threads per rank; 0: ConfigureComputeThreads decides
   int64_t encoder_cache_tokens = 16384;  // vision features kept across requests (0: none)
 
   // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --kv-dtype,
-  // --threads, --encoder-cache-tokens. `kv_dtype`: the command's default for --kv-dtype (bf16;
+  // --kv-cache-memory, --gpu-memory-utilization, --threads, --encoder-cache-tokens. `kv_dtype`: the command's default for --kv-dtype (bf16;
   // eval-case keeps the fp32 contract with f32).
   static void AddTo(po::options_description& options, DType kv_dtype = DType::kBF16);
   // InvalidArgument naming the flag (a usage error).
@@ -37,6 +39,14 @@ struct EngineOptions {
   // KV pages of page_size tokens: --kv-cache-tokens, or the command's `default_tokens` when
   // it is 0 (at least one page).
   int64_t KvPages(int64_t default_tokens) const;
+  // KV pages of one attention group's pool for a long-running replica (serve, run):
+  // --kv-cache-tokens when given, else the memory plan (model/memory_plan.h) of `config` on
+  // `mesh` with the backend's device memory x --gpu-memory-utilization, or --kv-cache-memory
+  // on the CPU; `mesh` may be null (one rank). The replica's leader writes one line to stderr
+  // with the figures ("q3vl <command>: KV cache ..."). InvalidArgument when the weights and
+  // workspace leave no room.
+  absl::StatusOr<int64_t> PlanKvPages(const char* command, const model::ModelConfig& config, MeshRun* mesh,
+                                      const Backend& backend) const;
 };
 
 class ReplicaHost {

@@ -232,8 +232,9 @@ int RunCommand(const Args& args) {
 
   const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
-  const int64_t pages =
-      engine_options->KvPages(static_cast<int64_t>(max_concurrency) * std::min<int64_t>(config.text.max_position_embeddings, 4096));
+  auto pages = engine_options->PlanKvPages(
+      "run", config, mesh.get(), model->backend());
+  if (!pages.ok()) return fail(pages.status());
 
   cluster::batch::BatchJobOptions job{.max_concurrency = max_concurrency,
                                       .drain_timeout = absl::Seconds(vm["drain-timeout"].as<double>())};
@@ -252,11 +253,11 @@ int RunCommand(const Args& args) {
                                                        ? vm["allowed-media-dir"].as<std::vector<std::string>>()
                                                        : std::vector<std::string>{input_dir.string()}},
                  .max_model_len = config.text.max_position_embeddings,
-                 .max_seq_tokens = pages * page};
+                 .max_seq_tokens = *pages * page};
 
   signal(SIGINT, OnSignal);
   signal(SIGTERM, OnSignal);
-  ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr);
+  ReplicaHost host(*model, mesh.get(), *engine_options, *pages, processor ? &processor->tokenizer() : nullptr);
   absl::Status ran;
   std::optional<cluster::batch::BatchProgress> progress;
   if (!host.leader()) {

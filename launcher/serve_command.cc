@@ -144,10 +144,12 @@ int ServeCommand(const Args& args) {
 
   const model::ModelConfig& config = model->config();
   const int64_t page = engine_options->page_size;
-  const int64_t pages = engine_options->KvPages(32 * std::min<int64_t>(config.text.max_position_embeddings, 4096));
+  auto pages = engine_options->PlanKvPages(
+      "serve", config, mesh.get(), model->backend());
+  if (!pages.ok()) return fail(pages.status());
   signal(SIGINT, OnSignal);
   signal(SIGTERM, OnSignal);
-  ReplicaHost host(*model, mesh.get(), *engine_options, pages, processor ? &processor->tokenizer() : nullptr,
+  ReplicaHost host(*model, mesh.get(), *engine_options, *pages, processor ? &processor->tokenizer() : nullptr,
                    vm["max-waiting-requests"].as<int64_t>());
   if (!host.leader()) {
     const absl::Status followed = host.Follow();
@@ -163,7 +165,7 @@ int ServeCommand(const Args& args) {
                                                         ? vm["allowed-local-media-path"].as<std::vector<std::string>>()
                                                         : std::vector<std::string>{}},
                   .max_model_len = config.text.max_position_embeddings,
-                  .max_seq_tokens = pages * page},
+                  .max_seq_tokens = *pages * page},
       .fetch = {.allowed_domains = vm.count("allowed-media-domains")
                                        ? vm["allowed-media-domains"].as<std::vector<std::string>>()
                                        : std::vector<std::string>{},

@@ -40,6 +40,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   absl::string_view name() const override { return "cuda"; }
+  int64_t device_memory_bytes() const override { return static_cast<int64_t>(properties_.totalGlobalMem); }
   Device device() const override { return Device::kCuda; }
   Tensor Allocate(DType dtype, Shape shape) override;
   Tensor AllocateUninitialized(DType dtype, Shape shape) override;

@@ -240,6 +240,50 @@ TEST(CliTest, GenerateFromMessagesMatchesEveryE2eRequest) {
   }
 }
 
+// q3vl plan: the JSON object its --help promises, for the 235B over 8 GPUs; the table names
+// the verdict; bad sizes and a missing model are usage errors naming the flag.
+TEST(CliTest, PlanPrintsTheMemoryOfAReplica) {
+  const std::string config = ::q3vl::testing::SourcePath("benchmarks/configs/qwen3-vl-235b-a22b.json");
+  const CommandResult json = RunQ3vl("plan --config " + config + " --mesh tp=8 --device-memory 140GiB --json");
+  ASSERT_EQ(json.code, 0) << json.output;
+  const auto plan = nlohmann::json::parse(json.output);
+  EXPECT_EQ(plan["kv_bytes_per_token_per_rank"], 94 * 2 * 1 * 128 * 2);  // a KV head per rank, bf16
+  EXPECT_GT(plan["kv_pool_tokens"].get<int64_t>(), 262144);
+  EXPECT_EQ(plan["fits_256k_video"], true);
+  EXPECT_TRUE(plan["max_concurrent_sequences"].contains("131072"));
+  const CommandResult table = RunQ3vl("plan --config " + config + " --mesh tp=8 --device-memory 80GiB");
+  ASSERT_EQ(table.code, 0) << table.output;
+  EXPECT_NE(table.output.find("does not fit"), std::string::npos) << table.output;
+  const CommandResult bad = RunQ3vl("plan --config " + config + " --device-memory 80XB");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.output.find("--device-memory"), std::string::npos) << bad.output;
+  EXPECT_EQ(RunQ3vl("plan --mesh tp=8 --device-memory 80GiB").code, 2);  // no model
+  const CommandResult too_small = RunQ3vl("plan --config " + config + " --mesh tp=2 --device-memory 80GiB");
+  EXPECT_EQ(too_small.code, 1);
+  EXPECT_NE(too_small.output.find("needs"), std::string::npos) << too_small.output;
+}
+
+// A replica sizes its KV pool from the plan: --kv-cache-memory on the CPU over the bytes of a
+// token (the demo model: 1 KiB in bf16, 2 KiB in f32), stated in one line.
+TEST(CliTest, RunSizesTheKvPoolFromItsMemory) {
+  const std::string dir = ::q3vl::testing::ScratchDir() + "/kv_pool_model";
+  ASSERT_EQ(RunQ3vl("make-model --force --out " + dir).code, 0);
+  const std::string input = ::q3vl::testing::ScratchDir() + "/kv_pool_empty.jsonl";
+  std::ofstream(input).close();
+  for (const auto& [dtype, tokens] : {std::pair<std::string, int>{"bf16", 65536}, {"f32", 32768}}) {
+    std::filesystem::remove(input + ".out");
+    const CommandResult r = RunQ3vl("run --model " + dir + " --input " + input + " --output " + input +
+                                    ".out --progress none --kv-cache-memory 64MiB --kv-dtype " + dtype);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("KV cache " + dtype + ": " + std::to_string(tokens) + " tokens"), std::string::npos)
+        << r.output;
+  }
+  const CommandResult bad = RunQ3vl("run --model " + dir + " --input " + input + " --output " + input +
+                                    ".out --kv-cache-memory lots");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--kv-cache-memory"), std::string::npos) << bad.output;
+}
+
 TEST(CliTest, PreprocessImageMatchesTheGolden) {
   const nlohmann::json want = testing::ReadCaseJson("image/p02_333x517/case.json")["variants"]["jpg"];
   const std::string out = ::q3vl::testing::ScratchDir() + "/preprocess_image";
