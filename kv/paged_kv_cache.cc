@@ -29,6 +29,7 @@ PagedKvCache::PagedKvCache(const KvCacheConfig& config, Backend& backend)
 
 absl::Status PagedKvCache::Reserve(int64_t seq, int64_t num_tokens) {
   Sequence& s = seqs_[seq];
+  Q3VL_CHECK(!s.assigned) << "sequence " << seq << " holds assigned pages";
   const int64_t need_tokens = s.length + num_tokens;
   const int64_t need_pages = (need_tokens + config_.page_size - 1) / config_.page_size;
   const int64_t more = need_pages - static_cast<int64_t>(s.pages.size());
@@ -45,16 +46,39 @@ absl::Status PagedKvCache::Reserve(int64_t seq, int64_t num_tokens) {
   return absl::OkStatus();
 }
 
+void PagedKvCache::Assign(int64_t seq, const std::vector<int32_t>& pages, int64_t cached_tokens) {
+  auto [it, added] = seqs_.try_emplace(seq);
+  Sequence& s = it->second;
+  Q3VL_CHECK(added || s.assigned) << "sequence " << seq << " holds pages of Reserve";
+  if (added) {
+    s.assigned = true;
+    s.length = cached_tokens;
+  }
+  for (int32_t p : pages) {
+    Q3VL_CHECK(p >= 0 && p < config_.num_pages) << "page " << p << " outside the pool of " << config_.num_pages;
+    s.pages.push_back(p);
+  }
+  Q3VL_CHECK_LE(s.length, static_cast<int64_t>(s.pages.size()) * config_.page_size)
+      << "sequence " << seq << " holds " << s.length << " tokens in " << s.pages.size() << " pages";
+}
+
 void PagedKvCache::Release(int64_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
-  for (int32_t p : it->second.pages) free_.push_back(p);
+  if (!it->second.assigned) {
+    for (int32_t p : it->second.pages) free_.push_back(p);
+  }
   seqs_.erase(it);
 }
 
 int64_t PagedKvCache::Length(int64_t seq) const {
   auto it = seqs_.find(seq);
   return it == seqs_.end() ? 0 : it->second.length;
+}
+
+int64_t PagedKvCache::Capacity(int64_t seq) const {
+  auto it = seqs_.find(seq);
+  return it == seqs_.end() ? 0 : static_cast<int64_t>(it->second.pages.size()) * config_.page_size;
 }
 
 int64_t PagedKvCache::Row(const Sequence& s, int64_t pos) const {

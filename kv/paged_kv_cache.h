@@ -64,10 +64,17 @@ class PagedKvCache {
 
   // Makes room for `num_tokens` more tokens of `seq` (creating it if new).
   absl::Status Reserve(int64_t seq, int64_t num_tokens);
-  // Returns all pages of `seq` to the pool.
+  // Appends `pages` to `seq`'s block table; a new `seq` starts holding `cached_tokens` tokens
+  // (a prefix-cache hit: its first pages were written by an earlier sequence). For a caller
+  // that allocates the pages itself (the scheduler's BlockPool): such pages are never taken
+  // from or returned to this cache's own free list. Do not mix with Reserve on one sequence.
+  void Assign(int64_t seq, const std::vector<int32_t>& pages, int64_t cached_tokens = 0);
+  // Forgets `seq`; pages it took with Reserve return to the pool.
   void Release(int64_t seq);
   // Tokens already written for `seq` (0 when unknown).
   int64_t Length(int64_t seq) const;
+  // Tokens its pages hold (0 when unknown).
+  int64_t Capacity(int64_t seq) const;
 
   // The rows of a step that appends tokens [q_starts[i], q_starts[i+1]) of the batch to
   // sequence seqs[i] at positions [Length, Length + n). REQUIRES: each reserved for its tokens.
@@ -87,6 +94,7 @@ class PagedKvCache {
   struct Sequence {
     std::vector<int32_t> pages;
     int64_t length = 0;
+    bool assigned = false;  // pages from Assign (not this cache's to free)
   };
   // Row of token `pos` of `s` inside a layer's pool [num_pages * page_size, KV * hd].
   int64_t Row(const Sequence& s, int64_t pos) const;

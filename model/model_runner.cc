@@ -176,14 +176,48 @@ void ModelRunner::Remove(int64_t id) {
   seqs_.erase(id);
 }
 
+std::vector<kv::PageKey> ModelRunner::PrefixKeys(const RunnerRequest& r, int64_t page_size) const {
+  if (r.prompt_logprobs || r.keep_prompt_logits) return {};
+  // Each item's placeholder span: images are one run of image tokens each; a video's frame
+  // groups are runs of video tokens (timestamps between them), t * h * w / merge^2 tokens in all.
+  const ModelConfig& cfg = model_.config();
+  const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
+  std::vector<kv::MediaSpan> spans;
+  const struct { const VisionInput& input; MediaKind kind; int64_t token; } kinds[] = {
+      {r.images, MediaKind::kImage, cfg.image_token_id}, {r.videos, MediaKind::kVideo, cfg.video_token_id}};
+  const int64_t n = static_cast<int64_t>(r.input_ids.size());
+  for (const auto& k : kinds) {
+    if (k.input.grids.empty()) continue;
+    const std::vector<Digest256> digests = DigestMediaItems(k.input, k.kind);
+    int64_t at = 0;
+    for (size_t item = 0; item < k.input.grids.size(); ++item) {
+      const GridThw& g = k.input.grids[item];
+      int64_t left = g[0] * g[1] * g[2] / merge;
+      kv::MediaSpan span{.digest = digests[item], .begin = -1};
+      while (left > 0 && at < n) {
+        if (r.input_ids[at] == k.token) {
+          if (span.begin < 0) span.begin = at;
+          --left;
+          span.end = at + 1;
+        }
+        ++at;
+      }
+      if (span.begin >= 0) spans.push_back(span);
+    }
+  }
+  return kv::PageKeys(r.input_ids, spans, page_size);
+}
+
 void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
   const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
   const int64_t n = s.num_tokens, base = b.q_starts.back(), end = s.begin + n;
   Q3VL_CHECK_GT(n, 0);
+  // The scheduler names the pages: a sequence new to the cache starts with its cached prefix.
+  cache_.Assign(s.request, s.pages, /*cached_tokens=*/s.begin);
   Q3VL_CHECK_EQ(cache_.Length(s.request), s.begin) << "request " << s.request;
   Q3VL_CHECK_LE(end, static_cast<int64_t>(seq.tokens.size())) << "request " << s.request;
-  const absl::Status reserved = cache_.Reserve(s.request, n);
-  Q3VL_CHECK(reserved.ok()) << "the scheduler's page accounting disagrees with the cache: " << reserved;
+  Q3VL_CHECK_LE(cache_.Length(s.request) + n, cache_.Capacity(s.request))
+      << "request " << s.request << ": the plan gave too few pages for " << n << " tokens";
   b.ids.insert(b.ids.end(), seq.tokens.begin() + s.begin, seq.tokens.begin() + end);
   for (int a = 0; a < 3; ++a) {
     for (int64_t t = s.begin; t < end; ++t) {

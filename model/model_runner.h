@@ -47,6 +47,7 @@ class ModelRunner : public StepRunner {
   ModelRunner(const Qwen3VL& model, const ModelRunnerOptions& options);
 
   absl::Status Validate(const RunnerRequest& request) const override;
+  std::vector<kv::PageKey> PrefixKeys(const RunnerRequest& request, int64_t page_size) const override;
   absl::Status Add(int64_t id, RunnerRequest request) override;
   void Remove(int64_t id) override;
   // Null without an encoder cache (options.encoder_cache_tokens == 0).

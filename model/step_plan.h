@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
+#include "kv/block_pool.h"
 #include "model/sampler.h"
 #include "model/vision.h"
 
@@ -36,13 +37,17 @@ struct RunnerRequest {
 };
 
 // One sequence's part of a step: tokens [begin, begin + num_tokens) of the request's tokens
-// (prompt, then what it generated). begin equals the tokens already in its KV cache.
+// (prompt, then what it generated). begin equals the tokens already in its KV cache: for a
+// sequence the runner does not hold yet, the tokens of a prefix-cache hit (0 without one).
 struct StepSequence {
   int64_t request = 0;
   int64_t begin = 0;
   int64_t num_tokens = 0;
   bool sample = false;  // the step reaches the last known token: sample the next one
   int64_t group = 0;    // the data-parallel attention group that runs it (0 without groups)
+  // KV pages (of the group's pool) the sequence appends to its block table before the step:
+  // on admission the cached prefix's pages, then fresh ones for the step's tokens.
+  std::vector<int32_t> pages;
 };
 
 struct StepPlan {
@@ -90,6 +95,12 @@ class StepRunner {
   virtual ~StepRunner() = default;
   // InvalidArgument naming the problem; needs only the config. Thread-safe.
   virtual absl::Status Validate(const RunnerRequest& request) const = 0;
+  // Prefix-cache keys of the request's full prompt pages (kv::PageKeys over its tokens and the
+  // content of its images and videos); empty when the request must not share pages (it wants
+  // prompt logprobs or logits, which only a computed prefix gives). Thread-safe.
+  virtual std::vector<kv::PageKey> PrefixKeys(const RunnerRequest& request, int64_t page_size) const {
+    return {};
+  }
   // Makes `id` known (before any plan names it). REQUIRES: Validate(request) was ok.
   virtual absl::Status Add(int64_t id, RunnerRequest request) = 0;
   // Forgets `id` and frees its KV pages and media features.

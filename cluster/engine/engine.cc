@@ -47,6 +47,9 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   }
   Q3VL_RETURN_IF_ERROR(runner_.Validate(in));
   Q3VL_RETURN_IF_ERROR(scheduler_.CheckFits(static_cast<int64_t>(in.input_ids.size()), in.sampling.max_new_tokens));
+  // The prefix-cache keys hash the prompt and its media on the caller's thread, not the loop's.
+  std::vector<kv::PageKey> keys;
+  if (scheduler_.config().enable_prefix_caching) keys = runner_.PrefixKeys(in, scheduler_.config().page_size);
   auto stream = std::make_shared<RequestStream>();
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the engine is shutting down");
@@ -58,7 +61,8 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   const int64_t id = next_id_++;
   ids_[request.id] = id;
   ++num_waiting_;
-  pending_.push_back({.id = id, .request = std::move(request), .stream = stream, .arrival = clock_.Now()});
+  pending_.push_back(
+      {.id = id, .request = std::move(request), .keys = std::move(keys), .stream = stream, .arrival = clock_.Now()});
   return stream;
 }
 
@@ -96,7 +100,7 @@ void Engine::Intake() {
       End(l, {}, FinishReason::kError, added);
       continue;
     }
-    scheduler_.Add(p.id, l.prompt_tokens);
+    scheduler_.Add(p.id, l.prompt_tokens, std::move(p.keys));
   }
   for (const std::string& name : cancels) {
     int64_t id = -1;
@@ -259,6 +263,7 @@ void Engine::PublishGauges() {
                      scheduler_.num_preemptions());
   const model::RunnerCounters counters = runner_.counters();
   metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits);
+  metrics_.SetPrefixCache(scheduler_.prefix_queries(), scheduler_.prefix_hits());
 }
 
 void Engine::Loop() {

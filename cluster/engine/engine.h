@@ -70,6 +70,7 @@ class Engine {
   struct Pending {
     int64_t id = 0;
     EngineRequest request;
+    std::vector<kv::PageKey> keys;  // prefix-cache keys of its full prompt pages
     std::shared_ptr<RequestStream> stream;
     absl::Time arrival;
   };

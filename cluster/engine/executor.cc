@@ -13,7 +13,9 @@ using Json = nlohmann::json;
 
 Json PlanMeta(const model::StepPlan& plan) {
   Json seqs = Json::array();
-  for (const model::StepSequence& s : plan.seqs) seqs.push_back({s.request, s.begin, s.num_tokens, s.sample, s.group});
+  for (const model::StepSequence& s : plan.seqs) {
+    seqs.push_back({s.request, s.begin, s.num_tokens, s.sample, s.group, s.pages});
+  }
   return {{"step", plan.step}, {"released", plan.released}, {"seqs", seqs}};
 }
 
@@ -21,7 +23,8 @@ model::StepPlan PlanFromMeta(const Json& m) {
   model::StepPlan plan{.step = m["step"].get<int64_t>(), .released = m["released"].get<std::vector<int64_t>>()};
   for (const Json& s : m["seqs"]) {
     plan.seqs.push_back({.request = s[0].get<int64_t>(), .begin = s[1].get<int64_t>(),
-                         .num_tokens = s[2].get<int64_t>(), .sample = s[3].get<bool>(), .group = s[4].get<int64_t>()});
+                         .num_tokens = s[2].get<int64_t>(), .sample = s[3].get<bool>(), .group = s[4].get<int64_t>(),
+                         .pages = s[5].get<std::vector<int32_t>>()});
   }
   return plan;
 }

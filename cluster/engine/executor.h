@@ -24,6 +24,9 @@ class ReplicaExecutor : public model::StepRunner {
   ~ReplicaExecutor() override;
 
   absl::Status Validate(const model::RunnerRequest& request) const override { return local_.Validate(request); }
+  std::vector<kv::PageKey> PrefixKeys(const model::RunnerRequest& request, int64_t page_size) const override {
+    return local_.PrefixKeys(request, page_size);
+  }
   absl::Status Add(int64_t id, model::RunnerRequest request) override;
   void Remove(int64_t id) override;
   absl::StatusOr<model::StepOutput> Execute(const model::StepPlan& plan) override;

@@ -68,6 +68,12 @@ void EngineMetrics::SetMmCache(int64_t queries, int64_t hits) {
   m_.mm_cache_hits_total = hits;
 }
 
+void EngineMetrics::SetPrefixCache(int64_t queries, int64_t hits) {
+  absl::MutexLock lock(&mu_);
+  m_.prefix_cache_queries_total = queries;
+  m_.prefix_cache_hits_total = hits;
+}
+
 void EngineMetrics::ObserveTtft(double s) {
   absl::MutexLock lock(&mu_);
   m_.time_to_first_token.Observe(s);

@@ -18,15 +18,28 @@ absl::Status SchedulerConfig::Validate() const {
   return absl::OkStatus();
 }
 
-Scheduler::Scheduler(const SchedulerConfig& config) : config_(config), used_pages_(std::max<int64_t>(config.num_groups, 1), 0) {
+Scheduler::Scheduler(const SchedulerConfig& config) : config_(config) {
   const absl::Status valid = config.Validate();
   Q3VL_CHECK(valid.ok()) << valid;
+  for (int64_t g = 0; g < config.num_groups; ++g) pools_.emplace_back(config.num_pages);
 }
 
 int64_t Scheduler::used_pages() const {
   int64_t used = 0;
-  for (int64_t u : used_pages_) used += u;
+  for (const kv::BlockPool& p : pools_) used += p.num_used();
   return used;
+}
+
+int64_t Scheduler::cached_pages() const {
+  int64_t cached = 0;
+  for (const kv::BlockPool& p : pools_) cached += p.num_cached();
+  return cached;
+}
+
+void Scheduler::Grow(Entry& e, int64_t n, model::StepSequence& seq) {
+  const std::vector<int32_t> fresh = pools_[e.group].Allocate(n);
+  e.pages.insert(e.pages.end(), fresh.begin(), fresh.end());
+  seq.pages.insert(seq.pages.end(), fresh.begin(), fresh.end());
 }
 
 absl::Status Scheduler::CheckFits(int64_t prompt_tokens, int64_t max_new_tokens) const {
@@ -46,10 +59,12 @@ absl::Status Scheduler::CheckFits(int64_t prompt_tokens, int64_t max_new_tokens)
   return absl::OkStatus();
 }
 
-void Scheduler::Add(int64_t id, int64_t prompt_tokens) {
+void Scheduler::Add(int64_t id, int64_t prompt_tokens, std::vector<kv::PageKey> keys) {
   Q3VL_CHECK(!entries_.contains(id)) << "request " << id << " added twice";
   Q3VL_CHECK_GT(prompt_tokens, 0);
-  entries_[id] = Entry{.known = prompt_tokens};
+  Q3VL_CHECK_LE(static_cast<int64_t>(keys.size()), prompt_tokens / config_.page_size);
+  if (!config_.enable_prefix_caching) keys.clear();
+  entries_[id] = Entry{.known = prompt_tokens, .keys = std::move(keys)};
   waiting_.push_back(id);
 }
 
@@ -66,8 +81,9 @@ bool Scheduler::PreemptNewest(int64_t keep, model::StepPlan& plan, int64_t& budg
     for (size_t i = e.step; i < plan.seqs.size(); ++i) entries_.at(plan.seqs[i].request).step = static_cast<int64_t>(i);
     e.step = -1;
   }
-  used_pages_[group] -= e.pages;
-  e.pages = 0;
+  pools_[group].Release(e.pages);
+  e.pages.clear();
+  e.registered = 0;
   e.computed = 0;
   running_.erase(std::next(newest).base());
   waiting_.push_front(victim);
@@ -79,15 +95,14 @@ bool Scheduler::PreemptNewest(int64_t keep, model::StepPlan& plan, int64_t& budg
 bool Scheduler::ScheduleRunning(int64_t id, model::StepPlan& plan, int64_t& budget) {
   Entry& e = entries_.at(id);
   const int64_t n = std::min(e.known - e.computed, budget);
-  const int64_t more = config_.PagesFor(e.computed + n) - e.pages;
-  while (more > config_.num_pages - used_pages_[e.group]) {
+  const int64_t more = config_.PagesFor(e.computed + n) - Held(e);
+  while (more > pools_[e.group].num_free()) {
     if (!PreemptNewest(id, plan, budget)) return false;
   }
-  e.pages += more;
-  used_pages_[e.group] += more;
   e.step = static_cast<int64_t>(plan.seqs.size());
   plan.seqs.push_back({.request = id, .begin = e.computed, .num_tokens = n, .sample = e.computed + n == e.known,
                        .group = e.group});
+  Grow(e, more, plan.seqs.back());
   budget -= n;
   return true;
 }
@@ -115,28 +130,41 @@ model::StepPlan Scheduler::Schedule() {
   }
   // Pages that running prefills will still need for their prompts, per group: admission leaves
   // them.
-  std::vector<int64_t> promised(used_pages_.size(), 0);
+  std::vector<int64_t> promised(pools_.size(), 0);
   for (int64_t id : running_) {
     const Entry& e = entries_.at(id);
     const int64_t planned = e.step >= 0 ? plan.seqs[e.step].num_tokens : 0;
-    if (e.computed + planned < e.known) promised[e.group] += config_.PagesFor(e.known) - e.pages;
+    if (e.computed + planned < e.known) promised[e.group] += config_.PagesFor(e.known) - Held(e);
   }
   while (!waiting_.empty() && budget > 0 && num_running() < config_.max_num_seqs) {
     const int64_t id = waiting_.front();
     Entry& e = entries_.at(id);
-    // The group with the most free pages (the lowest index on ties).
-    int64_t group = 0;
-    for (int64_t g = 1; g < static_cast<int64_t>(used_pages_.size()); ++g) {
-      if (used_pages_[g] + promised[g] < used_pages_[group] + promised[group]) group = g;
+    // In each group: the cached prefix (whole pages, leaving the last known token to compute),
+    // and the pages left once it is taken (a cached page nobody holds stops being free).
+    // Admission prefers the longest hit, then the most free pages, then the lowest group, among
+    // the groups where the whole prompt fits; when none fits the queue waits (FCFS).
+    const int64_t max_hit = std::min<int64_t>(static_cast<int64_t>(e.keys.size()), (e.known - 1) / config_.page_size);
+    int64_t group = -1, hit = 0, best_free = 0;
+    for (int64_t g = 0; g < static_cast<int64_t>(pools_.size()); ++g) {
+      const kv::BlockPool& pool = pools_[g];
+      const int64_t h = std::min(pool.CountCached(e.keys), max_hit);
+      const int64_t free = pool.num_free() - pool.CountUnreferenced(e.keys, h) - promised[g];
+      if (free < config_.PagesFor(e.known) - h) continue;
+      if (group < 0 || h > hit || (h == hit && free > best_free)) group = g, hit = h, best_free = free;
     }
-    if (config_.num_pages - used_pages_[group] - promised[group] < config_.PagesFor(e.known)) break;  // FCFS
-    const int64_t n = std::min(e.known, budget);
+    if (group < 0) break;
     e.group = group;
-    e.pages = config_.PagesFor(n);
-    used_pages_[group] += e.pages;
-    promised[group] += config_.PagesFor(e.known) - e.pages;
+    e.pages = pools_[group].TakeCached(e.keys, hit);
+    e.registered = hit;
+    e.computed = hit * config_.page_size;
+    prefix_queries_ += e.known;
+    prefix_hits_ += e.computed;
+    const int64_t n = std::min(e.known - e.computed, budget);
     e.step = static_cast<int64_t>(plan.seqs.size());
-    plan.seqs.push_back({.request = id, .begin = 0, .num_tokens = n, .sample = n == e.known, .group = group});
+    plan.seqs.push_back({.request = id, .begin = e.computed, .num_tokens = n, .sample = e.computed + n == e.known,
+                         .group = group, .pages = e.pages});
+    Grow(e, config_.PagesFor(e.computed + n) - Held(e), plan.seqs.back());
+    promised[group] += config_.PagesFor(e.known) - Held(e);
     budget -= n;
     waiting_.pop_front();
     running_.push_back(id);
@@ -153,6 +181,9 @@ void Scheduler::Commit(const model::StepPlan& plan) {
     e.computed += s.num_tokens;
     if (s.sample) ++e.known;
     e.step = -1;
+    // Full prompt pages now written: other requests may share them.
+    const int64_t full = std::min<int64_t>(static_cast<int64_t>(e.keys.size()), e.computed / config_.page_size);
+    for (; e.registered < full; ++e.registered) pools_[e.group].Register(e.pages[e.registered], e.keys[e.registered]);
   }
 }
 
@@ -162,7 +193,7 @@ void Scheduler::Finish(int64_t id) {
   auto run = std::find(running_.begin(), running_.end(), id);
   if (run != running_.end()) {
     running_.erase(run);
-    used_pages_[it->second.group] -= it->second.pages;
+    pools_[it->second.group].Release(it->second.pages);
   } else {
     waiting_.erase(std::find(waiting_.begin(), waiting_.end(), id));
   }

@@ -1,7 +1,10 @@
 // Scheduler: iteration-level (continuous) batching with chunked prefill over a paged KV pool.
 // It decides, each step, which tokens of which requests run (a StepPlan) under a token budget
-// and a sequence cap, and keeps the KV page accounting that makes every allocation in the
-// runner succeed. It knows lengths and pages only: no tokens, no model, no clock.
+// and a sequence cap, and owns the KV pages (a kv::BlockPool per attention group): the plan
+// names the pages each sequence appends, so every allocation the runners make is one the
+// scheduler counted. With prefix caching, a request admitted with page keys (kv::PageKeys)
+// starts after the longest cached prefix of its prompt, sharing those pages. It knows
+// lengths, keys and pages only: no tokens, no model, no clock.
 // Policy (cluster/README.md): running sequences first, oldest first: decode tokens, then the
 // next chunks of unfinished prefills; then waiting requests first come first served while the
 // budget, the cap and the pool allow (no skipping ahead). When a running sequence cannot grow,
@@ -16,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "kv/block_pool.h"
 #include "model/step_plan.h"
 
 namespace q3vl::cluster {
@@ -30,6 +34,9 @@ struct SchedulerConfig {
   // group it is admitted to (the one with the most free pages; StepSequence::group) and a
   // sequence that cannot grow preempts the newest of its own group.
   int64_t num_groups = 1;
+  // Reuse cached full prompt pages across requests (keys given to Add); the last prompt token
+  // is always computed (its logits give the first output).
+  bool enable_prefix_caching = true;
 
   absl::Status Validate() const;
   int64_t PagesFor(int64_t tokens) const { return (tokens + page_size - 1) / page_size; }
@@ -44,8 +51,9 @@ class Scheduler {
   // the KV pool (both name the numbers). Needs only the config: safe from any thread.
   absl::Status CheckFits(int64_t prompt_tokens, int64_t max_new_tokens) const;
 
-  // Queues a request. REQUIRES: CheckFits(prompt_tokens, max_new_tokens) is ok; id is new.
-  void Add(int64_t id, int64_t prompt_tokens);
+  // Queues a request. `keys`: its full prompt pages' prefix-cache keys (empty: nothing shared).
+  // REQUIRES: CheckFits(prompt_tokens, max_new_tokens) is ok; id is new.
+  void Add(int64_t id, int64_t prompt_tokens, std::vector<kv::PageKey> keys = {});
   // The next step. Requests preempted by it and those ended since the last plan are in
   // plan.released (their KV pages are free before the step runs).
   model::StepPlan Schedule();
@@ -56,9 +64,14 @@ class Scheduler {
 
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
-  int64_t used_pages() const;  // over every group
+  int64_t used_pages() const;    // referenced by a running request, over every group
+  int64_t cached_pages() const;  // holding a registered prefix (referenced or not)
   int64_t total_pages() const { return config_.num_pages * config_.num_groups; }
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Prefix cache, in tokens (vLLM's prefix_cache_queries / hits): prompt tokens of admitted
+  // requests, and those found cached.
+  int64_t prefix_queries() const { return prefix_queries_; }
+  int64_t prefix_hits() const { return prefix_hits_; }
   bool has_work() const { return !running_.empty() || !waiting_.empty() || !released_.empty(); }
   const SchedulerConfig& config() const { return config_; }
 
@@ -66,10 +79,16 @@ class Scheduler {
   struct Entry {
     int64_t known = 0;     // tokens of the sequence so far (prompt + generated)
     int64_t computed = 0;  // tokens in its KV cache
-    int64_t pages = 0;     // pages it holds
+    std::vector<int32_t> pages;  // its pages in its group's pool (while running)
+    std::vector<kv::PageKey> keys;  // its full prompt pages' keys
+    int64_t registered = 0;  // leading pages registered in the prefix cache
     int64_t step = -1;     // index in the plan being built, -1 when not in it
     int64_t group = 0;     // attention group (valid while running)
   };
+  // Pages `e` holds as a count.
+  static int64_t Held(const Entry& e) { return static_cast<int64_t>(e.pages.size()); }
+  // Appends `n` fresh pages of e's group to it and to the plan's sequence at `step`.
+  void Grow(Entry& e, int64_t n, model::StepSequence& seq);
   // Frees the newest running request of `keep`'s group, moving it to the head of the queue.
   // False when that was `keep` itself.
   bool PreemptNewest(int64_t keep, model::StepPlan& plan, int64_t& budget);
@@ -81,8 +100,10 @@ class Scheduler {
   std::vector<int64_t> running_;  // admission order, oldest first
   std::deque<int64_t> waiting_;   // FCFS; preempted requests go back to the front
   std::vector<int64_t> released_; // ended since the last plan
-  std::vector<int64_t> used_pages_;  // per group
+  std::vector<kv::BlockPool> pools_;  // per group
   int64_t num_preemptions_ = 0;
+  int64_t prefix_queries_ = 0;
+  int64_t prefix_hits_ = 0;
   int64_t next_step_ = 0;
 };
 

@@ -347,14 +347,14 @@ std::string RenderPrometheus(const MetricsSnapshot& m, const std::string& model_
   one("q3vl:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
       static_cast<double>(m.num_requests_waiting));
   one("q3vl:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", m.kv_cache_usage);
-  one("q3vl:prefix_cache_queries_total", "counter",
-      "Prefix cache queries, in tokens (0 until the replica has a prefix cache).", 0.0);
-  one("q3vl:prefix_cache_hits_total", "counter", "Prefix cache hits, in tokens (0 until the replica has a prefix cache).",
-      0.0);
   one("q3vl:mm_cache_queries_total", "counter", "Encoder cache lookups (one per image or video).",
       static_cast<double>(m.mm_cache_queries_total));
   one("q3vl:mm_cache_hits_total", "counter", "Encoder cache hits (images and videos not encoded again).",
       static_cast<double>(m.mm_cache_hits_total));
+  one("q3vl:prefix_cache_queries_total", "counter", "Prefix cache queries: prompt tokens of admitted requests.",
+      static_cast<double>(m.prefix_cache_queries_total));
+  one("q3vl:prefix_cache_hits_total", "counter", "Prefix cache hits: prompt tokens found cached (not computed).",
+      static_cast<double>(m.prefix_cache_hits_total));
   one("q3vl:prompt_tokens_total", "counter", "Number of prefill tokens processed.", static_cast<double>(m.prompt_tokens_total));
   one("q3vl:generation_tokens_total", "counter", "Number of generation tokens processed.",
       static_cast<double>(m.generation_tokens_total));

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "cluster/engine/engine.h"
 #include "core/npy.h"
 #include "gtest/gtest.h"
@@ -134,6 +135,105 @@ TEST_P(KvBf16GoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, KvBf16GoldenTest, ::testing::ValuesIn(testing::GoldenCaseNames()),
+                         [](const auto& info) { return info.param.substr(0, 2); });
+
+// The prefix cache on every golden case: the same request again starts after the cached full
+// pages of its prompt and gives the cold run's tokens and logprobs; with a page boundary inside
+// the first image or video span the hit ends mid-item, and the uncached visual rows (and their
+// DeepStack rows) still come in at the right positions. A copy with one image or video
+// changed (same size, so the same placeholder ids) shares only the pages before it, and gives
+// exactly what a fresh engine gives it.
+class PrefixCacheGoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PrefixCacheGoldenTest, WarmRequestsEqualColdOnesAndMediaNeverShareByPlaceholder) {
+  const std::string dir = testing::GoldenCaseDir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "golden case not present (needs ../shared)";
+  std::unique_ptr<Backend> backend = *CreateBackend(BackendKind::kCpu);
+  auto golden = launcher::ReadGoldenCase(dir);
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  auto loaded = model::Qwen3VL::Load(dir + "/model", *backend);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const model::Qwen3VL& model = **loaded;
+  const std::vector<int64_t>& ids = golden->request.input_ids;
+  const int64_t prompt = static_cast<int64_t>(ids.size());
+  // The first visual span [v0, v1).
+  int64_t v0 = -1, v1 = -1;
+  for (int64_t t = 0; t < prompt; ++t) {
+    const bool visual = ids[t] == model.config().image_token_id || ids[t] == model.config().video_token_id;
+    if (visual && v0 < 0) v0 = t;
+    if (v0 >= 0 && !visual) {
+      v1 = t;
+      break;
+    }
+  }
+  // Page 16, and the largest page size whose hit (the whole pages before the last prompt
+  // token) ends between two visual tokens of one run: mid-image or mid-frame-group.
+  auto is_visual = [&](int64_t t) {
+    return ids[t] == model.config().image_token_id || ids[t] == model.config().video_token_id;
+  };
+  std::vector<int64_t> page_sizes = {16};
+  int64_t mid = 0;
+  for (int64_t p = 2; p < prompt; ++p) {
+    const int64_t end = (prompt - 1) / p * p;
+    if (end > 0 && is_visual(end - 1) && is_visual(end)) mid = p;
+  }
+  if (mid > 0) page_sizes.push_back(mid);
+  auto request = [&](const std::string& id, const model::GenerationRequest& g) {
+    EngineRequest r{.id = id, .ignore_eos = true};
+    r.input = {.input_ids = g.input_ids, .images = g.images, .videos = g.videos, .sampling = g.sampling,
+               .top_logprobs = 0};
+    return r;
+  };
+  for (int64_t page : page_sizes) {
+    SCOPED_TRACE(absl::StrCat("page size ", page));
+    auto make = [&](std::unique_ptr<model::ModelRunner>& runner, std::unique_ptr<Engine>& engine) {
+      runner = std::make_unique<model::ModelRunner>(
+          model, model::ModelRunnerOptions{.page_size = page, .num_pages = 64, .kv_dtype = DType::kF32});
+      engine = std::make_unique<Engine>(
+          *runner, EngineConfig{.scheduler = {.max_num_batched_tokens = 7, .max_num_seqs = 4, .page_size = page,
+                                              .num_pages = 64,
+                                              .max_model_len = model.config().text.max_position_embeddings}});
+    };
+    std::unique_ptr<model::ModelRunner> runner;
+    std::unique_ptr<Engine> engine;
+    make(runner, engine);
+    const RequestOutput cold = RunAlone(*engine, request("cold", golden->request));
+    const int64_t hits_before = engine->metrics().Snapshot().prefix_cache_hits_total;
+    const RequestOutput warm = RunAlone(*engine, request("warm", golden->request));
+    const int64_t hit = engine->metrics().Snapshot().prefix_cache_hits_total - hits_before;
+    EXPECT_EQ(hit, (prompt - 1) / page * page);
+    if (page == mid) EXPECT_TRUE(hit > 0 && is_visual(hit - 1) && is_visual(hit)) << "the hit should end mid-item";
+    ASSERT_EQ(warm.finish, FinishReason::kLength) << warm.error;
+    EXPECT_EQ(warm.token_ids, cold.token_ids);
+    auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");
+    ASSERT_TRUE(greedy.ok());
+    EXPECT_EQ(warm.token_ids, std::vector<int64_t>(greedy->data<int64_t>(), greedy->data<int64_t>() + greedy->numel()));
+    ASSERT_EQ(warm.logprobs.size(), cold.logprobs.size());
+    for (size_t i = 0; i < warm.logprobs.size(); ++i) {
+      EXPECT_NEAR(warm.logprobs[i].logprob, cold.logprobs[i].logprob, 1e-4) << "token " << i;
+    }
+    // One item changed, same size: the keys part at the first page it touches.
+    if (v0 < 0) continue;
+    model::GenerationRequest changed = golden->request;
+    model::VisionInput& media = changed.images.grids.empty() ? changed.videos : changed.images;
+    media.pixel_values = media.pixel_values.Clone();
+    float* px = media.pixel_values.data<float>();
+    for (int64_t i = 0; i < media.pixel_values.dim(1); ++i) px[i] = -px[i];  // the first patch row
+    const int64_t before = engine->metrics().Snapshot().prefix_cache_hits_total;
+    const RequestOutput other = RunAlone(*engine, request("other", changed));
+    EXPECT_EQ(engine->metrics().Snapshot().prefix_cache_hits_total - before, std::min(v0 / page, (prompt - 1) / page) * page);
+    std::unique_ptr<model::ModelRunner> fresh_runner;
+    std::unique_ptr<Engine> fresh;
+    make(fresh_runner, fresh);
+    const RequestOutput solo = RunAlone(*fresh, request("other", changed));
+    EXPECT_EQ(other.token_ids, solo.token_ids);
+    for (size_t i = 0; i < other.logprobs.size() && i < solo.logprobs.size(); ++i) {
+      EXPECT_NEAR(other.logprobs[i].logprob, solo.logprobs[i].logprob, 1e-4) << "token " << i;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, PrefixCacheGoldenTest, ::testing::ValuesIn(testing::GoldenCaseNames()),
                          [](const auto& info) { return info.param.substr(0, 2); });
 
 // Mixed requests on the image + video model.

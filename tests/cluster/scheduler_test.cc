@@ -35,7 +35,7 @@ class Driver {
     EXPECT_LE(plan.num_tokens(), c.max_num_batched_tokens);
     EXPECT_LE(static_cast<int64_t>(plan.seqs.size()), c.max_num_seqs);
     EXPECT_LE(sched_.used_pages(), c.num_pages * c.num_groups);
-    for (int64_t id : plan.released) cached_[id] = 0, group_.erase(id);
+    for (int64_t id : plan.released) cached_[id] = 0, group_.erase(id), pages_.erase(id);
     bool seen_chunk = false;
     for (const model::StepSequence& s : plan.seqs) {
       EXPECT_EQ(s.begin, cached_[s.request]) << "request " << s.request << " step " << plan.step;
@@ -48,6 +48,18 @@ class Driver {
       if (cached_[s.request] > 0) EXPECT_EQ(s.group, group_[s.request]) << "request " << s.request;
       group_[s.request] = s.group;
       cached_[s.request] += s.num_tokens;
+      // The plan names the pages: enough for what the sequence holds.
+      std::vector<int32_t>& held = pages_[s.request];
+      held.insert(held.end(), s.pages.begin(), s.pages.end());
+      EXPECT_GE(static_cast<int64_t>(held.size()) * c.page_size, cached_[s.request]) << "request " << s.request;
+    }
+    // Without prefix keys no page is shared: each page of a group has one holder.
+    std::map<std::pair<int64_t, int32_t>, int64_t> holder;
+    for (const auto& [id, held] : pages_) {
+      for (int32_t p : held) {
+        const auto [it, fresh] = holder.emplace(std::make_pair(group_[id], p), id);
+        EXPECT_TRUE(fresh) << "page " << p << " held by " << it->second << " and " << id << ", step " << plan.step;
+      }
     }
     // Each group's pool holds its own requests' pages.
     std::map<int64_t, int64_t> pages;
@@ -59,6 +71,7 @@ class Driver {
       if (++generated_[s.request] >= want_[s.request]) {
         sched_.Finish(s.request);
         group_.erase(s.request);
+        pages_.erase(s.request);
         finished_at_[s.request] = plan.step;
       }
     }
@@ -66,7 +79,81 @@ class Driver {
   }
   Scheduler sched_;
   std::map<int64_t, int64_t> want_, prompt_, cached_, generated_, finished_at_, group_;
+  std::map<int64_t, std::vector<int32_t>> pages_;  // what the plans gave each running request
 };
+
+// Prefix caching: keys of a prompt of `n` tokens (the first `same` tokens shared by every
+// prompt made with the same salt).
+std::vector<kv::PageKey> Keys(int64_t n, int64_t page, int64_t salt = 0) {
+  std::vector<int64_t> tokens(n);
+  for (int64_t i = 0; i < n; ++i) tokens[i] = 1000 * salt + i;
+  return kv::PageKeys(tokens, {}, page);
+}
+
+// Runs the plan's sequences until every request ended (each generates `max_new` tokens).
+void Drain(Scheduler& s, const std::map<int64_t, int64_t>& max_new, std::vector<model::StepPlan>* plans = nullptr) {
+  std::map<int64_t, int64_t> generated;
+  for (int i = 0; i < 1000 && s.has_work(); ++i) {
+    model::StepPlan plan = s.Schedule();
+    s.Commit(plan);
+    for (const model::StepSequence& q : plan.seqs) {
+      if (q.sample && ++generated[q.request] >= max_new.at(q.request)) s.Finish(q.request);
+    }
+    if (plans) plans->push_back(std::move(plan));
+  }
+}
+
+// A request whose prompt starts like a finished one's begins after the cached full pages (the
+// last prompt token is always computed) and shares those pages; the counters say so.
+TEST(SchedulerTest, PrefixHitStartsAfterTheCachedPagesAndSharesThem) {
+  Scheduler s(Config(64, 16));
+  s.Add(1, 14, Keys(14, 4));  // 3 full pages
+  std::vector<model::StepPlan> first;
+  Drain(s, {{1, 2}}, &first);
+  const std::vector<int32_t> all = first.at(0).seqs.at(0).pages;
+  ASSERT_EQ(all.size(), 4u);
+  const std::vector<int32_t> a_pages(all.begin(), all.begin() + 3);  // the full ones
+  EXPECT_EQ(s.cached_pages(), 3);
+  EXPECT_EQ(s.used_pages(), 0);
+  // The same prompt: 3 pages cached, 2 tokens left to compute.
+  s.Add(2, 14, Keys(14, 4));
+  // 12 tokens of the same prefix: only 2 pages may hit (token 11 must be computed).
+  s.Add(3, 12, Keys(12, 4));
+  // A different prompt of the same length: nothing.
+  s.Add(4, 14, Keys(14, 4, /*salt=*/1));
+  const model::StepPlan plan = s.Schedule();
+  ASSERT_EQ(plan.seqs.size(), 3u);
+  EXPECT_EQ(plan.seqs[0].begin, 12);
+  EXPECT_EQ(plan.seqs[0].num_tokens, 2);
+  EXPECT_EQ(std::vector<int32_t>(plan.seqs[0].pages.begin(), plan.seqs[0].pages.begin() + 3), a_pages);
+  EXPECT_EQ(plan.seqs[0].pages.size(), 4u);  // one fresh page for tokens 12-13
+  EXPECT_EQ(plan.seqs[1].begin, 8);
+  EXPECT_EQ(std::vector<int32_t>(plan.seqs[1].pages.begin(), plan.seqs[1].pages.begin() + 2),
+            std::vector<int32_t>(a_pages.begin(), a_pages.begin() + 2));
+  EXPECT_EQ(plan.seqs[2].begin, 0);
+  EXPECT_EQ(s.prefix_queries(), 14 + 14 + 12 + 14);
+  EXPECT_EQ(s.prefix_hits(), 12 + 8);
+  // Shared pages count once: the 3 cached ones, a fresh one each for requests 2 (tokens 12-13)
+  // and 3 (tokens 8-11), 4 for request 4.
+  EXPECT_EQ(s.used_pages(), 3 + 1 + 1 + 4);
+  s.Commit(plan);
+}
+
+// Under pressure the least recently released cached pages go first, a prompt's tail before its
+// head, so a later request still finds the head.
+TEST(SchedulerTest, EvictionTakesCachedTailsFirst) {
+  Scheduler s(Config(64, 6));
+  s.Add(1, 17, Keys(17, 4));  // 4 full pages + 1
+  Drain(s, {{1, 1}});
+  EXPECT_EQ(s.cached_pages(), 4);
+  s.Add(2, 12, Keys(12, 4, /*salt=*/1));  // 3 pages: the free page, then 2 evicted
+  Drain(s, {{2, 1}});
+  s.Add(3, 17, Keys(17, 4));
+  const model::StepPlan plan = s.Schedule();
+  ASSERT_EQ(plan.seqs.size(), 1u);
+  EXPECT_GE(plan.seqs[0].begin, 4);   // the head survived
+  EXPECT_LT(plan.seqs[0].begin, 16);  // the tail did not
+}
 
 TEST(SchedulerTest, ChunksCoverThePromptUnderTheBudget) {
   Driver d(Config(/*budget=*/8, /*pages=*/64));
