@@ -40,6 +40,7 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
   const int leader = parallel::ParallelConfig::FromString(mesh)->vision;  // local rank of stage 0's first rank
   std::vector<const parallel::CommGroups*> groups(world);
   std::map<std::string, RequestOutput> got;
+  int64_t prefix_hits = 0;
   std::vector<std::string> follower_errors(world);
   std::vector<int64_t> tokens_run(world, -1);  // decoder ranks: tokens through their attention
   std::vector<int> attn_group(world, -1);
@@ -69,6 +70,7 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
                                                .max_model_len = model.config().text.max_position_embeddings,
                                                .num_groups = model.decoder().shard().attn_groups}});
         got = Staggered(engine, MixedRequests(golden.request), kArrival);
+        prefix_hits = engine.metrics().Snapshot().prefix_cache_hits_total;
         Q3VL_CHECK_OK(executor.Stop());
         tokens_run[rank] = decoder_runner->tokens_run();
       },
@@ -94,6 +96,9 @@ TEST_P(EngineMeshTest, ReplicaGivesTheSingleRankTokens) {
   } else {
     EXPECT_EQ(sum, most);
   }
+  // The sampled copy of the media request arrives after the greedy one filled pages: it
+  // starts after the shared prefix on every rank (the plans carry the pages).
+  EXPECT_GT(prefix_hits, 0);
   ASSERT_EQ(got.size(), want.size());
   for (const auto& [id, w] : want) {
     EXPECT_EQ(got.at(id).token_ids, w.token_ids) << id;
