@@ -43,6 +43,10 @@ struct Options {
   uint64_t seed = 1;
   bool busy_neighbour = false;
   bool run_engine = true, run_static = true;  // --only engine|static (profiling one side)
+  // --kv-pool-fraction F: also run the saturation workload on the engine with a KV pool of F
+  // of what every request at once needs (preemption); 0: skip.
+  double kv_pool_fraction = 0.25;
+  bool prefix_phase = true;  // --no-prefix skips the cold/warm long-image TTFT phase
 };
 
 // One request of the workload and when it arrives (seconds after the phase starts).
@@ -133,10 +137,13 @@ void SleepUntil(Clock::time_point t0, double seconds) {
 
 // A started engine over its own runner, with KV room for every request of the phase at once.
 struct BenchEngine {
-  BenchEngine(const model::Qwen3VL& model, const std::vector<Item>& items, int64_t budget, int64_t max_seqs)
-      : runner(model, {.page_size = kPageSize, .num_pages = Pages(items)}),
+  // `pages` > 0: a pool of that many pages instead.
+  BenchEngine(const model::Qwen3VL& model, const std::vector<Item>& items, int64_t budget, int64_t max_seqs,
+              int64_t pages = 0)
+      : runner(model, {.page_size = kPageSize, .num_pages = pages > 0 ? pages : Pages(items),
+                       .encoder_cache_tokens = kEncoderCacheTokens}),
         engine(runner, {.scheduler = {.max_num_batched_tokens = budget, .max_num_seqs = max_seqs,
-                                      .page_size = kPageSize, .num_pages = Pages(items),
+                                      .page_size = kPageSize, .num_pages = pages > 0 ? pages : Pages(items),
                                       .max_model_len = model.config().text.max_position_embeddings}}) {
     engine.Start();
   }
@@ -164,13 +171,15 @@ struct BenchEngine {
     }
   }
   static constexpr int64_t kPageSize = 16;
+  static constexpr int64_t kEncoderCacheTokens = 16384;  // the engine options' default
   model::ModelRunner runner;
   cluster::Engine engine;
 };
 
 // The engine: one client thread per request submits at its arrival and reads its stream.
-std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, const std::vector<Item>& items) {
-  BenchEngine bench(model, items, o.max_num_batched_tokens, /*max_seqs=*/256);
+std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, const std::vector<Item>& items,
+                             int64_t pages = 0, int64_t* preemptions = nullptr) {
+  BenchEngine bench(model, items, o.max_num_batched_tokens, /*max_seqs=*/256, pages);
   std::vector<Trace> traces(items.size());
   std::vector<std::thread> clients;
   const Clock::time_point t0 = Clock::now();
@@ -182,7 +191,55 @@ std::vector<Trace> RunEngine(const model::Qwen3VL& model, const Options& o, cons
     });
   }
   for (std::thread& t : clients) t.join();
+  if (preemptions != nullptr) *preemptions = bench.engine.metrics().Snapshot().num_preemptions_total;
   return traces;
+}
+
+// The prefix cache: a long image prompt (system text, a 32x32-token image, a question) on a
+// fresh engine (cold), then a prompt sharing its system text and image with another question
+// (warm: at least 75% of it cached). Three rounds with different images; medians.
+Json PrefixPhase(const model::Qwen3VL& model, const Options& o) {
+  const model::ModelConfig& cfg = model.config();
+  const int64_t m = cfg.vision.spatial_merge_size, cols = cfg.vision.patch_dim(), side = 32;
+  std::mt19937_64 rng(o.seed + 11);
+  auto text = [&](int64_t n) {
+    std::vector<int64_t> t(n);
+    for (int64_t& x : t) x = std::uniform_int_distribution<int64_t>(0, 150000)(rng);
+    return t;
+  };
+  std::vector<double> cold, warm;
+  int64_t prompt = 0, shared = 0;
+  for (int round = 0; round < 3; ++round) {
+    model::RunnerRequest base;
+    base.input_ids = text(96);
+    base.input_ids.push_back(cfg.vision_start_token_id);
+    base.input_ids.insert(base.input_ids.end(), side * side, cfg.image_token_id);
+    base.input_ids.push_back(cfg.vision_end_token_id);
+    const int64_t patches = side * m * side * m;
+    std::vector<float> pixels(patches * cols);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& p : pixels) p = normal(rng);
+    base.images = {.pixel_values = Tensor::FromVector(pixels, {patches, cols}), .grids = {{1, side * m, side * m}}};
+    base.sampling.max_new_tokens = 4;
+    shared = static_cast<int64_t>(base.input_ids.size());
+    std::vector<Item> items(2, Item{.request = base});
+    for (Item& item : items) {
+      const std::vector<int64_t> question = text(64);
+      item.request.input_ids.insert(item.request.input_ids.end(), question.begin(), question.end());
+    }
+    prompt = static_cast<int64_t>(items[0].request.input_ids.size());
+    BenchEngine bench(model, items, o.max_num_batched_tokens, /*max_seqs=*/4);
+    for (size_t i = 0; i < items.size(); ++i) {
+      Trace trace;
+      const Clock::time_point t0 = Clock::now();
+      BenchEngine::Read(*bench.Submit(items, i), t0, trace);
+      (i == 0 ? cold : warm).push_back(trace.tokens.at(0));
+    }
+  }
+  const double c = Percentile(cold, 0.5), w = Percentile(warm, 0.5);
+  return {{"phase", "prefix_cache"}, {"prompt_tokens", prompt}, {"shared_prefix_tokens", shared},
+          {"shared_fraction", static_cast<double>(shared) / prompt}, {"cold_ttft_s", c}, {"warm_ttft_s", w},
+          {"warm_over_cold", w / std::max(c, 1e-9)}, {"rounds", 3}};
 }
 
 // Static batching (the whole-batch behaviour the engine replaced): whenever idle, the next (up
@@ -256,6 +313,8 @@ int Main(int argc, char** argv) {
     else if (a == "--max-num-batched-tokens") number(o.max_num_batched_tokens);
     else if (a == "--seed") o.seed = std::stoull(value());
     else if (a == "--busy-neighbour") o.busy_neighbour = true;
+    else if (a == "--kv-pool-fraction") o.kv_pool_fraction = std::stod(value());
+    else if (a == "--no-prefix") o.prefix_phase = false;
     else if (a == "--only") {
       const std::string which = value();
       if (which != "engine" && which != "static") {
@@ -271,7 +330,8 @@ int Main(int argc, char** argv) {
     } else {
       std::cerr << "usage: serving_bench --model DIR [--requests N] [--prompt-min/--prompt-max N] "
                    "[--output-min/--output-max N] [--image-share F] [--video-share F] [--static-batch B] "
-                   "[--max-num-batched-tokens N] [--loads F,F] [--seed S] [--busy-neighbour] [--only engine|static]" << std::endl;
+                   "[--max-num-batched-tokens N] [--loads F,F] [--seed S] [--busy-neighbour] [--only engine|static] "
+                   "[--kv-pool-fraction F (0: no preemption phase)] [--no-prefix]" << std::endl;
       return a == "--help" ? 0 : 2;
     }
   }
@@ -333,6 +393,24 @@ int Main(int argc, char** argv) {
       phase["ttft_p99_ratio"] = e["ttft_p99_s"].get<double>() / std::max(s["ttft_p99_s"].get<double>(), 1e-9);
     }
     phases.push_back(phase);
+  }
+  if (o.run_engine && o.kv_pool_fraction > 0) {
+    // The saturation workload on a pool of a fraction of what it needs at once (at least the
+    // largest request): requests wait for pages and running ones get preempted.
+    int64_t largest = 0;
+    for (const Item& item : workload) largest = std::max(largest, BenchEngine::Pages({item}));
+    const int64_t pages = std::max(largest, static_cast<int64_t>(BenchEngine::Pages(workload) * o.kv_pool_fraction));
+    std::cerr << "serving_bench: saturation on a KV pool of " << pages << " pages (preemption)" << std::endl;
+    int64_t preemptions = 0;
+    Json small = Summarise(RunEngine(**model, o, workload, pages, &preemptions));
+    phases.push_back({{"phase", "preemption"}, {"kv_pool_pages", pages}, {"kv_pool_fraction", o.kv_pool_fraction},
+                      {"engine", small}, {"preemptions", preemptions},
+                      {"throughput_vs_full_pool", small["output_tokens_per_s"].get<double>() /
+                                                      engine_sat["output_tokens_per_s"].get<double>()}});
+  }
+  if (o.run_engine && o.prefix_phase) {
+    std::cerr << "serving_bench: prefix cache, cold vs warm long image prompt" << std::endl;
+    phases.push_back(PrefixPhase(**model, o));
   }
   if (neighbour > 0) {
     kill(neighbour, SIGKILL);
