@@ -620,17 +620,62 @@ Json BenchDecodeGemm(Backend& backend, const Machine& machine, bool quick) {
   return {{"weight_shape", {kN, kK}}, {"matrices", kMatrices}, {"cases", rows}};
 }
 
+// Decode attention over a long bf16 KV cache, the 235B's shapes on one rank of tp=8 (8 query
+// heads, 1 KV head, head_dim 128): one query per sequence read through block tables of 16-token
+// pages spread over the pool. KV bytes read per second against the copy bandwidth: decode at
+// long context is a stream over the cache.
+Json BenchDecodeAttention(Backend& backend, const Machine& machine, bool quick) {
+  constexpr int64_t kHeads = 8, kKvHeads = 1, kDim = 128, kPage = 16;
+  Json cases = Json::array();
+  for (const auto& [context, seqs] : {std::pair<int64_t, int64_t>{8192, 1}, {8192, 8}, {65536, 1}, {262144, 1}}) {
+    const int64_t pages_per_seq = context / kPage, pages = pages_per_seq * seqs;
+    Tensor k = Tensor::Empty(DType::kBF16, {pages * kPage, kKvHeads, kDim});
+    Tensor v = Tensor::Empty(DType::kBF16, {pages * kPage, kKvHeads, kDim});
+    for (Tensor* t : {&k, &v}) {
+      uint16_t* d = t->data<uint16_t>();
+      for (int64_t i = 0; i < t->numel(); ++i) d[i] = F32ToBF16(0.01f * static_cast<float>((i * 7919) % 201 - 100));
+    }
+    Tensor tables = Tensor::Empty(DType::kI32, {seqs, pages_per_seq});
+    for (int64_t i = 0; i < pages; ++i) tables.data<int32_t>()[i] = static_cast<int32_t>((i * 40503) % pages);  // scattered
+    Tensor q = Tensor::Empty(DType::kF32, {seqs, kHeads, kDim});
+    FillUniform(q, 0.0f, 1.0f, 5);
+    Tensor out = Tensor::Empty(DType::kF32, {seqs, kHeads, kDim});
+    std::vector<int64_t> q_starts(seqs + 1), k_starts(seqs + 1);
+    for (int64_t i = 0; i <= seqs; ++i) q_starts[i] = i, k_starts[i] = i * context;
+    double best = 1e30;
+    for (int r = 0; r <= (quick ? 2 : 5); ++r) {
+      const Clock::time_point start = Clock::now();
+      backend.Attention({.q = q, .k = k, .v = v, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                         .scale = 0.088f, .out = out, .block_tables = tables, .page_size = kPage});
+      if (r > 0) best = std::min(best, SecondsSince(start));
+    }
+    const double bytes = 2.0 * seqs * context * kKvHeads * kDim * 2;  // k and v, bf16
+    cases.push_back({{"context_tokens", context}, {"sequences", seqs}, {"seconds", best},
+                     {"kv_bytes_per_s", bytes / best},
+                     {"kv_fraction_of_copy_bandwidth", bytes / best / machine.copy_bytes_per_s}});
+  }
+  return {{"heads", kHeads}, {"kv_heads", kKvHeads}, {"head_dim", kDim}, {"kv_dtype", "bf16"}, {"cases", cases}};
+}
+
 constexpr char kUsage[] =
-    "usage: q3vl_bench [--quick] [--help]\n"
+    "usage: q3vl_bench [--quick] [--only decode_gemm|decode_attention|configs] [--help]\n"
     "Prints one JSON object of CPU throughput figures to stdout (see benchmarks/README.md).\n"
-    "  --quick  fewer iterations; skips the 4096-token prefill of the 235B layer\n";
+    "  --quick  fewer iterations; skips the 4096-token prefill of the 235B layer\n"
+    "  --only   one section (the machine is always measured)\n";
 
 int Main(int argc, char** argv) {
   bool quick = false;
+  std::string only;  // empty: every section
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick") {
       quick = true;
+    } else if (arg == "--only" && i + 1 < argc) {
+      only = argv[++i];
+      if (only != "decode_gemm" && only != "decode_attention" && only != "configs") {
+        std::cerr << "q3vl_bench: --only takes decode_gemm, decode_attention or configs, not " << only << "\n";
+        return 2;
+      }
     } else if (arg == "--help" || arg == "-h") {
       std::cout << kUsage;
       return 0;
@@ -645,9 +690,18 @@ int Main(int argc, char** argv) {
   Json out = {{"benchmark", "q3vl_bench"}, {"mode", quick ? "quick" : "full"},
               {"machine", MachineJson(machine)}};
   MeteredBackend backend;
-  std::cerr << "q3vl_bench: decode-shaped GEMMs\n";
-  out["decode_gemm"] = BenchDecodeGemm(backend, machine, quick);
-  for (const Plan& plan : MakePlans(quick)) out["configs"][plan.name] = RunPlan(backend, plan, machine);
+  auto wanted = [&](const char* section) { return only.empty() || only == section; };
+  if (wanted("decode_gemm")) {
+    std::cerr << "q3vl_bench: decode-shaped GEMMs\n";
+    out["decode_gemm"] = BenchDecodeGemm(backend, machine, quick);
+  }
+  if (wanted("decode_attention")) {
+    std::cerr << "q3vl_bench: decode attention over 8K-256K tokens of bf16 KV\n";
+    out["decode_attention"] = BenchDecodeAttention(backend, machine, quick);
+  }
+  if (wanted("configs")) {
+    for (const Plan& plan : MakePlans(quick)) out["configs"][plan.name] = RunPlan(backend, plan, machine);
+  }
   out["total_s"] = SecondsSince(start);
   std::cout << out.dump(2) << std::endl;
   return 0;

@@ -1,11 +1,14 @@
 // Attention on CPU: per (sequence, KV head, block of queries) work items run in parallel; each
 // takes the KV head's keys and values (in place when packed, gathered from the pages into a
-// per-thread buffer when paged, widened from bf16 pages) a tile of keys at a time and, for every query head of the group,
-// computes the tile's scores with one SGEMM, an online softmax (running max and sum per row, the
-// output rescaled when the max grows), and accumulates the weighted sum with another SGEMM. The
-// buffers are one tile, so memory does not grow with the context. The softmax loops are
-// vectorised, exp through glibc's vector math library (vector_math.h).
+// per-thread buffer when paged, widened from bf16 pages) a tile of keys at a time and computes
+// the tile's scores for the queries of every head of the GQA group at once (one SGEMM with
+// group x rows rows), an online softmax (running max and sum per row, the output rescaled when
+// the max grows), and the weighted sum with another SGEMM. With fewer blocks than threads
+// (decode of a few long sequences) short blocks are split over their keys (split-K) and the
+// pieces' partial states combined. Buffers are one tile, so memory does not grow with the
+// context. The softmax loops are vectorised, exp through glibc's vector math library.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -67,7 +70,14 @@ struct WorkItem {
   int64_t kv_head;
   int64_t q_begin;  // relative to the sequence
   int64_t q_end;
+  int64_t k_begin;  // keys [k_begin, k_end) of the sequence: all it sees, or a split-K piece
+  int64_t k_end;
+  int64_t part;     // -1: writes the output; else a piece whose partial state is combined after
 };
+
+constexpr int64_t kScoreFloats = 128 * 1024;  // one tile's scores: 512 KiB
+constexpr int64_t kMinSplitKeys = 2048;       // a split-K piece has at least this many keys
+constexpr int64_t kMaxSplitRows = 16;         // blocks of at most this many queries get split
 
 }  // namespace
 
@@ -112,52 +122,87 @@ void CpuBackend::Attention(const AttentionParams& p) {
       }
     }
     for (int64_t kvh = 0; kvh < num_kv_heads; ++kvh) {
-      for (int64_t b = 0; b < nq; b += kQueryBlock) items.push_back({s, kvh, b, std::min(nq, b + kQueryBlock)});
+      for (int64_t b = 0; b < nq; b += kQueryBlock) {
+        const int64_t q_end = std::min(nq, b + kQueryBlock);
+        // Keys visible to the block's last query.
+        const int64_t cols = p.causal ? nk - nq + q_end : nk;
+        items.push_back({s, kvh, b, q_end, 0, cols, -1});
+      }
     }
   }
+  // Split-K: with fewer blocks than threads (decode of a few long sequences) each short block's
+  // keys are cut into chunks that run in parallel; their partial results (running max, sum,
+  // unnormalised output per row) are combined after.
+  const int64_t threads = omp_get_max_threads();
+  std::vector<WorkItem> split;
+  std::vector<std::pair<size_t, size_t>> split_of;  // per original item: [first, last) in `split`
+  if (threads > 1 && static_cast<int64_t>(items.size()) < 2 * threads) {
+    const int64_t pieces = (4 * threads + static_cast<int64_t>(items.size()) - 1) / static_cast<int64_t>(items.size());
+    for (const WorkItem& w : items) {
+      const size_t first = split.size();
+      const int64_t chunk = std::max<int64_t>(kMinSplitKeys, (w.k_end + pieces - 1) / pieces);
+      if (w.q_end - w.q_begin <= kMaxSplitRows && w.k_end > chunk) {
+        for (int64_t c = 0; c < w.k_end; c += chunk) {
+          WorkItem part = w;
+          part.k_begin = c;
+          part.k_end = std::min(w.k_end, c + chunk);
+          part.part = static_cast<int64_t>(split.size());
+          split.push_back(part);
+        }
+      } else {
+        split.push_back(w);
+      }
+      split_of.emplace_back(first, split.size());
+    }
+    items.swap(split);
+  }
+  // Partials of split pieces: per piece, [max | sum] (2 * group * rows) and output (group * rows * d).
+  std::vector<std::vector<float>> partials(items.size());
 
   Q3VL_CHECK(p.q.dtype() == DType::kF32 && p.out.dtype() == DType::kF32) << "q and out must be f32";
   Q3VL_CHECK(p.k.dtype() == p.v.dtype() &&
              (p.k.dtype() == DType::kF32 || (paged && p.k.dtype() == DType::kBF16)))
       << "k and v must be f32, or bf16 pages: " << p.k.DebugString() << ", " << p.v.DebugString();
   const bool bf16_kv = p.k.dtype() == DType::kBF16;
-  const float* q = p.q.data<float>();
   const float* k = bf16_kv ? nullptr : p.k.data<float>();
   const float* v = bf16_kv ? nullptr : p.v.data<float>();
   const uint16_t* k16 = bf16_kv ? p.k.data<uint16_t>() : nullptr;
   const uint16_t* v16 = bf16_kv ? p.v.data<uint16_t>() : nullptr;
+  const float* q = p.q.data<float>();
   float* out = p.out.data<float>();
   const int64_t q_ld = num_heads * head_dim, k_ld = num_kv_heads * head_dim;
 
 #pragma omp parallel
   {
-    std::vector<float> scores, stats, k_rows, v_rows;  // per thread
+    // Per thread, kept across calls (OpenMP's threads persist): no page faults per step.
+    static thread_local std::vector<float> scores, stats, k_rows, v_rows, q_rows, o_rows;
 #pragma omp for schedule(dynamic)
     for (size_t i = 0; i < items.size(); ++i) {
       const WorkItem& w = items[i];
       const int64_t nq = p.q_starts[w.seq + 1] - p.q_starts[w.seq];
       const int64_t nk = p.k_starts[w.seq + 1] - p.k_starts[w.seq];
-      const int64_t rows = w.q_end - w.q_begin;
-      // Keys visible to the last query of the block.
-      const int64_t cols = p.causal ? nk - nq + w.q_end : nk;
-      if (cols == 0) {  // no keys at all (non-causal): zero rows, as on the device
-        for (int64_t r = 0; r < rows; ++r) {
-          std::fill_n(out + (p.q_starts[w.seq] + w.q_begin + r) * q_ld + w.kv_head * group * head_dim,
-                      group * head_dim, 0.0f);
-        }
-        continue;
-      }
-      const int64_t tile = std::min(cols, kKeyTile);
-      scores.resize(rows * tile);
-      stats.assign(2 * group * rows, 0.0f);  // per (head of the group, row): running max, sum
-      float* const row_max = stats.data();
-      float* const row_sum = stats.data() + group * rows;
-      std::fill(row_max, row_max + group * rows, -INFINITY);
+      const int64_t rows = w.q_end - w.q_begin, m = group * rows;  // row i = g * rows + r
       const int64_t q_row0 = p.q_starts[w.seq] + w.q_begin;
-      for (int64_t c0 = 0; c0 < cols; c0 += tile) {
-        const int64_t width = std::min(tile, cols - c0);
+      // The group's query rows side by side: one GEMM for every head of the KV head.
+      q_rows.resize(m * head_dim);
+      for (int64_t g = 0; g < group; ++g) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(&q_rows[(g * rows + r) * head_dim], q + (q_row0 + r) * q_ld + (w.kv_head * group + g) * head_dim,
+                      head_dim * sizeof(float));
+        }
+      }
+      o_rows.assign(m * head_dim, 0.0f);
+      stats.assign(2 * m, 0.0f);  // per row: running max, sum
+      float* const row_max = stats.data();
+      float* const row_sum = stats.data() + m;
+      std::fill(row_max, row_max + m, -INFINITY);
+      // Scores of a tile stay within kScoreFloats (L2-sized) however many rows the block has.
+      const int64_t tile = std::clamp<int64_t>(kScoreFloats / m, 64, kKeyTile);
+      scores.resize(m * tile);
+      for (int64_t c0 = w.k_begin; c0 < w.k_end; c0 += tile) {
+        const int64_t width = std::min(tile, w.k_end - c0);
         // This KV head's keys and values [c0, c0 + width): [width, d] with row stride kv_ld, in
-        // place when packed, copied out of their pages when paged.
+        // place when packed f32, copied (and widened from bf16) out of their pages when paged.
         const float* kb;
         const float* vb;
         int64_t kv_ld = k_ld;
@@ -183,29 +228,59 @@ void CpuBackend::Attention(const AttentionParams& p) {
           vb = v_rows.data();
           kv_ld = head_dim;
         }
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t h = w.kv_head * group + g;
-          const float* qb = q + q_row0 * q_ld + h * head_dim;
-          float* ob = out + q_row0 * q_ld + h * head_dim;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, head_dim, p.scale, qb, q_ld, kb,
-                      kv_ld, 0.0f, scores.data(), width);
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t visible = p.causal ? nk - nq + w.q_begin + r + 1 : nk;
-            OnlineSoftmaxRow(scores.data() + r * width, std::clamp<int64_t>(visible - c0, 0, width), width,
-                             c0 == 0, row_max[g * rows + r], row_sum[g * rows + r], ob + r * q_ld, head_dim);
-          }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, width, 1.0f, scores.data(),
-                      width, vb, kv_ld, 1.0f, ob, q_ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, width, head_dim, p.scale, q_rows.data(), head_dim,
+                    kb, kv_ld, 0.0f, scores.data(), width);
+        for (int64_t row = 0; row < m; ++row) {
+          const int64_t r = row % rows;
+          const int64_t visible = p.causal ? nk - nq + w.q_begin + r + 1 : nk;
+          OnlineSoftmaxRow(scores.data() + row * width, std::clamp<int64_t>(visible - c0, 0, width), width,
+                           c0 == w.k_begin, row_max[row], row_sum[row], &o_rows[row * head_dim], head_dim);
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, head_dim, width, 1.0f, scores.data(), width, vb,
+                    kv_ld, 1.0f, o_rows.data(), head_dim);
       }
-      // Every row saw at least one key: cols > 0, and causally row r sees nk - nq + r + 1 >= 1.
-      for (int64_t g = 0; g < group; ++g) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const float inv = 1.0f / row_sum[g * rows + r];
-          float* o = out + (q_row0 + r) * q_ld + (w.kv_head * group + g) * head_dim;
-          for (int64_t j = 0; j < head_dim; ++j) o[j] *= inv;
-        }
+      if (w.part >= 0) {  // a piece: keep its state for the combine
+        std::vector<float>& part = partials[i];
+        part.assign(stats.begin(), stats.end());
+        part.insert(part.end(), o_rows.begin(), o_rows.end());
+        continue;
       }
+      // A row with no visible key (non-causal, no keys) is zero, as on the device; causally
+      // every row sees nk - nq + r + 1 >= 1 keys.
+      for (int64_t row = 0; row < m; ++row) {
+        const int64_t g = row / rows, r = row % rows;
+        const float inv = row_sum[row] > 0.0f ? 1.0f / row_sum[row] : 0.0f;
+        float* o = out + (q_row0 + r) * q_ld + (w.kv_head * group + g) * head_dim;
+        for (int64_t j = 0; j < head_dim; ++j) o[j] = o_rows[row * head_dim + j] * inv;
+      }
+    }
+  }
+  if (split_of.empty()) return;
+  // Combine each split item's pieces: out = sum_p e^(m_p - M) o_p / sum_p e^(m_p - M) l_p.
+#pragma omp parallel for schedule(dynamic)
+  for (size_t it = 0; it < split_of.size(); ++it) {
+    const auto [first, last] = split_of[it];
+    if (items[first].part < 0) continue;  // not split: written directly
+    const WorkItem& w = items[first];
+    const int64_t rows = w.q_end - w.q_begin, m = group * rows;
+    const int64_t q_row0 = p.q_starts[w.seq] + w.q_begin;
+    for (int64_t row = 0; row < m; ++row) {
+      float top = -INFINITY;
+      for (size_t pc = first; pc < last; ++pc) top = std::max(top, partials[pc][row]);
+      const int64_t g = row / rows, r = row % rows;
+      float* o = out + (q_row0 + r) * q_ld + (w.kv_head * group + g) * head_dim;
+      std::fill(o, o + head_dim, 0.0f);
+      float sum = 0.0f;
+      for (size_t pc = first; pc < last; ++pc) {
+        const std::vector<float>& part = partials[pc];
+        if (part[row] == -INFINITY) continue;  // saw no key
+        const float f = expf(part[row] - top);
+        sum += f * part[m + row];
+        const float* po = part.data() + 2 * m + row * head_dim;
+        for (int64_t j = 0; j < head_dim; ++j) o[j] += f * po[j];
+      }
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      for (int64_t j = 0; j < head_dim; ++j) o[j] *= inv;
     }
   }
 }
