@@ -225,6 +225,16 @@ Tensor Checkpoint::View(const TensorInfo& info) const {
   return Tensor(std::move(buffer), info.dtype, info.shape);
 }
 
+void Checkpoint::ReleasePages(const TensorInfo& info) const {
+  const Mapping& m = *mappings_.at(info.file);
+  if (m.data == nullptr) return;
+  // The whole pages inside [begin, end): a page shared with a neighbouring tensor stays.
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t base = reinterpret_cast<uintptr_t>(m.data);
+  const uintptr_t first = (base + info.begin + page - 1) / page * page, last = (base + info.end) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 absl::StatusOr<Tensor> Checkpoint::ReadF32(absl::string_view name, const std::vector<SliceRange>& ranges) const {
   return Read(name, ranges, /*keep_bf16=*/false);
 }

@@ -68,6 +68,10 @@ class Checkpoint {
   uint64_t bytes_read() const { return bytes_read_.load(); }
   // Adds bytes read through a View (a caller copying out of the mapping itself).
   void NoteRead(uint64_t bytes) const { bytes_read_ += bytes; }
+  // Drops this process's mapped pages of `info` (after its bytes were copied): they stop
+  // counting in the resident set. The mapping stays valid: a later read faults them in again
+  // from the file, so a tensor still used in place is only slower, never wrong.
+  void ReleasePages(const TensorInfo& info) const;
 
  private:
   absl::StatusOr<Tensor> Read(absl::string_view name, const std::vector<SliceRange>& ranges, bool keep_bf16) const;

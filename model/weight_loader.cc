@@ -44,7 +44,8 @@ Tensor WeightLoader::Load(const std::string& name, const Shape& shape, const std
     mismatched_.push_back(absl::StrCat(name, ": ", host.status().message()));
     return Placeholder(DType::kF32, local, on_host);
   }
-  return on_host ? *host : Place(*host);
+  checkpoint_.ReleasePages(*info);  // copied: the file's pages need not stay resident
+  return on_host ? *host : Upload(backend_, *host);
 }
 
 Tensor WeightLoader::Placeholder(DType dtype, const Shape& shape, bool on_host) {
@@ -68,7 +69,15 @@ Tensor WeightLoader::GetView(const std::string& name, const Shape& shape, const 
   }
   if (declared_.insert(name).second) declarations_.emplace_back(name, shape);
   checkpoint_.NoteRead(view.size_bytes());
+  viewed_.push_back(info);
   return view;
+}
+
+Tensor WeightLoader::Place(const Tensor& host) {
+  Tensor placed = Upload(backend_, host);
+  for (const TensorInfo* info : viewed_) checkpoint_.ReleasePages(*info);
+  viewed_.clear();
+  return placed;
 }
 
 Tensor WeightLoader::GetStored(const std::string& name, const Shape& shape) {

@@ -1,6 +1,8 @@
 // Declarative weight loading: each module declares every parameter once (checkpoint name,
 // logical shape, optional slice for its shard); the loader maps the name to the local f32
-// tensor (GEMM weights: bf16 as stored, see GetMatrix). Problems are collected, not returned
+// tensor (GEMM weights: bf16 as stored, see GetMatrix). Once a tensor is copied its mapped
+// pages are released, so a rank's resident memory is its weights, not weights plus the file
+// (the token embedding, used in place, is touched a row at a time). Problems are collected, not returned
 // one at a time: Finish() reports every missing tensor, every shape mismatch and every
 // checkpoint tensor nobody declared in one error.
 // Not thread-safe; one loader per model load.
@@ -59,8 +61,9 @@ class WeightLoader {
   // Like GetMatrix, but on a host backend the stored bytes themselves, mapped (no copy). For
   // tables read a few rows at a time (the token embedding).
   Tensor GetStored(const std::string& name, const Shape& shape);
-  // A weight built on the host, in the backend's memory (itself on a host backend).
-  Tensor Place(const Tensor& host) { return Upload(backend_, host); }
+  // A weight built on the host, in the backend's memory (itself on a host backend). The mapped
+  // pages of the views handed out before it are released (the caller has copied them now).
+  Tensor Place(const Tensor& host);
   // Marks `name` as known without loading it (a tensor another rank or stage owns).
   void Skip(const std::string& name) { declared_.insert(name); }
   // Skip for every checkpoint tensor whose name starts with `prefix` (another stage's layer).
@@ -91,6 +94,7 @@ class WeightLoader {
   std::vector<std::pair<std::string, Shape>> declarations_;
   std::vector<std::string> missing_;
   std::vector<std::string> mismatched_;
+  std::vector<const TensorInfo*> viewed_;  // GetView's tensors whose pages Place releases
 };
 
 }  // namespace q3vl::model

@@ -4,12 +4,16 @@
 // JSON keys `q3vl plan --json` promises, and the errors.
 #include "model/memory_plan.h"
 
+#include <cctype>
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/match.h"
+#include "core/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
 #include "model/config.h"
 #include "model/demo_model.h"
+#include "model/qwen3_vl.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
@@ -80,6 +84,35 @@ TEST(MemoryPlanTest, OneRanksWeightsAreTheCheckpointsTensors) {
   const MemoryPlan tp2 = Plan(config, "tp=2", {.kv_pool_bytes = kGiB});
   EXPECT_LT(tp2.weights_bytes_per_rank, expected);
   EXPECT_GT(2 * tp2.weights_bytes_per_rank, expected);
+}
+
+// Resident kilobytes of this process's mappings of `path` (/proc/self/smaps).
+int64_t MappedRssKb(const std::string& path) {
+  std::ifstream smaps("/proc/self/smaps");
+  int64_t kb = 0;
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    const bool header = !line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+                        line.find(' ') != std::string::npos && line.find('-') < line.find(' ');
+    if (header) inside = absl::EndsWith(line, path);
+    if (inside && absl::StartsWith(line, "Rss:")) kb += std::stoll(line.substr(4));
+  }
+  return kb;
+}
+
+// Loading copies the weights out of the mapped file and releases its pages: the file does not
+// stay resident beside the copies (a rank's memory is its weights, not twice them).
+TEST(MemoryPlanTest, LoadingReleasesTheMappedFile) {
+  const std::string dir = testing::ScratchDir() + "/release_model";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(WriteRandomCheckpoint(DemoConfig(), {.dir = dir}).ok());
+  const std::string file = dir + "/model.safetensors";
+  const int64_t file_kb = static_cast<int64_t>(std::filesystem::file_size(file)) / 1024;
+  CpuBackend backend;
+  auto model = Qwen3VL::Load(dir, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t rss_kb = MappedRssKb(file);
+  EXPECT_LT(rss_kb, file_kb / 10) << rss_kb << " KiB of the " << file_kb << " KiB file resident after loading";
 }
 
 TEST(MemoryPlanTest, PoolConcurrencyAndTheVideoVerdict) {
