@@ -88,7 +88,7 @@ struct ActivationParams {
 struct AttentionParams {
   Tensor q;                       // [Tq, H, d]
   Tensor k;                       // [Tk, KV, d], or paged: [pages * page_size, KV, d] (paged k and v
-                                  // may be bf16 with an f32 q: a bf16 KV cache)
+                                  // may be bf16, or fp8 with scales, under an f32 q: a KV cache)
   Tensor v;                       // like k
   std::vector<int64_t> q_starts;  // [num_seqs + 1]
   std::vector<int64_t> k_starts;  // [num_seqs + 1]
@@ -97,6 +97,8 @@ struct AttentionParams {
   Tensor out;                     // [Tq, H, d]
   Tensor block_tables;            // paged: [num_seqs, max_pages] i32 page ids (unused entries any)
   int64_t page_size = 0;          // 0: packed keys
+  Tensor k_scale;                 // fp8 e4m3 pages: [pages, KV] f32 per (page, KV head) (KvWriteFp8Params)
+  Tensor v_scale;
 };
 
 // Router: p = softmax(logits); pick top_k by p (ties: lower index first); weights = p_top,
@@ -151,6 +153,19 @@ struct ScatterAddRowsParams {
   bool accumulate = true;
 };
 
+// Writes new key (or value) rows into fp8 e4m3 KV pages with one f32 scale per (page, KV head),
+// rows in order: row i of src goes to pool row rows[i], of page rows[i] / page_size. A row at
+// offset 0 of its page starts the page afresh (its scales reset); a row whose values in a head
+// exceed that head's scale x 448 raises the scale to amax / 448 and requantises the rows the
+// page already holds in that head. Stored value = round(x / scale); read back as q x scale.
+struct KvWriteFp8Params {
+  Tensor src;    // [N, KV * d] f32
+  Tensor rows;   // [N] i64: pool rows
+  Tensor pool;   // [pages * page_size, KV * d] fp8 e4m3
+  Tensor scale;  // [pages, KV] f32
+  int64_t page_size = 0;
+};
+
 // out = a + b, elementwise, same shapes (out may alias a or b).
 struct AddParams {
   Tensor a;
@@ -193,6 +208,8 @@ class Backend {
   virtual void GatherRows(const GatherRowsParams& p) = 0;
   virtual void ScatterAddRows(const ScatterAddRowsParams& p) = 0;
   virtual void Add(const AddParams& p) = 0;
+  // fp8 KV pages (the CPU backend; elsewhere it fails naming the backend).
+  virtual void WriteKvFp8(const KvWriteFp8Params& p);
 };
 
 // `t` in `backend`'s memory: t itself when it already is there, else a new tensor copied from it

@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -112,6 +113,27 @@ float F8E4M3ToF32(uint8_t v) {
   if (exponent == 0xf && mantissa == 0x7) return NAN;  // e4m3fn has no infinities
   if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -9);
   return sign * std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);
+}
+
+uint8_t F32ToF8E4M3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  const float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7e;  // saturate (448 is the largest finite value)
+  int e = 0;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  // Normal numbers have exponents -6..8 (value 2^(e - 1)); below that, steps of 2^-9.
+  const int exponent = std::max(e - 1, -6);
+  const float step = std::ldexp(1.0f, exponent - 3);  // 3 mantissa bits
+  const float q = std::nearbyint(a / step);           // half to even
+  if (q == 0.0f) return sign;
+  float value = q * step;
+  if (value >= 448.0f) return sign | 0x7e;
+  int ve = 0;
+  std::frexp(value, &ve);
+  if (ve - 1 < -6) return sign | static_cast<uint8_t>(value / std::ldexp(1.0f, -9));  // subnormal
+  const int mantissa = static_cast<int>(value / std::ldexp(1.0f, ve - 1) * 8.0f) - 8;
+  return sign | static_cast<uint8_t>(((ve - 1 + 7) << 3) | mantissa);
 }
 
 void ConvertToF32(DType dtype, const void* src, float* dst, size_t n) {

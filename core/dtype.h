@@ -41,6 +41,8 @@ inline uint16_t F32ToBF16(float f) {
 float F16ToF32(uint16_t v);
 uint16_t F32ToF16(float f);
 float F8E4M3ToF32(uint8_t v);
+// Round to nearest even, saturating at +-448 (e4m3fn has no infinities); NaN stays NaN.
+uint8_t F32ToF8E4M3(float f);
 
 // Widens `n` elements of `src` (of floating dtype `dtype`) to f32.
 void ConvertToF32(DType dtype, const void* src, float* dst, size_t n);

@@ -9,20 +9,25 @@ namespace q3vl::kv {
 absl::StatusOr<DType> ParseKvDtype(absl::string_view name) {
   if (name == "bf16") return DType::kBF16;
   if (name == "f32") return DType::kF32;
-  return absl::InvalidArgumentError(absl::StrCat("KV cache dtype '", name, "' is not one of bf16, f32"));
+  if (name == "fp8") return DType::kF8E4M3;
+  return absl::InvalidArgumentError(absl::StrCat("KV cache dtype '", name, "' is not one of bf16, f32, fp8"));
 }
 
 PagedKvCache::PagedKvCache(const KvCacheConfig& config, Backend& backend)
     : config_(config), backend_(backend) {
   Q3VL_CHECK_GT(config.page_size, 0);
-  Q3VL_CHECK(config.dtype == DType::kF32 || config.dtype == DType::kBF16)
-      << "KV pages are f32 or bf16, not " << DTypeName(config.dtype);
+  Q3VL_CHECK(config.dtype == DType::kF32 || config.dtype == DType::kBF16 || config.dtype == DType::kF8E4M3)
+      << "KV pages are f32, bf16 or fp8, not " << DTypeName(config.dtype);
   const Shape shape = {config.num_pages, config.page_size, config.num_kv_heads, config.head_dim};
   for (int64_t l = 0; l < config.num_layers; ++l) {
     // Uninitialised: a row is written before any attention reads it, and the pool's memory is
     // committed only as pages are first used (a 4 GiB CPU pool costs nothing until it fills).
     keys_.push_back(backend.AllocateUninitialized(config.dtype, shape));
     values_.push_back(backend.AllocateUninitialized(config.dtype, shape));
+    if (config.dtype == DType::kF8E4M3) {
+      key_scales_.push_back(backend.Allocate(DType::kF32, {config.num_pages, config.num_kv_heads}));
+      value_scales_.push_back(backend.Allocate(DType::kF32, {config.num_pages, config.num_kv_heads}));
+    }
   }
   for (int64_t p = config.num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
 }
@@ -122,6 +127,13 @@ void PagedKvCache::Write(int64_t layer, const KvStepPlan& plan, const Tensor& k,
   Q3VL_CHECK_EQ(k.numel(), n * row) << k.DebugString();
   Q3VL_CHECK_EQ(v.numel(), n * row) << v.DebugString();
   if (n == 0) return;
+  if (config_.dtype == DType::kF8E4M3) {
+    backend_.WriteKvFp8({.src = k.Reshape({n, row}), .rows = plan.write_rows, .pool = Rows(keys_[layer]),
+                         .scale = key_scales_[layer], .page_size = config_.page_size});
+    backend_.WriteKvFp8({.src = v.Reshape({n, row}), .rows = plan.write_rows, .pool = Rows(values_[layer]),
+                         .scale = value_scales_[layer], .page_size = config_.page_size});
+    return;
+  }
   backend_.ScatterAddRows({.src = k.Reshape({n, row}), .ids = plan.write_rows, .out = Rows(keys_[layer]),
                            .accumulate = false});
   backend_.ScatterAddRows({.src = v.Reshape({n, row}), .ids = plan.write_rows, .out = Rows(values_[layer]),

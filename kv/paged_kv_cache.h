@@ -1,5 +1,5 @@
 // Paged KV cache: fixed-size pages of [page_size, num_kv_heads, head_dim] keys and values per
-// layer, stored in f32 or bf16 (KvCacheConfig::dtype), drawn from one pool in the backend's memory; each sequence owns a block table (its
+// layer, stored in f32, bf16 or fp8 (KvCacheConfig::dtype), drawn from one pool in the backend's memory; each sequence owns a block table (its
 // list of pages). Keys are stored post-k_norm, post-RoPE. Reserve() fails with
 // ResourceExhausted when the pool is empty and leaves the sequence unchanged.
 // The block tables live on the host. A forward step turns them into what every layer uses,
@@ -29,16 +29,18 @@ struct KvCacheConfig {
   int64_t page_size = 16;  // tokens per page
   int64_t num_pages = 0;
   // Storage of the pages: kBF16 (the default: half of f32, what attention reads on every
-  // backend) or kF32 (the exact fp32 path of the golden cases). Writes round to it.
+  // backend), kF32 (the exact fp32 path of the golden cases), or kF8E4M3 (half of bf16, with an
+  // f32 scale per page and KV head for keys and for values; CPU backend only). Writes round to it.
   DType dtype = DType::kBF16;
 
-  // Bytes of one page across all layers, keys and values.
+  // Bytes of one page across all layers, keys and values (fp8: with its scales).
   int64_t page_bytes() const {
-    return 2 * num_layers * page_size * num_kv_heads * head_dim * static_cast<int64_t>(DTypeSize(dtype));
+    const int64_t scales = dtype == DType::kF8E4M3 ? 2 * num_layers * num_kv_heads * 4 : 0;
+    return 2 * num_layers * page_size * num_kv_heads * head_dim * static_cast<int64_t>(DTypeSize(dtype)) + scales;
   }
 };
 
-// The KV dtypes a cache stores: "f32" or "bf16" (InvalidArgument naming the choices).
+// The KV dtypes a cache stores: "f32", "bf16" or "fp8" (InvalidArgument naming the choices).
 absl::StatusOr<DType> ParseKvDtype(absl::string_view name);
 
 // The rows one forward step touches, the same for every layer (see the file comment).
@@ -85,6 +87,10 @@ class PagedKvCache {
   // (AttentionParams::block_tables = plan.block_tables, page_size = config().page_size).
   Tensor keys(int64_t layer) const;
   Tensor values(int64_t layer) const;
+  // fp8 pages: the scales of `layer` [num_pages, KV] f32 (AttentionParams::k_scale, v_scale);
+  // undefined for other dtypes.
+  Tensor key_scales(int64_t layer) const { return key_scales_.empty() ? Tensor() : key_scales_[layer]; }
+  Tensor value_scales(int64_t layer) const { return value_scales_.empty() ? Tensor() : value_scales_[layer]; }
   // After the last layer: the step's tokens count as held.
   void Commit(int64_t seq, int64_t num_tokens);
 
@@ -105,6 +111,7 @@ class PagedKvCache {
   Backend& backend_;
   std::vector<Tensor> keys_;    // per layer: [num_pages, page_size, KV, hd]
   std::vector<Tensor> values_;  // per layer: [num_pages, page_size, KV, hd]
+  std::vector<Tensor> key_scales_, value_scales_;  // fp8: per layer [num_pages, KV] f32
   std::vector<int32_t> free_;
   std::unordered_map<int64_t, Sequence> seqs_;
 };

@@ -29,6 +29,9 @@ int EvalCaseCommand(const Args& args) {
   ConfigureComputeThreads(engine_options->threads);
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
+  if (engine_options->kv_dtype == DType::kF8E4M3 && *kind == BackendKind::kCuda) {
+    return UsageError(kName, "--kv-dtype fp8 runs on the CPU backend only for now; use bf16 with --backend cuda");
+  }
   std::unique_ptr<MeshRun> mesh;
   if (vm.count("mesh")) {
     auto started = MeshRun::Start(vm["mesh"].as<std::string>(), *kind);

@@ -251,6 +251,9 @@ int GenerateCommand(const Args& args) {
   const std::string model_dir = vm["model"].as<std::string>();
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
+  if (engine_options->kv_dtype == DType::kF8E4M3 && *kind == BackendKind::kCuda) {
+    return UsageError(kName, "--kv-dtype fp8 runs on the CPU backend only for now; use bf16 with --backend cuda");
+  }
   std::unique_ptr<MeshRun> mesh;
   if (!mesh_spec.empty()) {
     auto started = MeshRun::Start(mesh_spec, *kind);

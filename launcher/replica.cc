@@ -22,8 +22,9 @@ void EngineOptions::AddTo(po::options_description& options, DType kv_dtype) {
        "run: --max-concurrency x min(context, 4096))")
       ("kv-dtype", po::value<std::string>()->default_value(std::string(DTypeName(kv_dtype))),
        "KV cache page storage: bf16 (half the memory of f32; on the golden cases logits move by 0.02-0.07, "
-       "cosine > 0.9999, greedy tokens unchanged) or f32 "
-       "(exact fp32 path)")
+       "cosine > 0.9999, greedy tokens unchanged), f32 (the exact fp32 path) or fp8 (e4m3 with a scale per page "
+       "and KV head: half of bf16, CPU only; on the golden cases' tiny models logits move by 0.7-4.2: check a "
+       "model's accuracy before using it)")
       ("kv-cache-memory", po::value<std::string>()->default_value("4GiB"),
        "CPU: memory for the KV pool of each rank (serve and run size the pool with it; pages are "
        "committed as they fill)")

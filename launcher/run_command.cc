@@ -167,6 +167,9 @@ int RunCommand(const Args& args) {
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return UsageError(kName, std::string(kind.status().message()));
+  if (engine_options->kv_dtype == DType::kF8E4M3 && *kind == BackendKind::kCuda) {
+    return UsageError(kName, "--kv-dtype fp8 runs on the CPU backend only for now; use bf16 with --backend cuda");
+  }
   const std::string model_dir = vm["model"].as<std::string>();
   const int max_concurrency = vm["max-concurrency"].as<int>();
 

@@ -90,6 +90,9 @@ int ServeCommand(const Args& args) {
   if (!keys.ok()) return UsageError(kName, std::string(keys.status().message()));
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return UsageError(kName, std::string(kind.status().message()));
+  if (engine_options->kv_dtype == DType::kF8E4M3 && *kind == BackendKind::kCuda) {
+    return UsageError(kName, "--kv-dtype fp8 runs on the CPU backend only for now; use bf16 with --backend cuda");
+  }
   const std::string model_dir = vm["model"].as<std::string>();
 
   const int threads = ConfigureComputeThreads(engine_options->threads);

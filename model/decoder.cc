@@ -239,7 +239,8 @@ void TextDecoder::Attention(Backend& backend, const Layer& layer, int64_t cache_
   backend.Attention({.q = q, .k = batch.kv->keys(cache_layer), .v = batch.kv->values(cache_layer),
                      .q_starts = batch.q_starts, .k_starts = plan.k_starts, .causal = true,
                      .scale = 1.0f / std::sqrt(static_cast<float>(hd)), .out = attn,
-                     .block_tables = plan.block_tables, .page_size = batch.kv->config().page_size});
+                     .block_tables = plan.block_tables, .page_size = batch.kv->config().page_size,
+                     .k_scale = batch.kv->key_scales(cache_layer), .v_scale = batch.kv->value_scales(cache_layer)});
   backend.Gemm({.a = attn.Reshape({t, h * hd}), .b = layer.o_proj, .out = out});
   parallel::SumPartials(shard_.tp, out);
 }

@@ -86,7 +86,8 @@ class DeviceSimBackend final : public Backend {
     cpu_.Attention({.q = Host(p.q, "Attention q"), .k = Host(p.k, "Attention k"), .v = Host(p.v, "Attention v"),
                     .q_starts = p.q_starts, .k_starts = p.k_starts, .causal = p.causal, .scale = p.scale,
                     .out = Host(p.out, "Attention out"), .block_tables = Host(p.block_tables, "Attention block_tables"),
-                    .page_size = p.page_size});
+                    .page_size = p.page_size, .k_scale = Host(p.k_scale, "Attention k_scale"),
+                    .v_scale = Host(p.v_scale, "Attention v_scale")});
   }
   void Router(const RouterParams& p) override {
     cpu_.Router({.logits = Host(p.logits, "Router logits"), .top_k = p.top_k, .renormalize = p.renormalize,
@@ -111,6 +112,11 @@ class DeviceSimBackend final : public Backend {
     cpu_.ScatterAddRows({.src = Host(p.src, "ScatterAddRows src"), .ids = Host(p.ids, "ScatterAddRows ids"),
                          .scale = Host(p.scale, "ScatterAddRows scale"), .out = Host(p.out, "ScatterAddRows out"),
                          .accumulate = p.accumulate});
+  }
+  void WriteKvFp8(const KvWriteFp8Params& p) override {
+    cpu_.WriteKvFp8({.src = Host(p.src, "WriteKvFp8 src"), .rows = Host(p.rows, "WriteKvFp8 rows"),
+                     .pool = Host(p.pool, "WriteKvFp8 pool"), .scale = Host(p.scale, "WriteKvFp8 scale"),
+                     .page_size = p.page_size});
   }
   void Add(const AddParams& p) override {
     cpu_.Add({.a = Host(p.a, "Add a"), .b = Host(p.b, "Add b"), .out = Host(p.out, "Add out")});

@@ -161,11 +161,25 @@ void CpuBackend::Attention(const AttentionParams& p) {
 
   Q3VL_CHECK(p.q.dtype() == DType::kF32 && p.out.dtype() == DType::kF32) << "q and out must be f32";
   Q3VL_CHECK(p.k.dtype() == p.v.dtype() &&
-             (p.k.dtype() == DType::kF32 || (paged && p.k.dtype() == DType::kBF16)))
-      << "k and v must be f32, or bf16 pages: " << p.k.DebugString() << ", " << p.v.DebugString();
+             (p.k.dtype() == DType::kF32 || (paged && (p.k.dtype() == DType::kBF16 || p.k.dtype() == DType::kF8E4M3))))
+      << "k and v must be f32, or bf16 or fp8 pages: " << p.k.DebugString() << ", " << p.v.DebugString();
   const bool bf16_kv = p.k.dtype() == DType::kBF16;
-  const float* k = bf16_kv ? nullptr : p.k.data<float>();
-  const float* v = bf16_kv ? nullptr : p.v.data<float>();
+  const bool fp8_kv = p.k.dtype() == DType::kF8E4M3;
+  const uint8_t* k8 = fp8_kv ? p.k.data<uint8_t>() : nullptr;
+  const uint8_t* v8 = fp8_kv ? p.v.data<uint8_t>() : nullptr;
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+  float fp8_values[256];  // every e4m3 code as f32
+  if (fp8_kv) {
+    Q3VL_CHECK(p.k_scale.defined() && p.v_scale.defined() && p.k_scale.dtype() == DType::kF32 &&
+               p.k_scale.numel() * p.page_size == p.k.dim(0) * num_kv_heads && p.v_scale.shape() == p.k_scale.shape())
+        << "fp8 pages need k_scale and v_scale [pages, KV] f32";
+    k_scale = p.k_scale.data<float>();
+    v_scale = p.v_scale.data<float>();
+    for (int c = 0; c < 256; ++c) fp8_values[c] = F8E4M3ToF32(static_cast<uint8_t>(c));
+  }
+  const float* k = bf16_kv || fp8_kv ? nullptr : p.k.data<float>();
+  const float* v = bf16_kv || fp8_kv ? nullptr : p.v.data<float>();
   const uint16_t* k16 = bf16_kv ? p.k.data<uint16_t>() : nullptr;
   const uint16_t* v16 = bf16_kv ? p.v.data<uint16_t>() : nullptr;
   const float* q = p.q.data<float>();
@@ -219,6 +233,13 @@ void CpuBackend::Attention(const AttentionParams& p) {
             if (bf16_kv) {
               WidenBf16(k16 + at, &k_rows[j * head_dim], head_dim);
               WidenBf16(v16 + at, &v_rows[j * head_dim], head_dim);
+            } else if (fp8_kv) {
+              const int64_t page_head = (row / p.page_size) * num_kv_heads + w.kv_head;
+              const float ks = k_scale[page_head], vs = v_scale[page_head];
+              for (int64_t e = 0; e < head_dim; ++e) {
+                k_rows[j * head_dim + e] = fp8_values[k8[at + e]] * ks;
+                v_rows[j * head_dim + e] = fp8_values[v8[at + e]] * vs;
+              }
             } else {
               std::memcpy(&k_rows[j * head_dim], k + at, head_dim * sizeof(float));
               std::memcpy(&v_rows[j * head_dim], v + at, head_dim * sizeof(float));

@@ -45,6 +45,7 @@ class CpuBackend final : public Backend {
   void GatherRows(const GatherRowsParams& p) override;
   void ScatterAddRows(const ScatterAddRowsParams& p) override;
   void Add(const AddParams& p) override;
+  void WriteKvFp8(const KvWriteFp8Params& p) override;
 
   const cpu::HostPool& pool() const { return *pool_; }
 

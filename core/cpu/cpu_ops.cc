@@ -384,6 +384,47 @@ void CpuBackend::Add(const AddParams& p) {
   for (int64_t i = 0; i < n; ++i) out.data[i] = a.data[i] + b.data[i];
 }
 
+void Backend::WriteKvFp8(const KvWriteFp8Params&) {
+  Q3VL_CHECK(false) << "fp8 KV pages are not implemented on the " << name() << " backend; use --kv-dtype bf16";
+}
+
+void CpuBackend::WriteKvFp8(const KvWriteFp8Params& p) {
+  const Rows src = AsRows(p.src, "src");
+  Q3VL_CHECK(p.pool.dtype() == DType::kF8E4M3 && p.pool.is_contiguous() && p.pool.dim(-1) == src.width)
+      << "pool must be fp8 [rows, " << src.width << "]: " << p.pool.DebugString();
+  Q3VL_CHECK(p.scale.dtype() == DType::kF32 && p.scale.rank() == 2 && p.scale.is_contiguous()) << p.scale.DebugString();
+  Q3VL_CHECK_EQ(p.rows.numel(), src.rows);
+  const int64_t heads = p.scale.dim(1), d = src.width / heads, pool_rows = p.pool.numel() / src.width;
+  Q3VL_CHECK_EQ(heads * d, src.width);
+  Q3VL_CHECK_EQ(p.scale.dim(0) * p.page_size, pool_rows);
+  uint8_t* pool = p.pool.data<uint8_t>();
+  float* scale = p.scale.data<float>();
+  constexpr float kMax = 448.0f;
+  for (int64_t i = 0; i < src.rows; ++i) {
+    const int64_t row = IdAt(p.rows, i);
+    Q3VL_CHECK(row >= 0 && row < pool_rows) << "row " << row << " outside [0, " << pool_rows << ")";
+    const int64_t page = row / p.page_size, offset = row % p.page_size;
+    if (offset == 0) std::fill_n(scale + page * heads, heads, 0.0f);  // a page starts afresh
+    const float* x = src.data + i * src.width;
+    for (int64_t h = 0; h < heads; ++h) {
+      float amax = 0.0f;
+      for (int64_t j = 0; j < d; ++j) amax = std::max(amax, std::fabs(x[h * d + j]));
+      float& s = scale[page * heads + h];
+      if (amax > s * kMax) {  // a larger scale: requantise what the page holds of this head
+        const float grown = amax / kMax;
+        for (int64_t r = page * p.page_size; r < row && s > 0.0f; ++r) {
+          uint8_t* q = pool + r * src.width + h * d;
+          for (int64_t j = 0; j < d; ++j) q[j] = F32ToF8E4M3(F8E4M3ToF32(q[j]) * s / grown);
+        }
+        s = grown;
+      }
+      uint8_t* q = pool + row * src.width + h * d;
+      const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+      for (int64_t j = 0; j < d; ++j) q[j] = F32ToF8E4M3(x[h * d + j] * inv);
+    }
+  }
+}
+
 Tensor Upload(Backend& backend, const Tensor& t) {
   if (t.device() == backend.device()) return t;
   Tensor out = backend.AllocateUninitialized(t.dtype(), t.shape());  // the copy writes it all

@@ -77,22 +77,24 @@ INSTANTIATE_TEST_SUITE_P(Cases, EngineGoldenTest, ::testing::ValuesIn(CasesTimes
                                                std::get<1>(info.param));
                          });
 
-// bf16 KV pages (the serving default): every prompt logit row keeps cosine >= 0.999 with the
-// fp32 reference, and the greedy tokens equal the reference for as long as the reference's
+// bf16 KV pages (the serving default) and fp8 ones: every prompt logit row keeps cosine >=
+// 0.9999 (bf16) or 0.9 (fp8) with the fp32 reference, and the greedy tokens equal the reference for as long as the reference's
 // margin (top-1 minus top-2 logit) at each step stays above 4x the prompt rows' max |diff|: a
 // smaller margin may flip the token legitimately, and everything after it then differs. The
 // figures (max |diff|, min cosine, tokens compared) are recorded as test properties.
-class KvBf16GoldenTest : public ::testing::TestWithParam<std::string> {};
+class KvDtypeGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
 
-TEST_P(KvBf16GoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
-  const std::string dir = testing::GoldenCaseDir(GetParam());
+TEST_P(KvDtypeGoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
+  const std::string name = std::get<0>(GetParam());
+  const DType dtype = std::get<1>(GetParam());
+  const std::string dir = testing::GoldenCaseDir(name);
   if (dir.empty()) GTEST_SKIP() << "golden case not present (needs ../shared)";
   std::unique_ptr<Backend> backend = *CreateBackend(BackendKind::kCpu);
   auto golden = launcher::ReadGoldenCase(dir);
   ASSERT_TRUE(golden.ok()) << golden.status();
   auto model = model::Qwen3VL::Load(dir + "/model", *backend);
   ASSERT_TRUE(model.ok()) << model.status();
-  Replica replica(**model, /*budget=*/7, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/0, DType::kBF16);
+  Replica replica(**model, /*budget=*/7, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/0, dtype);
   EngineRequest r{.id = "golden", .ignore_eos = true};
   r.input = {.input_ids = golden->request.input_ids, .images = golden->request.images,
              .videos = golden->request.videos, .sampling = golden->request.sampling, .keep_prompt_logits = true};
@@ -112,8 +114,10 @@ TEST_P(KvBf16GoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
     for (int64_t j = 0; j < vocab; ++j) ab += double(a[j]) * b[j], aa += double(a[j]) * a[j], bb += double(b[j]) * b[j];
     min_cosine = std::min(min_cosine, ab / std::sqrt(aa * bb));
   }
-  EXPECT_GE(min_cosine, 0.999);
-  EXPECT_GT(diff, 0.0f) << "bf16 pages should round something";  // the pages really are bf16
+  // fp8's 3 mantissa bits move these random tiny models far more (measured: cosine 0.91-0.99,
+  // kv/README.md); the bound only catches a broken path (wrong scales give cosine near 0).
+  EXPECT_GE(min_cosine, dtype == DType::kBF16 ? 0.9999 : 0.9);
+  EXPECT_GT(diff, 0.0f) << "the pages should round something";  // they really are narrow
   auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");
   auto steps = ReadNpy(dir + "/expected/gen_step_logits.npy");  // [N, V]: the reference's logits per step
   ASSERT_TRUE(greedy.ok() && steps.ok());
@@ -125,17 +129,24 @@ TEST_P(KvBf16GoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
     EXPECT_EQ(out.token_ids[i], greedy->data<int64_t>()[i]) << "step " << i << ", margin " << row[0] - row[1];
     ++compared;
   }
-  EXPECT_GT(compared, 0) << "no step had a margin above 4x the logit error " << diff;
+  if (dtype == DType::kBF16) {
+    EXPECT_GT(compared, 0) << "no step had a margin above 4x the logit error " << diff;
+  }
   RecordProperty("max_abs_logit_diff", std::to_string(diff));
   RecordProperty("min_row_cosine", std::to_string(min_cosine));
   RecordProperty("greedy_tokens_compared", std::to_string(compared) + " of " + std::to_string(greedy->numel()));
-  std::printf("kv bf16 %s: max |logit diff| %.5f, min cosine %.7f, greedy tokens equal %lld of %lld\n",
-              GetParam().c_str(), diff, min_cosine, static_cast<long long>(compared),
+  std::printf("kv %s %s: max |logit diff| %.5f, min cosine %.7f, greedy tokens equal %lld of %lld\n",
+              std::string(DTypeName(dtype)).c_str(), name.c_str(), diff, min_cosine, static_cast<long long>(compared),
               static_cast<long long>(greedy->numel()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, KvBf16GoldenTest, ::testing::ValuesIn(testing::GoldenCaseNames()),
-                         [](const auto& info) { return info.param.substr(0, 2); });
+INSTANTIATE_TEST_SUITE_P(Cases, KvDtypeGoldenTest,
+                         ::testing::Combine(::testing::ValuesIn(testing::GoldenCaseNames()),
+                                            ::testing::Values(DType::kBF16, DType::kF8E4M3)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param).substr(0, 2) + "_" +
+                                  std::string(DTypeName(std::get<1>(info.param)));
+                         });
 
 // The prefix cache on every golden case: the same request again starts after the cached full
 // pages of its prompt and gives the cold run's tokens and logprobs; with a page boundary inside
@@ -202,7 +213,9 @@ TEST_P(PrefixCacheGoldenTest, WarmRequestsEqualColdOnesAndMediaNeverShareByPlace
     const RequestOutput warm = RunAlone(*engine, request("warm", golden->request));
     const int64_t hit = engine->metrics().Snapshot().prefix_cache_hits_total - hits_before;
     EXPECT_EQ(hit, (prompt - 1) / page * page);
-    if (page == mid) EXPECT_TRUE(hit > 0 && is_visual(hit - 1) && is_visual(hit)) << "the hit should end mid-item";
+    if (page == mid) {
+      EXPECT_TRUE(hit > 0 && is_visual(hit - 1) && is_visual(hit)) << "the hit should end mid-item";
+    }
     ASSERT_EQ(warm.finish, FinishReason::kLength) << warm.error;
     EXPECT_EQ(warm.token_ids, cold.token_ids);
     auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");

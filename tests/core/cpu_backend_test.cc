@@ -272,6 +272,50 @@ TEST_P(CpuOpsTest, Bf16PagedAttentionEqualsF32PagesOfTheRoundedValues) {
                "accumulates into f32 only");
 }
 
+// fp8 pages written by WriteKvFp8 (a scale per page and KV head, grown as larger rows arrive)
+// read back as code x scale: attention over them equals attention over f32 pages holding those
+// values, bit for bit; and they stay within e4m3's rounding of what was written.
+TEST_P(CpuOpsTest, Fp8PagedAttentionEqualsF32PagesOfTheDequantisedValues) {
+  const int64_t extra = GetParam(), heads = 4, kv_heads = 2, d = 8, page = 4;
+  const std::vector<int64_t> q_starts = {0, extra, extra + 1}, k_starts = {0, extra + 5, extra + 14};
+  const int64_t pool_pages = (extra + 5 + page - 1) / page + 3 + 2, pool_rows = pool_pages * page, width = kv_heads * d;
+  const Tensor q = RandomTensor({q_starts.back(), heads, d}, 50);
+  Tensor k = RandomTensor({k_starts.back(), kv_heads, d}, 51), v = RandomTensor({k_starts.back(), kv_heads, d}, 52);
+  for (int64_t i = 0; i < k.numel(); i += 7) k.data<float>()[i] *= 9.0f;  // rows that grow a page's scale
+  const PagedKv f32 = ScatterIntoPages(k, v, k_starts, page, pool_pages, 53);
+  // Every pool row through WriteKvFp8, in order (pages are filled from offset 0).
+  std::vector<int64_t> all_rows(pool_rows);
+  for (int64_t i = 0; i < pool_rows; ++i) all_rows[i] = i;
+  const Tensor ids = Tensor::FromVectorI64(all_rows, {pool_rows});
+  Tensor k8 = Tensor::Empty(DType::kF8E4M3, {pool_rows, kv_heads, d}), v8 = Tensor::Empty(DType::kF8E4M3, {pool_rows, kv_heads, d});
+  Tensor ks = Tensor::Empty(DType::kF32, {pool_pages, kv_heads}), vs = Tensor::Empty(DType::kF32, {pool_pages, kv_heads});
+  backend_.WriteKvFp8({.src = f32.k_pool.Reshape({pool_rows, width}), .rows = ids, .pool = k8.Reshape({pool_rows, width}),
+                       .scale = ks, .page_size = page});
+  backend_.WriteKvFp8({.src = f32.v_pool.Reshape({pool_rows, width}), .rows = ids, .pool = v8.Reshape({pool_rows, width}),
+                       .scale = vs, .page_size = page});
+  auto dequantised = [&](const Tensor& codes, const Tensor& scales) {
+    Tensor out = Tensor::Empty(DType::kF32, {pool_rows, kv_heads, d});
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      const int64_t row = i / width, head = i % width / d;
+      out.data<float>()[i] = F8E4M3ToF32(codes.data<uint8_t>()[i]) * scales.data<float>()[(row / page) * kv_heads + head];
+    }
+    return out;
+  };
+  const Tensor kd = dequantised(k8, ks), vd = dequantised(v8, vs);
+  for (int64_t i = 0; i < kd.numel(); ++i) {
+    const float want = f32.k_pool.data<float>()[i];
+    ASSERT_NEAR(kd.data<float>()[i], want, std::fabs(want) * 0.13f + 1e-6f) << i;
+  }
+  Tensor from_f32 = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  Tensor from_fp8 = Tensor::Empty(DType::kF32, {q_starts.back(), heads, d});
+  backend_.Attention({.q = q, .k = kd, .v = vd, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                      .scale = 0.3f, .out = from_f32, .block_tables = f32.tables, .page_size = page});
+  backend_.Attention({.q = q, .k = k8, .v = v8, .q_starts = q_starts, .k_starts = k_starts, .causal = true,
+                      .scale = 0.3f, .out = from_fp8, .block_tables = f32.tables, .page_size = page, .k_scale = ks,
+                      .v_scale = vs});
+  EXPECT_EQ(MaxAbsDiff(from_fp8, from_f32), 0.0f);
+}
+
 TEST_P(CpuOpsTest, RouterPicksTopKWithLowerIndexOnTies) {
   const int64_t tokens = GetParam(), experts = 6;
   Tensor logits = RandomTensor({tokens, experts}, 12);

@@ -78,6 +78,26 @@ TEST(TensorTest, ZeroContiguousAndRowStrided) {
   }
 }
 
+// F32ToF8E4M3 inverts F8E4M3ToF32 on every finite code, rounds to the nearest code (ties to
+// the even code), saturates at 448 and keeps the sign.
+TEST(DTypeTest, Fp8EncodeRoundsToNearestAndSaturates) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = F8E4M3ToF32(static_cast<uint8_t>(c));
+    if (std::isnan(v)) continue;
+    if (c == 0x80) continue;  // -0 encodes as -0: checked below
+    EXPECT_EQ(F32ToF8E4M3(v), c) << c << " = " << v;
+  }
+  EXPECT_EQ(F32ToF8E4M3(-0.0f), 0x80);
+  EXPECT_EQ(F32ToF8E4M3(1000.0f), 0x7e);
+  EXPECT_EQ(F32ToF8E4M3(-1000.0f), 0xfe);
+  EXPECT_EQ(F32ToF8E4M3(1.0625f), 0x38);  // halfway between 1 and 1.125: to even (1)
+  EXPECT_EQ(F32ToF8E4M3(1.1875f), 0x3a);  // halfway between 1.125 and 1.25: to even (1.25)
+  for (float x = -440.0f; x < 440.0f; x += 0.37f) {
+    const float back = F8E4M3ToF32(F32ToF8E4M3(x));
+    EXPECT_LE(std::fabs(back - x), std::max(std::fabs(x) / 16.0f, std::ldexp(1.0f, -10))) << x;
+  }
+}
+
 TEST(DTypeTest, HalfAndFp8RoundTrip) {
   for (float v : {0.0f, 1.0f, -0.5f, 65504.0f, 6.1e-5f, 3.14159f}) {
     EXPECT_NEAR(F16ToF32(F32ToF16(v)), v, std::fabs(v) * 1e-3f + 1e-7f) << v;

@@ -3,6 +3,7 @@
 // touch (the cache must go through backend ops only).
 #include "kv/paged_kv_cache.h"
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -57,7 +58,8 @@ TEST_P(PagedKvCacheTest, ReserveCountsPagesAndRefusesWhenFull) {
   PagedKvCache cache({.num_layers = 1, .num_kv_heads = kHeads, .head_dim = kDim, .page_size = kPage, .num_pages = 3,
                       .dtype = dtype},
                      *backend_);
-  EXPECT_EQ(cache.config().page_bytes(), 2 * kPage * kHeads * kDim * static_cast<int64_t>(DTypeSize(dtype)));
+  EXPECT_EQ(cache.config().page_bytes(), 2 * kPage * kHeads * kDim * static_cast<int64_t>(DTypeSize(dtype)) +
+                                             (dtype == DType::kF8E4M3 ? 2 * kHeads * 4 : 0));
   EXPECT_EQ(cache.keys(0).dtype(), dtype);
   ASSERT_TRUE(cache.Reserve(0, 5).ok());  // 2 pages
   EXPECT_EQ(cache.free_pages(), 1);
@@ -85,10 +87,25 @@ TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
                       .dtype = dtype},
                      b);
   // What a page holds of value x: x itself in f32, x rounded to nearest even in bf16.
+  // fp8: the page's scale of the element's head times its code (layer scales downloaded below).
+  Tensor scales;
   auto stored = [&](const Tensor& pool, int64_t i) {
+    if (dtype == DType::kF8E4M3) {
+      const int64_t row = i / (kHeads * kDim), head = i % (kHeads * kDim) / kDim;
+      return F8E4M3ToF32(pool.data<uint8_t>()[i]) * scales.data<float>()[(row / kPage) * kHeads + head];
+    }
     return dtype == DType::kF32 ? pool.data<float>()[i] : BF16ToF32(pool.data<uint16_t>()[i]);
   };
   auto rounded = [&](float x) { return dtype == DType::kF32 ? x : BF16ToF32(F32ToBF16(x)); };
+  // Within rounding: exact for f32 and bf16 (round to nearest even); fp8 keeps 3 mantissa bits
+  // and may round twice when a page's scale grows (values here are 1000s apart from 0).
+  auto expect_stored = [&](float got, float want, const std::string& where) {
+    if (dtype == DType::kF8E4M3) {
+      ASSERT_NEAR(got, want, std::fabs(want) * 0.13f) << where;
+    } else {
+      ASSERT_EQ(got, rounded(want)) << where;
+    }
+  };
   // Interleave the reservations so that each sequence's pages are not adjacent.
   ASSERT_TRUE(cache.Reserve(0, 3).ok());
   ASSERT_TRUE(cache.Reserve(1, 3).ok());
@@ -124,16 +141,20 @@ TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
     for (int64_t layer = 0; layer < 2; ++layer) {
       const float scale = layer == 0 ? 1.0f : 2.0f;
       const Tensor kh = Download(b, cache.keys(layer)), vh = Download(b, cache.values(layer));
+      const Tensor k_scales = dtype == DType::kF8E4M3 ? Download(b, cache.key_scales(layer)) : Tensor();
+      const Tensor v_scales = dtype == DType::kF8E4M3 ? Download(b, cache.value_scales(layer)) : Tensor();
       ASSERT_EQ(kh.shape(), Shape({6 * kPage, kHeads, kDim}));
       for (size_t s = 0; s < seqs.size(); ++s) {
         const Tensor want_k = Rows(seqs[s], 0, lengths[s], scale), want_v = Rows(seqs[s], 0, lengths[s], -scale);
         for (int64_t pos = 0; pos < lengths[s]; ++pos) {
           const int64_t row = tables.data<int32_t>()[s * tables.dim(1) + pos / kPage] * kPage + pos % kPage;
           for (int64_t e = 0; e < kHeads * kDim; ++e) {
-            ASSERT_EQ(stored(kh, row * kHeads * kDim + e), rounded(want_k.data<float>()[pos * kHeads * kDim + e]))
-                << "layer " << layer << " seq " << s << " pos " << pos;
-            ASSERT_EQ(stored(vh, row * kHeads * kDim + e), rounded(want_v.data<float>()[pos * kHeads * kDim + e]))
-                << "layer " << layer << " seq " << s << " pos " << pos;
+            const std::string where = "layer " + std::to_string(layer) + " seq " + std::to_string(s) + " pos " +
+                                      std::to_string(pos);
+            scales = k_scales;
+            expect_stored(stored(kh, row * kHeads * kDim + e), want_k.data<float>()[pos * kHeads * kDim + e], where);
+            scales = v_scales;
+            expect_stored(stored(vh, row * kHeads * kDim + e), want_v.data<float>()[pos * kHeads * kDim + e], where);
           }
         }
       }
@@ -151,7 +172,7 @@ TEST_P(PagedKvCacheTest, PlannedWritesFollowTheBlockTables) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PagedKvCacheTest,
-                         ::testing::Combine(::testing::Values(false, true), ::testing::Values(DType::kF32, DType::kBF16)),
+                         ::testing::Combine(::testing::Values(false, true), ::testing::Values(DType::kF32, DType::kBF16, DType::kF8E4M3)),
                          [](const auto& info) {
                            return std::string(std::get<0>(info.param) ? "DeviceSim_" : "Cpu_") +
                                   std::string(DTypeName(std::get<1>(info.param)));
@@ -160,9 +181,10 @@ INSTANTIATE_TEST_SUITE_P(Backends, PagedKvCacheTest,
 TEST(KvDtypeTest, ParsesTheStoredDtypesAndNamesTheChoices) {
   EXPECT_EQ(*ParseKvDtype("bf16"), DType::kBF16);
   EXPECT_EQ(*ParseKvDtype("f32"), DType::kF32);
+  EXPECT_EQ(*ParseKvDtype("fp8"), DType::kF8E4M3);
   const absl::Status bad = ParseKvDtype("fp16").status();
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.message().find("bf16, f32"), std::string::npos) << bad;
+  EXPECT_NE(bad.message().find("bf16, f32, fp8"), std::string::npos) << bad;
 }
 
 }  // namespace
