@@ -30,7 +30,7 @@ int PlanCommand(const Args& args) {
       ("mesh", po::value<std::string>()->default_value(""),
        "one replica's mesh: vision=V,pp=P,tp=T,ep=E (dp is ignored: every replica is alike)")
       ("device-memory", po::value<std::string>(), "memory per GPU, e.g. 80GiB (H100), 141GB (H200)")
-      ("gpu-memory-utilization", po::value<double>()->default_value(d.memory_utilization),
+      ("gpu-memory-utilization", po::value<double>()->default_value(d.memory_utilization, "0.9"),
        "share of --device-memory the replica may use (the rest is left to CUDA, NCCL and fragmentation)")
       ("kv-cache-memory", po::value<std::string>(), "CPU: the KV pool per rank, e.g. 4GiB (instead of --device-memory)")
       ("weight-dtype", po::value<std::string>()->default_value("bf16"),

@@ -28,7 +28,7 @@ void EngineOptions::AddTo(po::options_description& options, DType kv_dtype) {
       ("kv-cache-memory", po::value<std::string>()->default_value("4GiB"),
        "CPU: memory for the KV pool of each rank (serve and run size the pool with it; pages are "
        "committed as they fill)")
-      ("gpu-memory-utilization", po::value<double>()->default_value(d.gpu_memory_utilization),
+      ("gpu-memory-utilization", po::value<double>()->default_value(d.gpu_memory_utilization, "0.9"),
        "GPU: share of device memory for weights, workspace and the KV pool (serve and run give the KV "
        "pool what the weights and workspace leave; q3vl plan shows the figures)")
       ("encoder-cache-tokens", po::value<int64_t>()->default_value(d.encoder_cache_tokens),
