@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -169,14 +170,18 @@ void CpuBackend::Attention(const AttentionParams& p) {
   const uint8_t* v8 = fp8_kv ? p.v.data<uint8_t>() : nullptr;
   const float* k_scale = nullptr;
   const float* v_scale = nullptr;
-  float fp8_values[256];  // every e4m3 code as f32
+  // Every e4m3 code as f32, built once.
+  static const std::array<float, 256> fp8_values = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[c] = F8E4M3ToF32(static_cast<uint8_t>(c));
+    return t;
+  }();
   if (fp8_kv) {
     Q3VL_CHECK(p.k_scale.defined() && p.v_scale.defined() && p.k_scale.dtype() == DType::kF32 &&
                p.k_scale.numel() * p.page_size == p.k.dim(0) * num_kv_heads && p.v_scale.shape() == p.k_scale.shape())
         << "fp8 pages need k_scale and v_scale [pages, KV] f32";
     k_scale = p.k_scale.data<float>();
     v_scale = p.v_scale.data<float>();
-    for (int c = 0; c < 256; ++c) fp8_values[c] = F8E4M3ToF32(static_cast<uint8_t>(c));
   }
   const float* k = bf16_kv || fp8_kv ? nullptr : p.k.data<float>();
   const float* v = bf16_kv || fp8_kv ? nullptr : p.v.data<float>();
