@@ -76,6 +76,7 @@ std::vector<int32_t> BlockPool::Allocate(int64_t n) {
       lru_.pop_front();
       index_.erase(pages_[id].key);
       pages_[id].registered = false;
+      events_.push_back({.stored = false, .key = pages_[id].key});
     }
     pages_[id].refs = 1;
     out.push_back(id);
@@ -104,6 +105,7 @@ void BlockPool::Register(int32_t page_id, const PageKey& key) {
   index_[key] = page_id;
   page.registered = true;
   page.key = key;
+  events_.push_back({.stored = true, .key = key});
 }
 
 }  // namespace q3vl::kv

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <list>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -38,6 +39,12 @@ struct MediaSpan {
 // overlaps the page). Two prompts share key i exactly when their first (i + 1) pages hold the
 // same tokens and the same media content.
 std::vector<PageKey> PageKeys(absl::Span<const int64_t> tokens, absl::Span<const MediaSpan> media, int64_t page_size);
+
+// A key that entered (stored) or left (evicted) a pool's index.
+struct KvEvent {
+  bool stored = true;
+  PageKey key;
+};
 
 class BlockPool {
  public:
@@ -66,6 +73,10 @@ class BlockPool {
   // is left as it is (the page stays unregistered and is freed when released).
   void Register(int32_t page, const PageKey& key);
 
+  // What entered and left the index since the last call (keys registered, keys evicted), in
+  // order: the replica reports them to the coordinator's global index (kv/event_log.h).
+  std::vector<KvEvent> TakeEvents() { return std::exchange(events_, {}); }
+
  private:
   struct Page {
     int32_t refs = 0;
@@ -78,6 +89,7 @@ class BlockPool {
   std::vector<int32_t> free_;    // never used or unregistered, unreferenced (a stack)
   std::list<int32_t> lru_;       // registered and unreferenced, least recently released first
   absl::flat_hash_map<PageKey, int32_t> index_;  // key -> page
+  std::vector<KvEvent> events_;
 };
 
 }  // namespace q3vl::kv

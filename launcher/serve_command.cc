@@ -176,7 +176,8 @@ int ServeCommand(const Args& args) {
                 .max_bytes = vm["max-media-bytes"].as<int64_t>()},
       .prepare_threads = vm["prepare-threads"].as<int>()};
   const std::string name = server_options.served_names[0];
-  cluster::server::OpenAiServer service(host.engine(), processor->tokenizer(), std::move(server_options));
+  cluster::server::EngineBackend backend(host.engine());
+  cluster::server::OpenAiServer service(backend, processor->tokenizer(), std::move(server_options));
   host.engine().Start();
   absl::Status ran;
   {

@@ -176,11 +176,10 @@ void ModelRunner::Remove(int64_t id) {
   seqs_.erase(id);
 }
 
-std::vector<kv::PageKey> ModelRunner::PrefixKeys(const RunnerRequest& r, int64_t page_size) const {
+std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& cfg, const RunnerRequest& r, int64_t page_size) {
   if (r.prompt_logprobs || r.keep_prompt_logits) return {};
   // Each item's placeholder span: images are one run of image tokens each; a video's frame
   // groups are runs of video tokens (timestamps between them), t * h * w / merge^2 tokens in all.
-  const ModelConfig& cfg = model_.config();
   const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
   std::vector<kv::MediaSpan> spans;
   const struct { const VisionInput& input; MediaKind kind; int64_t token; } kinds[] = {
@@ -206,6 +205,10 @@ std::vector<kv::PageKey> ModelRunner::PrefixKeys(const RunnerRequest& r, int64_t
     }
   }
   return kv::PageKeys(r.input_ids, spans, page_size);
+}
+
+std::vector<kv::PageKey> ModelRunner::PrefixKeys(const RunnerRequest& r, int64_t page_size) const {
+  return PromptPageKeys(model_.config(), r, page_size);
 }
 
 void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {

@@ -41,6 +41,12 @@ struct ModelRunnerOptions {
   const TraceFn* trace = nullptr;
 };
 
+// The prefix-cache keys of a request's full prompt pages (kv::PageKeys over its ids, each
+// image's and video's content digest over the span of its placeholder tokens); empty when the
+// request asks for prompt logprobs or logits (it must compute every row). The runner's
+// PrefixKeys, and the coordinator's: both must name the same pages alike.
+std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& config, const RunnerRequest& request, int64_t page_size);
+
 class ModelRunner : public StepRunner {
  public:
   // REQUIRES: the model holds a decoder (not a vision rank).

@@ -264,6 +264,8 @@ void Engine::PublishGauges() {
   const model::RunnerCounters counters = runner_.counters();
   metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits);
   metrics_.SetPrefixCache(scheduler_.prefix_queries(), scheduler_.prefix_hits());
+  const std::vector<kv::KvEvent> events = scheduler_.TakeKvEvents();
+  kv_events_.Append(events);
 }
 
 void Engine::Loop() {

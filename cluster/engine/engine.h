@@ -22,6 +22,7 @@
 #include "cluster/engine/metrics.h"
 #include "cluster/engine/request.h"
 #include "cluster/engine/scheduler.h"
+#include "kv/event_log.h"
 #include "model/step_plan.h"
 #include "model/text/tokenizer.h"
 
@@ -64,6 +65,10 @@ class Engine {
   void Shutdown();
 
   const EngineMetrics& metrics() const { return metrics_; }
+  // The prefix caches' keys as numbered events and a snapshot (what a replica reports to the
+  // coordinator); updated after every step.
+  const kv::KvEventLog& kv_events() const { return kv_events_; }
+  int64_t total_pages() const { return config_.scheduler.num_pages * config_.scheduler.num_groups; }
   const SchedulerConfig& scheduler_config() const { return config_.scheduler; }
 
  private:
@@ -91,6 +96,7 @@ class Engine {
   RealClock real_clock_;
   const Clock& clock_;
   EngineMetrics metrics_;
+  kv::KvEventLog kv_events_;
 
   absl::Mutex mu_;
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);

@@ -36,6 +36,15 @@ int64_t Scheduler::cached_pages() const {
   return cached;
 }
 
+std::vector<kv::KvEvent> Scheduler::TakeKvEvents() {
+  std::vector<kv::KvEvent> out;
+  for (kv::BlockPool& p : pools_) {
+    std::vector<kv::KvEvent> events = p.TakeEvents();
+    out.insert(out.end(), events.begin(), events.end());
+  }
+  return out;
+}
+
 void Scheduler::Grow(Entry& e, int64_t n, model::StepSequence& seq) {
   const std::vector<int32_t> fresh = pools_[e.group].Allocate(n);
   e.pages.insert(e.pages.end(), fresh.begin(), fresh.end());

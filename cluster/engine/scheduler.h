@@ -66,6 +66,8 @@ class Scheduler {
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t used_pages() const;    // referenced by a running request, over every group
   int64_t cached_pages() const;  // holding a registered prefix (referenced or not)
+  // Prefix-cache keys registered and evicted since the last call, over every group.
+  std::vector<kv::KvEvent> TakeKvEvents();
   int64_t total_pages() const { return config_.num_pages * config_.num_groups; }
   int64_t num_preemptions() const { return num_preemptions_; }
   // Prefix cache, in tokens (vLLM's prefix_cache_queries / hits): prompt tokens of admitted

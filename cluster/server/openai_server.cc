@@ -46,7 +46,6 @@ struct OpenAiServer::Call {
   std::string model;
   int64_t created = 0;
   api::ApiRequest api;
-  std::vector<std::string> engine_ids;
   std::vector<std::shared_ptr<RequestStream>> streams;
 
   absl::Mutex mu;
@@ -115,8 +114,44 @@ struct OpenAiServer::Call {
   }
 };
 
-OpenAiServer::OpenAiServer(Engine& engine, const model::Tokenizer& tokenizer, OpenAiServerOptions options)
-    : engine_(engine),
+api::ApiResult<CompletionBackend::Streams> EngineBackend::Start(const api::PreparedRequest& request,
+                                                                const std::string& call, const std::string& path,
+                                                                const api::Json& body) {
+  Streams streams;
+  std::vector<std::string> ids;
+  for (EngineRequest& r : api::EngineRequests(request, call)) {
+    const std::string id = r.id;
+    auto stream = engine_.Submit(std::move(r));
+    if (!stream.ok()) {
+      for (const std::string& submitted : ids) engine_.Cancel(submitted);
+      return api::FromStatus(stream.status());
+    }
+    ids.push_back(id);
+    streams.push_back(*std::move(stream));
+  }
+  absl::MutexLock lock(&mu_);
+  ids_[call] = std::move(ids);
+  return streams;
+}
+
+void EngineBackend::Cancel(const std::string& call) {
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = ids_.find(call);
+    if (it == ids_.end()) return;
+    ids = it->second;
+  }
+  for (const std::string& id : ids) engine_.Cancel(id);
+}
+
+void EngineBackend::Forget(const std::string& call) {
+  absl::MutexLock lock(&mu_);
+  ids_.erase(call);
+}
+
+OpenAiServer::OpenAiServer(CompletionBackend& backend, const model::Tokenizer& tokenizer, OpenAiServerOptions options)
+    : backend_(backend),
       tokenizer_(tokenizer),
       options_(std::move(options)),
       created_(absl::ToUnixSeconds(absl::Now())),
@@ -130,13 +165,16 @@ int64_t OpenAiServer::in_flight() const {
 }
 
 void OpenAiServer::CancelAll() {
-  absl::MutexLock lock(&mu_);
-  for (const auto& [key, call] : calls_) {
-    for (const std::string& id : call->engine_ids) engine_.Cancel(id);
+  std::set<std::string> calls;
+  {
+    absl::MutexLock lock(&mu_);
+    calls = calls_;
   }
+  for (const std::string& call : calls) backend_.Cancel(call);
 }
 
 void OpenAiServer::Forget(const std::string& key) {
+  backend_.Forget(key);
   absl::MutexLock lock(&mu_);
   calls_.erase(key);
 }
@@ -165,7 +203,8 @@ std::string OpenAiServer::MetricsText() const {
     absl::MutexLock lock(&mu_);
     counts = status_counts_;
   }
-  return RenderPrometheus(engine_.metrics().Snapshot(), options_.served_names.at(0), counts);
+  const std::string& name = options_.served_names.at(0);
+  return RenderPrometheus(backend_.Metrics(), name, counts) + backend_.ExtraMetricsText(name);
 }
 
 void OpenAiServer::AnswerLoading(const HttpRequest& request, HttpExchange& exchange) {
@@ -184,17 +223,20 @@ void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exc
   };
   if (path == "/health") {
     if (request.method != "GET") return method_not_allowed("GET");
-    if (ready_ && !draining_) return Reply(*exchange, request_id, 200, "", "text/plain");
-    return ReplyError(*exchange, request_id, {.status = 503, .message = draining_ ? "draining" : "loading",
-                                              .type = "service_unavailable"});
+    const std::string unavailable = backend_.Unavailable();
+    if (ready_ && !draining_ && unavailable.empty()) return Reply(*exchange, request_id, 200, "", "text/plain");
+    return ReplyError(*exchange, request_id,
+                      {.status = 503, .message = draining_ ? "draining" : !ready_ ? "loading" : unavailable,
+                       .type = "service_unavailable"});
   }
   if (path == "/metrics") {
     if (request.method != "GET") return method_not_allowed("GET");
     return Reply(*exchange, request_id, 200, MetricsText(), "text/plain; version=0.0.4; charset=utf-8");
   }
   const bool models = path == "/v1/models";
+  const bool drain = path == "/drain";
   const std::optional<api::Endpoint> endpoint = api::EndpointOf(path);
-  if (!models && !endpoint) {
+  if (!models && !drain && !endpoint) {
     return ReplyError(*exchange, request_id, {.status = 404, .message = absl::StrCat("no route for ", path),
                                               .type = "not_found_error"});
   }
@@ -207,6 +249,11 @@ void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exc
                          .code = "invalid_api_key"},
                         {{"WWW-Authenticate", "Bearer"}});
     }
+  }
+  if (drain) {  // admin: stop taking work (a rolling update), keep serving what is in flight
+    if (request.method != "POST") return method_not_allowed("POST");
+    Drain();
+    return Reply(*exchange, request_id, 200, Dump(Json{{"draining", true}, {"in_flight", in_flight()}}));
   }
   if (models) {
     if (request.method != "GET") return method_not_allowed("GET");
@@ -223,66 +270,88 @@ void OpenAiServer::Handle(HttpRequest request, std::shared_ptr<HttpExchange> exc
   });
 }
 
-void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& request,
-                               const std::shared_ptr<HttpExchange>& exchange, const std::string& request_id) {
+api::ApiResult<OpenAiServer::Started> OpenAiServer::StartCall(api::Endpoint endpoint, const std::string& text,
+                                                               const std::string& request_id) {
   if (draining_ || !ready_) {
-    return ReplyError(*exchange, request_id, {.status = 503, .message = "the server is not taking requests (draining)",
-                                              .type = "service_unavailable"});
+    return api::ApiError{.status = 503, .message = "the server is not taking requests (draining)",
+                         .type = "service_unavailable"};
   }
   Json body;
   try {
-    body = Json::parse(request.body);
+    body = Json::parse(text);
   } catch (const Json::parse_error& e) {
-    return ReplyError(*exchange, request_id, api::InvalidRequest(absl::StrCat("malformed JSON: ", e.what())));
+    return api::InvalidRequest(absl::StrCat("malformed JSON: ", e.what()));
   }
   auto parsed = api::ParseRequest(endpoint, body);
-  if (auto* e = std::get_if<api::ApiError>(&parsed)) return ReplyError(*exchange, request_id, *e);
+  if (auto* e = std::get_if<api::ApiError>(&parsed)) return *e;
   api::ApiRequest& api = std::get<api::ApiRequest>(parsed);
   const auto& names = options_.served_names;
   if (!api.model.empty() && std::find(names.begin(), names.end(), api.model) == names.end()) {
-    return ReplyError(*exchange, request_id, {.status = 404, .message = absl::StrCat("The model `", api.model, "` does not exist."),
-                                              .type = "NotFoundError", .param = "model", .code = "model_not_found"});
+    return api::ApiError{.status = 404, .message = absl::StrCat("The model `", api.model, "` does not exist."),
+                         .type = "NotFoundError", .param = "model", .code = "model_not_found"};
   }
   if (endpoint == api::Endpoint::kChatCompletions) {  // remote images and videos become data: URLs
     if (auto fetched = FetchRemoteMedia(api.messages, options_.fetch); !fetched.ok()) {
-      return ReplyError(*exchange, request_id, api::InvalidRequest(std::string(fetched.status().message()), "messages"));
+      return api::InvalidRequest(std::string(fetched.status().message()), "messages");
     }
+    if (body.contains("messages")) body["messages"] = api.messages;
   }
   auto prepared = api::Prepare(std::move(api), options_.prepare);
-  if (auto* e = std::get_if<api::ApiError>(&prepared)) return ReplyError(*exchange, request_id, *e);
+  if (auto* e = std::get_if<api::ApiError>(&prepared)) return *e;
   const api::PreparedRequest& p = std::get<api::PreparedRequest>(prepared);
+  Started started{.call = absl::StrCat(request_id, "#", api::NewRequestId()),  // unique even when a client repeats its id
+                  .api = p.api};
+  {
+    absl::MutexLock lock(&mu_);
+    calls_.insert(started.call);
+  }
+  auto streams = backend_.Start(p, started.call, endpoint == api::Endpoint::kChatCompletions ? "/v1/chat/completions"
+                                                                                             : "/v1/completions",
+                                body);
+  if (auto* e = std::get_if<api::ApiError>(&streams)) {
+    Forget(started.call);
+    return *e;
+  }
+  started.streams = std::get<CompletionBackend::Streams>(std::move(streams));
+  return started;
+}
 
+void OpenAiServer::StartAsync(std::string path, std::string body, std::string request_id,
+                              std::function<void(api::ApiResult<Started>)> done) {
+  boost::asio::post(prepare_pool_, [this, path = std::move(path), body = std::move(body),
+                                    request_id = std::move(request_id), done = std::move(done)] {
+    const std::optional<api::Endpoint> endpoint = api::EndpointOf(path);
+    if (!endpoint) {
+      return done(api::ApiError{.status = 404, .message = absl::StrCat("no route for ", path), .type = "not_found_error"});
+    }
+    done(StartCall(*endpoint, body, request_id));
+  });
+}
+
+void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& request,
+                               const std::shared_ptr<HttpExchange>& exchange, const std::string& request_id) {
+  auto started = StartCall(endpoint, request.body, request_id);
+  if (auto* e = std::get_if<api::ApiError>(&started)) {
+    Headers extra;
+    if (e->status == 429) extra.emplace_back("Retry-After", "1");
+    return ReplyError(*exchange, request_id, *e, extra);
+  }
+  Started& s = std::get<Started>(started);
   auto call = std::make_shared<Call>();
   call->server = this;
   call->exchange = exchange;
   call->request_id = request_id;
-  call->key = absl::StrCat(request_id, "#", api::NewRequestId());  // unique even when a client repeats its id
+  call->key = s.call;
   call->response_id = absl::StrCat(endpoint == api::Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-", request_id);
-  call->model = names[0];
+  call->model = options_.served_names[0];
   call->created = absl::ToUnixSeconds(absl::Now());
-  call->api = p.api;
-  for (EngineRequest& r : api::EngineRequests(p, call->key)) {
-    const std::string id = r.id;
-    auto stream = engine_.Submit(std::move(r));
-    if (!stream.ok()) {
-      for (const std::string& submitted : call->engine_ids) engine_.Cancel(submitted);
-      const api::ApiError e = api::FromStatus(stream.status());
-      Headers extra;
-      if (e.status == 429) extra.emplace_back("Retry-After", "1");
-      return ReplyError(*exchange, request_id, e, extra);
-    }
-    call->engine_ids.push_back(id);
-    call->streams.push_back(*std::move(stream));
-  }
+  call->api = std::move(s.api);
+  call->streams = std::move(s.streams);
   {
     absl::MutexLock lock(&call->mu);
     call->outputs.resize(call->streams.size());
     call->started.assign(call->streams.size(), false);
     call->remaining = static_cast<int>(call->streams.size());
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    calls_[call->key] = call;
   }
   if (call->api.stream) {
     CountStatus(200);
@@ -290,9 +359,7 @@ void OpenAiServer::Completions(api::Endpoint endpoint, const HttpRequest& reques
                                 {"X-Request-Id", request_id}});
   }
   // A client that goes away cancels its choices (their KV pages are freed at the next step).
-  exchange->OnClose([this, ids = call->engine_ids] {
-    for (const std::string& id : ids) engine_.Cancel(id);
-  });
+  exchange->OnClose([this, key = call->key] { backend_.Cancel(key); });
   // Outputs are formatted on the I/O threads: the engine's thread only posts (it is also the
   // master of the compute threads, which wait while it works on anything else).
   for (size_t i = 0; i < call->streams.size(); ++i) {

@@ -91,7 +91,8 @@ class OpenAiServerTest : public ::testing::Test {
                   &processor_->tokenizer());
     auto exchange = std::make_shared<FakeExchange>();
     {
-      OpenAiServer server(engine, processor_->tokenizer(),
+      EngineBackend backend(engine);
+      OpenAiServer server(backend, processor_->tokenizer(),
                           {.served_names = {"m"},
                            .prepare = {.processor = processor_.get(), .max_model_len = 1024, .max_seq_tokens = 1024}});
       server.SetReady();
