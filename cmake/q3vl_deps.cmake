@@ -7,6 +7,10 @@ find_package(Threads REQUIRED)
 find_package(OpenSSL 3 REQUIRED COMPONENTS Crypto SSL)
 # OpenMPI: the MPI communicator (parallel/mpi) and mpirun for multirank tests.
 find_package(MPI REQUIRED COMPONENTS CXX)
+# The control plane between the coordinator and its replicas (cluster/control/control.proto).
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_program(Q3VL_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 
 # NCCL for the GPU communicator (parallel/nccl), from the CUDA install (/usr/local/cuda).
 if(Q3VL_CUDA)

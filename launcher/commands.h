@@ -13,6 +13,7 @@ namespace q3vl::launcher {
 using Args = std::vector<std::string>;
 
 int ChatTemplateCommand(const Args& args);
+int CoordinatorCommand(const Args& args);
 int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
 int MakeModelCommand(const Args& args);

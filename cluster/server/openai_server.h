@@ -93,6 +93,7 @@ class OpenAiServer {
   void SetReady() { ready_ = true; }
   // /health turns 503 and new requests are refused with 503; those in flight go on.
   void Drain() { draining_ = true; }
+  bool draining() const { return draining_; }
   int64_t in_flight() const;
   // Ends every request in flight (abort).
   void CancelAll();
