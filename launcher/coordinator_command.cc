@@ -74,9 +74,10 @@ int CoordinatorCommand(const Args& args) {
        .prepare_threads = front->prepare_threads});
   service.SetReady();
   live.store(&service);
-  std::cerr << "q3vl coordinator: routing (" << cluster::coordinator::RoutingPolicyName(*policy) << ") "
-            << front->served_names[0] << " on http://" << front->host << ":" << (*http)->port()
-            << "; replicas join at " << front->host << ":" << grpc_bound << " (gRPC)" << std::endl;
+  std::cerr << absl::StrCat("q3vl coordinator: routing (", cluster::coordinator::RoutingPolicyName(*policy), ") ",
+                            front->served_names[0], " on http://", front->host, ":", (*http)->port(),
+                            "; replicas join at ", front->host, ":", grpc_bound, " (gRPC)\n")
+            << std::flush;
   ServeUntilStopped(kName, *front, service, **http);
   coordinator.Shutdown();
   (*grpc_server)->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));

@@ -168,11 +168,12 @@ int ServeCommand(const Args& args) {
   {
     service.SetReady();
     live.store(&service);
-    std::cerr << "q3vl serve: serving " << name << " on http://" << front->host << ":" << (*http)->port()
-              << " (OpenAI API under /v1; /health, /metrics" << (front->api_keys.empty() ? "" : "; API key required")
-              << ")";
-    if (grpc_server) std::cerr << "; gRPC on " << front->host << ":" << grpc_bound;
-    std::cerr << std::endl;
+    // One write: a reader that waits for this line sees it whole.
+    std::string line = absl::StrCat("q3vl serve: serving ", name, " on http://", front->host, ":", (*http)->port(),
+                                    " (OpenAI API under /v1; /health, /metrics",
+                                    front->api_keys.empty() ? "" : "; API key required", ")");
+    if (grpc_server) absl::StrAppend(&line, "; gRPC on ", front->host, ":", grpc_bound);
+    std::cerr << line + "\n" << std::flush;
     ServeUntilStopped(kName, *front, service, **http);
     if (agent) agent->Stop();
     if (grpc_server) grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));

@@ -275,15 +275,22 @@ bool ReplicaAgent::Session() {
       absl::MutexLock lock(&mu_);  // wake the writer
     });
     absl::Time last_report = absl::Now();
+    pb::Load reported = hello.load();
+    auto changed = [&] {
+      pb::Load now;
+      load(now);
+      return now.running() != reported.running() || now.waiting() != reported.waiting() ||
+             now.kv_pages_used() != reported.kv_pages_used() || now.draining() != reported.draining();
+    };
     for (;;) {
-      // A report every heartbeat, and as soon as the prefix caches changed (checked every 20 ms),
-      // so the coordinator's index trails the replica by little more than that.
+      // A report every heartbeat, and as soon as the prefix caches or the load changed (checked
+      // every 20 ms), so the coordinator's view trails the replica by little more than that.
       {
         absl::MutexLock lock(&mu_);
         auto wake = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || broken.load(); };
         const absl::Time due = last_report + options_.heartbeat;
         while (!mu_.AwaitWithTimeout(absl::Condition(&wake), std::min(absl::Milliseconds(20), due - absl::Now()))) {
-          if (absl::Now() >= due || engine_.kv_events().last_seq() >= next_seq || resync.load()) break;
+          if (absl::Now() >= due || engine_.kv_events().last_seq() >= next_seq || resync.load() || changed()) break;
         }
         if (stop_ || broken) break;
       }
@@ -296,6 +303,7 @@ bool ReplicaAgent::Session() {
       } else {
         pb::Heartbeat& hb = *report.mutable_heartbeat();
         load(*hb.mutable_load());
+        reported = hb.load();
         constexpr size_t kMaxEvents = 1 << 16;  // per report; the rest go with the next
         if (events->size() > kMaxEvents) events->resize(kMaxEvents);
         pb::KvEvents& kv = *hb.mutable_kv();
