@@ -20,7 +20,8 @@ int CoordinatorCommand(const Args& args) {
       ("grpc-port", po::value<int>()->default_value(50051), "port of the control plane (replicas join here; grpc.health.v1 too)")
       ("routing", po::value<std::string>()->default_value("kv"), "kv (cached prompt pages, then load), least-load or round-robin")
       ("kv-page-size", po::value<int64_t>()->default_value(16), "KV page size in tokens; replicas must use the same")
-      ("overlap-weight", po::value<double>()->default_value(1.0), "kv routing: cost of one prompt page to compute, against one KV page in use")
+      ("overlap-weight", po::value<double>()->default_value(1.0), "kv routing: cost of one prompt page to compute (cached elsewhere, or queued)")
+      ("decode-weight", po::value<double>()->default_value(0.1), "kv routing: cost of one KV page in use by a running sequence")
       ("heartbeat-timeout", po::value<double>()->default_value(5.0), "seconds without a report before a replica is marked down")
       ("max-attempts", po::value<int>()->default_value(3), "replicas a request may be tried on before its first output");
   FrontOptions::AddTo(options);
@@ -41,6 +42,7 @@ int CoordinatorCommand(const Args& args) {
   if (!(heartbeat_timeout > 0)) return UsageError(kName, "--heartbeat-timeout must be > 0");
   if (vm["max-attempts"].as<int>() < 1) return UsageError(kName, "--max-attempts must be >= 1");
   if (!(vm["overlap-weight"].as<double>() >= 0)) return UsageError(kName, "--overlap-weight must be >= 0");
+  if (!(vm["decode-weight"].as<double>() >= 0)) return UsageError(kName, "--decode-weight must be >= 0");
 
   auto config = model::ModelConfig::FromFile(model_dir + "/config.json");
   if (!config.ok()) return Fail(kName, config.status());
@@ -53,7 +55,9 @@ int CoordinatorCommand(const Args& args) {
   if (!http.ok()) return Fail(kName, http.status());
 
   cluster::coordinator::Coordinator coordinator(
-      *config, {.router = {.policy = *policy, .overlap_weight = vm["overlap-weight"].as<double>()},
+      *config, {.router = {.policy = *policy,
+                             .overlap_weight = vm["overlap-weight"].as<double>(),
+                             .decode_weight = vm["decode-weight"].as<double>()},
                 .page_size = page,
                 .heartbeat_timeout = absl::Seconds(heartbeat_timeout),
                 .max_attempts = vm["max-attempts"].as<int>()});

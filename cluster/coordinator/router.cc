@@ -152,7 +152,7 @@ absl::StatusOr<RouteDecision> Router::Choose(const RouteQuery& query, absl::Span
         const int64_t cached = static_cast<size_t>(r) < overlaps_.size() ? overlaps_[r] : 0;
         const double cost =
             options_.overlap_weight * static_cast<double>(query.prompt_pages - cached + l.pending_prefill_pages) +
-            static_cast<double>(l.kv_pages_used);
+            options_.decode_weight * static_cast<double>(l.kv_pages_used);
         if (cost < best_cost || (cost == best_cost && l.in_flight < replicas[d.replica].in_flight)) {
           best_cost = cost;
           d.replica = r;

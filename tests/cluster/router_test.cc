@@ -94,9 +94,9 @@ TEST(RouterTest, KvGoesWhereThePromptIsCached) {
     EXPECT_EQ(d->replica, 2);
     EXPECT_EQ(d->cached_pages, 20);
   }
-  // Load outweighs the cache when the cached replica is busy enough: 20 pages saved there, 50
-  // pages of KV in use.
-  fleet.loads[2].kv_pages_used = 50;
+  // Load outweighs the cache when the cached replica is busy enough: 20 pages saved there, 250
+  // pages of KV in use (x decode_weight 0.1).
+  fleet.loads[2].kv_pages_used = 250;
   auto d = router.Choose({.keys = prompt, .prompt_pages = 21, .need_tokens = 400}, fleet.loads, index);
   ASSERT_TRUE(d.ok());
   EXPECT_NE(d->replica, 2);
