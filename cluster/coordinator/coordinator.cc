@@ -19,6 +19,21 @@ using control::FromGrpcStatus;
 using control::FromProto;
 using control::KeyFromBytes;
 
+namespace {
+
+// Keys as the control plane carries them (32 bytes each; others are skipped) for the index.
+std::vector<IndexKey> IndexKeys(const google::protobuf::RepeatedPtrField<std::string>& bytes) {
+  std::vector<IndexKey> keys;
+  keys.reserve(bytes.size());
+  for (const std::string& b : bytes) {
+    kv::PageKey k;
+    if (KeyFromBytes(b, k)) keys.push_back(ToIndexKey(k));
+  }
+  return keys;
+}
+
+}  // namespace
+
 struct Coordinator::Slot {
   std::string id, incarnation, address, http_address, model;
   bool connected = false;
@@ -255,12 +270,7 @@ void Coordinator::Session::OnReadDone(bool ok) {
           sl.kv_pages_used = h.load().kv_pages_used();
           sl.kv_pages_total = h.load().kv_pages_total();
           sl.draining = h.load().draining();
-          std::vector<IndexKey> keys;
-          keys.reserve(h.snapshot().keys_size());
-          for (const std::string& b : h.snapshot().keys()) {
-            kv::PageKey k;
-            if (KeyFromBytes(b, k)) keys.push_back(ToIndexKey(k));
-          }
+          const std::vector<IndexKey> keys = IndexKeys(h.snapshot().keys());
           co->index_.Reset(s, keys);
           sl.next_seq = h.snapshot().seq() + 1;
           sl.awaiting_snapshot = false;
@@ -295,11 +305,7 @@ void Coordinator::Session::OnReadDone(bool ok) {
             uint64_t seq = kv.first_seq();
             for (const pb::KvEvent& e : kv.events()) {
               if (seq++ < sl.next_seq) continue;  // seen already
-              std::vector<IndexKey> keys;
-              for (const std::string& b : e.keys()) {
-                kv::PageKey k;
-                if (KeyFromBytes(b, k)) keys.push_back(ToIndexKey(k));
-              }
+              const std::vector<IndexKey> keys = IndexKeys(e.keys());
               if (e.stored()) {
                 co->index_.Store(slot, keys);
               } else {
@@ -310,12 +316,7 @@ void Coordinator::Session::OnReadDone(bool ok) {
           }
         }
       } else if (in.has_snapshot()) {
-        std::vector<IndexKey> keys;
-        for (const std::string& b : in.snapshot().keys()) {
-          kv::PageKey k;
-          if (KeyFromBytes(b, k)) keys.push_back(ToIndexKey(k));
-        }
-        co->index_.Reset(slot, keys);
+        co->index_.Reset(slot, IndexKeys(in.snapshot().keys()));
         sl.next_seq = in.snapshot().seq() + 1;
         sl.awaiting_snapshot = false;
       }

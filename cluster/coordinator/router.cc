@@ -50,7 +50,7 @@ void KvIndex::Remove(int replica, absl::Span<const IndexKey> keys) {
     mine.erase(it);
     auto h = holders_.find(k);
     if (h == holders_.end()) continue;
-    std::vector<uint16_t>& v = h->second;
+    HolderList& v = h->second;
     v.erase(std::remove(v.begin(), v.end(), static_cast<uint16_t>(replica)), v.end());
     if (v.empty()) holders_.erase(h);
   }
@@ -79,13 +79,13 @@ void KvIndex::Overlaps(absl::Span<const IndexKey> keys, std::vector<int64_t>& ou
   // Only replicas holding the first page can overlap. Probing from the last page down, a
   // replica's overlap is the first probed page it holds (its pages of a prompt are a prefix:
   // a sequence's tail is evicted before its head); stop once every candidate has one.
-  const std::vector<uint16_t>& candidates = first->second;
+  const HolderList& candidates = first->second;
   for (uint16_t r : candidates) out[r] = -1;  // a candidate without an overlap yet
   size_t left = candidates.size();
   const int64_t stride = std::max<int64_t>(1, (n + kExactPages - 1) / kExactPages);
   for (int64_t p = n - 1; left > 0; p = p > 0 ? std::max<int64_t>(0, p - stride) : -1) {
     if (p < 0) break;
-    const std::vector<uint16_t>* holders = p == 0 ? &candidates : nullptr;
+    const HolderList* holders = p == 0 ? &candidates : nullptr;
     if (holders == nullptr) {
       auto it = holders_.find(keys[p]);
       if (it == holders_.end()) continue;

@@ -1,6 +1,6 @@
 // q3vl coordinator over two q3vl serve replicas on loopback, driven by clients nobody here wrote:
 // the official OpenAI SDK (answers equal a replica's own, the same errors, a request too long for
-// every replica refused with 400), routing affinity for repeated images (visible in the
+// every replica refused with 400, a client that goes away cancels at the replica), routing affinity for repeated images (visible in the
 // replicas' prefix-cache metrics), a coordinator restart (replicas rejoin, the KV index is
 // rebuilt from their snapshots), kill -9 of a replica under load (every request completes or
 // ends with a clean error; none hangs), a replica that comes back rejoins, draining, and
@@ -115,6 +115,20 @@ test('errors are the ones q3vl serve gives, and capacity is the replicas\'', asy
                        (e) => e.status === 400 && e.message.includes(String(KV_TOKENS)));
   const health = await fetch(`${coordinator.url}/health`);
   assert.equal(health.status, 200);
+});
+
+test('a client that goes away cancels the request at the replica', async () => {
+  const running = async () => (await metric(replicas.r1, 'q3vl:num_requests_running')) +
+                              (await metric(replicas.r2, 'q3vl:num_requests_running'));
+  const stream = await client.chat.completions.create({
+    model: 'demo', messages: user('Go on forever.'), max_tokens: 4000, ignore_eos: true, stream: true });
+  let chunks = 0;
+  for await (const chunk of stream) {
+    if (chunk.choices[0]?.delta?.content !== undefined && ++chunks === 3) break;  // ends the HTTP request
+  }
+  await until('the replica stopped it', async () => (await running()) === 0, 10000);
+  const aborted = await metric(coordinator, 'q3vl:request_success_total', 'finished_reason="abort"');
+  assert.ok(aborted >= 1, `aborts seen by the coordinator: ${aborted}`);
 });
 
 test('repeated images land where their KV lives', async () => {
