@@ -48,8 +48,8 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string&
                                                               const std::vector<grpc::Service*>& services,
                                                               int* bound_port);
 
-// Installs SIGINT / SIGTERM handlers; WaitForStopSignal returns once one arrived (a second one
-// kills the process at once).
+// Installs SIGINT / SIGTERM handlers (a second signal kills the process at once);
+// StopRequested says whether one arrived.
 void InstallStopSignals();
 bool StopRequested();
 

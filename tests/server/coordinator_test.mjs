@@ -3,7 +3,8 @@
 // every replica refused with 400, a client that goes away cancels at the replica), routing affinity for repeated images (visible in the
 // replicas' prefix-cache metrics), a coordinator restart (replicas rejoin, the KV index is
 // rebuilt from their snapshots), kill -9 of a replica under load (every request completes or
-// ends with a clean error; none hangs), a replica that comes back rejoins, draining, and
+// ends with a clean error; none hangs), a hung replica (SIGSTOP) marked down and rejoining, a
+// replica that comes back rejoins, draining, and
 // @grpc/grpc-js against control.proto (health checks, a forwarded generation, a refused join).
 // Run by ctest: node --test tests/server/coordinator_test.mjs (env Q3VL_BINARY, Q3VL_MODEL_DIR).
 import { test, before, after } from 'node:test';
@@ -162,6 +163,25 @@ test('a restarted coordinator gets its replicas back with their cached pages', a
   assert.ok((await metric(coordinator, 'q3vl:coordinator_kv_index_keys')) >= 8, 'the index is rebuilt from snapshots');
   const r = await client.chat.completions.create({ model: 'demo', messages: user('Still there?'), max_tokens: 3 });
   assert.equal(r.usage.completion_tokens, 3);
+});
+
+test('a replica that stops answering is marked down, its requests go elsewhere, and it rejoins', async () => {
+  // SIGSTOP: the connection stays open but nothing comes from the replica (a hung process).
+  const r2 = replicas.r2;
+  r2.proc.kill('SIGSTOP');
+  try {
+    const started = Date.now();
+    await until('r2 marked down', async () => (await replicasIn('down')) >= 1 &&
+                                               (await metric(coordinator, 'q3vl:coordinator_requests_in_flight', 'replica="r2"')) === 0, 10000);
+    assert.ok(Date.now() - started < 6000, 'marked down within the heartbeat timeout (2 s) and a check');
+    for (let i = 0; i < 3; ++i) {
+      const r = await client.completions.create({ model: 'demo', prompt: `While r2 hangs ${i}`, max_tokens: 2 });
+      assert.equal(r.usage.completion_tokens, 2);
+    }
+  } finally {
+    r2.proc.kill('SIGCONT');
+  }
+  await until('r2 rejoined', async () => (await replicasIn('up')) === 2, 15000);
 });
 
 test('kill -9 of a replica under load: every request completes or fails cleanly, none hangs', async (t) => {
