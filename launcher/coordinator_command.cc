@@ -21,7 +21,7 @@ int CoordinatorCommand(const Args& args) {
       ("routing", po::value<std::string>()->default_value("kv"), "kv (cached prompt pages, then load), least-load or round-robin")
       ("kv-page-size", po::value<int64_t>()->default_value(16), "KV page size in tokens; replicas must use the same")
       ("overlap-weight", po::value<double>()->default_value(1.0), "kv routing: cost of one prompt page to compute (cached elsewhere, or queued)")
-      ("decode-weight", po::value<double>()->default_value(0.1), "kv routing: cost of one KV page in use by a running sequence")
+      ("decode-weight", po::value<double>()->default_value(0.1, "0.1"), "kv routing: cost of one KV page in use by a running sequence")
       ("heartbeat-timeout", po::value<double>()->default_value(5.0), "seconds without a report before a replica is marked down")
       ("max-attempts", po::value<int>()->default_value(3), "replicas a request may be tried on before its first output");
   FrontOptions::AddTo(options);
