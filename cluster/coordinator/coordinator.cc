@@ -186,14 +186,13 @@ class Coordinator::Forward final : public grpc::ClientReadReactor<pb::GenerateCh
   }
 
   void OnDone(const grpc::Status& status) override {
-    co_->Release(slot_, pending_pages_);
-    {
-      absl::MutexLock lock(&co_->mu_);
-      if (static_cast<size_t>(slot_) < co_->slots_.size()) co_->slots_[slot_]->forwards.erase(this);
-    }
     bool down;
     {
       absl::MutexLock lock(&co_->mu_);
+      Slot& s = *co_->slots_[slot_];  // slots are never removed
+      --s.in_flight;
+      s.pending_prefill_pages -= pending_pages_;
+      s.forwards.erase(this);
       down = replica_down;
     }
     co_->AttemptDone(call_, this, status, down);
@@ -435,18 +434,21 @@ absl::StatusOr<std::pair<int, int64_t>> Coordinator::Route(Call& call) {
 
 void Coordinator::StartAttempt(const std::shared_ptr<Call>& call, int slot, int64_t pending_pages) {
   std::shared_ptr<pb::Replica::Stub> stub;
+  std::string model;
   Forward* f = nullptr;
-  pb::GenerateRequest request = call->request;
   {
     absl::MutexLock lock(&mu_);
     Slot& s = *slots_[slot];
     stub = s.stub;
+    model = s.model;
     f = new Forward(this, call, slot, pending_pages);
     s.forwards.insert(f);
-    api::Json body = call->body;
-    body["model"] = s.model;  // checked here already; the replica's own name for it
-    request.set_body(api::Dump(body));
   }
+  // The body (megabytes with inline media) is copied and written outside the coordinator's lock.
+  pb::GenerateRequest request = call->request;
+  api::Json body = call->body;
+  body["model"] = model;  // checked here already; the replica's own name for it
+  request.set_body(api::Dump(body));
   {
     absl::MutexLock lock(&call->mu);
     call->attempt = f;
@@ -460,12 +462,6 @@ void Coordinator::FirstOutput(int slot, int64_t pending_pages) {
   if (static_cast<size_t>(slot) < slots_.size()) slots_[slot]->pending_prefill_pages -= pending_pages;
 }
 
-void Coordinator::Release(int slot, int64_t pending_pages) {
-  absl::MutexLock lock(&mu_);
-  if (static_cast<size_t>(slot) >= slots_.size()) return;
-  --slots_[slot]->in_flight;
-  slots_[slot]->pending_prefill_pages -= pending_pages;
-}
 
 
 namespace {
@@ -557,6 +553,8 @@ api::ApiResult<Coordinator::Streams> Coordinator::Start(const api::PreparedReque
   call->request.set_request_id(key.substr(0, key.find('#')));
   call->request.set_path(path);
   call->body = body;
+  // Remote media were fetched here: the replica gets them inline, not their URLs.
+  if (request.api.endpoint == api::Endpoint::kChatCompletions) call->body["messages"] = request.api.messages;
   const int64_t page = options_.page_size;
   for (const kv::PageKey& k : model::PromptPageKeys(config_, request.input, page)) call->keys.push_back(ToIndexKey(k));
   const int64_t prompt = static_cast<int64_t>(request.input.input_ids.size());

@@ -87,7 +87,6 @@ class Coordinator final : public server::CompletionBackend {
   void StartAttempt(const std::shared_ptr<Call>& call, int slot, int64_t pending_pages);
   // An attempt ended: done, retried elsewhere (nothing was output yet), or the call fails.
   void AttemptDone(const std::shared_ptr<Call>& call, Forward* attempt, const grpc::Status& status, bool replica_down);
-  void Release(int slot, int64_t pending_pages);  // a forwarded request ended there
   void FirstOutput(int slot, int64_t pending_pages);
   void MarkDown(int slot, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Monitor();

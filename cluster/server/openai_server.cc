@@ -294,7 +294,6 @@ api::ApiResult<OpenAiServer::Started> OpenAiServer::StartCall(api::Endpoint endp
     if (auto fetched = FetchRemoteMedia(api.messages, options_.fetch); !fetched.ok()) {
       return api::InvalidRequest(std::string(fetched.status().message()), "messages");
     }
-    if (body.contains("messages")) body["messages"] = api.messages;
   }
   auto prepared = api::Prepare(std::move(api), options_.prepare);
   if (auto* e = std::get_if<api::ApiError>(&prepared)) return *e;

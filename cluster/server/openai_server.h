@@ -41,7 +41,8 @@ class CompletionBackend {
   using Streams = std::vector<std::shared_ptr<RequestStream>>;
   // Starts every choice of `request`: one stream per choice, in choice order. `call` names the
   // call (unique among live ones, for Cancel); `path` and `body` are the request as the client
-  // sent it (remote media fetched into data: URLs), for a backend that forwards it.
+  // sent it, for a backend that forwards it (request.api.messages has the remote media fetched
+  // into data: URLs).
   virtual api::ApiResult<Streams> Start(const api::PreparedRequest& request, const std::string& call,
                                         const std::string& path, const api::Json& body) = 0;
   // Ends the call's choices (abort); unknown calls are ignored.
