@@ -297,9 +297,8 @@ api::ApiResult<OpenAiServer::Started> OpenAiServer::StartCall(api::Endpoint endp
   }
   auto prepared = api::Prepare(std::move(api), options_.prepare);
   if (auto* e = std::get_if<api::ApiError>(&prepared)) return *e;
-  const api::PreparedRequest& p = std::get<api::PreparedRequest>(prepared);
-  Started started{.call = absl::StrCat(request_id, "#", api::NewRequestId()),  // unique even when a client repeats its id
-                  .api = p.api};
+  api::PreparedRequest& p = std::get<api::PreparedRequest>(prepared);
+  Started started{.call = absl::StrCat(request_id, "#", api::NewRequestId())};  // unique even when a client repeats its id
   {
     absl::MutexLock lock(&mu_);
     calls_.insert(started.call);
@@ -312,6 +311,7 @@ api::ApiResult<OpenAiServer::Started> OpenAiServer::StartCall(api::Endpoint endp
     return *e;
   }
   started.streams = std::get<CompletionBackend::Streams>(std::move(streams));
+  started.api = std::move(p.api);  // the backend is done with it (its messages may hold megabytes of media)
   return started;
 }
 
