@@ -16,6 +16,7 @@ int ChatTemplateCommand(const Args& args);
 int CoordinatorCommand(const Args& args);
 int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
+int GroupCommand(const Args& args);
 int MakeModelCommand(const Args& args);
 int PlanCommand(const Args& args);
 int PreprocessCommand(const Args& args);

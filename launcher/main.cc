@@ -20,6 +20,8 @@ constexpr Command kCommands[] = {
      q3vl::launcher::ServeCommand},
     {"coordinator", "the OpenAI endpoint over many replicas: routes by cached KV (image-aware) and load; replicas join over gRPC",
      q3vl::launcher::CoordinatorCommand},
+    {"group", "one replica over the pods of a LeaderWorkerSet group: the leader runs mpirun over ssh, the workers serve ssh",
+     q3vl::launcher::GroupCommand},
     {"generate", "generation from a chat prompt (text, images, videos), a messages file or token ids, streamed",
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",

@@ -27,8 +27,10 @@ PACKAGES=(
   # serve's tests: node runs the official OpenAI SDK against it; hey is the load generator;
   # curl for the shell checks (promtool comes from the prometheus package, below)
   nodejs hey curl
-  # tests/k8s: yamllint checks the Kubernetes manifests (kubectl: below)
-  yamllint
+  # tests/k8s: yamllint checks the Kubernetes manifests (kubectl: below); a replica group of
+  # several pods (q3vl group) runs sshd on its workers and ssh from its leader, simulated with
+  # a network namespace per pod (ip netns)
+  yamllint openssh-server openssh-client iproute2
 )
 
 missing=()
@@ -82,8 +84,9 @@ if ! command -v kubectl >/dev/null && [[ ! -x .tools/kubectl ]]; then
   mkdir -p .tools && install -m 755 "$tmp/kubectl/kubectl" .tools/kubectl
   rm -rf "$tmp"
 fi
-# The npm packages the manifest checks use (kubernetes-models, ajv, yaml), pinned by the lock file.
-if [[ ! -d tests/k8s/node_modules/kubernetes-models ]] || [[ tests/k8s/package-lock.json -nt tests/k8s/node_modules ]]; then
+# The npm packages of tests/k8s (the manifest checks: kubernetes-models, ajv, yaml; the
+# LeaderWorkerSet group simulation: openai), pinned by the lock file.
+if [[ ! -d tests/k8s/node_modules/kubernetes-models ]] || [[ ! -d tests/k8s/node_modules/openai ]] || [[ tests/k8s/package-lock.json -nt tests/k8s/node_modules ]]; then
   echo "setup: npm ci in tests/k8s"
   npm ci --prefix tests/k8s --no-audit --no-fund --loglevel=error
 fi

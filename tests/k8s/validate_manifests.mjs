@@ -48,6 +48,8 @@ const KUBECTL = process.env.Q3VL_KUBECTL ||
 
 const CPU_DEMO = "overlays/cpu-demo";
 const BIG = "overlays/qwen3-vl-235b-8xh100";
+const CPU_GROUP = "overlays/cpu-demo-2pod";
+const BIG_GROUP = "overlays/qwen3-vl-235b-2x8xh100";
 // The base and every folder under k8s/overlays (a new overlay is checked without a change here).
 const BUILDS = ["base", ...fs.readdirSync(path.join(K8S, "overlays"), { withFileTypes: true })
   .filter((d) => d.isDirectory()).map((d) => `overlays/${d.name}`).sort()];
@@ -353,23 +355,42 @@ function podPort(spec, port) {
   return undefined;
 }
 
-// The q3vl command line of a container: { launcher: [...before q3vl], sub, flags: Map } or null.
-// The image's entrypoint is q3vl, so a container without `command` runs `q3vl ARGS`.
+// Flags of an argument list: Map of --flag -> [values] (true for a flag without a value).
+function parseFlags(args) {
+  const flags = new Map();
+  for (let i = 0; i < args.length; i++) {
+    if (!args[i].startsWith("--")) continue;
+    const next = args[i + 1];
+    const value = next !== undefined && !next.startsWith("--") ? next : true;
+    if (!flags.has(args[i])) flags.set(args[i], []);
+    flags.get(args[i]).push(value);
+    if (value !== true) i++;
+  }
+  return flags;
+}
+
+// The q3vl command line of a container: { launcher: [...before q3vl], sub, flags: Map, group }
+// or null. The image's entrypoint is q3vl, so a container without `command` runs `q3vl ARGS`.
+// `q3vl group [OPTIONS] -- SUB ARGS` is read as SUB ARGS, with `group` the Map of its options.
 function q3vlCommand(container) {
   const argv = [...(container.command ?? ["q3vl"]), ...(container.args ?? [])];
   const at = argv.findIndex((a) => path.basename(a) === "q3vl");
   if (at < 0) return null;
-  const flags = new Map();
-  const rest = argv.slice(at + 2);
-  for (let i = 0; i < rest.length; i++) {
-    if (!rest[i].startsWith("--")) continue;
-    const next = rest[i + 1];
-    const value = next !== undefined && !next.startsWith("--") ? next : true;
-    if (!flags.has(rest[i])) flags.set(rest[i], []);
-    flags.get(rest[i]).push(value);
-    if (value !== true) i++;
+  let sub = argv[at + 1];
+  let rest = argv.slice(at + 2);
+  let group = null;
+  if (sub === "group") {
+    const dashes = rest.indexOf("--");
+    group = parseFlags(dashes < 0 ? rest : rest.slice(0, dashes));
+    const inner = dashes < 0 ? [] : rest.slice(dashes + 1);
+    sub = inner[0];
+    rest = inner.slice(1);
   }
-  return { launcher: argv.slice(0, at), sub: argv[at + 1], flags, flag: (f) => flags.get(f)?.at(-1) };
+  const flags = parseFlags(rest);
+  return {
+    launcher: argv.slice(0, at), sub, flags, group, flag: (f) => flags.get(f)?.at(-1),
+    groupFlag: (f, fallback) => group?.get(f)?.at(-1) ?? fallback,
+  };
 }
 
 // Ranks of one replica for --mesh vision=V,pp=P,tp=T,ep=E,dp=D: D * (V + P * max(T, E)).
@@ -379,12 +400,60 @@ function meshRanks(mesh) {
   return dp * (vision + pp * Math.max(tp, ep));
 }
 
+const meshVision = (mesh) => Number(/(?:^|,)\s*vision=(\d+)/.exec(mesh)?.[1] ?? 0);
+
 const mpirunNp = (launcher) => {
   const i = launcher.findIndex((a) => a === "-np" || a === "-n" || a === "--np");
   return i >= 0 ? Number(launcher[i + 1]) : undefined;
 };
 
 const probeSeconds = (probe) => (probe.periodSeconds ?? 10) * (probe.failureThreshold ?? 3);
+
+// A LeaderWorkerSet of groups of several pods: every pod runs the leader's q3vl group command
+// line, image and resources; the workers serve ssh on --ssh-port (probed there) and every pod
+// mounts the group's ssh Secret at --ssh-dir and the model where the command reads it.
+function groupCheck(lws) {
+  const problems = [];
+  const p = (msg) => problems.push(`${id(lws)}: ${msg}`);
+  const lwt = lws.spec.leaderWorkerTemplate;
+  if ((lwt.size ?? 1) <= 1) return problems;
+  const leader = (lwt.leaderTemplate ?? lwt.workerTemplate).spec;
+  const worker = lwt.workerTemplate.spec;
+  const lc = leader.containers[0];
+  const wc = worker.containers[0];
+  const lcmd = q3vlCommand(lc);
+  if (!lcmd?.group) return [`${id(lws)}: groups of ${lwt.size} pods, but the leader does not run q3vl group`];
+  if (JSON.stringify(wc.args) !== JSON.stringify(lc.args) || JSON.stringify(wc.command) !== JSON.stringify(lc.command)) {
+    p("the workers' command line is not the leader's (q3vl group runs the same one in every pod)");
+  }
+  if (wc.image !== lc.image) p(`the workers' image ${wc.image} is not the leader's ${lc.image}`);
+  for (const r of ["cpu", "memory", "nvidia.com/gpu"]) {
+    if (String(wc.resources?.limits?.[r]) !== String(lc.resources?.limits?.[r])) {
+      p(`the workers' ${r} limit ${wc.resources?.limits?.[r]} is not the leader's ${lc.resources?.limits?.[r]}`);
+    }
+  }
+  const sshPort = Number(lcmd.groupFlag("--ssh-port", "2222"));
+  const port = containerPort(wc, "ssh");
+  if (!port || port.containerPort !== sshPort) p(`the workers have no container port named ssh on --ssh-port ${sshPort}`);
+  for (const k of ["readinessProbe", "livenessProbe"]) {
+    const probePort = wc[k]?.tcpSocket?.port;
+    if (probePort === undefined || containerPort(wc, probePort)?.containerPort !== sshPort) p(`the workers' ${k} is not a TCP check of the ssh port`);
+  }
+  const sshDir = lcmd.groupFlag("--ssh-dir", "/etc/q3vl/ssh");
+  for (const [where, spec, c] of [["leader", leader, lc], ["worker", worker, wc]]) {
+    const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === sshDir);
+    const volume = (spec.volumes ?? []).find((v) => v.name === mount?.name);
+    if (!volume?.secret) p(`the ${where} does not mount the group's ssh Secret at --ssh-dir ${sshDir}`);
+    const model = lcmd.flag("--model");
+    const modelMount = (c.volumeMounts ?? []).find((m) => model === m.mountPath || String(model).startsWith(`${m.mountPath}/`));
+    if (!modelMount) p(`the ${where} has no mount for --model ${model} (every rank loads its slice)`);
+    const shm = (c.volumeMounts ?? []).find((m) => m.mountPath === "/dev/shm");
+    if (!shm || (spec.volumes ?? []).find((v) => v.name === shm.name)?.emptyDir?.medium !== "Memory") {
+      p(`the ${where}'s /dev/shm is not a memory-backed emptyDir`);
+    }
+  }
+  return problems;
+}
 
 function crossCheck(objects) {
   const problems = [];
@@ -409,7 +478,9 @@ function crossCheck(objects) {
 
     const volumes = new Map((spec.volumes ?? []).map((v) => [v.name, v]));
     for (const v of volumes.values()) {
-      if (v.secret && !find(objects, "Secret", v.secret.secretName)) {
+      // An optional Secret is one the user creates (the group's ssh key: no key pair belongs in
+      // a repository); the group rules below require it where it is read.
+      if (v.secret && !v.secret.optional && !find(objects, "Secret", v.secret.secretName)) {
         p(`${where}: volume ${v.name} names Secret ${v.secret.secretName}, not in the build`);
       }
       if (v.persistentVolumeClaim && !find(objects, "PersistentVolumeClaim", v.persistentVolumeClaim.claimName)) {
@@ -452,6 +523,9 @@ function crossCheck(objects) {
         if (!m || m.readOnly) p(`${cw}: make-model --out ${out} is not on a writable mount`);
       }
       if (!isServer) continue;
+      // A worker pod's q3vl group serves ssh; the leader's mpirun starts its ranks, which
+      // serve nothing themselves (groupCheck holds the workers to the leader's command line).
+      if (role === "worker" && cmd.group) continue;
       if (!(spec.containers ?? []).includes(c)) p(`${cw}: q3vl ${cmd.sub} runs as an init container`);
       const num = (f) => Number(cmd.flag(f));
       if (cmd.flag("--host") !== "0.0.0.0") p(`${cw}: --host is ${cmd.flag("--host")}, not 0.0.0.0 (unreachable from other pods)`);
@@ -502,16 +576,27 @@ function crossCheck(objects) {
         const shm = mounts.find((m) => m.mountPath === "/dev/shm");
         if (!shm || volumes.get(shm.name)?.emptyDir?.medium !== "Memory") p(`${cw}: /dev/shm is not a memory-backed emptyDir`);
         const mesh = cmd.flag("--mesh");
-        if (mesh) {
-          const np = mpirunNp(cmd.launcher);
-          if (path.basename(cmd.launcher[0] ?? "") !== "mpirun" || np !== meshRanks(mesh)) {
-            p(`${cw}: --mesh ${mesh} needs mpirun -np ${meshRanks(mesh)}, got ${cmd.launcher.join(" ") || "no mpirun"}`);
+        // Pods of the group: a LeaderWorkerSet's size (a Deployment's pod is one).
+        const pods = lws ? lws.spec.leaderWorkerTemplate.size ?? 1 : 1;
+        const ranks = mesh ? meshRanks(mesh) : 1;
+        if (cmd.group) {
+          // q3vl group spreads the mesh's ranks evenly over the pods, the replica's leader rank
+          // (after the vision ranks) in the leader pod.
+          if (ranks % pods !== 0) p(`${cw}: --mesh ${mesh} has ${ranks} ranks, not a multiple of the group's ${pods} pods`);
+          if (pods > 1 && meshVision(mesh) >= ranks / pods) p(`${cw}: the replica's leader rank would not be in the leader pod`);
+          if (cmd.launcher.length > 0) p(`${cw}: q3vl group starts mpirun itself; got ${cmd.launcher.join(" ")} before it`);
+        } else {
+          if (pods > 1) p(`${cw}: a group of ${pods} pods needs q3vl group`);
+          if (mesh) {
+            const np = mpirunNp(cmd.launcher);
+            if (path.basename(cmd.launcher[0] ?? "") !== "mpirun" || np !== ranks) {
+              p(`${cw}: --mesh ${mesh} needs mpirun -np ${ranks}, got ${cmd.launcher.join(" ") || "no mpirun"}`);
+            }
           }
         }
         if (cmd.flag("--backend") === "cuda") {
           const gpus = Number(c.resources?.limits?.["nvidia.com/gpu"]);
-          const ranks = mesh ? meshRanks(mesh) : 1;
-          if (gpus !== ranks) p(`${cw}: ${ranks} CUDA ranks but nvidia.com/gpu limit ${gpus}`);
+          if (gpus * pods !== ranks) p(`${cw}: ${ranks} CUDA ranks over ${pods} pod(s) but nvidia.com/gpu limit ${gpus} per pod`);
         }
       }
     }
@@ -519,6 +604,7 @@ function crossCheck(objects) {
       p(`${where}: the leader runs no q3vl serve`);
     }
   }
+  for (const lws of objects.filter((o) => o.kind === "LeaderWorkerSet")) problems.push(...groupCheck(lws));
   if (servedNames.size > 1) p(`--served-model-name differs between the coordinator and replicas: ${[...servedNames].join(", ")}`);
 
   // Services: select pods of the build, and every targetPort is a port of those pods.
@@ -553,7 +639,7 @@ function crossCheck(objects) {
 // Tests
 
 test("the overlays are there", () => {
-  for (const dir of [CPU_DEMO, BIG]) assert.ok(BUILDS.includes(dir), `k8s/${dir} is missing`);
+  for (const dir of [CPU_DEMO, BIG, CPU_GROUP, BIG_GROUP]) assert.ok(BUILDS.includes(dir), `k8s/${dir} is missing`);
 });
 
 for (const dir of BUILDS) {
@@ -575,15 +661,21 @@ const lwsOf = (objects) => objects.find((o) => o.kind === "LeaderWorkerSet");
 const leaderOf = (objects) => lwsOf(objects).spec.leaderWorkerTemplate.leaderTemplate;
 const coordinatorOf = (objects) => find(objects, "Deployment", "q3vl-coordinator");
 
-test("base: API keys from a Secret file, group size 1 with a placeholder worker, image q3vl:latest", () => {
+test("base: API keys from a Secret file, group size 1, every pod runs q3vl group, image q3vl:latest", () => {
   const objects = build("base");
   const secret = objects.find((o) => o.kind === "Secret");
   assert.match(secret.metadata.name, /^q3vl-api-keys-/, "secretGenerator names it with a content hash");
   assert.ok(secret.data?.["api-keys"], "the Secret holds the file api-keys");
   const lws = lwsOf(objects);
   assert.equal(lws.spec.leaderWorkerTemplate.size, 1);
-  const worker = lws.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0];
-  assert.match([...(worker.command ?? []), ...(worker.args ?? [])].join(" "), /not supported yet[\s\S]*exit 1/);
+  for (const which of ["leaderTemplate", "workerTemplate"]) {
+    const cmd = q3vlCommand(lws.spec.leaderWorkerTemplate[which].spec.containers[0]);
+    assert.ok(cmd.group, `${which}: q3vl group`);
+    assert.equal(cmd.sub, "serve", `${which}: group runs serve`);
+  }
+  // The group's ssh Secret is the user's to create, and optional: a group of one never reads it.
+  const ssh = lws.spec.leaderWorkerTemplate.leaderTemplate.spec.volumes.find((v) => v.secret?.secretName === "q3vl-group-ssh");
+  assert.equal(ssh?.secret.optional, true);
   for (const t of podTemplates(objects)) {
     for (const c of allContainers(t.template.spec)) assert.equal(c.image, "q3vl:latest", `${t.where} ${c.name}`);
   }
@@ -596,8 +688,9 @@ test("base: API keys from a Secret file, group size 1 with a placeholder worker,
 test("cpu-demo: 2 CPU replica groups, every server writes its demo model first, no GPU, no PVC", () => {
   const objects = build(CPU_DEMO);
   assert.equal(lwsOf(objects).spec.replicas, 2);
+  assert.equal(lwsOf(objects).spec.leaderWorkerTemplate.size, 1);
   assert.ok(!objects.some((o) => o.kind === "PersistentVolumeClaim"));
-  for (const t of podTemplates(objects)) {
+  for (const t of podTemplates(objects).filter((x) => x.role !== "worker")) {  // size 1: no worker pods
     for (const c of allContainers(t.template.spec)) {
       assert.ok(!JSON.stringify(c.resources ?? {}).includes("nvidia.com/gpu"), `${t.where} ${c.name} asks for a GPU`);
       const cmd = q3vlCommand(c);
@@ -613,7 +706,7 @@ test("cpu-demo: 2 CPU replica groups, every server writes its demo model first, 
   assert.equal(replica.resources.limits.memory, "8Gi");
 });
 
-test("qwen3-vl-235b-8xh100: 8 GPUs, mpirun -np 8 tp=8,ep=8, read-only models PVC, 30-minute startup budget", () => {
+test("qwen3-vl-235b-8xh100: 8 GPUs, q3vl group (a local mpirun) tp=8,ep=8, read-only models PVC, 30-minute startup budget", () => {
   const objects = build(BIG);
   const pvc = find(objects, "PersistentVolumeClaim", "q3vl-models");
   assert.ok(pvc, "the PVC q3vl-models");
@@ -623,9 +716,8 @@ test("qwen3-vl-235b-8xh100: 8 GPUs, mpirun -np 8 tp=8,ep=8, read-only models PVC
   assert.equal(Number(c.resources.limits["nvidia.com/gpu"]), 8);
   const cmd = q3vlCommand(c);
   assert.equal(cmd.sub, "serve");
-  assert.equal(path.basename(cmd.launcher[0]), "mpirun");
-  assert.equal(mpirunNp(cmd.launcher), 8);
-  assert.ok(cmd.launcher.includes("--allow-run-as-root"));
+  assert.ok(cmd.group, "q3vl group runs the mesh's 8 ranks under mpirun");
+  assert.equal(lwsOf(objects).spec.leaderWorkerTemplate.size, 1);
   assert.equal(cmd.flag("--mesh"), "tp=8,ep=8");
   assert.equal(cmd.flag("--backend"), "cuda");
   assert.equal(cmd.flag("--gpu-memory-utilization"), "0.9");
@@ -755,8 +847,10 @@ test("mismatched names and counts between objects are caught", () => {
       /names Secret q3vl-api-keys, not in the build/],
     [(o) => { setArg(leaderOf(o).spec.containers[0], "--coordinator", "coordinator:50051"); },
       /--coordinator coordinator:50051 is no Service port/],
-    [(o) => { setArg(leaderOf(o).spec.containers[0], "-np", "4"); }, /needs mpirun -np 8/],
-    [(o) => { leaderOf(o).spec.containers[0].resources.limits["nvidia.com/gpu"] = 4; }, /8 CUDA ranks but nvidia.com\/gpu limit 4/],
+    [(o) => { leaderOf(o).spec.containers[0].resources.limits["nvidia.com/gpu"] = 4; },
+      /8 CUDA ranks over 1 pod\(s\) but nvidia.com\/gpu limit 4 per pod/],
+    [(o) => { const c = leaderOf(o).spec.containers[0]; c.args = c.args.slice(c.args.indexOf("--") + 1); },
+      /--mesh tp=8,ep=8 needs mpirun -np 8, got no mpirun/],
     [(o) => { setArg(leaderOf(o).spec.containers[0], "--served-model-name", "other"); }, /--served-model-name differs/],
     [(o) => { leaderOf(o).spec.containers[0].env = []; }, /\$\(POD_IP\) is not in env/],
     [(o) => { leaderOf(o).spec.volumes.find((v) => v.name === "dshm").emptyDir = {}; }, /\/dev\/shm is not a memory-backed emptyDir/],
@@ -767,6 +861,74 @@ test("mismatched names and counts between objects are caught", () => {
     const problems = crossCheck(objects);
     assert.ok(problems.some((x) => expect.test(x)), `${expect}: ${problems.join("; ") || "nothing caught"}`);
   }
+});
+
+test("cpu-demo-2pod: one group of two pods, one tp=2 rank in each, both write the demo model", () => {
+  const objects = build(CPU_GROUP);
+  const lws = lwsOf(objects);
+  assert.equal(lws.spec.replicas, 1);
+  assert.equal(lws.spec.leaderWorkerTemplate.size, 2);
+  for (const which of ["leaderTemplate", "workerTemplate"]) {
+    const spec = lws.spec.leaderWorkerTemplate[which].spec;
+    const cmd = q3vlCommand(spec.containers[0]);
+    assert.equal(cmd.flag("--mesh"), "tp=2", which);
+    const makers = (spec.initContainers ?? []).map(q3vlCommand).filter((x) => x?.sub === "make-model");
+    assert.ok(makers.some((m) => m.flag("--out") === cmd.flag("--model") && m.flag("--seed") === "0"), `${which}: writes the model`);
+  }
+  assert.deepEqual(groupCheck(lws), []);
+});
+
+test("qwen3-vl-235b-2x8xh100: groups of two 8-GPU pods, tp=8,ep=16, the PVC on both", () => {
+  const objects = build(BIG_GROUP);
+  const lwt = lwsOf(objects).spec.leaderWorkerTemplate;
+  assert.equal(lwt.size, 2);
+  const cmd = q3vlCommand(lwt.leaderTemplate.spec.containers[0]);
+  assert.equal(cmd.flag("--mesh"), "tp=8,ep=16");
+  assert.equal(meshRanks(cmd.flag("--mesh")), 16);
+  for (const which of ["leaderTemplate", "workerTemplate"]) {
+    const spec = lwt[which].spec;
+    assert.equal(Number(spec.containers[0].resources.limits["nvidia.com/gpu"]), 8, which);
+    assert.equal(spec.containers[0].image, "q3vl-cuda:latest", which);
+    assert.equal(spec.volumes.find((v) => v.name === "models").persistentVolumeClaim?.claimName, "q3vl-models", which);
+    assert.ok(spec.tolerations?.some((t) => t.key === "nvidia.com/gpu"), `${which}: tolerates the GPU taint`);
+  }
+  assert.ok(lwt.leaderTemplate.spec.containers[0].env.some((e) => e.name === "NCCL_SOCKET_IFNAME"));
+});
+
+test("a group whose pods disagree is caught", () => {
+  const cases = [
+    [(l) => { l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].args.push("--max-num-seqs", "8"); },
+      /the workers' command line is not the leader's/],
+    [(l) => { l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].resources.limits["nvidia.com/gpu"] = 4; },
+      /the workers' nvidia.com\/gpu limit 4 is not the leader's 8/],
+    [(l) => { l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].ports[0].containerPort = 22; },
+      /no container port named ssh on --ssh-port 2222/],
+    [(l) => { delete l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].readinessProbe; },
+      /readinessProbe is not a TCP check of the ssh port/],
+    [(l) => { const c = l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0]; c.volumeMounts = c.volumeMounts.filter((m) => m.mountPath !== "/etc/q3vl/ssh"); },
+      /the worker does not mount the group's ssh Secret/],
+    [(l) => { const c = l.spec.leaderWorkerTemplate.workerTemplate.spec.containers[0]; c.volumeMounts = c.volumeMounts.filter((m) => m.mountPath !== "/models"); },
+      /the worker has no mount for --model/],
+  ];
+  for (const [mutate, expect] of cases) {
+    const lws = lwsOf(build(BIG_GROUP));
+    assert.deepEqual(groupCheck(lws), []);
+    mutate(lws);
+    const problems = groupCheck(lws);
+    assert.ok(problems.some((x) => expect.test(x)), `${expect}: ${problems.join("; ") || "nothing caught"}`);
+  }
+  // The mesh must divide over the pods, with the replica's leader rank in the leader pod.
+  for (const [mesh, expect] of [["tp=8,ep=8,vision=1", /has 9 ranks, not a multiple of the group's 2 pods/],
+    ["tp=4,ep=4", /4 CUDA ranks over 2 pod\(s\) but nvidia.com\/gpu limit 8 per pod/]]) {
+    const objects = build(BIG_GROUP);
+    for (const which of ["leaderTemplate", "workerTemplate"]) setArg(lwsOf(objects).spec.leaderWorkerTemplate[which].spec.containers[0], "--mesh", mesh);
+    const problems = crossCheck(objects);
+    assert.ok(problems.some((x) => expect.test(x)), `${mesh}: ${problems.join("; ") || "nothing caught"}`);
+  }
+  const plain = build(CPU_GROUP);
+  const c = leaderOf(plain).spec.containers[0];
+  c.args = c.args.slice(c.args.indexOf("--") + 1);
+  assert.ok(crossCheck(plain).some((x) => /a group of 2 pods needs q3vl group/.test(x)));
 });
 
 test("a PodMonitor of the wrong shape is caught", () => {
