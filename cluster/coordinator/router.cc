@@ -77,26 +77,28 @@ void KvIndex::Overlaps(absl::Span<const IndexKey> keys, std::vector<int64_t>& ou
   auto first = holders_.find(keys[0]);
   if (first == holders_.end()) return;
   // Only replicas holding the first page can overlap. Probing from the last page down, a
-  // replica's overlap is the first probed page it holds (its pages of a prompt are a prefix:
-  // a sequence's tail is evicted before its head); stop once every candidate has one.
+  // replica's overlap is the first probed page it holds. Its pages of a prompt are a prefix (a
+  // sequence's tail is evicted before its head, and a page's key covers every token before
+  // it), so a deeper page's holders are among a shallower one's: a list no longer than the
+  // replicas already placed brings no new one and is not read. At scale each list read is a
+  // cache miss per line, and hot prompts are held by hundreds of replicas.
   const HolderList& candidates = first->second;
-  for (uint16_t r : candidates) out[r] = -1;  // a candidate without an overlap yet
-  size_t left = candidates.size();
+  size_t placed = 0;
   const int64_t stride = std::max<int64_t>(1, (n + kExactPages - 1) / kExactPages);
-  for (int64_t p = n - 1; left > 0; p = p > 0 ? std::max<int64_t>(0, p - stride) : -1) {
-    if (p < 0) break;
-    const HolderList* holders = p == 0 ? &candidates : nullptr;
-    if (holders == nullptr) {
-      auto it = holders_.find(keys[p]);
-      if (it == holders_.end()) continue;
-      holders = &it->second;
-    }
-    for (uint16_t r : *holders) {
-      if (out[r] == -1) {
+  for (int64_t p = n - 1; p > 0 && placed < candidates.size(); p = std::max<int64_t>(0, p - stride)) {
+    auto it = holders_.find(keys[p]);
+    if (it == holders_.end() || it->second.size() <= placed) continue;
+    for (uint16_t r : it->second) {
+      if (out[r] == 0) {
         out[r] = p + 1;
-        --left;
+        ++placed;
       }
     }
+  }
+  // The first page's holders (often every replica: a shared system prompt) once, at the end.
+  if (placed >= candidates.size()) return;
+  for (uint16_t r : candidates) {
+    if (out[r] == 0) out[r] = 1;
   }
 }
 

@@ -77,6 +77,32 @@ TEST(KvIndexTest, LongPromptsAreProbedWithinAStride) {
   }
 }
 
+TEST(KvIndexTest, AHotPromptHeldAtManyDepthsByManyReplicas) {
+  // A shared system prompt on every replica, a video held whole by a few, most of it by more,
+  // its start by many (as kv routing with its load fallback leaves a hot video), and replicas
+  // with nothing of it: each overlap is within a stride of the truth.
+  KvIndex index;
+  const std::vector<IndexKey> prompt = Keys(6400);  // stride 200
+  std::vector<int64_t> truth(1000, 0);
+  for (int r = 0; r < 1000; ++r) {
+    truth[r] = r < 3 ? 6400 : r < 100 ? 5000 : r < 400 ? 2000 : r < 900 ? 2 : 0;
+    index.Store(r, truth[r] > 0 ? Prefix(prompt, truth[r]) : Keys(5, 7));
+  }
+  std::vector<int64_t> o;
+  index.Overlaps(prompt, o);
+  ASSERT_EQ(o.size(), 1000u);
+  for (int r = 0; r < 1000; ++r) {
+    EXPECT_LE(o[r], truth[r]) << r;
+    if (truth[r] > 0) {
+      EXPECT_GT(o[r], truth[r] - 6400 / KvIndex::kExactPages) << r;
+      EXPECT_GE(o[r], 1) << r;
+    } else {
+      EXPECT_EQ(o[r], 0) << r;
+    }
+  }
+  EXPECT_EQ(o[0], 6400);
+}
+
 struct Fleet {
   std::vector<ReplicaLoad> loads;
   explicit Fleet(int n, int64_t capacity = 100000) : loads(n, ReplicaLoad{.routable = true, .max_seq_tokens = capacity}) {}
