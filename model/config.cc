@@ -1,6 +1,9 @@
 #include "model/config.h"
 
+#include <cmath>
+
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -87,9 +90,31 @@ absl::Status ParseRope(const Json& text, TextConfig* cfg) {
   Q3VL_RETURN_IF_ERROR(rope.status());
   if (params->contains("rope_type") && (*params)["rope_type"].is_string()) {
     const std::string type = (*params)["rope_type"].get<std::string>();
-    if (type != "default" && type != "mrope") {
+    if (type == "yarn") {
+      TextConfig::Yarn& y = cfg->yarn;
+      y.enabled = true;
+      rope.Required("factor", &y.factor);
+      rope.Optional("original_max_position_embeddings", &y.original_max_position_embeddings);
+      rope.Optional("beta_fast", &y.beta_fast);
+      rope.Optional("beta_slow", &y.beta_slow);
+      rope.Optional("attention_factor", &y.attention_factor);
+      rope.Optional("mscale", &y.mscale);
+      rope.Optional("mscale_all_dim", &y.mscale_all_dim);
+      rope.Optional("truncate", &y.truncate);
+      Q3VL_RETURN_IF_ERROR(rope.status());
+      if (!(y.factor >= 1.0) || !std::isfinite(y.factor)) {
+        return absl::InvalidArgumentError(absl::StrCat("yarn factor must be >= 1, got ", y.factor));
+      }
+      if (y.original_max_position_embeddings < 0) {
+        return absl::InvalidArgumentError("yarn original_max_position_embeddings must be >= 1");
+      }
+      if (!(y.beta_fast > 0) || !(y.beta_slow > 0) || !(y.attention_factor >= 0) || !std::isfinite(y.beta_fast) ||
+          !std::isfinite(y.beta_slow) || !std::isfinite(y.attention_factor)) {
+        return absl::InvalidArgumentError("yarn beta_fast, beta_slow must be > 0 and attention_factor >= 0");
+      }
+    } else if (type != "default" && type != "mrope") {
       return absl::InvalidArgumentError(
-          absl::StrCat("rope_type \"", type, "\" is not supported (default)"));
+          absl::StrCat("rope_type \"", type, "\" is not supported (default, yarn)"));
     }
   }
   if (section.size() != 3) {

@@ -30,6 +30,20 @@ struct TextConfig {
   bool norm_topk_prob = true;
   float rms_norm_eps = 1e-6f;
   double rope_theta = 5e6;
+  // rope_type "yarn" (rope_scaling / rope_parameters): YaRN's frequency interpolation and
+  // attention scaling for contexts beyond the trained length, as Qwen documents for 1M-token
+  // video. The fields and defaults of Hugging Face's rope_scaling.
+  struct Yarn {
+    bool enabled = false;
+    double factor = 1.0;
+    int64_t original_max_position_embeddings = 0;  // 0: max_position_embeddings
+    double beta_fast = 32.0;
+    double beta_slow = 1.0;
+    double attention_factor = 0.0;  // 0: derived from factor (and mscale, mscale_all_dim)
+    double mscale = 0.0;
+    double mscale_all_dim = 0.0;
+    bool truncate = true;
+  } yarn;
   std::array<int64_t, 3> mrope_section = {0, 0, 0};
   bool mrope_interleaved = true;
   int64_t max_position_embeddings = 262144;

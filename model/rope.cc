@@ -97,14 +97,60 @@ absl::StatusOr<RopeIndex> GetRopeIndex(const RopeIndexParams& p) {
   return out;
 }
 
+TextRopeFrequencies TextRope(const TextConfig& config) {
+  const int64_t d = config.head_dim, half = d / 2;
+  TextRopeFrequencies out;
+  out.inv_freq.resize(half);
+  const double base = config.rope_theta;
+  if (!config.yarn.enabled) {
+    for (int64_t j = 0; j < half; ++j) {
+      out.inv_freq[j] = static_cast<float>(1.0 / std::pow(base, static_cast<double>(2 * j) / d));
+    }
+    return out;
+  }
+  const TextConfig::Yarn& y = config.yarn;
+  const double factor = y.factor;
+  const double original = static_cast<double>(
+      y.original_max_position_embeddings > 0 ? y.original_max_position_embeddings : config.max_position_embeddings);
+  const auto mscale = [](double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  double attention = y.attention_factor;
+  if (attention == 0.0) {
+    attention = (y.mscale != 0.0 && y.mscale_all_dim != 0.0) ? mscale(factor, y.mscale) / mscale(factor, y.mscale_all_dim)
+                                                             : mscale(factor, 1.0);
+  }
+  out.attention_scaling = static_cast<float>(attention);
+
+  // The dimension whose wavelength turns `rotations` times over the original context.
+  const auto correction_dim = [&](double rotations) {
+    return static_cast<double>(d) * std::log(original / (rotations * 2.0 * M_PI)) / (2.0 * std::log(base));
+  };
+  double low = correction_dim(y.beta_fast), high = correction_dim(y.beta_slow);
+  if (y.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(d - 1));
+  if (low == high) high += 0.001;
+  for (int64_t j = 0; j < half; ++j) {
+    const double pos_freq = std::pow(base, static_cast<double>(2 * j) / d);
+    const double extrapolation = 1.0 / pos_freq, interpolation = 1.0 / (factor * pos_freq);
+    const double ramp = std::clamp((static_cast<double>(j) - low) / (high - low), 0.0, 1.0);
+    const double keep = 1.0 - ramp;  // the share of extrapolation: 1 for the fast dimensions
+    out.inv_freq[j] = static_cast<float>(interpolation * (1.0 - keep) + extrapolation * keep);
+  }
+  return out;
+}
+
 RopeTables MropeTables(const TextConfig& config, const std::vector<int64_t>& positions, int64_t num_tokens) {
   const int64_t d = config.head_dim, half = d / 2;
   Q3VL_CHECK_EQ(static_cast<int64_t>(positions.size()), 3 * num_tokens);
-  std::vector<float> inv(half);
+  const TextRopeFrequencies freq = TextRope(config);
+  const std::vector<float>& inv = freq.inv_freq;
+  const float scale = freq.attention_scaling;
   std::vector<int> axis(half);
   const auto& s = config.mrope_section;
   for (int64_t j = 0; j < half; ++j) {
-    inv[j] = static_cast<float>(1.0 / std::pow(config.rope_theta, static_cast<double>(2 * j) / d));
     axis[j] = (j % 3 == 1 && j < 3 * s[1]) ? 1 : (j % 3 == 2 && j < 3 * s[2]) ? 2 : 0;
   }
   RopeTables out{Tensor::Empty(DType::kF32, {num_tokens, d}), Tensor::Empty(DType::kF32, {num_tokens, d})};
@@ -113,8 +159,8 @@ RopeTables MropeTables(const TextConfig& config, const std::vector<int64_t>& pos
   for (int64_t t = 0; t < num_tokens; ++t) {
     for (int64_t j = 0; j < half; ++j) {
       const float angle = static_cast<float>(positions[axis[j] * num_tokens + t]) * inv[j];
-      c[t * d + j] = c[t * d + j + half] = std::cos(angle);
-      sn[t * d + j] = sn[t * d + j + half] = std::sin(angle);
+      c[t * d + j] = c[t * d + j + half] = std::cos(angle) * scale;
+      sn[t * d + j] = sn[t * d + j + half] = std::sin(angle) * scale;
     }
   }
   return out;

@@ -43,6 +43,17 @@ inline RopeTables Upload(Backend& backend, const RopeTables& t) {
 }
 RopeTables MropeTables(const TextConfig& config, const std::vector<int64_t>& positions, int64_t num_tokens);
 
+// The text rotary's inverse frequencies (head_dim / 2 of them) and the factor cos and sin are
+// scaled by: theta^(-2j/d) and 1, or with YaRN (config.yarn) the frequencies blended between
+// extrapolation (fast dimensions) and interpolation by `factor` (slow ones) over a linear ramp
+// between the correction dimensions of beta_fast and beta_slow, and the attention scaling
+// 0.1 ln(factor) + 1 (Hugging Face's _compute_yarn_parameters).
+struct TextRopeFrequencies {
+  std::vector<float> inv_freq;
+  float attention_scaling = 1.0f;
+};
+TextRopeFrequencies TextRope(const TextConfig& config);
+
 // cos/sin [N, head_dim] of the vision 2-D rotary for (row, col) of each patch.
 RopeTables VisionRopeTables(int64_t head_dim, const std::vector<int64_t>& rows,
                             const std::vector<int64_t>& cols);

@@ -83,7 +83,8 @@ inline const std::string& E2eModelDir() {
   return dir;
 }
 
-// Every model case of ../shared/golden/cases (public set), in order.
+// Every model case of ../shared/golden/cases (public set), in order, but 09_yarn_long_rope:
+// its reference ran a mis-loaded model (tests/model/golden_test.cc checks it on that model).
 inline const std::vector<std::string>& GoldenCaseNames() {
   static const std::vector<std::string> names = {
       "01_text_only", "02_image_single", "03_two_images", "04_video", "05_video_all_frames_ties",

@@ -38,11 +38,59 @@ TEST(ConfigTest, ParsesRopeParametersLayout) {
   EXPECT_EQ(c->text.rope_theta, 1e6);
 }
 
+TEST(ConfigTest, ParsesYarnRopeScaling) {
+  nlohmann::json j = CaseConfig();
+  j["text_config"]["rope_scaling"] = {{"mrope_interleaved", true}, {"mrope_section", {6, 5, 5}}, {"rope_type", "yarn"},
+                                      {"factor", 4.0}, {"original_max_position_embeddings", 16}};
+  auto c = ModelConfig::FromJson(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->text.yarn.enabled);
+  EXPECT_EQ(c->text.yarn.factor, 4.0);
+  EXPECT_EQ(c->text.yarn.original_max_position_embeddings, 16);
+  EXPECT_EQ(c->text.yarn.beta_fast, 32.0);  // Hugging Face's defaults
+  EXPECT_EQ(c->text.yarn.beta_slow, 1.0);
+  EXPECT_TRUE(c->text.yarn.truncate);
+  EXPECT_EQ(c->text.mrope_section[1], 5);
+
+  // The newer layout: rope_parameters with rope_theta inside.
+  nlohmann::json n = CaseConfig();
+  n["text_config"]["rope_parameters"] = {{"rope_theta", 1e6}, {"mrope_interleaved", true}, {"mrope_section", {6, 5, 5}},
+                                         {"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 262144},
+                                         {"beta_fast", 16}, {"attention_factor", 1.2}};
+  n["text_config"].erase("rope_scaling");
+  auto p = ModelConfig::FromJson(n.dump(), "config.json");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->text.yarn.enabled);
+  EXPECT_EQ(p->text.rope_theta, 1e6);
+  EXPECT_EQ(p->text.yarn.original_max_position_embeddings, 262144);
+  EXPECT_EQ(p->text.yarn.beta_fast, 16.0);
+  EXPECT_EQ(p->text.yarn.attention_factor, 1.2);
+
+  // Without the default-rope types nothing changes.
+  auto plain = ModelConfig::FromJson(CaseConfig().dump(), "config.json");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->text.yarn.enabled);
+}
+
 void ExpectError(const nlohmann::json& j, const std::string& fragment) {
   auto c = ModelConfig::FromJson(j.dump(), "cfg.json");
   ASSERT_FALSE(c.ok()) << j.dump();
   EXPECT_NE(std::string(c.status().message()).find(fragment), std::string::npos) << c.status();
   EXPECT_NE(std::string(c.status().message()).find("cfg.json"), std::string::npos) << c.status();
+}
+
+TEST(ConfigTest, RejectsBadYarnAndUnknownRopeTypes) {
+  nlohmann::json j = CaseConfig();
+  j["text_config"]["rope_scaling"]["rope_type"] = "yarn";
+  ExpectError(j, "factor");  // required
+  j["text_config"]["rope_scaling"]["factor"] = 0.5;
+  ExpectError(j, "yarn factor must be >= 1");
+  j["text_config"]["rope_scaling"]["factor"] = 4.0;
+  j["text_config"]["rope_scaling"]["beta_fast"] = -1;
+  ExpectError(j, "beta_fast");
+  nlohmann::json other = CaseConfig();
+  other["text_config"]["rope_scaling"]["rope_type"] = "longrope";
+  ExpectError(other, "rope_type \"longrope\" is not supported (default, yarn)");
 }
 
 TEST(ConfigTest, RejectsMalformedConfigs) {
