@@ -137,6 +137,8 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
   Q3VL_ASSIGN_OR_RETURN(chat.messages, ParseChatMessages(messages));
   const RenderedChat rendered = RenderChat(chat);
 
+  const VisionProcessorConfig& image_config = options.image_config ? *options.image_config : image_config_;
+  const VisionProcessorConfig& video_config = options.video_config ? *options.video_config : video_config_;
   ProcessedRequest out;
   out.prompt_text = rendered.text;
   std::vector<ProcessedImage> images;
@@ -148,7 +150,7 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
     }
     auto image = LoadImage(ref);
     if (!image.ok()) return Annotate(image.status(), absl::StrCat("image ", i + 1));
-    auto processed = ProcessImage(*image, image_config_);
+    auto processed = ProcessImage(*image, image_config);
     if (!processed.ok()) return Annotate(processed.status(), absl::StrCat("image ", i + 1, " (", ref, ")"));
     image_slots.push_back({.num_tokens = processed->num_tokens});
     images.push_back(*std::move(processed));
@@ -159,13 +161,13 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
     const std::string ref = Resolve(rendered.video_sources[i], options.media_root);
     absl::StatusOr<ProcessedVideo> video;
     if (absl::StartsWith(ref, "data:")) {
-      video = LoadVideoDataUrl(ref, video_config_);
+      video = LoadVideoDataUrl(ref, video_config);
     } else if (absl::StrContains(FilePath(ref), "://")) {
       return absl::UnimplementedError(absl::StrCat("video ", i + 1, ": remote URLs are not fetched (got \"",
                                                    ref.substr(0, 40), "\")"));
     } else {
       Q3VL_RETURN_IF_ERROR(CheckAllowed(FilePath(ref), options, absl::StrCat("video ", i + 1)));
-      video = LoadVideo(FilePath(ref), video_config_);
+      video = LoadVideo(FilePath(ref), video_config);
     }
     if (!video.ok()) return Annotate(video.status(), absl::StrCat("video ", i + 1));
     video_slots.push_back({.timestamps = video->plan.timestamps,

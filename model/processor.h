@@ -38,6 +38,10 @@ struct ProcessOptions {
   // directories once symlinks and ".." are resolved (PermissionDenied otherwise); an empty list
   // allows none. Unset: any file the process can read.
   std::optional<std::vector<std::string>> allowed_media_dirs;
+  // This request's image and video processing (a client's mm_processor_kwargs over the
+  // model's preprocessor configs); unset: the model's.
+  std::optional<VisionProcessorConfig> image_config;
+  std::optional<VisionProcessorConfig> video_config;
 };
 
 struct ProcessedRequest {

@@ -279,6 +279,33 @@ ApiResult<ApiRequest> ParseRequest(Endpoint endpoint, const Json& body) {
     if (auto e = OnlyDefault(f, "best_of", 1, "only best_of 1")) return *e;
     if (auto e = OnlyDefault(f, "suffix", "", "no insertion")) return *e;
   }
+  if (const Json* v = f.Get("mm_processor_kwargs")) {
+    if (!chat) return InvalidRequest("mm_processor_kwargs is a chat completions parameter (media)", "mm_processor_kwargs");
+    if (!v->is_object()) return InvalidRequest("mm_processor_kwargs must be an object", "mm_processor_kwargs");
+    ApiRequest::MediaKwargs kw;
+    for (auto it = v->begin(); it != v->end(); ++it) {
+      const std::string name = absl::StrCat("mm_processor_kwargs.", it.key());
+      if (it.key() == "fps") {
+        float fps = 0;
+        if (auto e = Number(&*it, name.c_str(), 0.0, 60.0, true, fps)) return *e;  // (0, 60]
+        kw.fps = fps;
+        continue;
+      }
+      std::optional<int64_t>* field = it.key() == "min_pixels"   ? &kw.min_pixels
+                                      : it.key() == "max_pixels" ? &kw.max_pixels
+                                      : it.key() == "min_frames" ? &kw.min_frames
+                                      : it.key() == "max_frames" ? &kw.max_frames
+                                                                 : nullptr;
+      if (field == nullptr) {
+        return InvalidRequest(absl::StrCat(name, " is not supported (fps, min_pixels, max_pixels, min_frames, max_frames)"),
+                              "mm_processor_kwargs");
+      }
+      int64_t value = 0;
+      if (auto e = Integer(&*it, name.c_str(), 1, INT64_MAX / 4, value)) return *e;
+      *field = value;
+    }
+    r.mm_processor_kwargs = kw;
+  }
   if (auto e = Bool(f.Get("stream"), "stream", r.stream)) return *e;
   if (const Json* v = f.Get("stream_options")) {
     if (!r.stream) return InvalidRequest("stream_options is only allowed when stream is true", "stream_options");
@@ -307,12 +334,56 @@ ApiResult<ApiRequest> ParseRequest(Endpoint endpoint, const Json& body) {
   return r;
 }
 
+namespace {
+
+// The request's image and video configs: the model's with `kw` over them, checked, and bounded
+// by the context: a pixel budget whose visual tokens could not fit max_model_len is refused
+// before any frame is decoded (the budget is what decoding and resizing hold in memory).
+std::optional<ApiError> ApplyMediaKwargs(const ApiRequest::MediaKwargs& kw, const model::Processor& processor,
+                                         int64_t max_model_len, model::ProcessOptions& process) {
+  model::VisionProcessorConfig image = processor.image_config(), video = processor.video_config();
+  for (model::VisionProcessorConfig* c : {&image, &video}) {
+    if (kw.min_pixels) c->min_pixels = *kw.min_pixels;
+    if (kw.max_pixels) c->max_pixels = *kw.max_pixels;
+  }
+  if (kw.fps) video.fps = *kw.fps;
+  if (kw.min_frames) video.min_frames = *kw.min_frames;
+  if (kw.max_frames) video.max_frames = *kw.max_frames;
+  for (const auto& [config, what] : {std::pair{&image, "images"}, std::pair{&video, "videos"}}) {
+    if (absl::Status st = config->Validate(); !st.ok()) {
+      return InvalidRequest(absl::StrCat("mm_processor_kwargs for ", what, ": ", st.message()), "mm_processor_kwargs");
+    }
+  }
+  if (max_model_len > 0 && kw.max_pixels) {
+    // A video's tokens are its pixels over all frames / (factor^2 * temporal patch); an
+    // image's, its pixels / factor^2 (an image past the context fails the prompt check).
+    const int64_t video_tokens = video.max_pixels / (video.factor() * video.factor() * video.temporal_patch_size);
+    if (video_tokens > max_model_len) {
+      return InvalidRequest(absl::StrCat("mm_processor_kwargs.max_pixels (", *kw.max_pixels, ") allows a video of ",
+                                         video_tokens, " visual tokens, more than this model's maximum context length (",
+                                         max_model_len, ")"),
+                            "mm_processor_kwargs");
+    }
+  }
+  if (kw.min_pixels || kw.max_pixels) process.image_config = image;
+  process.video_config = video;
+  return std::nullopt;
+}
+
+}  // namespace
+
 ApiResult<PreparedRequest> Prepare(ApiRequest api, const PrepareOptions& options) {
   PreparedRequest out;
   model::RunnerRequest& in = out.input;
   const model::Tokenizer& tokenizer = options.processor->tokenizer();
   if (api.endpoint == Endpoint::kChatCompletions) {
-    auto processed = options.processor->Process(api.messages, options.process);
+    model::ProcessOptions process = options.process;
+    if (api.mm_processor_kwargs) {
+      if (auto e = ApplyMediaKwargs(*api.mm_processor_kwargs, *options.processor, options.max_model_len, process)) {
+        return *e;
+      }
+    }
+    auto processed = options.processor->Process(api.messages, process);
     if (!processed.ok()) return FromStatus(processed.status(), "messages");
     in.input_ids = std::move(processed->input_ids);
     in.images = std::move(processed->images);

@@ -43,7 +43,7 @@ enum class Endpoint { kChatCompletions, kCompletions };
 std::optional<Endpoint> EndpointOf(const std::string& url);
 
 // A parsed request body. Fields are the OpenAI API's; vLLM's extensions that we honour are
-// top_k, min_tokens, ignore_eos, stop_token_ids and skip_special_tokens.
+// top_k, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens and mm_processor_kwargs.
 struct ApiRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   std::string model;                   // as given (may be empty)
@@ -64,6 +64,15 @@ struct ApiRequest {
   int top_logprobs = -1;               // -1: no logprobs; else the alternatives per token
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage
+  // vLLM's mm_processor_kwargs (chat): this request's media processing over the model's
+  // preprocessor configs. fps, min_frames, max_frames apply to videos; min_pixels and
+  // max_pixels to images (per image) and videos (over all sampled frames, as Qwen3-VL's video
+  // processor counts them).
+  struct MediaKwargs {
+    std::optional<double> fps;
+    std::optional<int64_t> min_pixels, max_pixels, min_frames, max_frames;
+  };
+  std::optional<MediaKwargs> mm_processor_kwargs;
 };
 
 // Parses and checks a body. A field this server does not implement, or a value it cannot

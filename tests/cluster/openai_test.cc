@@ -198,6 +198,67 @@ TEST_F(OpenAiPrepareTest, ImagesAndVideosFromDataUrls) {
   EXPECT_NE(std::get<ApiError>(bad).message.find("base64"), std::string::npos) << std::get<ApiError>(bad).message;
 }
 
+TEST(OpenAiParseTest, MmProcessorKwargsAreCheckedByName) {
+  auto ok = ParseRequest(Endpoint::kChatCompletions,
+                         Chat({{"mm_processor_kwargs", {{"fps", 1}, {"max_pixels", 1 << 20}, {"max_frames", 64}}}}));
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(ok));
+  const auto& kw = std::get<ApiRequest>(ok).mm_processor_kwargs;
+  ASSERT_TRUE(kw.has_value());
+  EXPECT_EQ(kw->fps, 1.0);
+  EXPECT_EQ(kw->max_pixels, 1 << 20);
+  EXPECT_EQ(kw->max_frames, 64);
+  EXPECT_FALSE(kw->min_pixels.has_value());
+  const ApiError unknown = ErrorOf(Endpoint::kChatCompletions, Chat({{"mm_processor_kwargs", {{"do_resize", false}}}}));
+  EXPECT_EQ(unknown.param, "mm_processor_kwargs");
+  EXPECT_NE(unknown.message.find("mm_processor_kwargs.do_resize is not supported"), std::string::npos) << unknown.message;
+  EXPECT_EQ(ErrorOf(Endpoint::kChatCompletions, Chat({{"mm_processor_kwargs", {{"fps", 0}}}})).param,
+            "mm_processor_kwargs.fps");
+  EXPECT_EQ(ErrorOf(Endpoint::kChatCompletions, Chat({{"mm_processor_kwargs", {{"max_pixels", -5}}}})).param,
+            "mm_processor_kwargs.max_pixels");
+  EXPECT_EQ(ErrorOf(Endpoint::kChatCompletions, Chat({{"mm_processor_kwargs", 3}})).param, "mm_processor_kwargs");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, {{"model", "m"}, {"prompt", "x"}, {"mm_processor_kwargs", {{"fps", 1}}}}).param,
+            "mm_processor_kwargs");
+}
+
+TEST_F(OpenAiPrepareTest, MmProcessorKwargsChangeTheVideosProcessing) {
+  ASSERT_NE(processor_, nullptr);
+  const std::string video = testing::TestDataDir() + "/media/testsrc2_320x240_4s.mp4";
+  const Json messages = {{{"role", "user"}, {"content", {{{"type", "video_url"}, {"video_url", {{"url", video}}}},
+                                                         {{"type", "text"}, {"text", "what?"}}}}}};
+  auto prepare = [&](Json kwargs, int64_t context = 100000) {
+    Json body = Chat({{"messages", messages}});
+    if (!kwargs.is_null()) body["mm_processor_kwargs"] = kwargs;
+    return Prepare(std::get<ApiRequest>(ParseRequest(Endpoint::kChatCompletions, body)), Options(context));
+  };
+  auto plain = prepare(nullptr);
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(plain)) << std::get<ApiError>(plain).message;
+  const model::GridThw base = std::get<PreparedRequest>(plain).input.videos.grids[0];
+  // 1 fps instead of 2: half the frames of the 4 s clip, so half the temporal groups.
+  auto slow = prepare({{"fps", 1}});
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(slow)) << std::get<ApiError>(slow).message;
+  const model::GridThw half = std::get<PreparedRequest>(slow).input.videos.grids[0];
+  EXPECT_EQ(half[0] * 2, base[0]);
+  EXPECT_EQ(half[1], base[1]);
+  // A smaller pixel budget over all frames: fewer patches per frame.
+  auto small = prepare({{"max_pixels", 8 * 32 * 32 * 4}, {"min_pixels", 1024}});
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(small)) << std::get<ApiError>(small).message;
+  const model::GridThw tight = std::get<PreparedRequest>(small).input.videos.grids[0];
+  EXPECT_EQ(tight[0], base[0]);
+  EXPECT_LT(tight[1] * tight[2], base[1] * base[2]);
+  // Sampled frames (2 per temporal group) x the resized frame's pixels stay within the budget.
+  EXPECT_LE((tight[0] * 2) * (tight[1] * 16) * (tight[2] * 16), 8 * 32 * 32 * 4);
+  // A budget past the context is refused before any decoding, naming the numbers.
+  auto huge = prepare({{"max_pixels", int64_t{1} << 40}}, 32768);
+  ASSERT_TRUE(std::holds_alternative<ApiError>(huge));
+  EXPECT_EQ(std::get<ApiError>(huge).param, "mm_processor_kwargs");
+  EXPECT_NE(std::get<ApiError>(huge).message.find("maximum context length (32768)"), std::string::npos)
+      << std::get<ApiError>(huge).message;
+  // Kwargs that contradict each other or the model's config are a 400 with the reason.
+  auto empty = prepare({{"min_pixels", 4096}, {"max_pixels", 1024}});
+  ASSERT_TRUE(std::holds_alternative<ApiError>(empty));
+  EXPECT_NE(std::get<ApiError>(empty).message.find("pixel budget"), std::string::npos) << std::get<ApiError>(empty).message;
+}
+
 TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
   ASSERT_NE(processor_, nullptr);
   ApiRequest api = std::get<ApiRequest>(ParseRequest(

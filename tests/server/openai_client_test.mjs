@@ -96,6 +96,19 @@ test('an image data URL and a video file are seen', async () => {
                     { type: 'text', text: 'What happens?' }]),
   });
   assert.ok(video.usage.prompt_tokens > text.usage.prompt_tokens + 100, `${video.usage.prompt_tokens} prompt tokens`);
+  // vLLM's mm_processor_kwargs (an extra body field to the SDK): at 1 fps the 4 s clip has half
+  // the frame groups, so half the video tokens (and half the timestamp text).
+  const slow = await client.chat.completions.create({
+    model: 'demo', max_tokens: 2, temperature: 0, mm_processor_kwargs: { fps: 1 },
+    messages: user([{ type: 'video_url', video_url: { url: `file://${MEDIA}/testsrc2_320x240_4s.mp4` } },
+                    { type: 'text', text: 'What happens?' }]),
+  });
+  const videoTokens = (r) => r.usage.prompt_tokens - text.usage.prompt_tokens;
+  assert.ok(videoTokens(slow) < videoTokens(video) * 0.6 && videoTokens(slow) > videoTokens(video) * 0.4,
+    `${videoTokens(slow)} video tokens at 1 fps, ${videoTokens(video)} at 2 fps`);
+  await assert.rejects(client.chat.completions.create({
+    model: 'demo', max_tokens: 2, mm_processor_kwargs: { do_resize: false }, messages: user('hi'),
+  }), (e) => e instanceof OpenAI.BadRequestError && /mm_processor_kwargs\.do_resize is not supported/.test(e.message));
 });
 
 test('http images from allowed hosts only', async () => {
