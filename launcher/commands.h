@@ -18,6 +18,7 @@ int EvalCaseCommand(const Args& args);
 int GenerateCommand(const Args& args);
 int GroupCommand(const Args& args);
 int MakeModelCommand(const Args& args);
+int NiahCommand(const Args& args);
 int PlanCommand(const Args& args);
 int PreprocessCommand(const Args& args);
 int RunCommand(const Args& args);

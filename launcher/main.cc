@@ -22,6 +22,8 @@ constexpr Command kCommands[] = {
      q3vl::launcher::CoordinatorCommand},
     {"group", "one replica over the pods of a LeaderWorkerSet group: the leader runs mpirun over ssh, the workers serve ssh",
      q3vl::launcher::GroupCommand},
+    {"niah", "long-video needle-in-a-haystack over an OpenAI endpoint: length x depth cells, scored, resumable JSONL",
+     q3vl::launcher::NiahCommand},
     {"generate", "generation from a chat prompt (text, images, videos), a messages file or token ids, streamed",
      q3vl::launcher::GenerateCommand},
     {"eval-case", "run a golden reference case and write logits, positions and greedy tokens",

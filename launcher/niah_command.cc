@@ -1,0 +1,273 @@
+// q3vl niah: long-video needle-in-a-haystack through the serving path. For each length x depth
+// x needle it composes the cell's video (cluster/niah/compose.h), sends it with each question
+// to an OpenAI endpoint (q3vl serve or q3vl coordinator) as a video data URL with the cell's
+// mm_processor_kwargs, scores the answer and appends one JSON line per question to
+// OUT/results.jsonl (--resume continues after any kill). Cells are ordered so that those
+// sharing the frames before the needle follow each other (same length and needle, depths
+// rising), which is what a prefix cache can reuse.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "cluster/niah/client.h"
+#include "cluster/niah/compose.h"
+#include "cluster/niah/eval.h"
+#include "cluster/niah/plan.h"
+#include "launcher/options.h"
+#include "model/media/video_decode.h"
+
+namespace q3vl::launcher {
+namespace {
+
+constexpr char kName[] = "niah";
+namespace niah = cluster::niah;
+using Json = nlohmann::ordered_json;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::string> ApiKey(const po::variables_map& vm) {
+  if (vm.count("api-key-file")) {
+    std::ifstream in(vm["api-key-file"].as<std::string>());
+    if (!in) return absl::NotFoundError(absl::StrCat("--api-key-file ", vm["api-key-file"].as<std::string>(), ": cannot open"));
+    for (std::string line; std::getline(in, line);) {
+      const std::string key(absl::StripAsciiWhitespace(line));
+      if (!key.empty() && key[0] != '#') return key;
+    }
+    return absl::InvalidArgumentError("--api-key-file has no key in it");
+  }
+  const char* env = std::getenv("Q3VL_API_KEY");
+  return std::string(env != nullptr ? env : "");
+}
+
+std::string Duration(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
+  const int64_t s = std::llround(seconds);
+  return s >= 3600 ? absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60) : absl::StrFormat("%dm%02ds", s / 60, s % 60);
+}
+
+}  // namespace
+
+int NiahCommand(const Args& args) {
+  po::options_description options("options");
+  options.add_options()
+      ("endpoint", po::value<std::string>()->required(), "the OpenAI API to evaluate: http://HOST:PORT of q3vl serve or q3vl coordinator")
+      ("api-key-file", po::value<std::string>(), "its API key (first line; else $Q3VL_API_KEY)")
+      ("haystack", po::value<std::string>()->required(), "the haystack video (looped or trimmed to each length)")
+      ("needles", po::value<std::string>(), "needles.json (default: three built-in colour needles, a what and a when question each)")
+      ("lengths", po::value<std::string>()->default_value("8k,32k"), "video lengths in visual tokens, e.g. 8k,32k,128k,256k")
+      ("depths", po::value<std::string>()->default_value("0:1:0.25"), "needle depths: START:END:STEP or a list, in [0, 1]")
+      ("out", po::value<std::string>()->required(), "output directory: results.jsonl, summary.json, videos/")
+      ("fps", po::value<int>()->default_value(2), "frames per second of the composed videos (all sampled)")
+      ("max-pixels", po::value<int64_t>()->default_value(448 * 448), "pixels per frame at most (448x448: 196 tokens per frame group)")
+      ("served-model-name", po::value<std::string>(), "the model name to request (default: the endpoint's first, from /v1/models)")
+      ("max-tokens", po::value<int>()->default_value(16), "answer length")
+      ("timeout", po::value<double>()->default_value(1800), "seconds to wait for one answer")
+      ("resume", po::bool_switch(), "continue OUT/results.jsonl, skipping the questions it holds")
+      ("keep-videos", po::bool_switch(), "keep each cell's video under OUT/videos (default: removed once its questions are done)");
+  po::positional_options_description positional;
+  auto parsed = ParseArgs(kName, "--endpoint URL --haystack VIDEO --out DIR [--lengths 8k,32k] [--depths 0:1:0.25] [options]",
+                          options, positional, args);
+  if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
+  const po::variables_map& vm = std::get<po::variables_map>(parsed);
+
+  auto endpoint = niah::Endpoint::Parse(vm["endpoint"].as<std::string>());
+  if (!endpoint.ok()) return UsageError(kName, std::string(endpoint.status().message()));
+  auto lengths = niah::ParseLengths(vm["lengths"].as<std::string>());
+  if (!lengths.ok()) return UsageError(kName, absl::StrCat("--lengths: ", lengths.status().message()));
+  auto depths = niah::ParseDepths(vm["depths"].as<std::string>());
+  if (!depths.ok()) return UsageError(kName, absl::StrCat("--depths: ", depths.status().message()));
+  const int fps = vm["fps"].as<int>();
+  if (fps < 1 || fps > 30) return UsageError(kName, "--fps must be in [1, 30]");
+  const int64_t max_pixels = vm["max-pixels"].as<int64_t>();
+  const int max_tokens = vm["max-tokens"].as<int>();
+  if (max_tokens < 1) return UsageError(kName, "--max-tokens must be >= 1");
+  const absl::Duration timeout = absl::Seconds(vm["timeout"].as<double>());
+  auto key = ApiKey(vm);
+  if (!key.ok()) return UsageError(kName, std::string(key.status().message()));
+
+  std::vector<niah::Needle> needles;
+  if (vm.count("needles")) {
+    auto loaded = niah::LoadNeedles(vm["needles"].as<std::string>());
+    if (!loaded.ok()) return UsageError(kName, std::string(loaded.status().message()));
+    needles = *std::move(loaded);
+  } else {
+    needles = niah::DefaultNeedles();
+  }
+  const std::string haystack = vm["haystack"].as<std::string>();
+  model::VideoInfo info;
+  {
+    auto reader = model::VideoReader::Open(haystack);
+    if (!reader.ok()) return UsageError(kName, absl::StrCat("--haystack: ", reader.status().message()));
+    info = (*reader)->info();
+  }
+  const model::VisionProcessorConfig video = model::VisionProcessorConfig::VideoDefaults();
+  auto geometry = niah::FitGeometry(info.width, info.height, max_pixels / (video.factor() * video.factor()), fps, video);
+  if (!geometry.ok()) return UsageError(kName, absl::StrCat("--max-pixels: ", geometry.status().message()));
+
+  const std::filesystem::path out = vm["out"].as<std::string>();
+  const std::string results = (out / "results.jsonl").string();
+  std::error_code ec;
+  std::filesystem::create_directories(out / "videos", ec);
+  if (ec) return Fail(kName, absl::UnavailableError(absl::StrCat("cannot create ", out.string(), ": ", ec.message())));
+  if (std::filesystem::exists(results) && !vm["resume"].as<bool>()) {
+    return UsageError(kName, absl::StrCat(results, " exists: add --resume to continue it, or choose another --out"));
+  }
+  auto done = niah::RecoverResults(results);
+  if (!done.ok()) return Fail(kName, done.status());
+
+  std::string model_name = vm.count("served-model-name") ? vm["served-model-name"].as<std::string>() : "";
+  if (model_name.empty()) {
+    auto models = niah::GetJson(*endpoint, "/v1/models", *key, absl::Seconds(30));
+    if (!models.ok()) return Fail(kName, models.status());
+    if (models->status != 200 || !models->body.is_object() || !models->body.contains("data") ||
+        models->body["data"].empty()) {
+      return Fail(kName, absl::UnavailableError(absl::StrCat("GET /v1/models answered ", models->status, ": ", models->text)));
+    }
+    model_name = models->body["data"][0].value("id", "");
+  }
+
+  // The questions in order: length, needle, depth rising (shared frames before the needle),
+  // then the needle's questions.
+  struct Item {
+    int64_t length;
+    double depth;
+    const niah::Needle* needle;
+    int question;
+  };
+  std::vector<Item> items;
+  for (int64_t length : *lengths) {
+    for (const niah::Needle& n : needles) {
+      for (double d : *depths) {
+        for (int q = 0; q < static_cast<int>(n.questions.size()); ++q) items.push_back({length, d, &n, q});
+      }
+    }
+  }
+  int64_t todo = 0;
+  for (const Item& it : items) {
+    todo += done->count(niah::CellKey{it.length, it.depth, it.needle->id, it.question}.ToString()) ? 0 : 1;
+  }
+  std::cerr << "q3vl niah: " << items.size() << " questions (" << lengths->size() << " lengths x " << depths->size()
+            << " depths x " << needles.size() << " needles)" << (todo < static_cast<int64_t>(items.size())
+                                                                      ? absl::StrCat(", ", items.size() - todo, " already in ", results)
+                                                                      : "")
+            << "; frames " << geometry->width << "x" << geometry->height << " at " << fps << " fps, "
+            << geometry->tokens_per_group() << " tokens per frame group; model " << model_name << " at "
+            << vm["endpoint"].as<std::string>() << std::endl;
+
+  const auto start = std::chrono::steady_clock::now();
+  int64_t answered = 0, correct = 0, errors = 0;
+  std::string cached_video_path, cached_data_url;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Item& it = items[i];
+    const niah::CellKey cell_key{it.length, it.depth, it.needle->id, it.question};
+    if (done->count(cell_key.ToString())) continue;
+    auto cell = niah::PlanCell(*geometry, it.length, it.depth);
+    if (!cell.ok()) return Fail(kName, cell.status());
+    const std::string video_path = (out / "videos" / absl::StrFormat("%d-%.4f-%s.mp4", it.length, it.depth, it.needle->id)).string();
+    if (cached_video_path != video_path) {
+      if (!cached_video_path.empty() && !vm["keep-videos"].as<bool>()) std::filesystem::remove(cached_video_path, ec);
+      if (absl::Status st = niah::ComposeCellVideo(haystack, it.needle->image, *geometry, *cell, video_path); !st.ok()) {
+        return Fail(kName, st);
+      }
+      cached_video_path = video_path;
+      cached_data_url = absl::StrCat("data:video/mp4;base64,", absl::Base64Escape(ReadAll(video_path)));
+    }
+    const niah::Question& q = it.needle->questions[it.question];
+    Json body = {{"model", model_name},
+                 {"messages", Json::array({{{"role", "user"},
+                                            {"content", Json::array({{{"type", "video_url"}, {"video_url", {{"url", cached_data_url}}}},
+                                                                     {{"type", "text"}, {"text", q.text}}})}}})},
+                 {"max_tokens", max_tokens},
+                 {"temperature", 0},
+                 {"mm_processor_kwargs",
+                  {{"fps", cell->kwargs_fps}, {"max_frames", cell->kwargs_max_frames},
+                   {"min_pixels", cell->kwargs_min_pixels}, {"max_pixels", cell->kwargs_max_pixels}}}};
+    const auto t0 = std::chrono::steady_clock::now();
+    auto reply = niah::PostJson(*endpoint, "/v1/chat/completions", body, *key, timeout);
+    const double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!reply.ok()) return Fail(kName, reply.status());  // unreachable server: stop; --resume continues
+    // The needle group's time, as its timestamp says.
+    const double needle_time = (static_cast<double>(cell->needle_first_frame) +
+                                static_cast<double>(cell->needle_first_frame + video.temporal_patch_size - 1)) /
+                               (2.0 * fps);
+    Json line = {{"key", cell_key.ToString()},
+                 {"length", it.length},
+                 {"depth", it.depth},
+                 {"needle", it.needle->id},
+                 {"question", it.question},
+                 {"kind", q.kind == niah::QuestionKind::kWhen ? "when" : "what"},
+                 {"visual_tokens", cell->visual_tokens},
+                 {"frame_groups", cell->groups},
+                 {"needle_group", cell->needle_group},
+                 {"needle_timestamp", cell->needle_timestamp},
+                 {"needle_time_s", needle_time},
+                 {"latency_s", latency}};
+    std::string verdict;
+    if (reply->status == 200 && reply->body.is_object() && reply->body.contains("choices")) {
+      const std::string answer = reply->body["choices"][0]["message"].value("content", "");
+      const bool right = q.kind == niah::QuestionKind::kWhen
+                             ? niah::TimeMatches(answer, needle_time, video.temporal_patch_size / static_cast<double>(fps))
+                             : niah::AnswerMatches(answer, q.answers);
+      line["answer"] = answer;
+      line["correct"] = right;
+      if (reply->body.contains("usage")) line["prompt_tokens"] = reply->body["usage"].value("prompt_tokens", 0);
+      ++answered;
+      correct += right ? 1 : 0;
+      verdict = right ? "right" : "wrong";
+    } else {
+      // The cell could not be served (too long for the context, say): recorded, not retried.
+      line["error"] = {{"status", reply->status},
+                       {"message", reply->body.is_object() && reply->body.contains("error")
+                                       ? reply->body["error"].value("message", reply->text)
+                                       : reply->text}};
+      ++errors;
+      verdict = absl::StrCat("error ", reply->status);
+    }
+    if (absl::Status st = niah::AppendResult(results, line); !st.ok()) return Fail(kName, st);
+    const int64_t finished = answered + errors;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::cerr << absl::StrFormat("q3vl niah: [%d/%d] %.0f%%  %dk depth %.2f %s %s: %s (%.1f s)  ETA %s\n",
+                                 finished, todo, 100.0 * finished / std::max<int64_t>(1, todo), it.length / 1024, it.depth,
+                                 it.needle->id, q.kind == niah::QuestionKind::kWhen ? "when" : "what", verdict, latency,
+                                 Duration(elapsed / finished * static_cast<double>(todo - finished)))
+              << std::flush;
+  }
+  if (!cached_video_path.empty() && !vm["keep-videos"].as<bool>()) std::filesystem::remove(cached_video_path, ec);
+
+  // The summary over the whole results file (earlier runs included): accuracy per length x depth.
+  std::map<std::pair<int64_t, double>, std::pair<int64_t, int64_t>> cells;  // (right, asked)
+  std::ifstream in(results);
+  for (std::string row; std::getline(in, row);) {
+    Json j = Json::parse(row, nullptr, false);
+    if (j.is_discarded() || !j.contains("correct")) continue;
+    auto& c = cells[{j["length"].get<int64_t>(), j["depth"].get<double>()}];
+    c.first += j["correct"].get<bool>() ? 1 : 0;
+    c.second += 1;
+  }
+  Json summary = {{"endpoint", vm["endpoint"].as<std::string>()}, {"model", model_name}, {"cells", Json::array()}};
+  for (const auto& [k, v] : cells) {
+    summary["cells"].push_back({{"length", k.first}, {"depth", k.second}, {"accuracy", static_cast<double>(v.first) / v.second},
+                                {"questions", v.second}});
+  }
+  std::ofstream((out / "summary.json").string()) << summary.dump(2) << "\n";
+  std::cerr << "q3vl niah: " << answered << " answered this run (" << correct << " right), " << errors
+            << " errors; results in " << results << ", accuracy per cell in " << (out / "summary.json").string()
+            << std::endl;
+  return 0;
+}
+
+}  // namespace q3vl::launcher

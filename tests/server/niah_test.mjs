@@ -1,0 +1,108 @@
+// q3vl niah against q3vl serve on loopback (the demo model: its random weights answer at
+// random, so what is tested is the harness): every length x depth x needle x question gets one
+// result line with the cell's geometry; a run killed midway and resumed repeats and loses
+// nothing; a cell too long for the model's context is recorded as an error and the run goes on.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startServer, stopServer } from './server_util.mjs';
+
+const HAYSTACK = `${process.env.Q3VL_TEST_DATA_DIR}/media/testsrc2_320x240_4s.mp4`;
+let server;
+const work = mkdtempSync(path.join(tmpdir(), 'q3vl-niah-'));
+
+before(async () => { server = await startServer(['--served-model-name', 'demo']); });
+after(async () => { await stopServer(server); rmSync(work, { recursive: true, force: true }); });
+
+// Runs q3vl niah; resolves { code, log }. `killAfterLines`: SIGKILL once that many result
+// lines are written.
+function niah(args, killAfterLines = 0) {
+  return new Promise((resolve) => {
+    const p = spawn(process.env.Q3VL_BINARY, ['niah', '--endpoint', server.url, '--haystack', HAYSTACK, ...args],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    p.stderr.on('data', (d) => {
+      log += d;
+      if (killAfterLines > 0 && (log.match(/q3vl niah: \[\d+\//g) ?? []).length >= killAfterLines) p.kill('SIGKILL');
+    });
+    const timer = setTimeout(() => p.kill('SIGKILL'), 240000);
+    p.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code: code ?? signal, log }); });
+  });
+}
+
+const lines = (out) => readFileSync(path.join(out, 'results.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+
+test('every cell and question gets one line with its geometry', async () => {
+  const out = path.join(work, 'full');
+  const r = await niah(['--lengths', '1k,2k', '--depths', '0:1:0.5', '--out', out]);
+  assert.equal(r.code, 0, r.log);
+  const rows = lines(out);
+  assert.equal(rows.length, 2 * 3 * 3 * 2);  // lengths x depths x needles x questions
+  assert.equal(new Set(rows.map((x) => x.key)).size, rows.length);
+  for (const x of rows) {
+    assert.equal(typeof x.correct, 'boolean', JSON.stringify(x));
+    assert.ok(Math.abs(x.visual_tokens - x.length) <= 192 / 2, `${x.visual_tokens} tokens for ${x.length}`);
+    assert.equal(x.needle_group, Math.round(x.depth * (x.frame_groups - 1)));
+    assert.match(x.needle_timestamp, /^<\d+\.\d seconds>$/);
+    assert.ok(x.prompt_tokens > x.visual_tokens, 'the prompt holds the video');
+  }
+  // The questions of one cell share its video: the second is prefilled from the cache.
+  const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.cells.length, 6);
+  assert.ok(summary.cells.every((c) => c.questions === 6 && c.accuracy >= 0 && c.accuracy <= 1));
+  assert.ok(!existsSync(path.join(out, 'videos', '2048-1.0000-blue.mp4')), 'videos are removed once done');
+  assert.match(r.log, /\[36\/36\] 100%/);
+});
+
+test('killed midway, --resume finishes without repeating or losing a question', async () => {
+  const out = path.join(work, 'resumed');
+  const args = ['--lengths', '1k', '--depths', '0,0.5,1', '--out', out];
+  const first = await niah(args, 5);
+  assert.equal(first.code, 'SIGKILL');
+  const partial = lines(out).length;
+  assert.ok(partial >= 4 && partial < 18, `${partial} lines before the kill`);
+  const again = await niah(args);
+  assert.equal(again.code, 2, 'an existing results file needs --resume');
+  assert.match(again.log, /exists: add --resume/);
+  const resumed = await niah([...args, '--resume']);
+  assert.equal(resumed.code, 0, resumed.log);
+  assert.match(resumed.log, new RegExp(`${partial} already in`));
+  const rows = lines(out);
+  assert.equal(rows.length, 3 * 3 * 2);
+  assert.equal(new Set(rows.map((x) => x.key)).size, rows.length);
+});
+
+test('a cell the replica cannot hold is an error line; the others are answered', async () => {
+  // A replica whose KV pool holds 4,096 tokens a sequence: the 8k cell cannot fit.
+  const small = await startServer(['--served-model-name', 'demo', '--kv-cache-tokens', '4096']);
+  try {
+    const out = path.join(work, 'long');
+    const p = spawn(process.env.Q3VL_BINARY, ['niah', '--endpoint', small.url, '--haystack', HAYSTACK,
+      '--lengths', '1k,8k', '--depths', '0.5', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    p.stderr.on('data', (d) => { log += d; });
+    const code = await new Promise((resolve) => p.on('exit', (c) => resolve(c)));
+    assert.equal(code, 0, log);
+    const rows = lines(out);
+    assert.equal(rows.length, 2 * 3 * 2);
+    const long = rows.filter((x) => x.length === 8192);
+    assert.ok(long.every((x) => x.error?.status === 400 && /KV cache capacity per sequence/.test(x.error.message)),
+      JSON.stringify(long[0]));
+    assert.ok(rows.filter((x) => x.length === 1024).every((x) => typeof x.correct === 'boolean'));
+    assert.match(log, /6 errors/);
+  } finally {
+    await stopServer(small);
+  }
+});
+
+test('bad arguments are usage errors before any request', async () => {
+  for (const [args, re] of [[['--lengths', 'big', '--out', work], /--lengths/], [['--depths', '2', '--out', work], /--depths/],
+    [['--needles', '/nonexistent.json', '--out', work], /cannot read/]]) {
+    const r = await niah(args);
+    assert.equal(r.code, 2, r.log);
+    assert.match(r.log, re);
+  }
+});
