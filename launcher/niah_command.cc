@@ -4,7 +4,8 @@
 // mm_processor_kwargs, scores the answer and appends one JSON line per question to
 // OUT/results.jsonl (--resume continues after any kill). Cells are ordered so that those
 // sharing the frames before the needle follow each other (same length and needle, depths
-// rising), which is what a prefix cache can reuse.
+// rising), which is what a prefix cache can reuse. At the end: OUT/summary.json (accuracy per
+// length x depth), OUT/heatmap.png and OUT/report.html.
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +23,7 @@
 #include "cluster/niah/compose.h"
 #include "cluster/niah/eval.h"
 #include "cluster/niah/plan.h"
+#include "cluster/niah/report.h"
 #include "launcher/options.h"
 #include "model/media/video_decode.h"
 
@@ -70,7 +72,7 @@ int NiahCommand(const Args& args) {
       ("needles", po::value<std::string>(), "needles.json (default: three built-in colour needles, a what and a when question each)")
       ("lengths", po::value<std::string>()->default_value("8k,32k"), "video lengths in visual tokens, e.g. 8k,32k,128k,256k")
       ("depths", po::value<std::string>()->default_value("0:1:0.25"), "needle depths: START:END:STEP or a list, in [0, 1]")
-      ("out", po::value<std::string>()->required(), "output directory: results.jsonl, summary.json, videos/")
+      ("out", po::value<std::string>()->required(), "output directory: results.jsonl, summary.json, heatmap.png, report.html, videos/")
       ("fps", po::value<int>()->default_value(2), "frames per second of the composed videos (all sampled)")
       ("max-pixels", po::value<int64_t>()->default_value(448 * 448), "pixels per frame at most (448x448: 196 tokens per frame group)")
       ("served-model-name", po::value<std::string>(), "the model name to request (default: the endpoint's first, from /v1/models)")
@@ -248,14 +250,16 @@ int NiahCommand(const Args& args) {
   }
   if (!cached_video_path.empty() && !vm["keep-videos"].as<bool>()) std::filesystem::remove(cached_video_path, ec);
 
-  // The summary over the whole results file (earlier runs included): accuracy per length x depth.
+  // The summary and report over the whole results file (earlier runs included).
   std::map<std::pair<int64_t, double>, std::pair<int64_t, int64_t>> cells;  // (right, asked)
+  std::vector<Json> rows;
   std::ifstream in(results);
   for (std::string row; std::getline(in, row);) {
     Json j = Json::parse(row, nullptr, false);
-    if (j.is_discarded() || !j.contains("correct")) continue;
+    if (j.is_discarded() || !j.contains("length")) continue;
+    rows.push_back(j);
     auto& c = cells[{j["length"].get<int64_t>(), j["depth"].get<double>()}];
-    c.first += j["correct"].get<bool>() ? 1 : 0;
+    c.first += j.value("correct", false) ? 1 : 0;
     c.second += 1;
   }
   Json summary = {{"endpoint", vm["endpoint"].as<std::string>()}, {"model", model_name}, {"cells", Json::array()}};
@@ -264,9 +268,11 @@ int NiahCommand(const Args& args) {
                                 {"questions", v.second}});
   }
   std::ofstream((out / "summary.json").string()) << summary.dump(2) << "\n";
+  auto report = niah::WriteReport(rows, needles, out.string(), absl::StrCat("q3vl niah: ", model_name));
+  if (!report.ok()) return Fail(kName, report.status());
   std::cerr << "q3vl niah: " << answered << " answered this run (" << correct << " right), " << errors
             << " errors; results in " << results << ", accuracy per cell in " << (out / "summary.json").string()
-            << std::endl;
+            << ", report " << report->html << " (heat map " << report->heatmap_png << ")" << std::endl;
   return 0;
 }
 

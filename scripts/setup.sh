@@ -16,6 +16,8 @@ PACKAGES=(
   # model: config and checkpoint headers; tokenizer (regex, NFC); image and video decoding
   nlohmann-json3-dev libpcre2-dev libutf8proc-dev libjpeg-dev libpng-dev
   libavformat-dev libavcodec-dev libavutil-dev libswscale-dev
+  # cluster/niah: the NIAH report's heat map (Cairo; its text needs a font: DejaVu)
+  libcairo2-dev fonts-dejavu-core
   # parallel: the MPI communicator and mpirun (multirank tests, CPU meshes)
   libopenmpi-dev openmpi-bin
   # launcher: command-line parsing

@@ -55,6 +55,13 @@ test('every cell and question gets one line with its geometry', async () => {
   assert.ok(summary.cells.every((c) => c.questions === 6 && c.accuracy >= 0 && c.accuracy <= 1));
   assert.ok(!existsSync(path.join(out, 'videos', '2048-1.0000-blue.mp4')), 'videos are removed once done');
   assert.match(r.log, /\[36\/36\] 100%/);
+  // The report: a PNG heat map and a page naming every question.
+  const png = readFileSync(path.join(out, 'heatmap.png'));
+  assert.equal(png.subarray(1, 4).toString(), 'PNG');
+  assert.equal(png.readUInt32BE(16), 90 + 3 * 64 + 30, 'width: 3 depth columns');
+  assert.equal(png.readUInt32BE(20), 60 + 2 * 40 + 70, 'height: 2 length rows');
+  const html = readFileSync(path.join(out, 'report.html'), 'utf8');
+  for (const x of rows) assert.ok(html.includes(x.key), x.key);
 });
 
 test('killed midway, --resume finishes without repeating or losing a question', async () => {

@@ -1,0 +1,33 @@
+// The NIAH report from the results file's lines: a heat map PNG (video length x needle depth,
+// the accuracy of each cell as colour and number, axes labelled; drawn with Cairo) and a
+// self-contained HTML page (the heat map embedded, the table of cells, and each cell's
+// questions, answers and needle image). Pure apart from the files it writes.
+#ifndef Q3VL_CLUSTER_NIAH_REPORT_H_
+#define Q3VL_CLUSTER_NIAH_REPORT_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "cluster/niah/eval.h"
+#include "nlohmann/json.hpp"
+
+namespace q3vl::cluster::niah {
+
+struct ReportFiles {
+  std::string heatmap_png;  // written
+  std::string html;         // written
+  int width = 0, height = 0;  // the PNG's size
+};
+
+// Writes DIR/heatmap.png and DIR/report.html for `rows` (result lines; error lines count as
+// wrong and are shown as errors). `needles` gives the images shown beside the answers (by id;
+// ids without one are shown without an image).
+absl::StatusOr<ReportFiles> WriteReport(const std::vector<nlohmann::ordered_json>& rows,
+                                        const std::vector<Needle>& needles, const std::string& dir,
+                                        const std::string& title);
+
+}  // namespace q3vl::cluster::niah
+
+#endif  // Q3VL_CLUSTER_NIAH_REPORT_H_
