@@ -226,7 +226,14 @@ int NiahCommand(const Args& args) {
                              : niah::AnswerMatches(answer, q.answers);
       line["answer"] = answer;
       line["correct"] = right;
-      if (reply->body.contains("usage")) line["prompt_tokens"] = reply->body["usage"].value("prompt_tokens", 0);
+      if (reply->body.contains("usage")) {
+        const Json& usage = reply->body["usage"];
+        line["prompt_tokens"] = usage.value("prompt_tokens", 0);
+        // The prefix cache's share (OpenAI's usage.prompt_tokens_details.cached_tokens).
+        line["cached_tokens"] = usage.contains("prompt_tokens_details") && usage["prompt_tokens_details"].is_object()
+                                    ? usage["prompt_tokens_details"].value("cached_tokens", 0)
+                                    : 0;
+      }
       ++answered;
       correct += right ? 1 : 0;
       verdict = right ? "right" : "wrong";
@@ -253,16 +260,27 @@ int NiahCommand(const Args& args) {
   // The summary and report over the whole results file (earlier runs included).
   std::map<std::pair<int64_t, double>, std::pair<int64_t, int64_t>> cells;  // (right, asked)
   std::vector<Json> rows;
+  int64_t prompt_total = 0, cached_total = 0;
   std::ifstream in(results);
   for (std::string row; std::getline(in, row);) {
     Json j = Json::parse(row, nullptr, false);
     if (j.is_discarded() || !j.contains("length")) continue;
+    prompt_total += j.value("prompt_tokens", 0);
+    cached_total += j.value("cached_tokens", 0);
     rows.push_back(j);
     auto& c = cells[{j["length"].get<int64_t>(), j["depth"].get<double>()}];
     c.first += j.value("correct", false) ? 1 : 0;
     c.second += 1;
   }
-  Json summary = {{"endpoint", vm["endpoint"].as<std::string>()}, {"model", model_name}, {"cells", Json::array()}};
+  // What the prefix cache saved: the share of prompt tokens prefilled, against every question
+  // prefilled cold.
+  const double prefilled = prompt_total > 0 ? static_cast<double>(prompt_total - cached_total) / prompt_total : 1.0;
+  Json summary = {{"endpoint", vm["endpoint"].as<std::string>()},
+                  {"model", model_name},
+                  {"prompt_tokens", prompt_total},
+                  {"cached_tokens", cached_total},
+                  {"prefilled_fraction", prefilled},
+                  {"cells", Json::array()}};
   for (const auto& [k, v] : cells) {
     summary["cells"].push_back({{"length", k.first}, {"depth", k.second}, {"accuracy", static_cast<double>(v.first) / v.second},
                                 {"questions", v.second}});
@@ -270,6 +288,8 @@ int NiahCommand(const Args& args) {
   std::ofstream((out / "summary.json").string()) << summary.dump(2) << "\n";
   auto report = niah::WriteReport(rows, needles, out.string(), absl::StrCat("q3vl niah: ", model_name));
   if (!report.ok()) return Fail(kName, report.status());
+  std::cerr << absl::StrFormat("q3vl niah: prefilled %d of %d prompt tokens (%.0f%%; the prefix cache held the rest)\n",
+                               prompt_total - cached_total, prompt_total, 100.0 * prefilled);
   std::cerr << "q3vl niah: " << answered << " answered this run (" << correct << " right), " << errors
             << " errors; results in " << results << ", accuracy per cell in " << (out / "summary.json").string()
             << ", report " << report->html << " (heat map " << report->heatmap_png << ")" << std::endl;

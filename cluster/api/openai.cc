@@ -451,11 +451,21 @@ std::vector<EngineRequest> EngineRequests(const PreparedRequest& request, const 
   return out;
 }
 
+// OpenAI's usage object; prompt_tokens_details.cached_tokens: the prompt tokens the prefix cache
+// held when the (first) choice was admitted.
+Json Usage(int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
+}
+
 Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
                   const std::vector<RequestOutput>& choices, const model::Tokenizer& tokenizer) {
   const bool chat = request.endpoint == Endpoint::kChatCompletions;
   Json list = Json::array();
   int64_t prompt_tokens = 0, completion_tokens = 0;
+  const int64_t cached_tokens = choices.empty() ? 0 : choices[0].cached_prompt_tokens;
   for (size_t i = 0; i < choices.size(); ++i) {
     const RequestOutput& c = choices[i];
     prompt_tokens = c.prompt_tokens;
@@ -477,9 +487,7 @@ Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t crea
     list.push_back(std::move(choice));
   }
   return {{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
-          {"model", model}, {"choices", list},
-          {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
-                     {"total_tokens", prompt_tokens + completion_tokens}}}};
+          {"model", model}, {"choices", list}, {"usage", Usage(prompt_tokens, cached_tokens, completion_tokens)}};
 }
 
 Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
@@ -509,12 +517,11 @@ Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t creat
 }
 
 Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
-                int64_t prompt_tokens, int64_t completion_tokens) {
+                int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens) {
   const bool chat = request.endpoint == Endpoint::kChatCompletions;
   return {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
           {"model", model}, {"choices", Json::array()},
-          {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
-                     {"total_tokens", prompt_tokens + completion_tokens}}}};
+          {"usage", Usage(prompt_tokens, cached_tokens, completion_tokens)}};
 }
 
 std::string NewRequestId() {

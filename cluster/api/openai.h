@@ -111,8 +111,10 @@ Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t crea
 Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
                  int index, const RequestOutput& delta, bool first, const model::Tokenizer& tokenizer);
 // The chunk after the last choice ended, with include_usage: "choices": [] and the usage.
+// Usage everywhere carries prompt_tokens_details.cached_tokens (the prompt tokens the prefix
+// cache held at admission), as OpenAI reports it.
 Json UsageChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,
-                int64_t prompt_tokens, int64_t completion_tokens);
+                int64_t prompt_tokens, int64_t cached_tokens, int64_t completion_tokens);
 
 // A new request id: 16 random hex digits.
 std::string NewRequestId();

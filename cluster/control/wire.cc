@@ -27,6 +27,7 @@ void ToProto(const RequestOutput& out, int choice, pb::Output& p) {
     p.set_error_message(std::string(out.error.message()));
   }
   p.set_prompt_tokens(out.prompt_tokens);
+  p.set_cached_prompt_tokens(out.cached_prompt_tokens);
   p.set_completion_tokens(out.completion_tokens);
   p.set_queue_seconds(out.queue_seconds);
   p.set_ttft_seconds(out.ttft_seconds);
@@ -51,6 +52,7 @@ RequestOutput FromProto(const pb::Output& p) {
   if (p.has_stop_reason()) out.stop_reason = p.stop_reason();
   if (p.error_code() != 0) out.error = absl::Status(static_cast<absl::StatusCode>(p.error_code()), p.error_message());
   out.prompt_tokens = p.prompt_tokens();
+  out.cached_prompt_tokens = p.cached_prompt_tokens();
   out.completion_tokens = p.completion_tokens();
   out.queue_seconds = p.queue_seconds();
   out.ttft_seconds = p.ttft_seconds();

@@ -18,6 +18,7 @@ struct Engine::Live {
   size_t max_stop = 0;  // longest stop string
   int64_t min_tokens = 0, max_new_tokens = 0;
   int64_t prompt_tokens = 0, generated = 0;
+  int64_t cached_prompt_tokens = 0;  // the prefix cache's hit at the first admission
   std::unique_ptr<model::StreamDecoder> detok;
   std::string text;    // generated text so far (cut at a stop string)
   size_t emitted = 0;  // bytes of text already sent
@@ -129,7 +130,10 @@ bool Engine::Step() {
   last_sent_ = now;
   for (const model::StepSequence& s : plan.seqs) {
     Live& l = *live_.at(s.request);
-    if (l.scheduled == absl::InfinitePast()) l.scheduled = now;
+    if (l.scheduled == absl::InfinitePast()) {
+      l.scheduled = now;
+      l.cached_prompt_tokens = s.begin;  // first admission: it starts after the cached prefix
+    }
   }
   absl::StatusOr<model::StepOutput> out = runner_.Execute(plan);
   if (!out.ok()) {
@@ -173,6 +177,7 @@ void Engine::Emit(const model::StepPlan& plan, const model::StepOutput& out) {
     }
     if (ended) continue;
     delta.prompt_tokens = l.prompt_tokens;
+    delta.cached_prompt_tokens = l.cached_prompt_tokens;
     delta.completion_tokens = l.generated;
     if (!delta.token_ids.empty() || !delta.prompt_logprobs.empty() || !delta.prompt_logits.empty()) {
       l.stream->Push(std::move(delta));
@@ -235,6 +240,7 @@ void Engine::End(Live& l, RequestOutput delta, FinishReason reason, absl::Status
   delta.finish = reason;
   delta.error = std::move(error);
   delta.prompt_tokens = l.prompt_tokens;
+  delta.cached_prompt_tokens = l.cached_prompt_tokens;
   delta.completion_tokens = l.generated;
   const absl::Time scheduled = l.scheduled == absl::InfinitePast() ? now : l.scheduled;
   delta.queue_seconds = absl::ToDoubleSeconds(scheduled - l.arrival);

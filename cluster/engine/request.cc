@@ -60,6 +60,7 @@ void Append(RequestOutput& all, RequestOutput o) {
   all.prompt_logprobs.insert(all.prompt_logprobs.end(), o.prompt_logprobs.begin(), o.prompt_logprobs.end());
   all.prompt_logits.insert(all.prompt_logits.end(), o.prompt_logits.begin(), o.prompt_logits.end());
   all.prompt_tokens = o.prompt_tokens;
+  all.cached_prompt_tokens = o.cached_prompt_tokens;
   all.completion_tokens = o.completion_tokens;
   if (o.finish) {
     all.finish = o.finish;

@@ -46,6 +46,7 @@ struct RequestOutput {
   std::optional<std::string> stop_reason;         // the stop string or stop token that ended it
   absl::Status error;                             // with kError (or kAbort on shutdown)
   int64_t prompt_tokens = 0;
+  int64_t cached_prompt_tokens = 0;               // of them, found in the prefix cache at admission
   int64_t completion_tokens = 0;                  // so far
   // On the last output: seconds from submission to scheduling, first token, and the end.
   double queue_seconds = 0.0, ttft_seconds = 0.0, e2e_seconds = 0.0;

@@ -98,7 +98,7 @@ struct OpenAiServer::Call {
         int64_t completion = 0;
         for (const RequestOutput& o : all) completion += o.completion_tokens;
         exchange->Send(Event(api::UsageChunk(api, response_id, created, model, all.empty() ? 0 : all[0].prompt_tokens,
-                                             completion)));
+                                             all.empty() ? 0 : all[0].cached_prompt_tokens, completion)));
       }
       exchange->Send("data: [DONE]\n\n");
       exchange->End();

@@ -213,6 +213,9 @@ TEST_P(PrefixCacheGoldenTest, WarmRequestsEqualColdOnesAndMediaNeverShareByPlace
     const RequestOutput warm = RunAlone(*engine, request("warm", golden->request));
     const int64_t hit = engine->metrics().Snapshot().prefix_cache_hits_total - hits_before;
     EXPECT_EQ(hit, (prompt - 1) / page * page);
+    EXPECT_EQ(cold.cached_prompt_tokens, 0);
+    EXPECT_EQ(warm.cached_prompt_tokens, hit) << "each request reports its own hit (usage.prompt_tokens_details)";
+    EXPECT_EQ(warm.prompt_tokens, prompt);
     if (page == mid) {
       EXPECT_TRUE(hit > 0 && is_visual(hit - 1) && is_visual(hit)) << "the hit should end mid-item";
     }
@@ -235,6 +238,7 @@ TEST_P(PrefixCacheGoldenTest, WarmRequestsEqualColdOnesAndMediaNeverShareByPlace
     const int64_t before = engine->metrics().Snapshot().prefix_cache_hits_total;
     const RequestOutput other = RunAlone(*engine, request("other", changed));
     EXPECT_EQ(engine->metrics().Snapshot().prefix_cache_hits_total - before, std::min(v0 / page, (prompt - 1) / page) * page);
+    EXPECT_EQ(other.cached_prompt_tokens, std::min(v0 / page, (prompt - 1) / page) * page);
     std::unique_ptr<model::ModelRunner> fresh_runner;
     std::unique_ptr<Engine> fresh;
     make(fresh_runner, fresh);

@@ -274,7 +274,8 @@ TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
   const model::Tokenizer& tok = processor_->tokenizer();
   const int32_t hello = tok.Encode("Hello")[0];
   RequestOutput a{.token_ids = {hello}, .text = "Hello", .logprobs = {{.token = hello, .logprob = -0.5f, .top = {{hello, -0.5f}}}},
-                  .finish = FinishReason::kStop, .stop_reason = "x", .prompt_tokens = 7, .completion_tokens = 1};
+                  .finish = FinishReason::kStop, .stop_reason = "x", .prompt_tokens = 7, .cached_prompt_tokens = 4,
+                  .completion_tokens = 1};
   RequestOutput b = a;
   b.finish = FinishReason::kLength;
   b.stop_reason.reset();
@@ -290,6 +291,10 @@ TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
   EXPECT_EQ(body["usage"]["prompt_tokens"], 7);
   EXPECT_EQ(body["usage"]["completion_tokens"], 2);
   EXPECT_EQ(body["usage"]["total_tokens"], 9);
+  EXPECT_EQ(body["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+  const Json usage = UsageChunk(api, "chatcmpl-1", 42, "served", 7, 4, 2);
+  EXPECT_EQ(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+  EXPECT_TRUE(usage["choices"].empty());
 
   ApiRequest completion = std::get<ApiRequest>(ParseRequest(Endpoint::kCompletions, Json{{"prompt", "a"}, {"logprobs", 1}}));
   const Json text = ResponseBody(completion, "cmpl-1", 42, "served", {a}, tok);

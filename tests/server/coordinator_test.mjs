@@ -140,17 +140,20 @@ test('repeated images land where their KV lives', async () => {
   const cachedBefore = await metric(coordinator, 'q3vl:coordinator_routed_cached_pages_total');
   // A A B B A A B B: round-robin would send every second request of an image to the replica
   // without its KV; kv routing sends each repeat where the image's pages are.
+  let reported = 0;  // usage.prompt_tokens_details.cached_tokens, through the coordinator
   for (const i of [0, 0, 1, 1, 0, 0, 1, 1]) {
-    await client.chat.completions.create({
+    const r = await client.chat.completions.create({
       model: 'demo', max_tokens: 2, temperature: 0,
       messages: user([{ type: 'image_url', image_url: { url: images[i] } }, { type: 'text', text: `Question ${Math.random()}` }]),
     });
+    reported += r.usage.prompt_tokens_details.cached_tokens;
     await new Promise((r) => setTimeout(r, 100));  // the replica reports its new pages (every 20 ms)
   }
   // 256x256 is 64 visual tokens (4 pages) plus the template before it: each of the 6 repeats
   // reuses at least 4 full pages.
   const reused = (await hits()) - before;
   assert.ok(reused >= 6 * 64, `prefix-cache hits over the repeats: ${reused} tokens`);
+  assert.equal(reported, reused, 'each response reports its own prefix-cache hit');
   const cached = (await metric(coordinator, 'q3vl:coordinator_routed_cached_pages_total')) - cachedBefore;
   assert.ok(cached >= 6 * 4, `pages the index placed at the chosen replicas: ${cached}`);
 });

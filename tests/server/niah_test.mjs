@@ -49,8 +49,14 @@ test('every cell and question gets one line with its geometry', async () => {
     assert.match(x.needle_timestamp, /^<\d+\.\d seconds>$/);
     assert.ok(x.prompt_tokens > x.visual_tokens, 'the prompt holds the video');
   }
-  // The questions of one cell share its video: the second is prefilled from the cache.
+  // The questions of one cell share its video: the second finds all of it in the prefix cache,
+  // so the sweep prefills about half of what running every question cold would.
+  for (const x of rows.filter((y) => y.question === 1)) {
+    assert.ok(x.cached_tokens >= x.visual_tokens, `${x.key}: ${x.cached_tokens} cached of ${x.prompt_tokens}`);
+  }
   const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.ok(summary.prefilled_fraction <= 0.6, `prefilled ${summary.prefilled_fraction}`);
+  assert.match(r.log, /prefilled \d+ of \d+ prompt tokens/);
   assert.equal(summary.cells.length, 6);
   assert.ok(summary.cells.every((c) => c.questions === 6 && c.accuracy >= 0 && c.accuracy <= 1));
   assert.ok(!existsSync(path.join(out, 'videos', '2048-1.0000-blue.mp4')), 'videos are removed once done');
