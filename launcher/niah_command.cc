@@ -8,6 +8,10 @@
 // length x depth), OUT/heatmap.png and OUT/report.html.
 #include <unistd.h>
 
+extern "C" {
+#include <libavutil/log.h>
+}
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -85,6 +89,9 @@ int NiahCommand(const Args& args) {
                           options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
+  // FFmpeg's informational lines (libx264 prints its settings at every cell's video) would
+  // drown the progress lines; its warnings and errors still show.
+  av_log_set_level(AV_LOG_WARNING);
 
   auto endpoint = niah::Endpoint::Parse(vm["endpoint"].as<std::string>());
   if (!endpoint.ok()) return UsageError(kName, std::string(endpoint.status().message()));
