@@ -6,6 +6,9 @@
 
 #include "cluster/niah/compose.h"
 #include "gtest/gtest.h"
+#include "model/config.h"
+#include "model/processor.h"
+#include "model/rope.h"
 #include "model/media/image_decode.h"
 #include "model/media/resize.h"
 #include "model/media/video_decode.h"
@@ -82,6 +85,77 @@ TEST(NiahComposeTest, TheCellVideoIsWhatThePlanSays) {
   }).ok());
   EXPECT_LT(MeanAbsDiff(frames[0], first), 4.0);
   if (cell->needle_group != 4) EXPECT_LT(MeanAbsDiff(frames[8], first), 4.0);
+}
+
+// Through the chat template and get_rope_index as a request would go: the prompt carries the
+// needle group's timestamp right before its tokens, and its M-RoPE positions are those of a
+// one-frame grid placed after everything before it (Qwen3-VL splits a video into one grid per
+// frame group; text advances one position a token, a group max(h, w) / merge).
+TEST(NiahComposeTest, ThePromptCarriesTheNeedleGroupsTimestampAndPositions) {
+  const std::string media = testing::TestDataDir() + "/media/";
+  auto needle = model::DecodeImageFile(media + "shapes_333x517.jpg");
+  ASSERT_TRUE(needle.ok());
+  const Geometry g = *FitGeometry(320, 240, 48, 2.0, model::VisionProcessorConfig::VideoDefaults());
+  auto cell = PlanCell(g, 12 * g.tokens_per_group(), 0.75);
+  ASSERT_TRUE(cell.ok());
+  const std::string out = testing::ScratchDir() + "/cell_rope.mp4";
+  ASSERT_TRUE(ComposeCellVideo(media + "testsrc2_320x240_4s.mp4", *needle, g, *cell, out).ok());
+
+  auto processor = model::Processor::Load(testing::E2eModelDir());
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  auto config = model::ModelConfig::FromFile(testing::E2eModelDir() + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  model::ProcessOptions options;
+  model::VisionProcessorConfig video = processor->video_config();
+  video.fps = cell->kwargs_fps;
+  video.max_frames = cell->kwargs_max_frames;
+  video.min_pixels = cell->kwargs_min_pixels;
+  video.max_pixels = cell->kwargs_max_pixels;
+  options.video_config = video;
+  const nlohmann::ordered_json messages = {
+      {{"role", "user"}, {"content", {{{"type", "video"}, {"video", out}}, {{"type", "text"}, {"text", "When?"}}}}}};
+  auto processed = processor->Process(messages, options);
+  ASSERT_TRUE(processed.ok()) << processed.status();
+  ASSERT_EQ(processed->videos.grids.size(), 1u);
+  EXPECT_EQ(processed->videos.grids[0][0], cell->groups);
+
+  const std::vector<int64_t>& ids = processed->input_ids;
+  auto rope = model::GetRopeIndex({.input_ids = &ids, .image_grids = &processed->images.grids,
+                                   .video_grids = &processed->videos.grids, .image_token_id = config->image_token_id,
+                                   .video_token_id = config->video_token_id,
+                                   .spatial_merge_size = config->vision.spatial_merge_size});
+  ASSERT_TRUE(rope.ok()) << rope.status();
+  const int64_t n = static_cast<int64_t>(ids.size());
+  const int64_t m = config->vision.spatial_merge_size;
+  const int64_t gh = processed->videos.grids[0][1] / m, gw = processed->videos.grids[0][2] / m;
+  // Walk the prompt: the runs of video tokens are the frame groups, in order.
+  int64_t expected = 0, group = 0, previous_end = 0;
+  bool checked = false;
+  for (int64_t i = 0; i < n;) {
+    if (ids[i] != config->video_token_id) {
+      ++expected;
+      ++i;
+      continue;
+    }
+    if (group == cell->needle_group) {
+      // The text between the previous group and this one holds this group's timestamp.
+      std::vector<int32_t> between(ids.begin() + previous_end, ids.begin() + i);
+      EXPECT_NE(processor->tokenizer().Decode(between).find(cell->needle_timestamp), std::string::npos)
+          << processor->tokenizer().Decode(between);
+      for (int64_t k = 0; k < gh * gw; ++k) {
+        EXPECT_EQ(rope->positions[0 * n + i + k], expected) << "t of token " << k;
+        EXPECT_EQ(rope->positions[1 * n + i + k], expected + k / gw) << "h of token " << k;
+        EXPECT_EQ(rope->positions[2 * n + i + k], expected + k % gw) << "w of token " << k;
+      }
+      checked = true;
+    }
+    expected += std::max(gh, gw);
+    i += gh * gw;
+    previous_end = i;
+    ++group;
+  }
+  EXPECT_EQ(group, cell->groups);
+  EXPECT_TRUE(checked);
 }
 
 TEST(NiahComposeTest, AMissingHaystackIsReported) {
