@@ -6,6 +6,10 @@
 // sharing the frames before the needle follow each other (same length and needle, depths
 // rising), which is what a prefix cache can reuse. At the end: OUT/summary.json (accuracy per
 // length x depth), OUT/heatmap.png and OUT/report.html.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 extern "C" {
@@ -18,6 +22,8 @@ extern "C" {
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <regex>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +36,7 @@ extern "C" {
 #include "cluster/niah/report.h"
 #include "launcher/options.h"
 #include "model/media/video_decode.h"
+#include "parallel/topology.h"
 
 namespace q3vl::launcher {
 namespace {
@@ -59,6 +66,78 @@ absl::StatusOr<std::string> ApiKey(const po::variables_map& vm) {
   return std::string(env != nullptr ? env : "");
 }
 
+// `q3vl serve` for --model: a child process on loopback (under mpirun for a mesh of several
+// ranks), stopped with SIGTERM when this ends (and by the kernel if this dies).
+class ChildServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<ChildServer>> Start(const std::vector<std::string>& argv) {
+    int pipefd[2];
+    if (::pipe2(pipefd, O_CLOEXEC) != 0) return absl::UnavailableError("pipe");
+    const pid_t pid = ::fork();
+    if (pid < 0) return absl::UnavailableError("fork");
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      ::dup2(pipefd[1], 2);
+      std::vector<char*> cargv;
+      for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+      cargv.push_back(nullptr);
+      ::execvp(cargv[0], cargv.data());
+      std::fprintf(stderr, "cannot run %s\n", cargv[0]);
+      ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    auto child = std::unique_ptr<ChildServer>(new ChildServer(pid, pipefd[0]));
+    // Its log until the serving line, which names the port.
+    static const std::regex serving(R"(serving \S+ on (http://[0-9.]+:\d+))");
+    std::string line;
+    char c;
+    while (::read(child->fd_, &c, 1) == 1) {
+      if (c != '\n') {
+        line += c;
+        continue;
+      }
+      child->log_ += line + "\n";
+      std::smatch m;
+      if (std::regex_search(line, m, serving)) {
+        child->url_ = m[1].str();
+        break;
+      }
+      line.clear();
+    }
+    if (child->url_.empty()) {
+      return absl::UnavailableError(absl::StrCat("q3vl serve did not start:\n", child->log_));
+    }
+    // Keep reading its log, or a full pipe would stop it.
+    child->drain_ = std::thread([fd = child->fd_] {
+      char buf[4096];
+      while (::read(fd, buf, sizeof buf) > 0) {
+      }
+    });
+    return child;
+  }
+  ~ChildServer() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    if (drain_.joinable()) drain_.join();
+    ::close(fd_);
+  }
+  const std::string& url() const { return url_; }
+
+ private:
+  ChildServer(pid_t pid, int fd) : pid_(pid), fd_(fd) {}
+  pid_t pid_;
+  int fd_;
+  std::string url_, log_;
+  std::thread drain_;
+};
+
+std::string SelfExe() {
+  char path[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  return n > 0 ? std::string(path, static_cast<size_t>(n)) : "q3vl";
+}
+
 std::string Duration(double seconds) {
   if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
   const int64_t s = std::llround(seconds);
@@ -70,7 +149,10 @@ std::string Duration(double seconds) {
 int NiahCommand(const Args& args) {
   po::options_description options("options");
   options.add_options()
-      ("endpoint", po::value<std::string>()->required(), "the OpenAI API to evaluate: http://HOST:PORT of q3vl serve or q3vl coordinator")
+      ("endpoint", po::value<std::string>(), "the OpenAI API to evaluate: http://HOST:PORT of q3vl serve or q3vl coordinator")
+      ("model", po::value<std::string>(), "instead of --endpoint: a model directory, served here by q3vl serve on loopback for the run")
+      ("mesh", po::value<std::string>(), "with --model: its mesh (q3vl serve under mpirun -np <ranks>)")
+      ("threads", po::value<int>(), "with --model: compute threads per rank (q3vl serve --threads)")
       ("api-key-file", po::value<std::string>(), "its API key (first line; else $Q3VL_API_KEY)")
       ("haystack", po::value<std::string>()->required(), "the haystack video (looped or trimmed to each length)")
       ("needles", po::value<std::string>(), "needles.json (default: three built-in colour needles, a what and a when question each)")
@@ -85,7 +167,7 @@ int NiahCommand(const Args& args) {
       ("resume", po::bool_switch(), "continue OUT/results.jsonl, skipping the questions it holds")
       ("keep-videos", po::bool_switch(), "keep each cell's video under OUT/videos (default: removed once its questions are done)");
   po::positional_options_description positional;
-  auto parsed = ParseArgs(kName, "--endpoint URL --haystack VIDEO --out DIR [--lengths 8k,32k] [--depths 0:1:0.25] [options]",
+  auto parsed = ParseArgs(kName, "(--endpoint URL | --model DIR [--mesh M]) --haystack VIDEO --out DIR [--lengths 8k,32k] [--depths 0:1:0.25] [options]",
                           options, positional, args);
   if (std::holds_alternative<int>(parsed)) return std::get<int>(parsed);
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
@@ -93,8 +175,24 @@ int NiahCommand(const Args& args) {
   // drown the progress lines; its warnings and errors still show.
   av_log_set_level(AV_LOG_WARNING);
 
-  auto endpoint = niah::Endpoint::Parse(vm["endpoint"].as<std::string>());
-  if (!endpoint.ok()) return UsageError(kName, std::string(endpoint.status().message()));
+  if (vm.count("endpoint") == vm.count("model")) return UsageError(kName, "give one of --endpoint and --model");
+  if (vm.count("mesh") && !vm.count("model")) return UsageError(kName, "--mesh goes with --model");
+  std::vector<std::string> serve_argv;
+  if (vm.count("model")) {
+    // q3vl serve, as a user would run it: on loopback, any free port, no API key.
+    serve_argv = {SelfExe(), "serve", "--model", vm["model"].as<std::string>(), "--host", "127.0.0.1", "--port", "0"};
+    if (vm.count("threads")) serve_argv.insert(serve_argv.end(), {"--threads", std::to_string(vm["threads"].as<int>())});
+    if (vm.count("mesh")) {
+      auto mesh = parallel::ParallelConfig::FromString(vm["mesh"].as<std::string>());
+      if (!mesh.ok()) return UsageError(kName, absl::StrCat("--mesh: ", mesh.status().message()));
+      serve_argv.insert(serve_argv.end(), {"--mesh", vm["mesh"].as<std::string>()});
+      if (mesh->world_size() > 1) {
+        std::vector<std::string> mpirun = {"mpirun", "-np", std::to_string(mesh->world_size()), "--oversubscribe"};
+        if (::geteuid() == 0) mpirun.push_back("--allow-run-as-root");
+        serve_argv.insert(serve_argv.begin(), mpirun.begin(), mpirun.end());
+      }
+    }
+  }
   auto lengths = niah::ParseLengths(vm["lengths"].as<std::string>());
   if (!lengths.ok()) return UsageError(kName, absl::StrCat("--lengths: ", lengths.status().message()));
   auto depths = niah::ParseDepths(vm["depths"].as<std::string>());
@@ -126,6 +224,17 @@ int NiahCommand(const Args& args) {
   const model::VisionProcessorConfig video = model::VisionProcessorConfig::VideoDefaults();
   auto geometry = niah::FitGeometry(info.width, info.height, max_pixels / (video.factor() * video.factor()), fps, video);
   if (!geometry.ok()) return UsageError(kName, absl::StrCat("--max-pixels: ", geometry.status().message()));
+
+  std::unique_ptr<ChildServer> child;
+  if (!serve_argv.empty()) {
+    std::cerr << "q3vl niah: starting q3vl serve for " << vm["model"].as<std::string>() << "..." << std::endl;
+    auto started = ChildServer::Start(serve_argv);
+    if (!started.ok()) return Fail(kName, started.status());
+    child = *std::move(started);
+  }
+  const std::string endpoint_url = child ? child->url() : vm["endpoint"].as<std::string>();
+  auto endpoint = niah::Endpoint::Parse(endpoint_url);
+  if (!endpoint.ok()) return UsageError(kName, std::string(endpoint.status().message()));
 
   const std::filesystem::path out = vm["out"].as<std::string>();
   const std::string results = (out / "results.jsonl").string();
@@ -175,7 +284,7 @@ int NiahCommand(const Args& args) {
                                                                       : "")
             << "; frames " << geometry->width << "x" << geometry->height << " at " << fps << " fps, "
             << geometry->tokens_per_group() << " tokens per frame group; model " << model_name << " at "
-            << vm["endpoint"].as<std::string>() << std::endl;
+            << endpoint_url << std::endl;
 
   const auto start = std::chrono::steady_clock::now();
   int64_t answered = 0, correct = 0, errors = 0;
@@ -282,7 +391,7 @@ int NiahCommand(const Args& args) {
   // What the prefix cache saved: the share of prompt tokens prefilled, against every question
   // prefilled cold.
   const double prefilled = prompt_total > 0 ? static_cast<double>(prompt_total - cached_total) / prompt_total : 1.0;
-  Json summary = {{"endpoint", vm["endpoint"].as<std::string>()},
+  Json summary = {{"endpoint", child ? absl::StrCat("q3vl serve --model ", vm["model"].as<std::string>()) : endpoint_url},
                   {"model", model_name},
                   {"prompt_tokens", prompt_total},
                   {"cached_tokens", cached_total},

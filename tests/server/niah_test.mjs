@@ -111,9 +111,29 @@ test('a cell the replica cannot hold is an error line; the others are answered',
   }
 });
 
+test('--model serves the model here and gives the endpoint run\'s answers', async () => {
+  const viaEndpoint = path.join(work, 'endpoint');
+  const viaModel = path.join(work, 'model');
+  const grid = ['--lengths', '1k', '--depths', '0,1'];
+  const a = await niah([...grid, '--out', viaEndpoint]);
+  assert.equal(a.code, 0, a.log);
+  const b = await new Promise((resolve) => {
+    const p = spawn(process.env.Q3VL_BINARY, ['niah', '--model', process.env.Q3VL_MODEL_DIR, '--haystack', HAYSTACK,
+      ...grid, '--out', viaModel], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    p.stderr.on('data', (d) => { log += d; });
+    p.on('exit', (code) => resolve({ code, log }));
+  });
+  assert.equal(b.code, 0, b.log);
+  assert.match(b.log, /starting q3vl serve/);
+  const answers = (out) => Object.fromEntries(lines(out).map((x) => [x.key, [x.answer, x.visual_tokens, x.prompt_tokens]]));
+  assert.deepEqual(answers(viaModel), answers(viaEndpoint));
+});
+
 test('bad arguments are usage errors before any request', async () => {
   for (const [args, re] of [[['--lengths', 'big', '--out', work], /--lengths/], [['--depths', '2', '--out', work], /--depths/],
-    [['--needles', '/nonexistent.json', '--out', work], /cannot read/]]) {
+    [['--needles', '/nonexistent.json', '--out', work], /cannot read/],
+    [['--model', '/m', '--out', work], /one of --endpoint and --model/]]) {
     const r = await niah(args);
     assert.equal(r.code, 2, r.log);
     assert.match(r.log, re);
