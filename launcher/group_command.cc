@@ -29,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/file_io.h"
 #include "launcher/group.h"
 #include "launcher/options.h"
 
@@ -42,15 +43,9 @@ constexpr char kName[] = "group";
 absl::Status WriteFile(const std::string& path, const std::string& text, mode_t mode) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-    }
-    done += static_cast<size_t>(n);
+  if (absl::Status st = WriteAll(fd, text, path); !st.ok()) {
+    ::close(fd);
+    return st;
   }
   ::fchmod(fd, mode);
   ::close(fd);

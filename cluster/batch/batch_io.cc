@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
+#include "core/file_io.h"
 #include "core/status_macros.h"
 
 namespace q3vl::cluster::batch {
@@ -34,16 +35,6 @@ absl::StatusOr<std::string> ReadAll(const std::string& path) {
   text << in.rdbuf();
   if (in.bad()) return Errno("cannot read", path);
   return text.str();
-}
-
-absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path) {
-  while (!bytes.empty()) {
-    const ssize_t n = write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Errno("write failed", path);
-    bytes.remove_prefix(static_cast<size_t>(n));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace

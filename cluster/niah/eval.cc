@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/file_io.h"
 #include "model/media/image_decode.h"
 
 namespace q3vl::cluster::niah {
@@ -167,15 +168,9 @@ absl::Status AppendResult(const std::string& path, const nlohmann::ordered_json&
   const std::string text = line.dump() + "\n";
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-    }
-    done += static_cast<size_t>(n);
+  if (absl::Status st = WriteAll(fd, text, path); !st.ok()) {
+    ::close(fd);
+    return st;
   }
   const int synced = ::fsync(fd);
   ::close(fd);

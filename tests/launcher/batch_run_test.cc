@@ -62,7 +62,8 @@ std::map<std::string, Json> ByCustomId(const std::vector<Json>& lines) {
 }
 
 // What must not differ between two runs of a greedy request: the choices (their logprobs'
-// tokens; the values may differ in the last bits with another thread count) and the usage.
+// tokens; the values may differ in the last bits with another thread count) and the usage
+// (its token counts).
 Json Stable(const Json& line) {
   if (line["response"]["body"].is_null()) return line["error"];
   Json choices = line["response"]["body"]["choices"];
@@ -72,7 +73,10 @@ Json Stable(const Json& line) {
     for (const Json& t : c["logprobs"]["content"]) tokens.push_back(t["token"]);
     c["logprobs"] = tokens;
   }
-  return Json{{"choices", choices}, {"usage", line["response"]["body"]["usage"]}};
+  // The prefix cache's share depends on which replica ran what before: not part of the answer.
+  Json usage = line["response"]["body"]["usage"];
+  usage.erase("prompt_tokens_details");
+  return Json{{"choices", choices}, {"usage", usage}};
 }
 
 std::string RunArgs(const std::string& input, const std::string& output, const std::string& extra = "") {
