@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -17,6 +19,27 @@ absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path) 
     bytes.remove_prefix(static_cast<size_t>(n));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status Errno(const char* what, const std::string& path) {
+  const int e = errno;
+  const std::string text = absl::StrCat(path, ": ", what, ": ", std::strerror(e));
+  if (e == ENOENT) return absl::NotFoundError(text);
+  if (e == EACCES || e == EPERM || e == EROFS) return absl::PermissionDeniedError(text);
+  return absl::InternalError(text);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Errno("cannot open", path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Errno("cannot read", path);
+  return text.str();
 }
 
 }  // namespace q3vl

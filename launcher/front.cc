@@ -20,25 +20,6 @@ void OnSignal(int signo) {
   }
 }
 
-// API keys: one per line of --api-key-file, or the Q3VL_API_KEY variable (never a flag: `ps`
-// shows flags to every user of the machine).
-absl::StatusOr<std::vector<std::string>> ApiKeys(const po::variables_map& vm) {
-  std::vector<std::string> keys;
-  if (vm.count("api-key-file")) {
-    const std::string path = vm["api-key-file"].as<std::string>();
-    std::ifstream in(path);
-    if (!in) return absl::NotFoundError(absl::StrCat("--api-key-file ", path, ": cannot open"));
-    for (std::string line; std::getline(in, line);) {
-      const absl::string_view key = absl::StripAsciiWhitespace(line);
-      if (!key.empty() && key[0] != '#') keys.emplace_back(key);
-    }
-    if (keys.empty()) return absl::InvalidArgumentError(absl::StrCat("--api-key-file ", path, ": no keys in it"));
-  } else if (const char* env = std::getenv("Q3VL_API_KEY"); env != nullptr && *env != '\0') {
-    keys.emplace_back(absl::StripAsciiWhitespace(env));
-  }
-  return keys;
-}
-
 std::vector<std::string> Strings(const po::variables_map& vm, const char* name) {
   return vm.count(name) ? vm[name].as<std::vector<std::string>>() : std::vector<std::string>{};
 }

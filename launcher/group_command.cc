@@ -52,10 +52,15 @@ absl::Status WriteFile(const std::string& path, const std::string& text, mode_t 
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  return std::string(std::istreambuf_iterator<char>(in), {});
+// Replaces this process with argv. Returns only on failure.
+absl::Status Exec(const std::vector<std::string>& argv) {
+  std::vector<char*> cargv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  std::cout << std::flush;
+  std::cerr << std::flush;
+  ::execvp(cargv[0], cargv.data());
+  return absl::UnavailableError(absl::StrCat("cannot run ", argv[0], ": ", std::strerror(errno)));
 }
 
 // Runs argv to completion; its stderr (and stdout) returned in `output`.
@@ -69,11 +74,7 @@ int RunAndWait(const std::vector<std::string>& argv, std::string* output) {
     ::dup2(pipefd[1], 2);
     ::close(0);
     ::open("/dev/null", O_RDONLY);
-    std::vector<char*> cargv;
-    for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-    cargv.push_back(nullptr);
-    ::execvp(cargv[0], cargv.data());
-    std::fprintf(stderr, "cannot run %s: %s\n", cargv[0], std::strerror(errno));
+    std::fprintf(stderr, "%s\n", std::string(Exec(argv).message()).c_str());
     ::_exit(127);
   }
   ::close(pipefd[1]);
@@ -90,16 +91,6 @@ int RunAndWait(const std::vector<std::string>& argv, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-// Replaces this process with argv. Returns only on failure.
-absl::Status Exec(const std::vector<std::string>& argv) {
-  std::vector<char*> cargv;
-  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  std::cout << std::flush;
-  std::cerr << std::flush;
-  ::execvp(cargv[0], cargv.data());
-  return absl::UnavailableError(absl::StrCat("cannot run ", argv[0], ": ", std::strerror(errno)));
-}
 
 // Whether process `pid` is a rank of an Open MPI job (mpirun's other children are the ssh
 // clients that hold its daemons on the other pods).
@@ -151,11 +142,7 @@ int RunMpirun(const std::vector<std::string>& argv) {
   if (child < 0) return Fail(kName, absl::UnavailableError(absl::StrCat("fork: ", std::strerror(errno))));
   if (child == 0) {
     ::sigprocmask(SIG_SETMASK, &previous, nullptr);
-    std::vector<char*> cargv;
-    for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-    cargv.push_back(nullptr);
-    ::execvp(cargv[0], cargv.data());
-    std::fprintf(stderr, "q3vl group: cannot run %s: %s\n", cargv[0], std::strerror(errno));
+    std::fprintf(stderr, "q3vl group: %s\n", std::string(Exec(argv).message()).c_str());
     ::_exit(127);
   }
   int signalled = 0;
@@ -238,12 +225,6 @@ bool Reachable(const std::string& address, int port, std::chrono::milliseconds t
   return err == 0;
 }
 
-std::string SelfPath() {
-  char path[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
-  if (n <= 0) return "q3vl";
-  return std::string(path, static_cast<size_t>(n));
-}
 
 struct Settings {
   std::string ssh_dir;
@@ -286,7 +267,7 @@ int RunLeader(const GroupEnv& env, const Settings& s, int ranks_per_pod, const s
                         .ranks = ranks_per_pod * env.size,
                         .ranks_per_pod = ranks_per_pod,
                         .as_root = ::geteuid() == 0,
-                        .program = SelfPath(),
+                        .program = SelfExecutable(),
                         .command = command};
   std::vector<std::string> environment;
   for (char** e = environ; *e != nullptr; ++e) environment.emplace_back(*e);

@@ -21,7 +21,6 @@ extern "C" {
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <regex>
 #include <thread>
 
@@ -34,6 +33,7 @@ extern "C" {
 #include "cluster/niah/eval.h"
 #include "cluster/niah/plan.h"
 #include "cluster/niah/report.h"
+#include "core/file_io.h"
 #include "launcher/options.h"
 #include "model/media/video_decode.h"
 #include "parallel/topology.h"
@@ -44,27 +44,6 @@ namespace {
 constexpr char kName[] = "niah";
 namespace niah = cluster::niah;
 using Json = nlohmann::ordered_json;
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-absl::StatusOr<std::string> ApiKey(const po::variables_map& vm) {
-  if (vm.count("api-key-file")) {
-    std::ifstream in(vm["api-key-file"].as<std::string>());
-    if (!in) return absl::NotFoundError(absl::StrCat("--api-key-file ", vm["api-key-file"].as<std::string>(), ": cannot open"));
-    for (std::string line; std::getline(in, line);) {
-      const std::string key(absl::StripAsciiWhitespace(line));
-      if (!key.empty() && key[0] != '#') return key;
-    }
-    return absl::InvalidArgumentError("--api-key-file has no key in it");
-  }
-  const char* env = std::getenv("Q3VL_API_KEY");
-  return std::string(env != nullptr ? env : "");
-}
 
 // `q3vl serve` for --model: a child process on loopback (under mpirun for a mesh of several
 // ranks), stopped with SIGTERM when this ends (and by the kernel if this dies).
@@ -132,12 +111,6 @@ class ChildServer {
   std::thread drain_;
 };
 
-std::string SelfExe() {
-  char path[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
-  return n > 0 ? std::string(path, static_cast<size_t>(n)) : "q3vl";
-}
-
 std::string Duration(double seconds) {
   if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
   const int64_t s = std::llround(seconds);
@@ -153,7 +126,7 @@ int NiahCommand(const Args& args) {
       ("model", po::value<std::string>(), "instead of --endpoint: a model directory, served here by q3vl serve on loopback for the run")
       ("mesh", po::value<std::string>(), "with --model: its mesh (q3vl serve under mpirun -np <ranks>)")
       ("threads", po::value<int>(), "with --model: compute threads per rank (q3vl serve --threads)")
-      ("api-key-file", po::value<std::string>(), "its API key (first line; else $Q3VL_API_KEY)")
+      ("api-key-file", po::value<std::string>(), "its API keys file (the first key is sent; else $Q3VL_API_KEY)")
       ("haystack", po::value<std::string>()->required(), "the haystack video (looped or trimmed to each length)")
       ("needles", po::value<std::string>(), "needles.json (default: three built-in colour needles, a what and a when question each)")
       ("lengths", po::value<std::string>()->default_value("8k,32k"), "video lengths in visual tokens, e.g. 8k,32k,128k,256k")
@@ -180,7 +153,7 @@ int NiahCommand(const Args& args) {
   std::vector<std::string> serve_argv;
   if (vm.count("model")) {
     // q3vl serve, as a user would run it: on loopback, any free port, no API key.
-    serve_argv = {SelfExe(), "serve", "--model", vm["model"].as<std::string>(), "--host", "127.0.0.1", "--port", "0"};
+    serve_argv = {SelfExecutable(), "serve", "--model", vm["model"].as<std::string>(), "--host", "127.0.0.1", "--port", "0"};
     if (vm.count("threads")) serve_argv.insert(serve_argv.end(), {"--threads", std::to_string(vm["threads"].as<int>())});
     if (vm.count("mesh")) {
       auto mesh = parallel::ParallelConfig::FromString(vm["mesh"].as<std::string>());
@@ -203,8 +176,9 @@ int NiahCommand(const Args& args) {
   const int max_tokens = vm["max-tokens"].as<int>();
   if (max_tokens < 1) return UsageError(kName, "--max-tokens must be >= 1");
   const absl::Duration timeout = absl::Seconds(vm["timeout"].as<double>());
-  auto key = ApiKey(vm);
-  if (!key.ok()) return UsageError(kName, std::string(key.status().message()));
+  auto keys = ApiKeys(vm);
+  if (!keys.ok()) return UsageError(kName, std::string(keys.status().message()));
+  const std::string key = keys->empty() ? "" : keys->front();
 
   std::vector<niah::Needle> needles;
   if (vm.count("needles")) {
@@ -249,7 +223,7 @@ int NiahCommand(const Args& args) {
 
   std::string model_name = vm.count("served-model-name") ? vm["served-model-name"].as<std::string>() : "";
   if (model_name.empty()) {
-    auto models = niah::GetJson(*endpoint, "/v1/models", *key, absl::Seconds(30));
+    auto models = niah::GetJson(*endpoint, "/v1/models", key, absl::Seconds(30));
     if (!models.ok()) return Fail(kName, models.status());
     if (models->status != 200 || !models->body.is_object() || !models->body.contains("data") ||
         models->body["data"].empty()) {
@@ -302,7 +276,9 @@ int NiahCommand(const Args& args) {
         return Fail(kName, st);
       }
       cached_video_path = video_path;
-      cached_data_url = absl::StrCat("data:video/mp4;base64,", absl::Base64Escape(ReadAll(video_path)));
+      auto bytes = ReadFile(video_path);
+      if (!bytes.ok()) return Fail(kName, bytes.status());
+      cached_data_url = absl::StrCat("data:video/mp4;base64,", absl::Base64Escape(*bytes));
     }
     const niah::Question& q = it.needle->questions[it.question];
     Json body = {{"model", model_name},
@@ -315,7 +291,7 @@ int NiahCommand(const Args& args) {
                   {{"fps", cell->kwargs_fps}, {"max_frames", cell->kwargs_max_frames},
                    {"min_pixels", cell->kwargs_min_pixels}, {"max_pixels", cell->kwargs_max_pixels}}}};
     const auto t0 = std::chrono::steady_clock::now();
-    auto reply = niah::PostJson(*endpoint, "/v1/chat/completions", body, *key, timeout);
+    auto reply = niah::PostJson(*endpoint, "/v1/chat/completions", body, key, timeout);
     const double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!reply.ok()) return Fail(kName, reply.status());  // unreachable server: stop; --resume continues
     // The needle group's time, as its timestamp says.
@@ -374,7 +350,6 @@ int NiahCommand(const Args& args) {
   if (!cached_video_path.empty() && !vm["keep-videos"].as<bool>()) std::filesystem::remove(cached_video_path, ec);
 
   // The summary and report over the whole results file (earlier runs included).
-  std::map<std::pair<int64_t, double>, std::pair<int64_t, int64_t>> cells;  // (right, asked)
   std::vector<Json> rows;
   int64_t prompt_total = 0, cached_total = 0;
   std::ifstream in(results);
@@ -383,10 +358,7 @@ int NiahCommand(const Args& args) {
     if (j.is_discarded() || !j.contains("length")) continue;
     prompt_total += j.value("prompt_tokens", 0);
     cached_total += j.value("cached_tokens", 0);
-    rows.push_back(j);
-    auto& c = cells[{j["length"].get<int64_t>(), j["depth"].get<double>()}];
-    c.first += j.value("correct", false) ? 1 : 0;
-    c.second += 1;
+    rows.push_back(std::move(j));
   }
   // What the prefix cache saved: the share of prompt tokens prefilled, against every question
   // prefilled cold.
@@ -397,9 +369,9 @@ int NiahCommand(const Args& args) {
                   {"cached_tokens", cached_total},
                   {"prefilled_fraction", prefilled},
                   {"cells", Json::array()}};
-  for (const auto& [k, v] : cells) {
-    summary["cells"].push_back({{"length", k.first}, {"depth", k.second}, {"accuracy", static_cast<double>(v.first) / v.second},
-                                {"questions", v.second}});
+  for (const niah::CellSummary& c : niah::SummarizeCells(rows)) {
+    summary["cells"].push_back(
+        {{"length", c.length}, {"depth", c.depth}, {"accuracy", c.accuracy()}, {"questions", c.asked}, {"errors", c.errors}});
   }
   std::ofstream((out / "summary.json").string()) << summary.dump(2) << "\n";
   auto report = niah::WriteReport(rows, needles, out.string(), absl::StrCat("q3vl niah: ", model_name));

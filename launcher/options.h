@@ -8,6 +8,9 @@
 #include <boost/program_options.hpp>
 #include <variant>
 #include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
 
 #include "launcher/commands.h"
 
@@ -21,6 +24,13 @@ std::variant<po::variables_map, int> ParseArgs(const char* command, const char* 
                                                const po::options_description& options,
                                                const po::positional_options_description& positional,
                                                const Args& args);
+
+// API keys: one per line of --api-key-file (blank lines and # comments skipped), else the
+// Q3VL_API_KEY variable, else none. Never a flag: `ps` shows flags to every user.
+absl::StatusOr<std::vector<std::string>> ApiKeys(const po::variables_map& vm);
+
+// This q3vl binary's absolute path (to start it again: ranks, a child server).
+std::string SelfExecutable();
 
 }  // namespace q3vl::launcher
 

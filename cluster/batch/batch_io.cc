@@ -28,21 +28,13 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::InternalError(text);
 }
 
-absl::StatusOr<std::string> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Errno("cannot open", path);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return Errno("cannot read", path);
-  return text.str();
-}
 
 }  // namespace
 
 std::string InputLine::Key() const { return custom_id ? *custom_id : absl::StrCat("line-", number); }
 
 absl::StatusOr<std::vector<InputLine>> ReadInput(const std::string& path) {
-  Q3VL_ASSIGN_OR_RETURN(const std::string text, ReadAll(path));
+  Q3VL_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
   std::vector<InputLine> lines;
   absl::flat_hash_map<std::string, int64_t> first_seen;
   std::vector<std::string> duplicates;
@@ -74,7 +66,7 @@ absl::StatusOr<std::vector<InputLine>> ReadInput(const std::string& path) {
 absl::StatusOr<ExistingOutput> RecoverOutput(const std::string& path, bool retry_failed) {
   ExistingOutput out;
   if (!std::filesystem::exists(path)) return out;
-  Q3VL_ASSIGN_OR_RETURN(std::string text, ReadAll(path));
+  Q3VL_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   const size_t end = text.empty() ? 0 : text.rfind('\n') + 1;  // npos + 1 == 0: no whole line
   if (end < text.size()) {
     out.torn_bytes = static_cast<int64_t>(text.size() - end);

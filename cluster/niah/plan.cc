@@ -50,6 +50,16 @@ absl::StatusOr<Geometry> FitGeometry(int64_t haystack_width, int64_t haystack_he
   return g;
 }
 
+model::VisionProcessorConfig CellPlan::VideoConfig(const model::VisionProcessorConfig& base) const {
+  model::VisionProcessorConfig c = base;
+  c.fps = kwargs_fps;
+  c.max_frames = kwargs_max_frames;
+  c.min_frames = std::min(c.min_frames, kwargs_max_frames);
+  c.min_pixels = kwargs_min_pixels;
+  c.max_pixels = kwargs_max_pixels;
+  return c;
+}
+
 absl::StatusOr<CellPlan> PlanCell(const Geometry& geometry, int64_t target_tokens, double depth) {
   if (absl::Status st = geometry.Validate(); !st.ok()) return st;
   if (target_tokens < 1) return absl::InvalidArgumentError("the target length must be >= 1 token");
@@ -71,14 +81,9 @@ absl::StatusOr<CellPlan> PlanCell(const Geometry& geometry, int64_t target_token
   p.kwargs_min_pixels = std::min(geometry.video.min_pixels, p.kwargs_max_pixels);
 
   // What the processor makes of that video, with those settings.
-  model::VisionProcessorConfig config = geometry.video;
-  config.fps = p.kwargs_fps;
-  config.max_frames = p.kwargs_max_frames;
-  config.min_frames = std::min(config.min_frames, p.frames);
-  config.min_pixels = p.kwargs_min_pixels;
-  config.max_pixels = p.kwargs_max_pixels;
   auto plan = model::PlanVideo(
-      {.num_frames = p.frames, .fps = geometry.fps, .height = geometry.height, .width = geometry.width}, config);
+      {.num_frames = p.frames, .fps = geometry.fps, .height = geometry.height, .width = geometry.width},
+      p.VideoConfig(geometry.video));
   if (!plan.ok()) return plan.status();
   if (static_cast<int64_t>(plan->frame_indices.size()) != p.frames || plan->resized.width != geometry.width ||
       plan->resized.height != geometry.height || plan->grid[0] != p.groups) {

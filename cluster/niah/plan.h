@@ -54,6 +54,10 @@ struct CellPlan {
   int64_t kwargs_max_frames = 0;
   int64_t kwargs_min_pixels = 0;
   int64_t kwargs_max_pixels = 0;
+
+  // `base` (the model's video processor) with those settings: what the server processes the
+  // cell's video with.
+  model::VisionProcessorConfig VideoConfig(const model::VisionProcessorConfig& base) const;
 };
 
 // The cell for `target_tokens` (rounded to whole groups, at least one) with the needle at

@@ -19,10 +19,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-struct CellStats {
-  int64_t right = 0, asked = 0, errors = 0;
-};
-
 std::string LengthLabel(int64_t n) {
   if (n % (1024 * 1024) == 0) return absl::StrCat(n / (1024 * 1024), "M");
   if (n % 1024 == 0) return absl::StrCat(n / 1024, "K");
@@ -73,20 +69,32 @@ std::string Html(const std::string& s) {
 
 }  // namespace
 
+std::vector<CellSummary> SummarizeCells(const std::vector<Json>& rows) {
+  std::map<std::pair<int64_t, double>, CellSummary> cells;
+  for (const Json& r : rows) {
+    if (!r.contains("length") || !r.contains("depth")) continue;
+    const auto key = std::make_pair(r["length"].get<int64_t>(), r["depth"].get<double>());
+    CellSummary& c = cells[key];
+    c.length = key.first;
+    c.depth = key.second;
+    ++c.asked;
+    if (r.contains("error")) ++c.errors;
+    if (r.value("correct", false)) ++c.right;
+  }
+  std::vector<CellSummary> out;
+  for (const auto& [k, c] : cells) out.push_back(c);
+  return out;
+}
+
 absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std::vector<Needle>& needles,
                                         const std::string& dir, const std::string& title) {
   std::set<int64_t> lengths;
   std::set<double> depths;
-  std::map<std::pair<int64_t, double>, CellStats> cells;
-  for (const Json& r : rows) {
-    if (!r.contains("length") || !r.contains("depth")) continue;
-    const auto key = std::make_pair(r["length"].get<int64_t>(), r["depth"].get<double>());
-    lengths.insert(key.first);
-    depths.insert(key.second);
-    CellStats& c = cells[key];
-    ++c.asked;
-    if (r.contains("error")) ++c.errors;
-    if (r.value("correct", false)) ++c.right;
+  std::map<std::pair<int64_t, double>, CellSummary> cells;
+  for (const CellSummary& c : SummarizeCells(rows)) {
+    lengths.insert(c.length);
+    depths.insert(c.depth);
+    cells[{c.length, c.depth}] = c;
   }
   if (cells.empty()) return absl::InvalidArgumentError("no results to report");
 
@@ -119,13 +127,13 @@ absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std
       if (it == cells.end()) {
         cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
       } else {
-        AccuracyColour(cr, static_cast<double>(it->second.right) / it->second.asked);
+        AccuracyColour(cr, it->second.accuracy());
       }
       cairo_rectangle(cr, x + 1, y + 1, cell_w - 2, cell_h - 2);
       cairo_fill(cr);
       cairo_set_source_rgb(cr, 0, 0, 0);
       if (it != cells.end()) {
-        text(absl::StrFormat("%.0f%%", 100.0 * it->second.right / it->second.asked), x + cell_w / 2.0,
+        text(absl::StrFormat("%.0f%%", 100.0 * it->second.accuracy()), x + cell_w / 2.0,
              y + cell_h / 2.0 + 5, 13, true);
       }
       ++col;

@@ -15,6 +15,17 @@
 
 namespace q3vl::cluster::niah {
 
+// One cell of the grid over result lines: its questions, those answered right, those the
+// server refused (error lines count as asked, not right).
+struct CellSummary {
+  int64_t length = 0;
+  double depth = 0;
+  int64_t right = 0, asked = 0, errors = 0;
+  double accuracy() const { return asked > 0 ? static_cast<double>(right) / asked : 0.0; }
+};
+// The cells of `rows`, by length then depth.
+std::vector<CellSummary> SummarizeCells(const std::vector<nlohmann::ordered_json>& rows);
+
 struct ReportFiles {
   std::string heatmap_png;  // written
   std::string html;         // written

@@ -40,12 +40,7 @@ TEST(NiahComposeTest, TheCellVideoIsWhatThePlanSays) {
   EXPECT_EQ(stats.haystack_frames_read, cell->frames);
 
   // The processor, with the request's settings, sees the plan.
-  model::VisionProcessorConfig c = model::VisionProcessorConfig::VideoDefaults();
-  c.fps = cell->kwargs_fps;
-  c.max_frames = cell->kwargs_max_frames;
-  c.min_pixels = cell->kwargs_min_pixels;
-  c.max_pixels = cell->kwargs_max_pixels;
-  auto video = model::LoadVideo(out, c);
+  auto video = model::LoadVideo(out, cell->VideoConfig(model::VisionProcessorConfig::VideoDefaults()));
   ASSERT_TRUE(video.ok()) << video.status();
   EXPECT_EQ(video->plan.frame_indices.size(), static_cast<size_t>(cell->frames));
   EXPECT_EQ(video->grid[0], cell->groups);
@@ -106,12 +101,7 @@ TEST(NiahComposeTest, ThePromptCarriesTheNeedleGroupsTimestampAndPositions) {
   auto config = model::ModelConfig::FromFile(testing::E2eModelDir() + "/config.json");
   ASSERT_TRUE(config.ok()) << config.status();
   model::ProcessOptions options;
-  model::VisionProcessorConfig video = processor->video_config();
-  video.fps = cell->kwargs_fps;
-  video.max_frames = cell->kwargs_max_frames;
-  video.min_pixels = cell->kwargs_min_pixels;
-  video.max_pixels = cell->kwargs_max_pixels;
-  options.video_config = video;
+  options.video_config = cell->VideoConfig(processor->video_config());
   const nlohmann::ordered_json messages = {
       {{"role", "user"}, {"content", {{{"type", "video"}, {"video", out}}, {{"type", "text"}, {"text", "When?"}}}}}};
   auto processed = processor->Process(messages, options);

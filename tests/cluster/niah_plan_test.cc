@@ -43,11 +43,7 @@ TEST(NiahPlanTest, LengthsLandWithinOneFrameGroupAndTheProcessorAgrees) {
     EXPECT_EQ(cell->frames, 2 * cell->groups);
     EXPECT_DOUBLE_EQ(cell->duration_s, cell->frames / 2.0);
     // The request's processor settings keep every frame and the frame size.
-    model::VisionProcessorConfig c = Video();
-    c.fps = cell->kwargs_fps;
-    c.max_frames = cell->kwargs_max_frames;
-    c.min_pixels = cell->kwargs_min_pixels;
-    c.max_pixels = cell->kwargs_max_pixels;
+    const model::VisionProcessorConfig c = cell->VideoConfig(Video());
     auto plan = model::PlanVideo({.num_frames = cell->frames, .fps = 2.0, .height = g.height, .width = g.width}, c);
     ASSERT_TRUE(plan.ok());
     EXPECT_EQ(plan->num_tokens(), cell->visual_tokens);
@@ -66,9 +62,7 @@ TEST(NiahPlanTest, TheNeedleFillsTheGroupAtItsDepthAndTimestamp) {
   EXPECT_EQ(middle->needle_group, 10);
   for (const CellPlan& cell : {*first, *last, *middle}) {
     // Both frames of the needle's group are sampled, and they are that group's.
-    model::VisionProcessorConfig c = Video();
-    c.fps = cell.kwargs_fps;
-    c.max_frames = cell.kwargs_max_frames;
+    const model::VisionProcessorConfig c = cell.VideoConfig(Video());
     const std::vector<int64_t> sampled = model::SampleFrameIndices(cell.frames, 2.0, c);
     ASSERT_EQ(static_cast<int64_t>(sampled.size()), cell.frames);
     EXPECT_EQ(sampled[2 * cell.needle_group], cell.needle_first_frame);
