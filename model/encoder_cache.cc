@@ -26,6 +26,13 @@ std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind
   return out;
 }
 
+VisionInput CacheUnits(const VisionInput& input, MediaKind kind) {
+  if (kind == MediaKind::kImage) return input;
+  VisionInput units{.pixel_values = input.pixel_values};
+  for (const GridThw& g : input.grids) units.grids.insert(units.grids.end(), g[0], GridThw{1, g[1], g[2]});
+  return units;
+}
+
 const EncodedItem* EncoderCache::Lookup(const Digest256& key) {
   ++queries_;
   auto it = entries_.find(key);

@@ -1,7 +1,14 @@
-// The encoder cache: the vision tower's output for an image or video, kept across requests and
-// keyed by the item's content (SHA-256 of its kind, grid and pixel rows), so identical media
-// within the budget are encoded once. Entries are whole items (merged rows and DeepStack rows),
-// evicted least recently used when an insert needs room; the budget is in visual tokens (rows).
+// The encoder cache: the vision tower's output for an image or a video frame group, kept across
+// requests and keyed by its content (SHA-256 of its kind, grid and pixel rows), so identical
+// media within the budget are encoded once. Entries are whole units (merged rows and DeepStack
+// rows), evicted least recently used when an insert needs room; the budget is in visual tokens
+// (rows).
+//
+// The unit is an image, or one frame group of a video (its grid (t, h, w) is t groups of
+// (1, h, w)): the tower attends within a frame group only, so a group's rows depend on its own
+// pixels alone. Two videos that share their first frames (a long-video sweep that moves a needle
+// through one haystack) share those groups' rows here and, through PromptPageKeys, their
+// prefix-cache pages; a video that repeats a group (a looped clip) encodes it once.
 //
 // Every rank of a replica that takes part in encoding holds one and makes the same calls in the
 // same order (the executor replays the leader's plans), so hits and misses agree on every rank:
@@ -26,6 +33,10 @@ enum class MediaKind : uint8_t { kImage = 1, kVideo = 2 };
 // One digest per item of `input` (grid i covers the next t*h*w patch rows of pixel_values).
 // REQUIRES: pixel_values is contiguous f32 on the host, with the rows the grids give.
 std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind);
+
+// `input` as the cache's units: images unchanged; each video's grid (t, h, w) replaced by t
+// grids (1, h, w) over the same pixel rows (the rows are already in group order).
+VisionInput CacheUnits(const VisionInput& input, MediaKind kind);
 
 // One item's encoder output: [tokens, D] merged rows and one [tokens, D] per DeepStack layer
 // (undefined on a keys-only cache). They may be views of one tower pass's output shared with

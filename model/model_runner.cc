@@ -7,6 +7,8 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "core/check.h"
 #include "core/status_macros.h"
 #include "model/pipeline_stage.h"
@@ -147,6 +149,11 @@ absl::Status ModelRunner::Validate(const RunnerRequest& r) const {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [0, ", RunnerRequest::kMaxTopLogprobs,
                                                    "], got ", r.top_logprobs));
   }
+  const int64_t prompt = static_cast<int64_t>(r.input_ids.size());
+  if (r.prompt_logprobs && (r.prompt_logprobs_start < 1 || r.prompt_logprobs_start > prompt)) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs_start must be in [1, ", prompt,
+                                                   "] (the prompt's length), got ", r.prompt_logprobs_start));
+  }
   return absl::OkStatus();
 }
 
@@ -167,8 +174,12 @@ absl::Status ModelRunner::Add(int64_t id, RunnerRequest request) {
 }
 
 RunnerCounters ModelRunner::counters() const {
-  if (encoder_cache_ == nullptr) return {};
-  return {.mm_cache_queries = encoder_cache_->queries(), .mm_cache_hits = encoder_cache_->hits()};
+  RunnerCounters c{.vision_seconds = vision_seconds_};
+  if (encoder_cache_ != nullptr) {
+    c.mm_cache_queries = encoder_cache_->queries();
+    c.mm_cache_hits = encoder_cache_->hits();
+  }
+  return c;
 }
 
 void ModelRunner::Remove(int64_t id) {
@@ -177,9 +188,10 @@ void ModelRunner::Remove(int64_t id) {
 }
 
 std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& cfg, const RunnerRequest& r, int64_t page_size) {
-  if (r.prompt_logprobs || r.keep_prompt_logits) return {};
-  // Each item's placeholder span: images are one run of image tokens each; a video's frame
-  // groups are runs of video tokens (timestamps between them), t * h * w / merge^2 tokens in all.
+  if (r.keep_prompt_logits || (r.prompt_logprobs && r.prompt_logprobs_start <= 1)) return {};
+  // Each cache unit's placeholder span (encoder_cache.h): an image is one run of image tokens;
+  // a video frame group is one run of video tokens (timestamps between groups), h * w / merge^2
+  // tokens. Keying a video by group lets videos that share their first frames share pages.
   const int64_t merge = cfg.vision.spatial_merge_size * cfg.vision.spatial_merge_size;
   std::vector<kv::MediaSpan> spans;
   const struct { const VisionInput& input; MediaKind kind; int64_t token; } kinds[] = {
@@ -187,10 +199,11 @@ std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& cfg, const RunnerRequ
   const int64_t n = static_cast<int64_t>(r.input_ids.size());
   for (const auto& k : kinds) {
     if (k.input.grids.empty()) continue;
-    const std::vector<Digest256> digests = DigestMediaItems(k.input, k.kind);
+    const VisionInput units = CacheUnits(k.input, k.kind);
+    const std::vector<Digest256> digests = DigestMediaItems(units, k.kind);
     int64_t at = 0;
-    for (size_t item = 0; item < k.input.grids.size(); ++item) {
-      const GridThw& g = k.input.grids[item];
+    for (size_t item = 0; item < units.grids.size(); ++item) {
+      const GridThw& g = units.grids[item];
       int64_t left = g[0] * g[1] * g[2] / merge;
       kv::MediaSpan span{.digest = digests[item], .begin = -1};
       while (left > 0 && at < n) {
@@ -204,7 +217,10 @@ std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& cfg, const RunnerRequ
       if (span.begin >= 0) spans.push_back(span);
     }
   }
-  return kv::PageKeys(r.input_ids, spans, page_size);
+  std::vector<kv::PageKey> keys = kv::PageKeys(r.input_ids, spans, page_size);
+  // Prompt logprobs from position p need row p - 1 computed: only pages before it may hit.
+  if (r.prompt_logprobs) keys.resize(std::min<size_t>(keys.size(), (r.prompt_logprobs_start - 1) / page_size));
+  return keys;
 }
 
 std::vector<kv::PageKey> ModelRunner::PrefixKeys(const RunnerRequest& r, int64_t page_size) const {
@@ -235,8 +251,7 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
   const int64_t v0 = seq.visual_before[s.begin], v1 = seq.visual_before[std::min(end, prompt)];
   if (v1 == v0) return;
   if (!seq.encoded) {
-    seq.features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images, seq.request.videos,
-                                        options_.trace, encoder_cache_.get());
+    seq.features = Encode(seq, options_.trace);
     seq.encoded = true;
   }
   for (int64_t t = s.begin; t < std::min(end, prompt); ++t) {
@@ -247,6 +262,14 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
   for (size_t k = 0; k < seq.features.deepstack.size(); ++k) {
     b.deepstack_parts[k].push_back(seq.features.deepstack[k].Slice(0, v0, v1));
   }
+}
+
+VisualFeatures ModelRunner::Encode(const Sequence& seq, const TraceFn* trace) {
+  const absl::Time start = absl::Now();
+  VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
+                                                 seq.request.videos, trace, encoder_cache_.get());
+  vision_seconds_ += absl::ToDoubleSeconds(absl::Now() - start);
+  return features;
 }
 
 absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
@@ -270,9 +293,7 @@ absl::StatusOr<StepOutput> ModelRunner::Execute(const StepPlan& plan) {
     const int64_t prompt = static_cast<int64_t>(seq.request.input_ids.size());
     if (!first_stage || seq.encoded || !ReachesVisual(s, seq.visual_before, prompt)) continue;
     if (!mine && !model_.vision_is_collective()) continue;
-    VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
-                                                   seq.request.videos, mine ? options_.trace : nullptr,
-                                                   encoder_cache_.get());
+    VisualFeatures features = Encode(seq, mine ? options_.trace : nullptr);
     if (mine) seq.features = std::move(features);
     seq.encoded = true;
   }
@@ -337,7 +358,9 @@ void ModelRunner::SampleAndReport(const StepPlan& plan, const Tensor& hidden, co
     Sequence& q = *seqs_.at(s.request);
     const RunnerRequest& r = q.request;
     const int64_t prompt = static_cast<int64_t>(r.input_ids.size());
-    const int64_t first = std::max(s.begin, q.prompt_rows_done), end = std::min(s.begin + s.num_tokens, prompt);
+    // Row t gives log p(prompt[t + 1]): prompt logprobs need rows from prompt_logprobs_start - 1.
+    const int64_t wanted = r.keep_prompt_logits ? 0 : r.prompt_logprobs_start - 1;
+    const int64_t first = std::max({s.begin, q.prompt_rows_done, wanted}), end = std::min(s.begin + s.num_tokens, prompt);
     if ((r.keep_prompt_logits || r.prompt_logprobs) && first < end) {
       prompt_first[i] = first;
       prompt_end[i] = end;

@@ -42,8 +42,10 @@ struct ModelRunnerOptions {
 };
 
 // The prefix-cache keys of a request's full prompt pages (kv::PageKeys over its ids, each
-// image's and video's content digest over the span of its placeholder tokens); empty when the
-// request asks for prompt logprobs or logits (it must compute every row). The runner's
+// image's and video frame group's content digest over the span of its placeholder tokens:
+// the encoder cache's units, encoder_cache.h); empty when the
+// request asks for prompt logits or every prompt logprob (it must compute every row), only the
+// pages before row prompt_logprobs_start - 1 when it asks for logprobs from there. The runner's
 // PrefixKeys, and the coordinator's: both must name the same pages alike.
 std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& config, const RunnerRequest& request, int64_t page_size);
 
@@ -86,6 +88,8 @@ class ModelRunner : public StepRunner {
   // Data-parallel attention: each group's outputs to every rank of the stage.
   void ShareOutputs(const StepPlan& plan, StepOutput& out);
   void AddSequence(const StepSequence& s, Sequence& seq, Batch& batch);
+  // The request's visual features (EncodeVisualFeatures through the encoder cache), timed.
+  VisualFeatures Encode(const Sequence& seq, const TraceFn* trace);
   // Whole logit rows on the host for rows that need them; samples the rest on the backend.
   void SampleAndReport(const StepPlan& plan, const Tensor& hidden, const std::vector<int64_t>& q_starts,
                        StepOutput& out);
@@ -96,6 +100,7 @@ class ModelRunner : public StepRunner {
   std::unique_ptr<EncoderCache> encoder_cache_;  // null without a cache
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   int64_t tokens_run_ = 0;
+  double vision_seconds_ = 0.0;
   const TraceFn* step_trace_ = nullptr;  // options_.trace while a step that prefills runs
 };
 

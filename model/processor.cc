@@ -133,8 +133,10 @@ absl::StatusOr<ProcessedRequest> Processor::Process(const nlohmann::ordered_json
                                                     const ProcessOptions& options) const {
   Q3VL_RETURN_IF_ERROR(CheckUtf8(messages, "messages"));
   ChatRequest chat{.add_generation_prompt = options.add_generation_prompt,
+                   .continue_final_message = options.continue_final_message,
                    .add_vision_id = options.add_vision_id};
   Q3VL_ASSIGN_OR_RETURN(chat.messages, ParseChatMessages(messages));
+  Q3VL_RETURN_IF_ERROR(CheckContinueFinalMessage(chat));
   const RenderedChat rendered = RenderChat(chat);
 
   const VisionProcessorConfig& image_config = options.image_config ? *options.image_config : image_config_;

@@ -29,6 +29,7 @@ absl::StatusOr<VisionProcessorConfigs> LoadVisionProcessorConfigs(const std::str
 
 struct ProcessOptions {
   bool add_generation_prompt = true;
+  bool continue_final_message = false;  // ChatRequest::continue_final_message
   bool add_vision_id = false;
   VideoLayout video_layout = VideoLayout::kTransformers4_57;
   // Relative image and video paths in the messages resolve against this directory (empty: the

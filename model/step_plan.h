@@ -30,7 +30,10 @@ struct RunnerRequest {
   SamplingParams sampling;
   int64_t min_tokens = 0;
   int top_logprobs = -1;            // -1: none; 0..kMaxTopLogprobs: chosen token + N alternatives
-  bool prompt_logprobs = false;     // log p(prompt[t] | prompt[< t]) for t >= 1
+  bool prompt_logprobs = false;     // log p(prompt[t] | prompt[< t]) for t >= prompt_logprobs_start
+  // The first prompt position whose log-probability is wanted (>= 1). Positions before it may
+  // come from the prefix cache (a score of an answer after a long shared prompt reuses it).
+  int64_t prompt_logprobs_start = 1;
   bool keep_prompt_logits = false;  // every prompt row's logits (eval-case's fp32 contract)
 
   static constexpr int kMaxTopLogprobs = 20;
@@ -85,8 +88,11 @@ struct StepOutput {
 
 // Cumulative counters a runner keeps for the engine's metrics.
 struct RunnerCounters {
-  int64_t mm_cache_queries = 0;  // encoder cache lookups (one per image or video item)
+  int64_t mm_cache_queries = 0;  // encoder cache lookups (one per image or video frame group)
   int64_t mm_cache_hits = 0;
+  // Wall seconds producing requests' visual features on this rank (the tower, or waiting for
+  // the vision ranks' rows; queued device work may finish after the clock stops).
+  double vision_seconds = 0.0;
 };
 
 // Runs plans. Not thread-safe except Validate: one engine loop drives it.
@@ -96,8 +102,8 @@ class StepRunner {
   // InvalidArgument naming the problem; needs only the config. Thread-safe.
   virtual absl::Status Validate(const RunnerRequest& request) const = 0;
   // Prefix-cache keys of the request's full prompt pages (kv::PageKeys over its tokens and the
-  // content of its images and videos); empty when the request must not share pages (it wants
-  // prompt logprobs or logits, which only a computed prefix gives). Thread-safe.
+  // content of its images and video frame groups); none for pages whose rows the request must
+  // compute (prompt logits, prompt logprobs from their start on). Thread-safe.
   virtual std::vector<kv::PageKey> PrefixKeys(const RunnerRequest& request, int64_t page_size) const {
     return {};
   }

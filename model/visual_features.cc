@@ -8,22 +8,23 @@
 namespace q3vl::model {
 namespace {
 
-// One kind's items through the cache. Without a cache: `in` as one tower pass. With one: the
-// items looked up in order (an item repeated within `in` is looked up once), the missing ones
-// encoded in one pass (served, on a vision rank) and inserted as views of that pass's output
-// (no copy; the pass's buffer lives until its last item leaves the cache), and the kind's
-// table assembled from hits and new items in item order (the pass's output itself when every
-// item was new).
-VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& in, MediaKind kind, EncoderCache* cache,
+// One kind's items through the cache. Without a cache: `media` as one tower pass. With one:
+// the cache's units (images, video frame groups: CacheUnits) looked up in order (a unit
+// repeated within the request is looked up once), the missing ones encoded in one pass
+// (served, on a vision rank) and inserted as views of that pass's output (no copy; the pass's
+// buffer lives until its last unit leaves the cache), and the kind's table assembled from hits
+// and new units in order (the pass's output itself when every unit was new).
+VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& media, MediaKind kind, EncoderCache* cache,
                         const TraceFn* trace, bool serve) {
-  if (in.grids.empty()) return {};
+  if (media.grids.empty()) return {};
   if (cache == nullptr) {
     if (serve) {
-      model.ServeVision(in);
+      model.ServeVision(media);
       return {};
     }
-    return model.RunVision(in, trace);
+    return model.RunVision(media, trace);
   }
+  const VisionInput in = CacheUnits(media, kind);
   const int64_t merge = model.config().vision.spatial_merge_size * model.config().vision.spatial_merge_size;
   const std::vector<Digest256> digests = DigestMediaItems(in, kind);
   const size_t n = digests.size();

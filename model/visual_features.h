@@ -25,9 +25,10 @@ struct VisualFeatures {
 
 // Runs the tower (or receives its features, see Qwen3VL::RunVision) for `images` and `videos`
 // and interleaves the rows in the order of the visual tokens in `input_ids`. Without a cache,
-// one tower pass per kind over all its items. With `cache`, items found there (by content) are
-// not encoded, an item repeated within the request is encoded once, and the new items are kept;
-// the tower runs once per kind over the missing items, if any.
+// one tower pass per kind over all its items. With `cache`, units (images and video frame
+// groups, see encoder_cache.h) found there by content are not encoded, a unit repeated within
+// the request is encoded once, and the new units are kept; the tower runs once per kind over
+// the missing units, if any.
 // REQUIRES: the placeholder counts match the grids (CheckPrompt).
 VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
                                     const VisionInput& images, const VisionInput& videos,

@@ -127,6 +127,25 @@ Json CompletionLogprobs(const std::vector<model::TokenLogprob>& logprobs, int to
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
+// vLLM's prompt_logprobs: one entry per prompt token, null where not scored (the first token,
+// positions before prompt_logprobs_start), else {"<id>": {"logprob", "rank", "decoded_token"}}
+// (rank is not computed: null).
+Json PromptLogprobs(const ApiRequest& request, const RequestOutput& c, const model::Tokenizer& tokenizer) {
+  const std::vector<int64_t>& ids = request.scored_prompt_ids;
+  Json out = Json::array();
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const int64_t k = static_cast<int64_t>(t) - c.first_prompt_row - 1;
+    if (k < 0 || k >= static_cast<int64_t>(c.prompt_logprobs.size()) ||
+        static_cast<int64_t>(t) < request.prompt_logprobs_start) {
+      out.push_back(nullptr);
+      continue;
+    }
+    out.push_back({{absl::StrCat(ids[t]), {{"logprob", c.prompt_logprobs[k]}, {"rank", nullptr},
+                                           {"decoded_token", TokenText(tokenizer, ids[t])}}}});
+  }
+  return out;
+}
+
 // vLLM's stop_reason: the stop string, or the stop token id the request named; null for EOS.
 Json StopReason(const ApiRequest& request, const RequestOutput& out) {
   if (!out.stop_reason) return nullptr;
@@ -279,6 +298,28 @@ ApiResult<ApiRequest> ParseRequest(Endpoint endpoint, const Json& body) {
     if (auto e = OnlyDefault(f, "best_of", 1, "only best_of 1")) return *e;
     if (auto e = OnlyDefault(f, "suffix", "", "no insertion")) return *e;
   }
+  if (chat) {
+    if (auto e = Bool(f.Get("add_generation_prompt"), "add_generation_prompt", r.add_generation_prompt)) return *e;
+    if (auto e = Bool(f.Get("continue_final_message"), "continue_final_message", r.continue_final_message)) return *e;
+    if (r.add_generation_prompt && r.continue_final_message) {
+      return InvalidRequest("continue_final_message and add_generation_prompt cannot both be true "
+                            "(set add_generation_prompt to false to continue the final message)",
+                            "continue_final_message");
+    }
+  }
+  if (const Json* v = f.Get("prompt_logprobs"); v != nullptr && !v->is_null()) {
+    int64_t k = 0;
+    if (auto e = Integer(v, "prompt_logprobs", 0, model::RunnerRequest::kMaxTopLogprobs, k)) return *e;
+    if (k != 0) {
+      return InvalidRequest("prompt_logprobs above 0 (alternatives for prompt tokens) is not supported; "
+                            "0 gives each prompt token's own log-probability", "prompt_logprobs");
+    }
+    r.prompt_logprobs = true;
+  }
+  if (const Json* v = f.Get("prompt_logprobs_start")) {
+    if (auto e = Integer(v, "prompt_logprobs_start", 1, INT64_MAX, r.prompt_logprobs_start)) return *e;
+    if (!r.prompt_logprobs) return InvalidRequest("prompt_logprobs_start needs prompt_logprobs", "prompt_logprobs_start");
+  }
   if (const Json* v = f.Get("mm_processor_kwargs")) {
     if (!chat) return InvalidRequest("mm_processor_kwargs is a chat completions parameter (media)", "mm_processor_kwargs");
     if (!v->is_object()) return InvalidRequest("mm_processor_kwargs must be an object", "mm_processor_kwargs");
@@ -307,6 +348,9 @@ ApiResult<ApiRequest> ParseRequest(Endpoint endpoint, const Json& body) {
     r.mm_processor_kwargs = kw;
   }
   if (auto e = Bool(f.Get("stream"), "stream", r.stream)) return *e;
+  if (r.stream && r.prompt_logprobs) {
+    return InvalidRequest("prompt_logprobs is not available with stream: true", "prompt_logprobs");
+  }
   if (const Json* v = f.Get("stream_options")) {
     if (!r.stream) return InvalidRequest("stream_options is only allowed when stream is true", "stream_options");
     if (!v->is_object()) return InvalidRequest("stream_options must be an object", "stream_options");
@@ -378,6 +422,8 @@ ApiResult<PreparedRequest> Prepare(ApiRequest api, const PrepareOptions& options
   const model::Tokenizer& tokenizer = options.processor->tokenizer();
   if (api.endpoint == Endpoint::kChatCompletions) {
     model::ProcessOptions process = options.process;
+    process.add_generation_prompt = api.add_generation_prompt;
+    process.continue_final_message = api.continue_final_message;
     if (api.mm_processor_kwargs) {
       if (auto e = ApplyMediaKwargs(*api.mm_processor_kwargs, *options.processor, options.max_model_len, process)) {
         return *e;
@@ -429,6 +475,15 @@ ApiResult<PreparedRequest> Prepare(ApiRequest api, const PrepareOptions& options
                  .max_new_tokens = max_tokens, .stop_tokens = api.stop_token_ids};
   in.min_tokens = api.min_tokens;
   in.top_logprobs = api.top_logprobs;
+  if (api.prompt_logprobs) {
+    if (api.prompt_logprobs_start > prompt) {
+      return InvalidRequest(absl::StrCat("prompt_logprobs_start (", api.prompt_logprobs_start,
+                                         ") is past the prompt's ", prompt, " tokens"), "prompt_logprobs_start");
+    }
+    in.prompt_logprobs = true;
+    in.prompt_logprobs_start = api.prompt_logprobs_start;
+    api.scored_prompt_ids = in.input_ids;
+  }
   out.api = std::move(api);
   return out;
 }
@@ -484,10 +539,16 @@ Json ResponseBody(const ApiRequest& request, const std::string& id, int64_t crea
     choice["logprobs"] = logprobs;
     choice["finish_reason"] = c.finish ? Json(FinishReasonName(*c.finish)) : Json(nullptr);
     choice["stop_reason"] = StopReason(request, c);
+    if (!chat && request.prompt_logprobs) choice["prompt_logprobs"] = PromptLogprobs(request, c, tokenizer);
     list.push_back(std::move(choice));
   }
-  return {{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
-          {"model", model}, {"choices", list}, {"usage", Usage(prompt_tokens, cached_tokens, completion_tokens)}};
+  Json body = {{"id", id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", created},
+               {"model", model}, {"choices", list}};
+  if (chat && request.prompt_logprobs) {  // vLLM puts the chat's at the top: one prompt for every choice
+    body["prompt_logprobs"] = choices.empty() ? Json(nullptr) : PromptLogprobs(request, choices[0], tokenizer);
+  }
+  body["usage"] = Usage(prompt_tokens, cached_tokens, completion_tokens);
+  return body;
 }
 
 Json StreamChunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& model,

@@ -43,7 +43,11 @@ enum class Endpoint { kChatCompletions, kCompletions };
 std::optional<Endpoint> EndpointOf(const std::string& url);
 
 // A parsed request body. Fields are the OpenAI API's; vLLM's extensions that we honour are
-// top_k, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens and mm_processor_kwargs.
+// top_k, min_tokens, ignore_eos, stop_token_ids, skip_special_tokens, mm_processor_kwargs,
+// add_generation_prompt, continue_final_message and prompt_logprobs (0 only: each prompt
+// token's own log-probability). One of our own: prompt_logprobs_start, the first prompt
+// position to score; the positions before it answer null and may come from the prefix cache
+// (scoring an answer after a long shared prompt then costs only the answer).
 struct ApiRequest {
   Endpoint endpoint = Endpoint::kChatCompletions;
   std::string model;                   // as given (may be empty)
@@ -73,6 +77,12 @@ struct ApiRequest {
     std::optional<int64_t> min_pixels, max_pixels, min_frames, max_frames;
   };
   std::optional<MediaKwargs> mm_processor_kwargs;
+  bool add_generation_prompt = true;   // chat
+  bool continue_final_message = false; // chat
+  bool prompt_logprobs = false;        // "prompt_logprobs": 0
+  int64_t prompt_logprobs_start = 1;
+  // Set by Prepare when prompt_logprobs is: the prompt's ids, to spell the scored tokens.
+  std::vector<int64_t> scored_prompt_ids;
 };
 
 // Parses and checks a body. A field this server does not implement, or a value it cannot

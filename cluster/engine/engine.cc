@@ -268,7 +268,7 @@ void Engine::PublishGauges() {
                      static_cast<double>(scheduler_.used_pages()) / scheduler_.total_pages(),
                      scheduler_.num_preemptions());
   const model::RunnerCounters counters = runner_.counters();
-  metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits);
+  metrics_.SetMmCache(counters.mm_cache_queries, counters.mm_cache_hits, counters.vision_seconds);
   metrics_.SetPrefixCache(scheduler_.prefix_queries(), scheduler_.prefix_hits());
   const std::vector<kv::KvEvent> events = scheduler_.TakeKvEvents();
   kv_events_.Append(events);

@@ -62,10 +62,11 @@ void EngineMetrics::AddStep(int64_t prompt_tokens, int64_t generated_tokens) {
   m_.generation_tokens_total += generated_tokens;
 }
 
-void EngineMetrics::SetMmCache(int64_t queries, int64_t hits) {
+void EngineMetrics::SetMmCache(int64_t queries, int64_t hits, double vision_seconds) {
   absl::MutexLock lock(&mu_);
   m_.mm_cache_queries_total = queries;
   m_.mm_cache_hits_total = hits;
+  m_.vision_encode_seconds_total = vision_seconds;
 }
 
 void EngineMetrics::SetPrefixCache(int64_t queries, int64_t hits) {

@@ -41,6 +41,7 @@ struct MetricsSnapshot {
   int64_t steps_total = 0;
   int64_t mm_cache_queries_total = 0;  // encoder cache lookups (images and videos)
   int64_t mm_cache_hits_total = 0;
+  double vision_encode_seconds_total = 0.0;  // RunnerCounters::vision_seconds (the leader's)
   int64_t prefix_cache_queries_total = 0;  // prompt tokens of admitted requests
   int64_t prefix_cache_hits_total = 0;     // of those, tokens found in the prefix cache
   std::map<std::string, int64_t> request_success_total;  // by finish reason: stop, length, abort, error
@@ -55,7 +56,7 @@ class EngineMetrics {
   EngineMetrics();
   void SetGauges(int64_t running, int64_t waiting, double kv_usage, int64_t preemptions);
   void AddStep(int64_t prompt_tokens, int64_t generated_tokens);
-  void SetMmCache(int64_t queries, int64_t hits);
+  void SetMmCache(int64_t queries, int64_t hits, double vision_seconds);
   void SetPrefixCache(int64_t queries, int64_t hits);
   void ObserveTtft(double s);
   void ObserveInterToken(double s);

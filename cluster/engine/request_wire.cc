@@ -30,7 +30,8 @@ nlohmann::json RunnerRequestToJson(const model::RunnerRequest& r) {
           {"sampling", {{"temperature", s.temperature}, {"top_k", s.top_k}, {"top_p", s.top_p}, {"seed", s.seed},
                         {"max_new_tokens", s.max_new_tokens}, {"stop", s.stop_tokens}}},
           {"min_tokens", r.min_tokens}, {"top_logprobs", r.top_logprobs},
-          {"prompt_logprobs", r.prompt_logprobs}, {"keep_prompt_logits", r.keep_prompt_logits},
+          {"prompt_logprobs", r.prompt_logprobs}, {"prompt_logprobs_start", r.prompt_logprobs_start},
+          {"keep_prompt_logits", r.keep_prompt_logits},
           {"images", VisionMeta(r.images)}, {"videos", VisionMeta(r.videos)}};
 }
 
@@ -45,6 +46,7 @@ model::RunnerRequest RunnerRequestFromJson(const nlohmann::json& m) {
   r.min_tokens = m["min_tokens"].get<int64_t>();
   r.top_logprobs = m["top_logprobs"].get<int>();
   r.prompt_logprobs = m["prompt_logprobs"].get<bool>();
+  r.prompt_logprobs_start = m["prompt_logprobs_start"].get<int64_t>();
   r.keep_prompt_logits = m["keep_prompt_logits"].get<bool>();
   r.images = VisionFromMeta(m["images"]);
   r.videos = VisionFromMeta(m["videos"]);

@@ -413,10 +413,13 @@ std::string RenderPrometheus(const MetricsSnapshot& m, const std::string& model_
   one("q3vl:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
       static_cast<double>(m.num_requests_waiting));
   one("q3vl:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", m.kv_cache_usage);
-  one("q3vl:mm_cache_queries_total", "counter", "Encoder cache lookups (one per image or video).",
+  one("q3vl:mm_cache_queries_total", "counter", "Encoder cache lookups (one per image or video frame group).",
       static_cast<double>(m.mm_cache_queries_total));
-  one("q3vl:mm_cache_hits_total", "counter", "Encoder cache hits (images and videos not encoded again).",
+  one("q3vl:mm_cache_hits_total", "counter", "Encoder cache hits (images and video frame groups not encoded again).",
       static_cast<double>(m.mm_cache_hits_total));
+  one("q3vl:vision_encode_seconds_total", "counter",
+      "Seconds spent producing visual features (the vision tower, or receiving the vision ranks' rows).",
+      m.vision_encode_seconds_total);
   one("q3vl:prefix_cache_queries_total", "counter", "Prefix cache queries: prompt tokens of admitted requests.",
       static_cast<double>(m.prefix_cache_queries_total));
   one("q3vl:prefix_cache_hits_total", "counter", "Prefix cache hits: prompt tokens found cached (not computed).",

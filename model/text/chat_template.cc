@@ -64,7 +64,7 @@ class Renderer {
           out_.text += "<|im_end|>\n";
           break;
         case ChatRole::kAssistant:
-          AppendAssistant(m);
+          AppendAssistant(m, /*open=*/request_.continue_final_message && i + 1 == messages.size());
           break;
         case ChatRole::kTool:
           if (i == 0 || messages[i - 1].role != ChatRole::kTool) out_.text += "<|im_start|>user";
@@ -107,9 +107,11 @@ class Renderer {
     }
   }
 
-  void AppendAssistant(const ChatMessage& m) {
+  // `open`: the message's text only, to be continued (no tool calls, no end of turn).
+  void AppendAssistant(const ChatMessage& m, bool open) {
     out_.text += "<|im_start|>assistant\n";
     AppendTextOnly(m, &out_.text);
+    if (open) return;
     for (size_t j = 0; j < m.tool_calls.size(); ++j) {
       if (j > 0 || m.HasContent()) out_.text += "\n";
       const ToolCall& call = m.tool_calls[j];
@@ -122,6 +124,21 @@ class Renderer {
   const ChatRequest& request_;
   RenderedChat out_;
 };
+
+}  // namespace
+
+absl::Status CheckContinueFinalMessage(const ChatRequest& request) {
+  if (!request.continue_final_message) return absl::OkStatus();
+  if (request.add_generation_prompt) {
+    return absl::InvalidArgumentError("continue_final_message and add_generation_prompt cannot both be true");
+  }
+  if (request.messages.empty() || request.messages.back().role != ChatRole::kAssistant) {
+    return absl::InvalidArgumentError("continue_final_message needs the final message to be an assistant's");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
 
 std::optional<std::string> ReadFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -17,6 +17,10 @@ struct ChatRequest {
   std::vector<ChatMessage> messages;  // REQUIRES: non-empty (ParseChatMessages ensures it)
   std::vector<std::string> tools;     // tool definitions as tojson text (ParseChatTools)
   bool add_generation_prompt = false;
+  // The final message (an assistant's) is left open: rendered without its end of turn, so the
+  // model continues it (transformers' continue_final_message). REQUIRES: the final message is
+  // an assistant's and add_generation_prompt is false (CheckContinueFinalMessage).
+  bool continue_final_message = false;
   bool add_vision_id = false;  // "Picture N: " / "Video N: ", counted over the whole conversation
 };
 
@@ -34,6 +38,9 @@ struct RenderedChat {
 // carries the tool list; consecutive tool messages share one user turn of <tool_response>s; a
 // tool call starts on a new line unless it is the first of a message with empty content.
 RenderedChat RenderChat(const ChatRequest& request);
+
+// InvalidArgument unless continue_final_message's requirements hold (OK when it is unset).
+absl::Status CheckContinueFinalMessage(const ChatRequest& request);
 
 // The built-in template's text, byte for byte model/assets/qwen3_vl/chat_template.jinja.
 absl::string_view Qwen3VlChatTemplate();

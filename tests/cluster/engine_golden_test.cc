@@ -304,20 +304,22 @@ TEST_F(EngineMixTest, PreemptionAndRecomputeChangeNothing) {
 }
 
 // The two media requests share their image and video: with an encoder cache the second one
-// reuses both items (the tower runs once per item) and every output is the solo one; an image
-// of the same size with one pixel changed never hits.
+// reuses every unit (the image and the video's two frame groups: the tower runs once per unit)
+// and every output is the solo one; an image of the same size with one pixel changed never hits.
 TEST_F(EngineMixTest, EncoderCacheEncodesIdenticalMediaOnceAndChangesNothing) {
   const std::map<std::string, RequestOutput> solo = Solo();
+  ASSERT_EQ(golden_.request.videos.grids.size(), 1u);
+  ASSERT_EQ(golden_.request.videos.grids[0][0], 2) << "the case's video is two frame groups";
   Replica replica(*model_, /*budget=*/16, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/100000);
   const std::map<std::string, RequestOutput> got = Staggered(replica.engine, requests_, {0, 2, 3, 5, 9});
   for (const auto& [id, want] : solo) EXPECT_EQ(got.at(id).token_ids, want.token_ids) << id;
   const model::EncoderCache& cache = *replica.runner.encoder_cache();
-  EXPECT_EQ(cache.queries(), 4);  // two requests x (one image + one video)
-  EXPECT_EQ(cache.hits(), 2);
-  EXPECT_EQ(cache.size(), 2);
+  EXPECT_EQ(cache.queries(), 6);  // two requests x (one image + two frame groups)
+  EXPECT_EQ(cache.hits(), 3);
+  EXPECT_EQ(cache.size(), 3);
   const MetricsSnapshot metrics = replica.engine.metrics().Snapshot();
-  EXPECT_EQ(metrics.mm_cache_queries_total, 4);
-  EXPECT_EQ(metrics.mm_cache_hits_total, 2);
+  EXPECT_EQ(metrics.mm_cache_queries_total, 6);
+  EXPECT_EQ(metrics.mm_cache_hits_total, 3);
 
   EngineRequest changed = requests_[0];
   changed.id = "changed_pixel";
@@ -325,9 +327,49 @@ TEST_F(EngineMixTest, EncoderCacheEncodesIdenticalMediaOnceAndChangesNothing) {
   changed.input.images.pixel_values.data<float>()[0] += 0.25f;
   const RequestOutput out = RunAlone(replica.engine, changed);
   EXPECT_EQ(out.finish, FinishReason::kLength) << out.error;
-  EXPECT_EQ(cache.queries(), 6);
-  EXPECT_EQ(cache.hits(), 3);  // the video only
-  EXPECT_EQ(cache.size(), 3);
+  EXPECT_EQ(cache.queries(), 9);
+  EXPECT_EQ(cache.hits(), 5);  // the video's groups only
+  EXPECT_EQ(cache.size(), 4);
+}
+
+// A long-video sweep's case in small: a second video equal to the first but for its last
+// frame group (a needle placed late) finds every prefix page before that group and every
+// earlier unit's tower rows in the caches, encodes only the changed group, and gives exactly
+// what a fresh engine gives it.
+TEST_F(EngineMixTest, VideosSharingTheirFirstFrameGroupsShareTheirPagesAndTowerRows) {
+  const EngineRequest& first = requests_[0];
+  EngineRequest later = first;
+  later.id = "needle_late";
+  model::VisionInput& video = later.input.videos;
+  const model::GridThw g = video.grids.at(0);
+  ASSERT_EQ(g[0], 2);
+  video.pixel_values = video.pixel_values.Clone();
+  const int64_t cols = video.pixel_values.dim(1), group_rows = g[1] * g[2];
+  for (int64_t i = group_rows * cols; i < 2 * group_rows * cols; ++i) video.pixel_values.data<float>()[i] *= -1.0f;
+  // The second group's placeholder run starts after the first group's run and its timestamp.
+  const std::vector<int64_t>& ids = first.input.input_ids;
+  const int64_t video_token = model_->config().video_token_id;
+  int64_t runs = 0, second = -1;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    if (ids[t] == video_token && (t == 0 || ids[t - 1] != video_token) && ++runs == 2) second = static_cast<int64_t>(t);
+  }
+  ASSERT_GT(second, 0);
+  const int64_t page = 16, prompt = static_cast<int64_t>(ids.size());
+  ASSERT_GT(second / page, 1) << "a page boundary lies between the two groups' runs: the test tells keys apart";
+
+  Replica replica(*model_, /*budget=*/16, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/100000);
+  RunAlone(replica.engine, first);
+  const model::EncoderCache& cache = *replica.runner.encoder_cache();
+  const int64_t queries = cache.queries(), hits = cache.hits();
+  const RequestOutput warm = RunAlone(replica.engine, later);
+  EXPECT_EQ(warm.cached_prompt_tokens, std::min(second / page, (prompt - 1) / page) * page);
+  EXPECT_EQ(cache.queries() - queries, 3);  // the image and two groups
+  EXPECT_EQ(cache.hits() - hits, 2);        // the image and the first group: only the changed group runs
+  Replica fresh(*model_, /*budget=*/16, /*pages=*/64);
+  const RequestOutput cold = RunAlone(fresh.engine, later);
+  EXPECT_EQ(cold.cached_prompt_tokens, 0);
+  EXPECT_EQ(warm.token_ids, cold.token_ids);
+  EXPECT_EQ(warm.finish, FinishReason::kLength) << warm.error;
 }
 
 TEST_F(EngineMixTest, LogprobsPromptLogprobsAndMinTokens) {
@@ -369,6 +411,34 @@ TEST_F(EngineMixTest, LogprobsPromptLogprobsAndMinTokens) {
   const RequestOutput held = RunAlone(replica.engine, m);
   ASSERT_GE(held.token_ids.size(), 3u);
   for (size_t i = 0; i + 1 < 3; ++i) EXPECT_NE(held.token_ids[i], out.token_ids[0]) << i;
+}
+
+// Prompt logprobs from a start position: the same values as a request scoring every position,
+// and the pages before the start come from the prefix cache (a scored answer after a long
+// shared prompt costs only the answer).
+TEST_F(EngineMixTest, PromptLogprobsFromAStartReuseTheCachedPrefix) {
+  Replica replica(*model_, /*budget=*/16, /*pages=*/64);
+  EngineRequest all = requests_[0];
+  all.input.prompt_logprobs = true;
+  const RequestOutput every = RunAlone(replica.engine, all);
+  EXPECT_EQ(every.cached_prompt_tokens, 0) << "every position scored: nothing from the cache";
+  const int64_t prompt = static_cast<int64_t>(all.input.input_ids.size());
+  ASSERT_EQ(static_cast<int64_t>(every.prompt_logprobs.size()), prompt - 1);
+  RunAlone(replica.engine, requests_[0]);  // fills the prefix cache
+  EngineRequest tail = all;
+  tail.id = "tail";
+  tail.input.prompt_logprobs_start = prompt - 5;
+  const RequestOutput scored = RunAlone(replica.engine, tail);
+  EXPECT_EQ(scored.cached_prompt_tokens, (prompt - 6) / 16 * 16);
+  EXPECT_GT(scored.cached_prompt_tokens, 0);
+  EXPECT_EQ(scored.first_prompt_row, prompt - 6);
+  ASSERT_EQ(scored.prompt_logprobs.size(), 5u);
+  for (int64_t k = 0; k < 5; ++k) {
+    EXPECT_NEAR(scored.prompt_logprobs[k], every.prompt_logprobs[prompt - 6 + k], 1e-4) << "position " << prompt - 5 + k;
+  }
+  EngineRequest past = all;
+  past.input.prompt_logprobs_start = prompt + 1;
+  EXPECT_EQ(replica.engine.Submit(past).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(EngineMixTest, BadRequestsAreRefusedAtSubmission) {

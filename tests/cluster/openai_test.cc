@@ -63,6 +63,13 @@ TEST(OpenAiParseTest, RefusalsNameTheField) {
       {{{"best_of_luck", 1}}, "best_of_luck"},
       {{{"min_tokens", 5}, {"max_tokens", 2}}, "min_tokens"},
       {{{"messages", Json::array()}}, "messages"},
+      {{{"continue_final_message", true}}, "continue_final_message"},  // with add_generation_prompt's default
+      {{{"add_generation_prompt", "no"}}, "add_generation_prompt"},
+      {{{"prompt_logprobs", 5}}, "prompt_logprobs"},  // alternatives for prompt tokens
+      {{{"prompt_logprobs", -1}}, "prompt_logprobs"},
+      {{{"prompt_logprobs", 0}, {"stream", true}}, "prompt_logprobs"},
+      {{{"prompt_logprobs_start", 3}}, "prompt_logprobs_start"},  // without prompt_logprobs
+      {{{"prompt_logprobs", 0}, {"prompt_logprobs_start", 0}}, "prompt_logprobs_start"},
   };
   for (const auto& c : cases) {
     const ApiError e = ErrorOf(Endpoint::kChatCompletions, Chat(c.extra));
@@ -307,6 +314,64 @@ TEST_F(OpenAiPrepareTest, ChoicesAndResponseShapes) {
   ASSERT_TRUE(ChoiceError({a, failed}));
   EXPECT_EQ(ChoiceError({a, failed})->status, 500);
   EXPECT_FALSE(ChoiceError({a, b}));
+}
+
+// Scoring an answer: the conversation with the answer as an open assistant turn
+// (continue_final_message), prompt_logprobs 0 from the answer's first token on; the positions
+// before it are null (vLLM's shape: one entry per prompt token, {"<id>": {"logprob", ...}}).
+TEST_F(OpenAiPrepareTest, PromptLogprobsOfAContinuedAssistantMessage) {
+  ASSERT_NE(processor_, nullptr);
+  const Json question = {{"role", "user"}, {"content", "What colour is the sky?"}};
+  const Json answer = {{"role", "assistant"}, {"content", "Blue"}};
+  ApiRequest ask = std::get<ApiRequest>(ParseRequest(Endpoint::kChatCompletions, Json{{"messages", {question}}}));
+  const auto asked = Prepare(ask, Options(1000));
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(asked));
+  const std::vector<int64_t>& asked_ids = std::get<PreparedRequest>(asked).input.input_ids;
+  const int64_t start = static_cast<int64_t>(asked_ids.size());  // where the answer's tokens begin
+
+  auto parsed = ParseRequest(Endpoint::kChatCompletions,
+                             Json{{"messages", {question, answer}}, {"add_generation_prompt", false},
+                                  {"continue_final_message", true}, {"max_tokens", 1}, {"prompt_logprobs", 0},
+                                  {"prompt_logprobs_start", start}});
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(parsed)) << std::get<ApiError>(parsed).message;
+  const auto scored = Prepare(std::get<ApiRequest>(parsed), Options(1000));
+  ASSERT_TRUE(std::holds_alternative<PreparedRequest>(scored)) << std::get<ApiError>(scored).message;
+  const PreparedRequest& p = std::get<PreparedRequest>(scored);
+  const std::vector<int64_t>& ids = p.input.input_ids;
+  const model::Tokenizer& tok = processor_->tokenizer();
+  ASSERT_GT(ids.size(), asked_ids.size());
+  EXPECT_TRUE(std::equal(asked_ids.begin(), asked_ids.end(), ids.begin())) << "the asked prompt is a prefix";
+  std::vector<int32_t> tail(ids.begin() + start, ids.end());
+  EXPECT_EQ(tok.Decode(tail), "Blue") << "the answer's turn is open: no end of turn after it";
+  EXPECT_TRUE(p.input.prompt_logprobs);
+  EXPECT_EQ(p.input.prompt_logprobs_start, start);
+
+  // The engine reports rows from start - 1 on: log p(ids[t]) for t = start, ...
+  RequestOutput out{.token_ids = {ids[0]}, .first_prompt_row = start - 1, .finish = FinishReason::kLength,
+                    .prompt_tokens = static_cast<int64_t>(ids.size()), .completion_tokens = 1};
+  for (size_t t = start; t < ids.size(); ++t) out.prompt_logprobs.push_back(-0.25f * static_cast<float>(t - start + 1));
+  const Json body = ResponseBody(p.api, "chatcmpl-2", 42, "served", {out}, tok);
+  const Json& lp = body["prompt_logprobs"];
+  ASSERT_EQ(lp.size(), ids.size());
+  for (int64_t t = 0; t < start; ++t) EXPECT_TRUE(lp[t].is_null()) << t;
+  for (size_t t = start; t < ids.size(); ++t) {
+    const Json& entry = lp[t][absl::StrCat(ids[t])];
+    EXPECT_FLOAT_EQ(entry["logprob"].get<float>(), -0.25f * static_cast<float>(t - start + 1)) << t;
+    EXPECT_EQ(entry["decoded_token"], tok.Decode({static_cast<int32_t>(ids[t])})) << t;
+  }
+
+  // Refusals: a start past the prompt; a continued final message that is the user's.
+  auto past = ParseRequest(Endpoint::kChatCompletions,
+                           Json{{"messages", {question}}, {"prompt_logprobs", 0}, {"prompt_logprobs_start", 100000}});
+  const auto refused = Prepare(std::get<ApiRequest>(past), Options(1000000));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(refused));
+  EXPECT_EQ(std::get<ApiError>(refused).param, "prompt_logprobs_start");
+  auto user_last = ParseRequest(Endpoint::kChatCompletions, Json{{"messages", {question}}, {"add_generation_prompt", false},
+                                                                 {"continue_final_message", true}});
+  const auto bad = Prepare(std::get<ApiRequest>(user_last), Options(1000));
+  ASSERT_TRUE(std::holds_alternative<ApiError>(bad));
+  EXPECT_EQ(std::get<ApiError>(bad).status, 400);
+  EXPECT_NE(std::get<ApiError>(bad).message.find("assistant"), std::string::npos) << std::get<ApiError>(bad).message;
 }
 
 }  // namespace

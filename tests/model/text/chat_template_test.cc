@@ -165,6 +165,29 @@ TEST(ChatTemplateRulesTest, OnlyTheFirstMessageCanBeASystemMessage) {
             "<|im_start|>user\na<|im_end|>\n<|im_start|>user\nc<|im_end|>\n");
 }
 
+// transformers' continue_final_message: the rendered text with the final message's end of
+// turn cut off, so the model continues the assistant's text (a scored answer, a prefill).
+TEST(ChatTemplateRulesTest, ContinueFinalMessageLeavesTheAssistantTurnOpen) {
+  auto messages = ParseChatMessages(Json::parse(R"([{"role": "user", "content": "Q?"},
+                                                    {"role": "assistant", "content": "The answer is"}])"));
+  ASSERT_TRUE(messages.ok()) << messages.status();
+  ChatRequest request{.messages = *messages, .continue_final_message = true};
+  EXPECT_TRUE(CheckContinueFinalMessage(request).ok());
+  EXPECT_EQ(RenderChat(request).text, "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\nThe answer is");
+  request.continue_final_message = false;  // the closed turn, for comparison
+  EXPECT_EQ(RenderChat(request).text,
+            "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\nThe answer is<|im_end|>\n");
+
+  request.continue_final_message = true;
+  request.add_generation_prompt = true;
+  EXPECT_EQ(CheckContinueFinalMessage(request).code(), absl::StatusCode::kInvalidArgument);
+  request.add_generation_prompt = false;
+  request.messages.pop_back();  // the final message is the user's
+  const absl::Status not_assistant = CheckContinueFinalMessage(request);
+  EXPECT_EQ(not_assistant.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(not_assistant.message().find("assistant"), std::string::npos) << not_assistant;
+}
+
 TEST(ChatTemplateRulesTest, ToolMessagesShareOneUserTurn) {
   EXPECT_EQ(Render(R"([{"role": "tool", "content": "x"}, {"role": "tool", "content": [{"type": "text", "text": "y"}]},
                        {"role": "user", "content": "z"}])").text,
