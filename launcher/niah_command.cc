@@ -1,11 +1,14 @@
 // q3vl niah: long-video needle-in-a-haystack through the serving path. For each length x depth
 // x needle it composes the cell's video (cluster/niah/compose.h), sends it with each question
 // to an OpenAI endpoint (q3vl serve or q3vl coordinator) as a video data URL with the cell's
-// mm_processor_kwargs, scores the answer and appends one JSON line per question to
-// OUT/results.jsonl (--resume continues after any kill). Cells are ordered so that those
-// sharing the frames before the needle follow each other (same length and needle, depths
-// rising), which is what a prefix cache can reuse. At the end: OUT/summary.json (accuracy per
-// length x depth), OUT/heatmap.png and OUT/report.html.
+// mm_processor_kwargs, scores the answer (matched, and the reference answer's teacher-forced
+// log-probability from a second request with prompt_logprobs), reads the server's vision
+// seconds from /metrics around it, and appends one JSON line per question to
+// OUT/results.jsonl (--resume continues after any kill). Cells are ordered for the prefix
+// cache: every cell's video is the same haystack frames up to its needle (coded causally, so
+// they decode alike), so lengths rise and, within one, depths fall: the first cell's haystack
+// runs to its needle at the end and each later cell finds its frames before the needle
+// cached. At the end: OUT/summary.json, OUT/heatmap.png and OUT/report.html.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -111,6 +114,38 @@ class ChildServer {
   std::thread drain_;
 };
 
+// usage.prompt_tokens and usage.prompt_tokens_details.cached_tokens of a reply (0 if absent).
+std::pair<int64_t, int64_t> UsageTokens(const Json& body) {
+  if (!body.is_object() || !body.contains("usage") || !body["usage"].is_object()) return {0, 0};
+  const Json& usage = body["usage"];
+  const int64_t cached = usage.contains("prompt_tokens_details") && usage["prompt_tokens_details"].is_object()
+                             ? usage["prompt_tokens_details"].value("cached_tokens", int64_t{0})
+                             : 0;
+  return {usage.value("prompt_tokens", int64_t{0}), cached};
+}
+
+// The sum of prompt_logprobs from position `start` on (the reference answer's tokens) and
+// their count, from a scoring reply; an error naming what the server said otherwise.
+absl::StatusOr<std::pair<double, int64_t>> AnswerLogprob(const niah::HttpReply& reply, int64_t start) {
+  if (reply.status != 200 || !reply.body.is_object() || !reply.body.contains("prompt_logprobs") ||
+      !reply.body["prompt_logprobs"].is_array()) {
+    const std::string message = reply.body.is_object() && reply.body.contains("error") && reply.body["error"].is_object()
+                                    ? reply.body["error"].value("message", reply.text)
+                                    : reply.text.substr(0, 200);
+    return absl::UnavailableError(absl::StrCat("scoring answered ", reply.status, ": ", message));
+  }
+  const Json& lp = reply.body["prompt_logprobs"];
+  double sum = 0;
+  int64_t n = 0;
+  for (size_t t = static_cast<size_t>(start); t < lp.size(); ++t) {
+    if (!lp[t].is_object() || lp[t].empty()) return absl::UnavailableError(absl::StrCat("no log-probability at ", t));
+    sum += lp[t].begin()->value("logprob", 0.0);
+    ++n;
+  }
+  if (n == 0) return absl::UnavailableError("the reference answer has no tokens after the prompt");
+  return std::make_pair(sum, n);
+}
+
 std::string Duration(double seconds) {
   if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
   const int64_t s = std::llround(seconds);
@@ -136,6 +171,8 @@ int NiahCommand(const Args& args) {
       ("max-pixels", po::value<int64_t>()->default_value(448 * 448), "pixels per frame at most (448x448: 196 tokens per frame group)")
       ("served-model-name", po::value<std::string>(), "the model name to request (default: the endpoint's first, from /v1/models)")
       ("max-tokens", po::value<int>()->default_value(16), "answer length")
+      ("no-logprobs", po::bool_switch(), "do not score each reference answer by its teacher-forced log-probability "
+                                         "(a second request per question with prompt_logprobs: a server without it answers 400)")
       ("timeout", po::value<double>()->default_value(1800), "seconds to wait for one answer")
       ("resume", po::bool_switch(), "continue OUT/results.jsonl, skipping the questions it holds")
       ("keep-videos", po::bool_switch(), "keep each cell's video under OUT/videos (default: removed once its questions are done)");
@@ -232,8 +269,8 @@ int NiahCommand(const Args& args) {
     model_name = models->body["data"][0].value("id", "");
   }
 
-  // The questions in order: length, needle, depth rising (shared frames before the needle),
-  // then the needle's questions.
+  // The questions in order: lengths rising, depths falling, the needles, then a needle's
+  // questions (the header says why).
   struct Item {
     int64_t length;
     double depth;
@@ -241,13 +278,24 @@ int NiahCommand(const Args& args) {
     int question;
   };
   std::vector<Item> items;
-  for (int64_t length : *lengths) {
-    for (const niah::Needle& n : needles) {
-      for (double d : *depths) {
+  std::vector<int64_t> by_length = *lengths;
+  std::sort(by_length.begin(), by_length.end());
+  std::vector<double> by_depth = *depths;
+  std::sort(by_depth.begin(), by_depth.end(), std::greater<>());
+  for (int64_t length : by_length) {
+    for (double d : by_depth) {
+      for (const niah::Needle& n : needles) {
         for (int q = 0; q < static_cast<int>(n.questions.size()); ++q) items.push_back({length, d, &n, q});
       }
     }
   }
+  const bool score = !vm["no-logprobs"].as<bool>();
+  // The server's cumulative vision seconds (q3vl serve's /metrics); nullopt where it has none.
+  auto vision_seconds = [&]() -> std::optional<double> {
+    auto r = niah::GetJson(*endpoint, "/metrics", key, absl::Seconds(30));
+    if (!r.ok() || r->status != 200) return std::nullopt;
+    return niah::PrometheusValue(r->text, "q3vl:vision_encode_seconds_total");
+  };
   int64_t todo = 0;
   for (const Item& it : items) {
     todo += done->count(niah::CellKey{it.length, it.depth, it.needle->id, it.question}.ToString()) ? 0 : 1;
@@ -290,6 +338,7 @@ int NiahCommand(const Args& args) {
                  {"mm_processor_kwargs",
                   {{"fps", cell->kwargs_fps}, {"max_frames", cell->kwargs_max_frames},
                    {"min_pixels", cell->kwargs_min_pixels}, {"max_pixels", cell->kwargs_max_pixels}}}};
+    const std::optional<double> vision_before = vision_seconds();
     const auto t0 = std::chrono::steady_clock::now();
     auto reply = niah::PostJson(*endpoint, "/v1/chat/completions", body, key, timeout);
     const double latency = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -318,13 +367,36 @@ int NiahCommand(const Args& args) {
                              : niah::AnswerMatches(answer, q.answers);
       line["answer"] = answer;
       line["correct"] = right;
-      if (reply->body.contains("usage")) {
-        const Json& usage = reply->body["usage"];
-        line["prompt_tokens"] = usage.value("prompt_tokens", 0);
-        // The prefix cache's share (OpenAI's usage.prompt_tokens_details.cached_tokens).
-        line["cached_tokens"] = usage.contains("prompt_tokens_details") && usage["prompt_tokens_details"].is_object()
-                                    ? usage["prompt_tokens_details"].value("cached_tokens", 0)
-                                    : 0;
+      const auto [prompt_tokens, cached_tokens] = UsageTokens(reply->body);
+      line["prompt_tokens"] = prompt_tokens;
+      line["cached_tokens"] = cached_tokens;
+      if (score && prompt_tokens > 0) {
+        // The reference answer as the assistant's open turn; its tokens start where the asked
+        // prompt ended, and the positions before come from the prefix cache.
+        // A "when" answer is the needle group's timestamp as the prompt spells it ("4.2 seconds").
+        const std::string reference =
+            q.kind == niah::QuestionKind::kWhen
+                ? std::string(absl::StripSuffix(absl::StripPrefix(cell->needle_timestamp, "<"), ">"))
+                : q.answers.front();
+        Json scoring = body;
+        scoring["messages"].push_back({{"role", "assistant"}, {"content", reference}});
+        scoring["add_generation_prompt"] = false;
+        scoring["continue_final_message"] = true;
+        scoring["max_tokens"] = 1;
+        scoring["prompt_logprobs"] = 0;
+        scoring["prompt_logprobs_start"] = prompt_tokens;
+        auto scored = niah::PostJson(*endpoint, "/v1/chat/completions", scoring, key, timeout);
+        if (!scored.ok()) return Fail(kName, scored.status());
+        line["reference"] = reference;
+        if (auto logprob = AnswerLogprob(*scored, prompt_tokens); logprob.ok()) {
+          line["answer_logprob"] = logprob->first;
+          line["answer_tokens"] = logprob->second;
+          const auto [score_prompt, score_cached] = UsageTokens(scored->body);
+          line["score_prompt_tokens"] = score_prompt;
+          line["score_cached_tokens"] = score_cached;
+        } else {
+          line["score_error"] = std::string(logprob.status().message());
+        }
       }
       ++answered;
       correct += right ? 1 : 0;
@@ -338,9 +410,15 @@ int NiahCommand(const Args& args) {
       ++errors;
       verdict = absl::StrCat("error ", reply->status);
     }
+    if (const std::optional<double> vision_after = vision_seconds(); vision_before && vision_after) {
+      line["vision_s"] = *vision_after - *vision_before;
+    }
     if (absl::Status st = niah::AppendResult(results, line); !st.ok()) return Fail(kName, st);
     const int64_t finished = answered + errors;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (line.contains("answer_logprob")) {
+      absl::StrAppend(&verdict, absl::StrFormat(", log p %.2f", line["answer_logprob"].get<double>()));
+    }
     std::cerr << absl::StrFormat("q3vl niah: [%d/%d] %.0f%%  %dk depth %.2f %s %s: %s (%.1f s)  ETA %s\n",
                                  finished, todo, 100.0 * finished / std::max<int64_t>(1, todo), it.length / 1024, it.depth,
                                  it.needle->id, q.kind == niah::QuestionKind::kWhen ? "when" : "what", verdict, latency,
@@ -351,33 +429,45 @@ int NiahCommand(const Args& args) {
 
   // The summary and report over the whole results file (earlier runs included).
   std::vector<Json> rows;
-  int64_t prompt_total = 0, cached_total = 0;
+  int64_t prompt_total = 0, cached_total = 0, score_prompt_total = 0, score_cached_total = 0;
   std::ifstream in(results);
   for (std::string row; std::getline(in, row);) {
     Json j = Json::parse(row, nullptr, false);
     if (j.is_discarded() || !j.contains("length")) continue;
     prompt_total += j.value("prompt_tokens", 0);
     cached_total += j.value("cached_tokens", 0);
+    score_prompt_total += j.value("score_prompt_tokens", 0);
+    score_cached_total += j.value("score_cached_tokens", 0);
     rows.push_back(std::move(j));
   }
-  // What the prefix cache saved: the share of prompt tokens prefilled, against every question
-  // prefilled cold.
+  // What the prefix cache saved: the share of the questions' prompt tokens prefilled, against
+  // every question prefilled cold (the scoring requests are counted apart: each repeats its
+  // question's prompt and prefills only the answer).
   const double prefilled = prompt_total > 0 ? static_cast<double>(prompt_total - cached_total) / prompt_total : 1.0;
   Json summary = {{"endpoint", child ? absl::StrCat("q3vl serve --model ", vm["model"].as<std::string>()) : endpoint_url},
                   {"model", model_name},
                   {"prompt_tokens", prompt_total},
                   {"cached_tokens", cached_total},
                   {"prefilled_fraction", prefilled},
+                  {"scoring_prompt_tokens", score_prompt_total},
+                  {"scoring_cached_tokens", score_cached_total},
                   {"cells", Json::array()}};
   for (const niah::CellSummary& c : niah::SummarizeCells(rows)) {
-    summary["cells"].push_back(
-        {{"length", c.length}, {"depth", c.depth}, {"accuracy", c.accuracy()}, {"questions", c.asked}, {"errors", c.errors}});
+    Json cell = {{"length", c.length}, {"depth", c.depth}, {"accuracy", c.accuracy()}, {"questions", c.asked},
+                 {"errors", c.errors}, {"scored", c.scored},
+                 {"mean_answer_logprob", c.scored > 0 ? Json(c.mean_logprob()) : Json(nullptr)},
+                 {"vision_s", c.timed > 0 ? Json(c.vision_s) : Json(nullptr)}};
+    summary["cells"].push_back(std::move(cell));
   }
   std::ofstream((out / "summary.json").string()) << summary.dump(2) << "\n";
   auto report = niah::WriteReport(rows, needles, out.string(), absl::StrCat("q3vl niah: ", model_name));
   if (!report.ok()) return Fail(kName, report.status());
-  std::cerr << absl::StrFormat("q3vl niah: prefilled %d of %d prompt tokens (%.0f%%; the prefix cache held the rest)\n",
+  std::cerr << absl::StrFormat("q3vl niah: prefilled %d of %d prompt tokens (%.0f%%; the prefix cache held the rest)",
                                prompt_total - cached_total, prompt_total, 100.0 * prefilled);
+  if (score_prompt_total > 0) {
+    std::cerr << absl::StrFormat("; scoring prefilled %d of %d", score_prompt_total - score_cached_total, score_prompt_total);
+  }
+  std::cerr << "\n";
   std::cerr << "q3vl niah: " << answered << " answered this run (" << correct << " right), " << errors
             << " errors; results in " << results << ", accuracy per cell in " << (out / "summary.json").string()
             << ", report " << report->html << " (heat map " << report->heatmap_png << ")" << std::endl;

@@ -8,7 +8,9 @@
 #include <boost/beast/http.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
 namespace q3vl::cluster::niah {
@@ -83,6 +85,23 @@ absl::StatusOr<HttpReply> Exchange(const Endpoint& endpoint, http::verb verb, co
 }
 
 }  // namespace
+
+std::optional<double> PrometheusValue(const std::string& text, const std::string& name) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::ConsumePrefix(&line, name) || line.empty() || (line[0] != '{' && line[0] != ' ')) continue;
+    if (line[0] == '{') {
+      const size_t close = line.rfind('}');
+      if (close == absl::string_view::npos) return std::nullopt;
+      line.remove_prefix(close + 1);
+    }
+    line = absl::StripAsciiWhitespace(line);
+    const absl::string_view value = line.substr(0, line.find(' '));  // a timestamp may follow
+    double v = 0;
+    if (!absl::SimpleAtod(value, &v)) return std::nullopt;
+    return v;
+  }
+  return std::nullopt;
+}
 
 absl::StatusOr<HttpReply> PostJson(const Endpoint& endpoint, const std::string& path,
                                    const nlohmann::ordered_json& body, const std::string& api_key,

@@ -4,6 +4,7 @@
 #ifndef Q3VL_CLUSTER_NIAH_CLIENT_H_
 #define Q3VL_CLUSTER_NIAH_CLIENT_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -37,6 +38,10 @@ absl::StatusOr<HttpReply> PostJson(const Endpoint& endpoint, const std::string& 
 // GETs `path` (e.g. "/v1/models"), as PostJson.
 absl::StatusOr<HttpReply> GetJson(const Endpoint& endpoint, const std::string& path, const std::string& api_key,
                                   absl::Duration timeout);
+
+// The value of the first sample of metric `name` in Prometheus text ("name{labels} v" or
+// "name v"); nullopt when there is none or it is not a number.
+std::optional<double> PrometheusValue(const std::string& text, const std::string& name);
 
 }  // namespace q3vl::cluster::niah
 

@@ -25,8 +25,10 @@ absl::Status ComposeCellVideo(const std::string& haystack_path, const model::Ima
   const model::ImageSize size{.height = geometry.height, .width = geometry.width};
   const model::Image needle_frame = model::ResizeBicubicAntialias(needle, size);
 
-  auto writer = model::VideoWriter::Open(
-      out_path, {.width = geometry.width, .height = geometry.height, .fps = static_cast<int>(std::lround(geometry.fps))});
+  // Causal coding: the frames before the needle decode alike in every cell of the sweep (any
+  // length, depth or needle), so the server's prefix cache can reuse their pages.
+  auto writer = model::VideoWriter::Open(out_path, {.width = geometry.width, .height = geometry.height,
+                                                    .fps = static_cast<int>(std::lround(geometry.fps)), .causal = true});
   if (!writer.ok()) return writer.status();
 
   // The source frame of each output frame; a run of non-decreasing indices is one pass (the

@@ -3,8 +3,12 @@
 #include <cairo.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -69,6 +73,10 @@ std::string Html(const std::string& s) {
 
 }  // namespace
 
+double CellSummary::mean_logprob() const {
+  return scored > 0 ? logprob_sum / static_cast<double>(scored) : std::numeric_limits<double>::quiet_NaN();
+}
+
 std::vector<CellSummary> SummarizeCells(const std::vector<Json>& rows) {
   std::map<std::pair<int64_t, double>, CellSummary> cells;
   for (const Json& r : rows) {
@@ -80,6 +88,14 @@ std::vector<CellSummary> SummarizeCells(const std::vector<Json>& rows) {
     ++c.asked;
     if (r.contains("error")) ++c.errors;
     if (r.value("correct", false)) ++c.right;
+    if (r.contains("answer_logprob") && r["answer_logprob"].is_number()) {
+      ++c.scored;
+      c.logprob_sum += r["answer_logprob"].get<double>();
+    }
+    if (r.contains("vision_s") && r["vision_s"].is_number()) {
+      ++c.timed;
+      c.vision_s += r["vision_s"].get<double>();
+    }
   }
   std::vector<CellSummary> out;
   for (const auto& [k, c] : cells) out.push_back(c);
@@ -98,11 +114,16 @@ absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std
   }
   if (cells.empty()) return absl::InvalidArgumentError("no results to report");
 
-  // The heat map: depth across, length down (longest at the bottom).
-  const int cell_w = 64, cell_h = 40, left = 90, top = 60, right = 30, bottom = 70;
+  bool scored = false;
+  for (const auto& [k, c] : cells) scored |= c.scored > 0;
+
+  // The heat map: depth across, length down (longest at the bottom); the accuracy panel, and
+  // beside it the mean answer log-probability's when answers were scored.
+  const int cell_w = 64, cell_h = 40, left = 90, top = 60, right = 30, bottom = 70, gap = 40;
   const int cols = static_cast<int>(depths.size()), nrows = static_cast<int>(lengths.size());
+  const int panel_w = cols * cell_w;
   ReportFiles files;
-  files.width = left + cols * cell_w + right;
+  files.width = left + panel_w + (scored ? gap + panel_w : 0) + right;
   files.height = top + nrows * cell_h + bottom;
   cairo_surface_t* surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, files.width, files.height);
   cairo_t* cr = cairo_create(surface);
@@ -118,36 +139,53 @@ absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std
   };
   cairo_set_source_rgb(cr, 0, 0, 0);
   text(title, files.width / 2.0, 24, 15, true);
-  int row = 0;
-  for (int64_t length : lengths) {
+  // One panel at x0: each cell coloured by `colour` (in [0, 1]: red to green) and labelled;
+  // cells without a value grey.
+  auto panel = [&](int x0, const std::string& name, const std::function<std::optional<double>(const CellSummary&)>& colour,
+                   const std::function<std::string(const CellSummary&)>& label) {
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    text(name, x0 + panel_w / 2.0, top - 12, 12, true);
+    int row = 0;
+    for (int64_t length : lengths) {
+      int col = 0;
+      for (double depth : depths) {
+        const double x = x0 + col * cell_w, y = top + row * cell_h;
+        auto it = cells.find({length, depth});
+        const std::optional<double> value = it == cells.end() ? std::nullopt : colour(it->second);
+        if (value) {
+          AccuracyColour(cr, *value);
+        } else {
+          cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
+        }
+        cairo_rectangle(cr, x + 1, y + 1, cell_w - 2, cell_h - 2);
+        cairo_fill(cr);
+        cairo_set_source_rgb(cr, 0, 0, 0);
+        if (value) text(label(it->second), x + cell_w / 2.0, y + cell_h / 2.0 + 5, 13, true);
+        ++col;
+      }
+      ++row;
+    }
     int col = 0;
     for (double depth : depths) {
-      const double x = left + col * cell_w, y = top + row * cell_h;
-      auto it = cells.find({length, depth});
-      if (it == cells.end()) {
-        cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
-      } else {
-        AccuracyColour(cr, it->second.accuracy());
-      }
-      cairo_rectangle(cr, x + 1, y + 1, cell_w - 2, cell_h - 2);
-      cairo_fill(cr);
-      cairo_set_source_rgb(cr, 0, 0, 0);
-      if (it != cells.end()) {
-        text(absl::StrFormat("%.0f%%", 100.0 * it->second.accuracy()), x + cell_w / 2.0,
-             y + cell_h / 2.0 + 5, 13, true);
-      }
+      text(absl::StrFormat("%.2f", depth), x0 + col * cell_w + cell_w / 2.0, top + nrows * cell_h + 20, 12, true);
       ++col;
     }
-    cairo_set_source_rgb(cr, 0, 0, 0);
+    text("needle depth", x0 + panel_w / 2.0, top + nrows * cell_h + 48, 13, true);
+  };
+  panel(left, "accuracy", [](const CellSummary& c) { return std::optional<double>(c.accuracy()); },
+        [](const CellSummary& c) { return absl::StrFormat("%.0f%%", 100.0 * c.accuracy()); });
+  if (scored) {
+    // Coloured by the answer's mean probability, exp(mean log p); labelled with the log p.
+    panel(left + panel_w + gap, "mean log p(answer)",
+          [](const CellSummary& c) { return c.scored > 0 ? std::optional<double>(std::exp(c.mean_logprob())) : std::nullopt; },
+          [](const CellSummary& c) { return absl::StrFormat("%.2f", c.mean_logprob()); });
+  }
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  int row = 0;
+  for (int64_t length : lengths) {
     text(LengthLabel(length), left - 10 - 40, top + row * cell_h + cell_h / 2.0 + 5, 13, false);
     ++row;
   }
-  int col = 0;
-  for (double depth : depths) {
-    text(absl::StrFormat("%.2f", depth), left + col * cell_w + cell_w / 2.0, top + nrows * cell_h + 20, 12, true);
-    ++col;
-  }
-  text("needle depth", left + cols * cell_w / 2.0, top + nrows * cell_h + 48, 13, true);
   cairo_save(cr);
   cairo_translate(cr, 18, top + nrows * cell_h / 2.0);
   cairo_rotate(cr, -1.5707963);
@@ -173,10 +211,12 @@ absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std
        "padding:4px 8px;vertical-align:top}.right{background:#dfd}.wrong{background:#fdd}.error{background:#eee}"
     << "</style></head><body>\n<h1>" << Html(title) << "</h1>\n<img alt=\"accuracy by length and depth\" src=\"data:image/png;base64,"
     << absl::Base64Escape(png) << "\">\n<h2>Cells</h2>\n<table><tr><th>length</th><th>depth</th><th>right</th>"
-    << "<th>asked</th><th>errors</th></tr>\n";
+    << "<th>asked</th><th>errors</th><th>mean log p(answer)</th><th>vision s</th></tr>\n";
   for (const auto& [k, c] : cells) {
     h << "<tr><td>" << k.first << "</td><td>" << absl::StrFormat("%.2f", k.second) << "</td><td>" << c.right
-      << "</td><td>" << c.asked << "</td><td>" << c.errors << "</td></tr>\n";
+      << "</td><td>" << c.asked << "</td><td>" << c.errors << "</td><td>"
+      << (c.scored > 0 ? absl::StrFormat("%.3f", c.mean_logprob()) : "") << "</td><td>"
+      << (c.timed > 0 ? absl::StrFormat("%.2f", c.vision_s) : "") << "</td></tr>\n";
   }
   h << "</table>\n<h2>Questions</h2>\n<table><tr><th>cell</th><th>needle</th><th>question</th><th>needle at</th>"
     << "<th>answer</th></tr>\n";
@@ -195,6 +235,10 @@ absl::StatusOr<ReportFiles> WriteReport(const std::vector<Json>& rows, const std
       h << "error " << r["error"].value("status", 0) << ": " << Html(r["error"].value("message", ""));
     } else {
       h << Html(r.value("answer", ""));
+      if (r.contains("answer_logprob") && r["answer_logprob"].is_number()) {
+        h << "<br><small>log p(" << Html(r.value("reference", "")) << ") = "
+          << absl::StrFormat("%.3f", r["answer_logprob"].get<double>()) << "</small>";
+      }
     }
     h << "</td></tr>\n";
   }

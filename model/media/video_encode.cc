@@ -109,7 +109,9 @@ absl::StatusOr<std::unique_ptr<VideoWriter>> VideoWriter::Open(const std::string
   if (impl->format->oformat->flags & AVFMT_GLOBALHEADER) c->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
   av_opt_set(c->priv_data, "preset", options.preset, 0);
   av_opt_set_int(c->priv_data, "crf", options.crf, 0);
-  av_opt_set(c->priv_data, "x264-params", "log=-1", 0);  // no statistics on stderr at close
+  // log=-1: no statistics on stderr at close.
+  av_opt_set(c->priv_data, "x264-params",
+             options.causal ? "log=-1:bframes=0:rc-lookahead=0:sync-lookahead=0:mbtree=0:scenecut=0" : "log=-1", 0);
   if (int err = avcodec_open2(c, encoder, nullptr); err < 0) {
     return absl::UnavailableError(absl::StrCat("cannot open libx264: ", AvError(err)));
   }

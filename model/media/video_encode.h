@@ -20,6 +20,10 @@ struct VideoWriterOptions {
   int crf = 18;        // libx264 quality: 0 lossless in luma, 18 visually lossless, 51 worst
   const char* preset = "veryfast";
   int threads = 0;     // 0: the encoder chooses
+  // Each frame coded from itself and earlier frames only (no B-frames, no lookahead, no scene
+  // cuts: keyframes every 4 s): two videos whose first N frames are equal decode those frames
+  // alike, which is what lets requests about them share prefix-cache pages (the NIAH cells).
+  bool causal = false;
 };
 
 class VideoWriter {

@@ -1,6 +1,8 @@
 // NIAH scoring, needles files and the resumable results file.
 #include "cluster/niah/eval.h"
 
+#include "cluster/niah/client.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -26,6 +28,19 @@ TEST(NiahEvalTest, AnswersAndTimes) {
   EXPECT_TRUE(TimeMatches("11.25", 10.25, 1.0));
   EXPECT_FALSE(TimeMatches("11.3", 10.25, 1.0));
   EXPECT_FALSE(TimeMatches("no idea", 10.25, 1.0));
+}
+
+// The harness reads the server's vision seconds from /metrics around each cell.
+TEST(NiahEvalTest, PrometheusValueReadsTheFirstSample) {
+  const std::string text =
+      "# HELP q3vl:vision_encode_seconds_total Seconds.\n# TYPE q3vl:vision_encode_seconds_total counter\n"
+      "q3vl:vision_encode_seconds_total_extra 9\n"
+      "q3vl:vision_encode_seconds_total{model_name=\"a b}\"} 12.5\n"
+      "plain 3 1700000000\nbroken{x=\"1\"} many\n";
+  EXPECT_EQ(PrometheusValue(text, "q3vl:vision_encode_seconds_total"), 12.5);
+  EXPECT_EQ(PrometheusValue(text, "plain"), 3.0);
+  EXPECT_EQ(PrometheusValue(text, "broken"), std::nullopt);
+  EXPECT_EQ(PrometheusValue(text, "absent"), std::nullopt);
 }
 
 TEST(NiahEvalTest, DefaultNeedlesAskWhatAndWhen) {

@@ -1,7 +1,9 @@
 // q3vl niah against q3vl serve on loopback (the demo model: its random weights answer at
 // random, so what is tested is the harness): every length x depth x needle x question gets one
-// result line with the cell's geometry; a run killed midway and resumed repeats and loses
-// nothing; a cell too long for the model's context is recorded as an error and the run goes on.
+// result line with the cell's geometry, its answer's teacher-forced log-probability and the
+// server's vision seconds; cells share the frames before their needles through the prefix
+// cache; a run killed midway and resumed repeats and loses nothing; a cell too long for the
+// model's context is recorded as an error and the run goes on.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -48,23 +50,45 @@ test('every cell and question gets one line with its geometry', async () => {
     assert.equal(x.needle_group, Math.round(x.depth * (x.frame_groups - 1)));
     assert.match(x.needle_timestamp, /^<\d+\.\d seconds>$/);
     assert.ok(x.prompt_tokens > x.visual_tokens, 'the prompt holds the video');
+    // Scored: the reference answer's log-probability, its tokens after the asked prompt, and the
+    // asked prompt's pages taken from the prefix cache (only the answer and the last partial
+    // page prefilled again).
+    assert.ok(x.answer_logprob < 0 && x.answer_tokens >= 1, JSON.stringify(x));
+    assert.equal(x.score_prompt_tokens, x.prompt_tokens + x.answer_tokens);
+    assert.ok(x.score_cached_tokens >= x.prompt_tokens - 16, `${x.key}: scoring found ${x.score_cached_tokens} cached`);
+    assert.equal(x.reference, x.kind === 'when' ? x.needle_timestamp.slice(1, -1) : x.needle);
+    assert.ok(x.vision_s >= 0, `vision seconds ${x.vision_s}`);
   }
-  // The questions of one cell share its video: the second finds all of it in the prefix cache,
-  // so the sweep prefills about half of what running every question cold would.
+  // The questions of one cell share its video: the second finds all of it in the prefix cache.
   for (const x of rows.filter((y) => y.question === 1)) {
     assert.ok(x.cached_tokens >= x.visual_tokens, `${x.key}: ${x.cached_tokens} cached of ${x.prompt_tokens}`);
   }
+  // Every cell's video is the haystack up to its needle: after the first cell of a length
+  // (depth 1, run first), each cell finds at least its frame groups before the needle cached,
+  // and the first question of the very first cell is the only one that runs its video's
+  // frame groups through the tower (later cells hit the encoder cache but for their needle).
+  const first = rows[0];
+  assert.equal(first.depth, 1);
+  assert.equal(first.cached_tokens, 0);
+  for (const x of rows.filter((y) => y.question === 0 && y.depth < 1)) {
+    const before = x.needle_group * (x.visual_tokens / x.frame_groups);
+    assert.ok(x.cached_tokens >= before, `${x.key}: ${x.cached_tokens} cached, ${before} visual tokens before the needle`);
+  }
   const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
-  assert.ok(summary.prefilled_fraction <= 0.6, `prefilled ${summary.prefilled_fraction}`);
+  // Sharing across depths as well as questions: well under the 60% target (about 49% when
+  // only a cell's own questions shared its video).
+  assert.ok(summary.prefilled_fraction <= 0.4, `prefilled ${summary.prefilled_fraction}`);
+  assert.ok(summary.scoring_cached_tokens >= 0.9 * summary.scoring_prompt_tokens, JSON.stringify(summary));
   assert.match(r.log, /prefilled \d+ of \d+ prompt tokens/);
   assert.equal(summary.cells.length, 6);
   assert.ok(summary.cells.every((c) => c.questions === 6 && c.accuracy >= 0 && c.accuracy <= 1));
+  assert.ok(summary.cells.every((c) => c.scored === 6 && c.mean_answer_logprob < 0 && c.vision_s >= 0));
   assert.ok(!existsSync(path.join(out, 'videos', '2048-1.0000-blue.mp4')), 'videos are removed once done');
   assert.match(r.log, /\[36\/36\] 100%/);
   // The report: a PNG heat map and a page naming every question.
   const png = readFileSync(path.join(out, 'heatmap.png'));
   assert.equal(png.subarray(1, 4).toString(), 'PNG');
-  assert.equal(png.readUInt32BE(16), 90 + 3 * 64 + 30, 'width: 3 depth columns');
+  assert.equal(png.readUInt32BE(16), 90 + 2 * 3 * 64 + 40 + 30, 'width: accuracy and log-probability, 3 depth columns each');
   assert.equal(png.readUInt32BE(20), 60 + 2 * 40 + 70, 'height: 2 length rows');
   const html = readFileSync(path.join(out, 'report.html'), 'utf8');
   for (const x of rows) assert.ok(html.includes(x.key), x.key);
@@ -72,7 +96,7 @@ test('every cell and question gets one line with its geometry', async () => {
 
 test('killed midway, --resume finishes without repeating or losing a question', async () => {
   const out = path.join(work, 'resumed');
-  const args = ['--lengths', '1k', '--depths', '0,0.5,1', '--out', out];
+  const args = ['--lengths', '1k', '--depths', '0,0.5,1', '--out', out, '--no-logprobs'];
   const first = await niah(args, 5);
   assert.equal(first.code, 'SIGKILL');
   const partial = lines(out).length;
@@ -86,6 +110,7 @@ test('killed midway, --resume finishes without repeating or losing a question', 
   const rows = lines(out);
   assert.equal(rows.length, 3 * 3 * 2);
   assert.equal(new Set(rows.map((x) => x.key)).size, rows.length);
+  assert.ok(rows.every((x) => x.answer_logprob === undefined), '--no-logprobs asks nothing more');
 });
 
 test('a cell the replica cannot hold is an error line; the others are answered', async () => {

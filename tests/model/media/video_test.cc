@@ -14,6 +14,7 @@
 #include "model/media/image_decode.h"
 #include "model/media/resize.h"
 #include "model/media/video_decode.h"
+#include "model/media/video_encode.h"
 #include "model/media/video_processor.h"
 #include "tests/model/input_test_util.h"
 
@@ -375,6 +376,58 @@ TEST(VideoDecodeTest, BadAndTruncatedFiles) {
        {"empty.mp4", "garbage.mp4", "half.mp4", "faststart.mp4", "cut.mp4", "cut.webm", "scrambled.webm"}) {
     std::filesystem::remove(::q3vl::testing::ScratchDir() + "/q3vl_video_test_" + name);
   }
+}
+
+// Two videos written causally whose first 20 frames are equal (then one shows something else:
+// a NIAH needle) decode those 20 frames to the same pixels, so a server sees the same frame
+// groups and can reuse their prefix-cache pages. The default writer's lookahead lets later
+// frames change how earlier ones are coded, so this is a property of the causal settings.
+TEST(VideoWriterTest, CausalVideosSharingTheirFirstFramesDecodeThemAlike) {
+  const int64_t h = 96, w = 128, frames = 48, shared = 20;
+  auto frame = [&](int64_t k, bool needle) {
+    Image im = Image::Blank(h, w);
+    for (int64_t y = 0; y < h; ++y) {
+      for (int64_t x = 0; x < w; ++x) {
+        uint8_t* p = &im.rgb[(y * w + x) * 3];
+        if (needle) {
+          p[0] = 230, p[1] = 20, p[2] = static_cast<uint8_t>(x);
+        } else {  // a moving texture: motion search and rate control have work to do
+          p[0] = static_cast<uint8_t>((x * 3 + k * 5) ^ y);
+          p[1] = static_cast<uint8_t>(y * 2 + k * 7);
+          p[2] = static_cast<uint8_t>((x + y + k * 11) * 13 % 251);
+        }
+      }
+    }
+    return im;
+  };
+  auto write = [&](const std::string& name, bool with_needle) {
+    const std::string path = ::q3vl::testing::ScratchDir() + "/q3vl_causal_" + name + ".mp4";
+    auto writer = VideoWriter::Open(path, {.width = w, .height = h, .fps = 2, .crf = 23, .causal = true});
+    EXPECT_TRUE(writer.ok()) << writer.status();
+    for (int64_t k = 0; k < frames; ++k) {
+      EXPECT_TRUE((*writer)->Write(frame(k, with_needle && k >= shared && k < shared + 2)).ok());
+    }
+    EXPECT_TRUE((*writer)->Finish().ok());
+    return path;
+  };
+  auto decode = [&](const std::string& path) {
+    std::vector<std::vector<uint8_t>> out;
+    auto reader = VideoReader::Open(path);
+    EXPECT_TRUE(reader.ok()) << reader.status();
+    std::vector<int64_t> all(frames);
+    for (int64_t k = 0; k < frames; ++k) all[k] = k;
+    EXPECT_TRUE((*reader)->ReadFrames(all, [&](size_t, const Image& im) {
+      out.push_back(im.rgb);
+      return absl::OkStatus();
+    }).ok());
+    return out;
+  };
+  const auto haystack = decode(write("haystack", false));
+  const auto needle = decode(write("needle", true));
+  ASSERT_EQ(haystack.size(), static_cast<size_t>(frames));
+  ASSERT_EQ(needle.size(), static_cast<size_t>(frames));
+  for (int64_t k = 0; k < shared; ++k) EXPECT_TRUE(haystack[k] == needle[k]) << "frame " << k;
+  EXPECT_FALSE(haystack[shared] == needle[shared]) << "the needle frame differs";
 }
 
 }  // namespace
