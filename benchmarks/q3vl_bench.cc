@@ -13,12 +13,15 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "core/cpu/bf16_gemm.h"
 #include "core/cpu/cpu_backend.h"
 #include "kv/paged_kv_cache.h"
 #include "model/config.h"
@@ -95,6 +98,7 @@ struct Counters {
 // WeightLoader allocates every weight of an empty checkpoint through it.
 class MeteredBackend final : public Backend {
  public:
+  explicit MeteredBackend(const CpuBackendOptions& options = {}) : cpu_(options) {}
   absl::string_view name() const override { return "metered_cpu"; }
   Device device() const override { return Device::kCpu; }
   Tensor Allocate(DType dtype, Shape shape) override {
@@ -658,10 +662,96 @@ Json BenchDecodeAttention(Backend& backend, const Machine& machine, bool quick) 
 }
 
 constexpr char kUsage[] =
-    "usage: q3vl_bench [--quick] [--only decode_gemm|decode_attention|configs] [--help]\n"
+    "usage: q3vl_bench [--quick] [--only decode_gemm|decode_attention|cpu_compute|configs] [--help]\n"
     "Prints one JSON object of CPU throughput figures to stdout (see benchmarks/README.md).\n"
     "  --quick  fewer iterations; skips the 4096-token prefill of the 235B layer\n"
     "  --only   one section (the machine is always measured)\n";
+
+// The processor's model name, from /proc/cpuinfo ("" when unreadable).
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "";
+}
+
+// Best-of-`reps` FLOP/s of a square n x n x n bf16 GEMM through the bf16 compute path.
+double Bf16GemmPeak(int64_t n, int reps) {
+  Tensor a = Tensor::Empty(DType::kF32, {n, n});
+  Tensor w = Tensor::Empty(DType::kF32, {n, n});
+  Tensor w16 = Tensor::Empty(DType::kBF16, {n, n});
+  Tensor c = Tensor::Empty(DType::kF32, {n, n});
+  FillUniform(a, 0.0f, 1.0f, 1);
+  FillUniform(w, 0.0f, 1.0f, 2);
+  cpu::RoundToBf16(w.data<float>(), n, n, n, w16.data<uint16_t>());
+  double best = 1e30;
+  for (int r = 0; r <= reps; ++r) {
+    const Clock::time_point start = Clock::now();
+    cpu::Bf16Gemm({.a = a.data<float>(), .lda = n, .b = w16.data<uint16_t>(), .out = c.data<float>(), .ldo = n,
+                   .m = n, .n = n, .k = n});
+    if (r > 0) best = std::min(best, SecondsSince(start));
+  }
+  return 2.0 * n * n * static_cast<double>(n) / best;
+}
+
+// --cpu-compute f32 against bf16 on the same weights: one Qwen3-VL-235B-A22B layer at real
+// width, GEMM weights in bf16 as checkpoints store them; prefill at 512 and 4096 tokens and
+// decode at batch 1 and 16, the two modes alternating round by round so both see the same
+// machine. Per case: each round's tokens/s, the median per mode and bf16 / f32; prefill GEMM
+// FLOP/s against the bf16 GEMM peak. On a processor without bf16 instructions, only the ISA.
+Json BenchCpuCompute(const Machine& machine, bool quick) {
+  const cpu::Bf16Support& support = cpu::CpuBf16Support();
+  Json out = {{"cpu_model", CpuModelName()}, {"onednn_isa", support.isa}, {"native_bf16", support.native}};
+  if (!support.native) return out;
+  const int64_t peak_n = quick ? 2048 : 4096;
+  out["bf16_gemm_size"] = peak_n;
+  out["bf16_gemm_peak_flop_per_s"] = Bf16GemmPeak(peak_n, 3);
+  MeteredBackend f32(CpuBackendOptions{.compute = CpuCompute::kF32});
+  MeteredBackend bf16(CpuBackendOptions{.compute = CpuCompute::kBF16});
+  const Model m = BuildModel(f32, Layer235bConfig(), DType::kBF16);
+  const int rounds = quick ? 1 : 3;
+  const std::vector<PrefillCase> prefill = {{.tokens = 512, .iterations = 1}, {.tokens = 4096, .iterations = 1}};
+  // Decode runs the same f32 small-row kernels in both modes; its first steps after a large
+  // prefill are slower (caches and TLBs refill), so enough steps for that to wash out.
+  const std::vector<DecodeCase> decode = {{.batch = 1, .prefix = 128, .steps = quick ? 3 : 20},
+                                          {.batch = 16, .prefix = 128, .steps = quick ? 3 : 20}};
+  std::map<std::string, std::map<std::string, std::vector<double>>> rates;  // case -> mode -> tokens/s
+  std::map<std::string, std::vector<double>> bf16_gemm_rates;              // prefill case -> GEMM FLOP/s
+  for (int round = 0; round < rounds; ++round) {
+    for (auto [mode, backend] : {std::pair<const char*, MeteredBackend*>{"f32", &f32}, {"bf16", &bf16}}) {
+      for (const PrefillCase& c : prefill) {
+        std::cerr << "q3vl_bench: cpu compute " << mode << " round " << round + 1 << " prefill " << c.tokens << "\n";
+        const Json r = BenchPrefill(*backend, m, c, machine);
+        const std::string name = absl::StrCat("prefill_", c.tokens);
+        rates[name][mode].push_back(r["tokens_per_s"].get<double>());
+        if (std::string(mode) == "bf16") bf16_gemm_rates[name].push_back(r["gemm_flop_per_s"].get<double>());
+      }
+      for (const DecodeCase& c : decode) {
+        std::cerr << "q3vl_bench: cpu compute " << mode << " round " << round + 1 << " decode batch " << c.batch << "\n";
+        const Json r = BenchDecode(*backend, m, c, machine);
+        rates[absl::StrCat("decode_batch_", c.batch)][mode].push_back(r["tokens_per_s"].get<double>());
+      }
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  for (const auto& [name, by_mode] : rates) {
+    const double f = median(by_mode.at("f32")), b = median(by_mode.at("bf16"));
+    Json c = {{"f32_tokens_per_s", by_mode.at("f32")}, {"bf16_tokens_per_s", by_mode.at("bf16")},
+              {"f32_median", f}, {"bf16_median", b}, {"bf16_over_f32", b / f}};
+    if (bf16_gemm_rates.contains(name)) {
+      const double g = median(bf16_gemm_rates[name]);
+      c["bf16_gemm_flop_per_s"] = g;
+      c["bf16_gemm_fraction_of_bf16_peak"] = g / out["bf16_gemm_peak_flop_per_s"].get<double>();
+    }
+    out["cases"][name] = c;
+  }
+  out["rounds"] = rounds;
+  return out;
+}
 
 int Main(int argc, char** argv) {
   bool quick = false;
@@ -672,8 +762,9 @@ int Main(int argc, char** argv) {
       quick = true;
     } else if (arg == "--only" && i + 1 < argc) {
       only = argv[++i];
-      if (only != "decode_gemm" && only != "decode_attention" && only != "configs") {
-        std::cerr << "q3vl_bench: --only takes decode_gemm, decode_attention or configs, not " << only << "\n";
+      if (only != "decode_gemm" && only != "decode_attention" && only != "cpu_compute" && only != "configs") {
+        std::cerr << "q3vl_bench: --only takes decode_gemm, decode_attention, cpu_compute or configs, not " << only
+                  << "\n";
         return 2;
       }
     } else if (arg == "--help" || arg == "-h") {
@@ -698,6 +789,10 @@ int Main(int argc, char** argv) {
   if (wanted("decode_attention")) {
     std::cerr << "q3vl_bench: decode attention over 8K-256K tokens of bf16 KV\n";
     out["decode_attention"] = BenchDecodeAttention(backend, machine, quick);
+  }
+  if (wanted("cpu_compute")) {
+    std::cerr << "q3vl_bench: --cpu-compute f32 against bf16, alternating\n";
+    out["cpu_compute"] = BenchCpuCompute(machine, quick);
   }
   if (wanted("configs")) {
     for (const Plan& plan : MakePlans(quick)) out["configs"][plan.name] = RunPlan(backend, plan, machine);

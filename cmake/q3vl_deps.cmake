@@ -25,6 +25,10 @@ if(Q3VL_CUDA)
   target_link_libraries(q3vl_nccl INTERFACE ${Q3VL_NCCL_LIB})
 endif()
 
+# oneDNN: the CPU backend's bf16 GEMMs (core/cpu/bf16_gemm.h), which pick the processor's bf16
+# instructions (AVX512_BF16, AMX) at run time. Debian's build uses OpenMP (libgomp), as we do.
+find_package(dnnl CONFIG REQUIRED)
+
 # The OpenMP build of OpenBLAS, so BLAS calls and our own parallel loops share one pool.
 find_path(Q3VL_CBLAS_INCLUDE cblas.h PATHS /usr/include/x86_64-linux-gnu/openblas-openmp
           /usr/include/openblas-openmp /usr/include/openblas NO_DEFAULT_PATH)

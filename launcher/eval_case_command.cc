@@ -26,7 +26,7 @@ int EvalCaseCommand(const Args& args) {
   const po::variables_map& vm = std::get<po::variables_map>(parsed);
   auto engine_options = EngineOptions::From(vm);
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
-  ConfigureComputeThreads(engine_options->threads);
+  engine_options->ApplyToProcess();
   auto kind = ParseBackendKind(vm["backend"].as<std::string>());
   if (!kind.ok()) return Fail(kName, kind.status());
   if (engine_options->kv_dtype == DType::kF8E4M3 && *kind == BackendKind::kCuda) {

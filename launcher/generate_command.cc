@@ -236,7 +236,7 @@ int GenerateCommand(const Args& args) {
   if (absl::Status s = Sampling(vm, {}).Validate(); !s.ok()) return UsageError(kName, std::string(s.message()));
   auto engine_options = EngineOptions::From(vm);
   if (!engine_options.ok()) return UsageError(kName, std::string(engine_options.status().message()));
-  const int threads = ConfigureComputeThreads(engine_options->threads);
+  const int threads = engine_options->ApplyToProcess();
   const int micro_batches = vm["micro-batches"].as<int>();
   // Under mpirun without --mesh every rank is a replica of its own (said once).
   const std::string mesh_spec = vm.count("mesh") ? vm["mesh"].as<std::string>() : DefaultMeshUnderMpirun(kName);

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "cluster/engine/engine.h"
 #include "cluster/engine/executor.h"
+#include "core/cpu/cpu_backend.h"
 #include "launcher/mesh.h"
 #include "launcher/options.h"
 #include "model/model_runner.h"
@@ -29,13 +30,17 @@ struct EngineOptions {
   double gpu_memory_utilization = 0.9;         // GPU: share of device memory the replica uses
   int threads = 0;              // compute threads per rank; 0: ConfigureComputeThreads decides
   int64_t encoder_cache_tokens = 16384;  // vision features kept across requests (0: none)
+  CpuCompute cpu_compute = CpuCompute::kF32;  // CPU backend GEMMs (--cpu-compute)
 
   // --max-num-batched-tokens, --max-num-seqs, --kv-page-size, --kv-cache-tokens, --kv-dtype,
-  // --kv-cache-memory, --gpu-memory-utilization, --threads, --encoder-cache-tokens. `kv_dtype`: the command's default for --kv-dtype (bf16;
+  // --kv-cache-memory, --gpu-memory-utilization, --threads, --encoder-cache-tokens, --cpu-compute. `kv_dtype`: the command's default for --kv-dtype (bf16;
   // eval-case keeps the fp32 contract with f32).
   static void AddTo(po::options_description& options, DType kv_dtype = DType::kBF16);
   // InvalidArgument naming the flag (a usage error).
   static absl::StatusOr<EngineOptions> From(const po::variables_map& vm);
+  // Sets this process's compute threads (ConfigureComputeThreads(threads)) and the CPU
+  // backends' compute (SetDefaultCpuCompute) before any backend is made; returns the threads.
+  int ApplyToProcess() const;
   // KV pages of page_size tokens: --kv-cache-tokens, or the command's `default_tokens` when
   // it is 0 (at least one page).
   int64_t KvPages(int64_t default_tokens) const;

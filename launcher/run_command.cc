@@ -175,7 +175,7 @@ int RunCommand(const Args& args) {
 
   // Under mpirun without --mesh every rank is a replica of its own.
   std::string mesh_spec = vm.count("mesh") ? vm["mesh"].as<std::string>() : DefaultMeshUnderMpirun(kName);
-  const int threads = ConfigureComputeThreads(engine_options->threads);
+  const int threads = engine_options->ApplyToProcess();
   std::unique_ptr<MeshRun> mesh;
   if (!mesh_spec.empty()) {
     auto started = MeshRun::Start(mesh_spec, *kind);

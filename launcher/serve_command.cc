@@ -58,7 +58,7 @@ int ServeCommand(const Args& args) {
     return UsageError(kName, "--kv-dtype fp8 runs on the CPU backend only for now; use bf16 with --backend cuda");
   }
 
-  const int threads = ConfigureComputeThreads(engine_options->threads);
+  const int threads = engine_options->ApplyToProcess();
   std::unique_ptr<MeshRun> mesh;
   if (vm.count("mesh")) {
     auto started = MeshRun::Start(vm["mesh"].as<std::string>(), *kind);

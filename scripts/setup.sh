@@ -11,6 +11,8 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # core: status, containers, BLAS for the CPU backend (OpenMP build shares our thread pool)
   libabsl-dev libopenblas-openmp-dev
+  # core: bf16 GEMMs on processors with bf16 instructions (oneDNN, --cpu-compute bf16)
+  libdnnl-dev
   # core: SHA-256 content digests (caches keyed by content)
   libssl-dev
   # model: config and checkpoint headers; tokenizer (regex, NFC); image and video decoding

@@ -1,6 +1,7 @@
 // The CPU backend: the f32 reference every other backend is tested against. GEMMs go to
-// OpenBLAS (OpenMP build); the other ops are plain loops parallelised with OpenMP over rows,
-// heads or sequences. Weights must already be f32 (the loader widens bf16 at load time).
+// OpenBLAS (OpenMP build; bf16 weights widened exactly) or, in bf16 compute, to oneDNN (bf16
+// inputs, f32 accumulation: core/cpu/bf16_gemm.h); the other ops are plain loops parallelised
+// with OpenMP over rows, heads or sequences.
 #ifndef Q3VL_CORE_CPU_CPU_BACKEND_H_
 #define Q3VL_CORE_CPU_CPU_BACKEND_H_
 
@@ -11,18 +12,32 @@
 
 namespace q3vl {
 
+// How the CPU backend multiplies a GEMM of more than kSmallGemmMaxRows (16) rows by bf16
+// weights (the engine option --cpu-compute); fewer rows (decode of small batches) stay f32
+// either way. In bf16 a request's rows are therefore rounded or not by the step's row count,
+// so its output may vary with what else is batched, as on GPUs.
+enum class CpuCompute : uint8_t {
+  kF32,   // weights widened exactly, f32 GEMMs: the reference
+  kBF16,  // activations rounded to bf16, f32 accumulation; needs bf16 instructions
+};
+// The process's default for CpuBackendOptions::compute: kF32 until set (the launcher sets it
+// from --cpu-compute before it creates a backend).
+CpuCompute DefaultCpuCompute();
+void SetDefaultCpuCompute(CpuCompute compute);
+
 struct CpuBackendOptions {
   // Freed activation blocks kept for reuse (see core/cpu/host_pool.h).
   size_t max_cached_bytes = size_t{4} << 30;
   // AllocateUninitialized fills its tensors with 0xff bytes (NaN floats, -1 integers), so that a
   // read before the first write shows up in results: for tests.
   bool poison_uninitialized = false;
+  // kBF16 on a processor without bf16 instructions computes in f32 (the launcher refuses it).
+  CpuCompute compute = DefaultCpuCompute();
 };
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(const CpuBackendOptions& options = {})
-      : pool_(cpu::HostPool::Create(options.max_cached_bytes)), poison_(options.poison_uninitialized) {}
+  explicit CpuBackend(const CpuBackendOptions& options = {});
 
   absl::string_view name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
@@ -48,12 +63,15 @@ class CpuBackend final : public Backend {
   void WriteKvFp8(const KvWriteFp8Params& p) override;
 
   const cpu::HostPool& pool() const { return *pool_; }
+  // Whether large GEMMs run in bf16 (options.compute, where the processor allows).
+  bool bf16_compute() const { return bf16_; }
 
  private:
   Tensor FromPool(DType dtype, Shape shape, bool zero);
 
   std::shared_ptr<cpu::HostPool> pool_;
   bool poison_ = false;
+  bool bf16_ = false;
 };
 
 // Number of threads the CPU ops use (OpenMP's maximum).

@@ -2,12 +2,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/cpu/bf16_gemm.h"
 #include "core/cpu/cpu_backend.h"
 #include "core/cpu/vector_math.h"
 #ifdef Q3VL_HAVE_CUDA
@@ -38,6 +40,18 @@ int64_t IdAt(const Tensor& ids, int64_t i) {
 }  // namespace
 
 int CpuThreads() { return omp_get_max_threads(); }
+
+namespace {
+std::atomic<CpuCompute> default_cpu_compute{CpuCompute::kF32};
+}  // namespace
+
+CpuCompute DefaultCpuCompute() { return default_cpu_compute.load(); }
+void SetDefaultCpuCompute(CpuCompute compute) { default_cpu_compute.store(compute); }
+
+CpuBackend::CpuBackend(const CpuBackendOptions& options)
+    : pool_(cpu::HostPool::Create(options.max_cached_bytes)),
+      poison_(options.poison_uninitialized),
+      bf16_(options.compute == CpuCompute::kBF16 && cpu::CpuBf16Support().native) {}
 
 Tensor CpuBackend::Allocate(DType dtype, Shape shape) { return FromPool(dtype, std::move(shape), /*zero=*/true); }
 

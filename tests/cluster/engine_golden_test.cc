@@ -6,13 +6,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cluster/engine/engine.h"
+#include "core/cpu/bf16_gemm.h"
+#include "core/cpu/cpu_backend.h"
 #include "core/npy.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "launcher/eval_case.h"
 #include "model/model_runner.h"
 #include "tests/cluster/engine_test_util.h"
@@ -77,11 +82,71 @@ INSTANTIATE_TEST_SUITE_P(Cases, EngineGoldenTest, ::testing::ValuesIn(CasesTimes
                                                std::get<1>(info.param));
                          });
 
+// How far a run's prompt logits and greedy tokens are from a golden case's fp32 reference:
+// max |logit diff|, the least row cosine, and the greedy tokens compared, step by step, for as
+// long as the reference's margin (top-1 minus top-2 logit) stays above 4x the max |diff| (a
+// smaller margin may flip the token legitimately, and everything after it then differs).
+// `outliers`: the rows farthest from the reference (by cosine) left out of max_diff and
+// min_cosine, and reported as worst_cosine / worst_diff.
+struct ReferenceDistance {
+  float max_diff = 0.0f;
+  double min_cosine = 1.0;
+  float worst_diff = 0.0f;
+  double worst_cosine = 1.0;
+  int64_t compared = 0, steps = 0;
+};
+ReferenceDistance CompareWithReference(const std::string& dir, const RequestOutput& out, int64_t outliers = 0) {
+  ReferenceDistance d;
+  const Tensor logits = ConcatHostRows(out.prompt_logits);
+  auto expected = ReadNpy(dir + "/expected/logits.npy");
+  EXPECT_TRUE(expected.ok());
+  if (!expected.ok()) return d;
+  EXPECT_EQ(logits.shape(), expected->shape());
+  if (logits.shape() != expected->shape()) return d;
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  std::vector<std::pair<double, float>> by_row;  // (cosine, max |diff|)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* a = logits.data<float>() + i * vocab;
+    const float* b = expected->data<float>() + i * vocab;
+    double ab = 0, aa = 0, bb = 0;
+    float diff = 0.0f;
+    for (int64_t j = 0; j < vocab; ++j) {
+      ab += double(a[j]) * b[j], aa += double(a[j]) * a[j], bb += double(b[j]) * b[j];
+      diff = std::max(diff, std::abs(a[j] - b[j]));
+    }
+    by_row.emplace_back(ab / std::sqrt(aa * bb), diff);
+  }
+  std::sort(by_row.begin(), by_row.end());
+  for (size_t i = 0; i < by_row.size(); ++i) {
+    if (static_cast<int64_t>(i) < outliers) {
+      d.worst_cosine = std::min(d.worst_cosine, by_row[i].first);
+      d.worst_diff = std::max(d.worst_diff, by_row[i].second);
+      continue;
+    }
+    d.min_cosine = std::min(d.min_cosine, by_row[i].first);
+    d.max_diff = std::max(d.max_diff, by_row[i].second);
+  }
+  auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");
+  auto steps = ReadNpy(dir + "/expected/gen_step_logits.npy");  // [N, V]: the reference's logits per step
+  EXPECT_TRUE(greedy.ok() && steps.ok());
+  if (!greedy.ok() || !steps.ok()) return d;
+  d.steps = greedy->numel();
+  for (int64_t i = 0; i < greedy->numel() && i < static_cast<int64_t>(out.token_ids.size()); ++i) {
+    std::vector<float> row(steps->data<float>() + i * vocab, steps->data<float>() + (i + 1) * vocab);
+    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
+    if (row[0] - row[1] <= 4.0f * d.max_diff) break;
+    EXPECT_EQ(out.token_ids[i], greedy->data<int64_t>()[i]) << "step " << i << ", margin " << row[0] - row[1];
+    ++d.compared;
+  }
+  ::testing::Test::RecordProperty("max_abs_logit_diff", std::to_string(d.max_diff));
+  ::testing::Test::RecordProperty("min_row_cosine", std::to_string(d.min_cosine));
+  ::testing::Test::RecordProperty("greedy_tokens_compared", std::to_string(d.compared) + " of " + std::to_string(d.steps));
+  return d;
+}
+
 // bf16 KV pages (the serving default) and fp8 ones: every prompt logit row keeps cosine >=
-// 0.9999 (bf16) or 0.9 (fp8) with the fp32 reference, and the greedy tokens equal the reference for as long as the reference's
-// margin (top-1 minus top-2 logit) at each step stays above 4x the prompt rows' max |diff|: a
-// smaller margin may flip the token legitimately, and everything after it then differs. The
-// figures (max |diff|, min cosine, tokens compared) are recorded as test properties.
+// 0.9999 (bf16) or 0.9 (fp8) with the fp32 reference, and the greedy tokens equal the
+// reference where the margin allows (CompareWithReference; the figures are test properties).
 class KvDtypeGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
 
 TEST_P(KvDtypeGoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
@@ -100,44 +165,17 @@ TEST_P(KvDtypeGoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
              .videos = golden->request.videos, .sampling = golden->request.sampling, .keep_prompt_logits = true};
   const RequestOutput out = RunAlone(replica.engine, r);
   ASSERT_EQ(out.finish, FinishReason::kLength) << out.error;
-  const Tensor logits = ConcatHostRows(out.prompt_logits);
-  auto expected = ReadNpy(dir + "/expected/logits.npy");
-  ASSERT_TRUE(expected.ok());
-  ASSERT_EQ(logits.shape(), expected->shape());
-  const float diff = testing::MaxAbsDiff(logits, *expected);
-  double min_cosine = 1.0;
-  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* a = logits.data<float>() + i * vocab;
-    const float* b = expected->data<float>() + i * vocab;
-    double ab = 0, aa = 0, bb = 0;
-    for (int64_t j = 0; j < vocab; ++j) ab += double(a[j]) * b[j], aa += double(a[j]) * a[j], bb += double(b[j]) * b[j];
-    min_cosine = std::min(min_cosine, ab / std::sqrt(aa * bb));
-  }
+  const ReferenceDistance d = CompareWithReference(dir, out);
   // fp8's 3 mantissa bits move these random tiny models far more (measured: cosine 0.91-0.99,
   // kv/README.md); the bound only catches a broken path (wrong scales give cosine near 0).
-  EXPECT_GE(min_cosine, dtype == DType::kBF16 ? 0.9999 : 0.9);
-  EXPECT_GT(diff, 0.0f) << "the pages should round something";  // they really are narrow
-  auto greedy = ReadNpy(dir + "/expected/greedy_tokens.npy");
-  auto steps = ReadNpy(dir + "/expected/gen_step_logits.npy");  // [N, V]: the reference's logits per step
-  ASSERT_TRUE(greedy.ok() && steps.ok());
-  int64_t compared = 0;
-  for (int64_t i = 0; i < greedy->numel() && i < static_cast<int64_t>(out.token_ids.size()); ++i) {
-    std::vector<float> row(steps->data<float>() + i * vocab, steps->data<float>() + (i + 1) * vocab);
-    std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
-    if (row[0] - row[1] <= 4.0f * diff) break;
-    EXPECT_EQ(out.token_ids[i], greedy->data<int64_t>()[i]) << "step " << i << ", margin " << row[0] - row[1];
-    ++compared;
-  }
+  EXPECT_GE(d.min_cosine, dtype == DType::kBF16 ? 0.9999 : 0.9);
+  EXPECT_GT(d.max_diff, 0.0f) << "the pages should round something";  // they really are narrow
   if (dtype == DType::kBF16) {
-    EXPECT_GT(compared, 0) << "no step had a margin above 4x the logit error " << diff;
+    EXPECT_GT(d.compared, 0) << "no step had a margin above 4x the logit error " << d.max_diff;
   }
-  RecordProperty("max_abs_logit_diff", std::to_string(diff));
-  RecordProperty("min_row_cosine", std::to_string(min_cosine));
-  RecordProperty("greedy_tokens_compared", std::to_string(compared) + " of " + std::to_string(greedy->numel()));
   std::printf("kv %s %s: max |logit diff| %.5f, min cosine %.7f, greedy tokens equal %lld of %lld\n",
-              std::string(DTypeName(dtype)).c_str(), name.c_str(), diff, min_cosine, static_cast<long long>(compared),
-              static_cast<long long>(greedy->numel()));
+              std::string(DTypeName(dtype)).c_str(), name.c_str(), d.max_diff, d.min_cosine,
+              static_cast<long long>(d.compared), static_cast<long long>(d.steps));
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, KvDtypeGoldenTest,
@@ -147,6 +185,56 @@ INSTANTIATE_TEST_SUITE_P(Cases, KvDtypeGoldenTest,
                            return std::get<0>(info.param).substr(0, 2) + "_" +
                                   std::string(DTypeName(std::get<1>(info.param)));
                          });
+
+// The CPU backend's bf16 compute (--cpu-compute bf16: GEMMs of more than 16 rows with the
+// activations rounded to bf16, f32 accumulation) on every golden case, KV in f32 and the whole
+// prompt in one chunk so its GEMMs take the bf16 path: every prompt logit row keeps cosine >=
+// 0.999 with the fp32 reference, and the greedy tokens equal it where the margin allows.
+// One exception, read from the case: a token whose router margin (top-k's last expert minus
+// the next) is below what bf16 rounding moves the router's input may take another expert, and
+// its row then moves further (02_image_single, router margin 0.0013: its row 26 moves by 1.0,
+// cosine 0.994, every other row within 0.06). Cases whose router_margin_min is under 0.002
+// may have one such row, at cosine >= 0.99; the others are held to the bound. Skipped,
+// visibly, on a processor without bf16 instructions.
+class CpuBf16ComputeGoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CpuBf16ComputeGoldenTest, LogitsCloseAndGreedyTokensWhereTheMarginAllows) {
+  const std::string dir = testing::GoldenCaseDir(GetParam());
+  if (dir.empty()) GTEST_SKIP() << "golden case not present (needs ../shared)";
+  if (!cpu::CpuBf16Support().native) {
+    GTEST_SKIP() << "this processor has no bf16 instructions (oneDNN: " << cpu::CpuBf16Support().isa << ")";
+  }
+  CpuBackend backend(CpuBackendOptions{.compute = CpuCompute::kBF16});
+  auto golden = launcher::ReadGoldenCase(dir);
+  ASSERT_TRUE(golden.ok()) << golden.status();
+  auto model = model::Qwen3VL::Load(dir + "/model", backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Replica replica(**model, /*budget=*/4096, /*pages=*/64);
+  EngineRequest r{.id = "golden", .ignore_eos = true};
+  r.input = {.input_ids = golden->request.input_ids, .images = golden->request.images,
+             .videos = golden->request.videos, .sampling = golden->request.sampling, .keep_prompt_logits = true};
+  ASSERT_GT(static_cast<int64_t>(r.input.input_ids.size()), 16) << "the prompt's GEMMs must take the bf16 path";
+  const RequestOutput out = RunAlone(replica.engine, r);
+  ASSERT_EQ(out.finish, FinishReason::kLength) << out.error;
+  std::ifstream case_json(dir + "/case.json");
+  const nlohmann::json info = nlohmann::json::parse(case_json, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(info.is_object() && info.contains("router_margin_min")) << dir << "/case.json";
+  const int64_t outliers = info["router_margin_min"].get<double>() < 0.002 ? 1 : 0;
+  const ReferenceDistance d = CompareWithReference(dir, out, outliers);
+  EXPECT_GE(d.min_cosine, 0.999);
+  EXPECT_GE(d.worst_cosine, 0.99);
+  EXPECT_GT(d.max_diff, 1e-3f) << "bf16 compute should round something";
+  EXPECT_GT(d.compared, 0) << "no step had a margin above 4x the logit error " << d.max_diff;
+  std::printf("cpu-compute bf16 %s: max |logit diff| %.5f, min cosine %.7f (%s), greedy tokens equal %lld of %lld\n",
+              GetParam().c_str(), d.max_diff, d.min_cosine,
+              outliers > 0 ? absl::StrFormat("router margin under 0.002, least row aside: |diff| %.3f, cosine %.4f", d.worst_diff,
+                                             d.worst_cosine).c_str()
+                           : "every row",
+              static_cast<long long>(d.compared), static_cast<long long>(d.steps));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CpuBf16ComputeGoldenTest, ::testing::ValuesIn(testing::GoldenCaseNames()),
+                         [](const auto& info) { return info.param.substr(0, 2); });
 
 // The prefix cache on every golden case: the same request again starts after the cached full
 // pages of its prompt and gives the cold run's tokens and logprobs; with a page boundary inside

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/cpu/bf16_gemm.h"
 #include "core/npy.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -58,6 +59,20 @@ TEST(CliTest, MakeModelThenGenerate) {
   const CommandResult negative = RunQ3vl("generate --model " + dir + " --ids 1 --threads -1");
   EXPECT_EQ(negative.code, 2);
   EXPECT_NE(negative.output.find("--threads must be >= 0"), std::string::npos) << negative.output;
+  // --cpu-compute: f32 or bf16 (where the processor multiplies bf16); anything else, or bf16
+  // without the instructions, is a usage error naming the flag.
+  const CommandResult unknown = RunQ3vl("generate --model " + dir + " --ids 1 --cpu-compute fp16");
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_NE(unknown.output.find("--cpu-compute must be f32 or bf16"), std::string::npos) << unknown.output;
+  const CommandResult bf16 = RunQ3vl("generate --model " + dir + " --ids 151644,872,198,9707,151645 --max-new-tokens 5 "
+                                     "--json --cpu-compute bf16");
+  if (cpu::CpuBf16Support().native) {
+    ASSERT_EQ(bf16.code, 0) << bf16.output;
+    EXPECT_NE(bf16.output.find("\"generated_ids\""), std::string::npos) << bf16.output;
+  } else {
+    EXPECT_EQ(bf16.code, 2);
+    EXPECT_NE(bf16.output.find("no bf16 instructions"), std::string::npos) << bf16.output;
+  }
 }
 
 // make-model never silently replaces a directory's contents; --prompt-file (here: standard
