@@ -695,11 +695,12 @@ double Bf16GemmPeak(int64_t n, int reps) {
   return 2.0 * n * n * static_cast<double>(n) / best;
 }
 
-// --cpu-compute f32 against bf16 on the same weights: one Qwen3-VL-235B-A22B layer at real
-// width, GEMM weights in bf16 as checkpoints store them; prefill at 512 and 4096 tokens and
-// decode at batch 1 and 16, the two modes alternating round by round so both see the same
-// machine. Per case: each round's tokens/s, the median per mode and bf16 / f32; prefill GEMM
-// FLOP/s against the bf16 GEMM peak. On a processor without bf16 instructions, only the ISA.
+// --cpu-compute f32 against bf16 on the same weights: one Qwen3-VL-235B-A22B layer and vision
+// block at real width, GEMM weights in bf16 as checkpoints store them; prefill at 512 and 4096
+// tokens, decode at batch 1 and 16, one ~1-megapixel image's encode, the two modes alternating
+// round by round so both see the same machine. Per case: each round's tokens/s (visual tokens
+// for the image), the median per mode and bf16 / f32; prefill GEMM FLOP/s against the bf16
+// GEMM peak. On a processor without bf16 instructions, only the ISA.
 Json BenchCpuCompute(const Machine& machine, bool quick) {
   const cpu::Bf16Support& support = cpu::CpuBf16Support();
   Json out = {{"cpu_model", CpuModelName()}, {"onednn_isa", support.isa}, {"native_bf16", support.native}};
@@ -732,6 +733,11 @@ Json BenchCpuCompute(const Machine& machine, bool quick) {
         const Json r = BenchDecode(*backend, m, c, machine);
         rates[absl::StrCat("decode_batch_", c.batch)][mode].push_back(r["tokens_per_s"].get<double>());
       }
+      // One 1024 x 1024 image (64 x 64 patches, 1,024 visual tokens) through the vision block
+      // and mergers: visual tokens per second.
+      std::cerr << "q3vl_bench: cpu compute " << mode << " round " << round + 1 << " vision 1024x1024\n";
+      const Json v = BenchVision(*backend, m, {.grid = {1, 64, 64}, .iterations = 1});
+      rates["vision_image_1mp"][mode].push_back(v["patches_per_s"].get<double>() / 4.0);
     }
   }
   auto median = [](std::vector<double> v) {

@@ -27,14 +27,18 @@ int64_t MatrixBytes(int64_t elems, DType dtype) {
   return elems * static_cast<int64_t>(DTypeSize(dtype));
 }
 
-// Every weight of the vision tower, in f32 as loaded.
-int64_t VisionWeightBytes(const VisionConfig& v) {
+// Every weight of the vision tower as loaded: the blocks' and mergers' GEMM matrices as the
+// checkpoint stores them (`matrix_dtype`), the rest (patch embedding, position table, norms,
+// biases) in f32.
+int64_t VisionWeightBytes(const VisionConfig& v, DType matrix_dtype) {
   const int64_t dv = v.hidden_size, iv = v.intermediate_size, merged = dv * v.spatial_merge_size * v.spatial_merge_size;
+  const int64_t ndeep = static_cast<int64_t>(v.deepstack_visual_indexes.size());
   const int64_t patch = dv * v.patch_dim() + dv + v.num_position_embeddings * dv;
-  const int64_t block = 4 * dv + (3 * dv * dv + 3 * dv) + (dv * dv + dv) + (iv * dv + iv) + (dv * iv + dv);
-  const int64_t merger = (merged * merged + merged) + (v.out_hidden_size * merged + v.out_hidden_size);
-  const int64_t mergers = (2 * dv + merger) + static_cast<int64_t>(v.deepstack_visual_indexes.size()) * (2 * merged + merger);
-  return (patch + v.depth * block + mergers) * kF32;
+  const int64_t block_f32 = 4 * dv + 3 * dv + dv + iv + dv, block_matrix = 3 * dv * dv + dv * dv + iv * dv + dv * iv;
+  const int64_t merger_f32 = merged + v.out_hidden_size, merger_matrix = merged * merged + v.out_hidden_size * merged;
+  const int64_t f32 = patch + v.depth * block_f32 + (2 * dv + merger_f32) + ndeep * (2 * merged + merger_f32);
+  const int64_t matrix = v.depth * block_matrix + (1 + ndeep) * merger_matrix;
+  return f32 * kF32 + MatrixBytes(matrix, matrix_dtype);
 }
 
 // Activations of one pass of the tower over `patches` patches: input patches, the residual
@@ -78,7 +82,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& config, const MemoryPla
   const int64_t vocab_rows = CeilDiv(t.vocab_size, tp);
   const int64_t num_deepstack = static_cast<int64_t>(v.deepstack_visual_indexes.size());
   const int64_t feature_bytes_per_token = v.out_hidden_size * (1 + num_deepstack) * act;
-  const int64_t vision_weights = VisionWeightBytes(v);
+  const int64_t vision_weights = VisionWeightBytes(v, o.weight_dtype);
   const int64_t vision_workspace =
       VisionWorkspaceBytes(v, std::max(o.vision_patches_per_pass, o.largest_image_patches), act);
   const int64_t usable = static_cast<int64_t>(static_cast<double>(o.device_memory_bytes) * o.memory_utilization);

@@ -16,9 +16,9 @@ VisionTower::Merger VisionTower::LoadMerger(WeightLoader& loader, const std::str
   Merger m;
   m.norm_w = loader.Get(prefix + "norm.weight", {norm_dim});
   m.norm_b = loader.Get(prefix + "norm.bias", {norm_dim});
-  m.fc1_w = loader.Get(prefix + "linear_fc1.weight", {merged_dim, merged_dim});
+  m.fc1_w = loader.GetMatrix(prefix + "linear_fc1.weight", {merged_dim, merged_dim});
   m.fc1_b = loader.Get(prefix + "linear_fc1.bias", {merged_dim});
-  m.fc2_w = loader.Get(prefix + "linear_fc2.weight", {out_dim, merged_dim});
+  m.fc2_w = loader.GetMatrix(prefix + "linear_fc2.weight", {out_dim, merged_dim});
   m.fc2_b = loader.Get(prefix + "linear_fc2.bias", {out_dim});
   m.postshuffle_norm = postshuffle;
   return m;
@@ -40,13 +40,13 @@ VisionTower::VisionTower(const VisionConfig& config, WeightLoader& loader) : con
         .norm1_b = loader.Get(b + "norm1.bias", {dv}),
         .norm2_w = loader.Get(b + "norm2.weight", {dv}),
         .norm2_b = loader.Get(b + "norm2.bias", {dv}),
-        .qkv_w = loader.Get(b + "attn.qkv.weight", {3 * dv, dv}),
+        .qkv_w = loader.GetMatrix(b + "attn.qkv.weight", {3 * dv, dv}),
         .qkv_b = loader.Get(b + "attn.qkv.bias", {3 * dv}),
-        .proj_w = loader.Get(b + "attn.proj.weight", {dv, dv}),
+        .proj_w = loader.GetMatrix(b + "attn.proj.weight", {dv, dv}),
         .proj_b = loader.Get(b + "attn.proj.bias", {dv}),
-        .fc1_w = loader.Get(b + "mlp.linear_fc1.weight", {iv, dv}),
+        .fc1_w = loader.GetMatrix(b + "mlp.linear_fc1.weight", {iv, dv}),
         .fc1_b = loader.Get(b + "mlp.linear_fc1.bias", {iv}),
-        .fc2_w = loader.Get(b + "mlp.linear_fc2.weight", {dv, iv}),
+        .fc2_w = loader.GetMatrix(b + "mlp.linear_fc2.weight", {dv, iv}),
         .fc2_b = loader.Get(b + "mlp.linear_fc2.bias", {dv}),
     });
   }
