@@ -1,8 +1,13 @@
 #include "model/encoder_cache.h"
 
+#include <atomic>
+
 #include "core/check.h"
 
 namespace q3vl::model {
+namespace {
+std::atomic<int64_t> bytes_digested{0};
+}  // namespace
 
 std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind) {
   std::vector<Digest256> out;
@@ -12,6 +17,7 @@ std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind
       << "pixel_values must be contiguous f32 [N, C]: " << pixels.DebugString();
   const int64_t cols = pixels.dim(1);
   int64_t row = 0;
+  int64_t bytes = 0;
   for (const GridThw& grid : input.grids) {
     const int64_t rows = grid[0] * grid[1] * grid[2];
     Q3VL_CHECK(row + rows <= pixels.dim(0)) << "grids cover more rows than pixel_values has";
@@ -22,8 +28,19 @@ std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind
     sha.Update(pixels.data<float>() + row * cols, static_cast<size_t>(rows * cols) * sizeof(float));
     out.push_back(sha.Final());
     row += rows;
+    bytes += rows * cols * static_cast<int64_t>(sizeof(float));
   }
+  bytes_digested.fetch_add(bytes, std::memory_order_relaxed);
   return out;
+}
+
+int64_t MediaBytesDigested() { return bytes_digested.load(std::memory_order_relaxed); }
+
+MediaDigests DigestMedia(const VisionInput& images, const VisionInput& videos) {
+  MediaDigests d;
+  if (!images.grids.empty()) d.images = DigestMediaItems(CacheUnits(images, MediaKind::kImage), MediaKind::kImage);
+  if (!videos.grids.empty()) d.videos = DigestMediaItems(CacheUnits(videos, MediaKind::kVideo), MediaKind::kVideo);
+  return d;
 }
 
 VisionInput CacheUnits(const VisionInput& input, MediaKind kind) {

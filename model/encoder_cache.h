@@ -38,6 +38,16 @@ std::vector<Digest256> DigestMediaItems(const VisionInput& input, MediaKind kind
 // grids (1, h, w) over the same pixel rows (the rows are already in group order).
 VisionInput CacheUnits(const VisionInput& input, MediaKind kind);
 
+// A request's unit digests per kind (DigestMediaItems over CacheUnits), computed once per
+// request: its prefix-cache keys and its encoding share them (a long video is gigabytes of
+// pixels to hash).
+struct MediaDigests {
+  std::vector<Digest256> images, videos;
+};
+MediaDigests DigestMedia(const VisionInput& images, const VisionInput& videos);
+// Pixel bytes hashed by DigestMediaItems in this process so far (tests check hashing once).
+int64_t MediaBytesDigested();
+
 // One item's encoder output: [tokens, D] merged rows and one [tokens, D] per DeepStack layer
 // (undefined on a keys-only cache). They may be views of one tower pass's output shared with
 // the pass's other items: the budget counts tokens, and a pass's buffer is freed when its last

@@ -200,7 +200,10 @@ std::vector<kv::PageKey> PromptPageKeys(const ModelConfig& cfg, const RunnerRequ
   for (const auto& k : kinds) {
     if (k.input.grids.empty()) continue;
     const VisionInput units = CacheUnits(k.input, k.kind);
-    const std::vector<Digest256> digests = DigestMediaItems(units, k.kind);
+    const std::vector<Digest256> digests =
+        r.media_digests ? (k.kind == MediaKind::kImage ? r.media_digests->images : r.media_digests->videos)
+                        : DigestMediaItems(units, k.kind);
+    Q3VL_CHECK_EQ(digests.size(), units.grids.size()) << "media_digests do not match the request's media";
     int64_t at = 0;
     for (size_t item = 0; item < units.grids.size(); ++item) {
       const GridThw& g = units.grids[item];
@@ -267,7 +270,8 @@ void ModelRunner::AddSequence(const StepSequence& s, Sequence& seq, Batch& b) {
 VisualFeatures ModelRunner::Encode(const Sequence& seq, const TraceFn* trace) {
   const absl::Time start = absl::Now();
   VisualFeatures features = EncodeVisualFeatures(model_, seq.request.input_ids, seq.request.images,
-                                                 seq.request.videos, trace, encoder_cache_.get());
+                                                 seq.request.videos, trace, encoder_cache_.get(),
+                                                 seq.request.media_digests ? &*seq.request.media_digests : nullptr);
   vision_seconds_ += absl::ToDoubleSeconds(absl::Now() - start);
   return features;
 }

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "kv/block_pool.h"
+#include "model/encoder_cache.h"
 #include "model/sampler.h"
 #include "model/vision.h"
 
@@ -35,6 +36,10 @@ struct RunnerRequest {
   // come from the prefix cache (a score of an answer after a long shared prompt reuses it).
   int64_t prompt_logprobs_start = 1;
   bool keep_prompt_logits = false;  // every prompt row's logits (eval-case's fp32 contract)
+  // The media's unit digests (DigestMedia), when the submitter computed them for the prefix
+  // keys: the encoder cache then looks them up without hashing the pixels again. Not sent to
+  // follower ranks (they hash their own when their cache needs it).
+  std::optional<MediaDigests> media_digests;
 
   static constexpr int kMaxTopLogprobs = 20;
 };

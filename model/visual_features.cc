@@ -15,7 +15,7 @@ namespace {
 // buffer lives until its last unit leaves the cache), and the kind's table assembled from hits
 // and new units in order (the pass's output itself when every unit was new).
 VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& media, MediaKind kind, EncoderCache* cache,
-                        const TraceFn* trace, bool serve) {
+                        const TraceFn* trace, bool serve, const std::vector<Digest256>* known = nullptr) {
   if (media.grids.empty()) return {};
   if (cache == nullptr) {
     if (serve) {
@@ -26,7 +26,8 @@ VisionOutput EncodeKind(const Qwen3VL& model, const VisionInput& media, MediaKin
   }
   const VisionInput in = CacheUnits(media, kind);
   const int64_t merge = model.config().vision.spatial_merge_size * model.config().vision.spatial_merge_size;
-  const std::vector<Digest256> digests = DigestMediaItems(in, kind);
+  const std::vector<Digest256> digests = known != nullptr ? *known : DigestMediaItems(in, kind);
+  Q3VL_CHECK_EQ(digests.size(), in.grids.size()) << "digests do not match the media";
   const size_t n = digests.size();
   std::vector<EncodedItem> items(n);
   std::vector<int64_t> source(n, -1);  // index into the missing items, or -1 for a hit
@@ -137,7 +138,7 @@ Tensor ConcatRows(Backend& backend, const std::vector<Tensor>& parts) {
 
 VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
                                     const VisionInput& images, const VisionInput& videos, const TraceFn* trace,
-                                    EncoderCache* cache) {
+                                    EncoderCache* cache, const MediaDigests* digests) {
   const ModelConfig& cfg = model.config();
   Backend& backend = model.backend();
   std::vector<int64_t> visual_ids;
@@ -146,8 +147,10 @@ VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int6
   }
   VisualFeatures out;
   if (visual_ids.empty()) return out;
-  const VisionOutput image = EncodeKind(model, images, MediaKind::kImage, cache, trace, /*serve=*/false);
-  const VisionOutput video = EncodeKind(model, videos, MediaKind::kVideo, cache, trace, /*serve=*/false);
+  const VisionOutput image = EncodeKind(model, images, MediaKind::kImage, cache, trace, /*serve=*/false,
+                                        digests ? &digests->images : nullptr);
+  const VisionOutput video = EncodeKind(model, videos, MediaKind::kVideo, cache, trace, /*serve=*/false,
+                                        digests ? &digests->videos : nullptr);
   const int64_t d = cfg.text.hidden_size;
   out.embeds = Interleave(backend, image.embeds, video.embeds, visual_ids, cfg.image_token_id, d);
   for (size_t k = 0; k < cfg.vision.deepstack_visual_indexes.size(); ++k) {

@@ -30,9 +30,11 @@ struct VisualFeatures {
 // the request is encoded once, and the new units are kept; the tower runs once per kind over
 // the missing units, if any.
 // REQUIRES: the placeholder counts match the grids (CheckPrompt).
+// `digests`: the request's DigestMedia, when known (else the cache hashes the pixels).
 VisualFeatures EncodeVisualFeatures(const Qwen3VL& model, const std::vector<int64_t>& input_ids,
                                     const VisionInput& images, const VisionInput& videos,
-                                    const TraceFn* trace = nullptr, EncoderCache* cache = nullptr);
+                                    const TraceFn* trace = nullptr, EncoderCache* cache = nullptr,
+                                    const MediaDigests* digests = nullptr);
 
 // Vision ranks: serves (Qwen3VL::ServeVision) exactly the tower passes EncodeVisualFeatures
 // makes on stage 0 when both hold caches of the same capacity fed the same calls (or none).

@@ -50,7 +50,13 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   Q3VL_RETURN_IF_ERROR(scheduler_.CheckFits(static_cast<int64_t>(in.input_ids.size()), in.sampling.max_new_tokens));
   // The prefix-cache keys hash the prompt and its media on the caller's thread, not the loop's.
   std::vector<kv::PageKey> keys;
-  if (scheduler_.config().enable_prefix_caching) keys = runner_.PrefixKeys(in, scheduler_.config().page_size);
+  if (scheduler_.config().enable_prefix_caching) {
+    // Hashed once: the runner's encoder cache reuses these digests.
+    if (!in.media_digests && (!in.images.grids.empty() || !in.videos.grids.empty())) {
+      in.media_digests = model::DigestMedia(in.images, in.videos);
+    }
+    keys = runner_.PrefixKeys(in, scheduler_.config().page_size);
+  }
   auto stream = std::make_shared<RequestStream>();
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the engine is shutting down");

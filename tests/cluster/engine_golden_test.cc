@@ -409,6 +409,20 @@ TEST_F(EngineMixTest, EncoderCacheEncodesIdenticalMediaOnceAndChangesNothing) {
   EXPECT_EQ(cache.size(), 4);
 }
 
+// A request's media are hashed once: its prefix-cache keys and its encoder-cache lookups share
+// the digests (a long video is gigabytes of pixels).
+TEST_F(EngineMixTest, MediaAreHashedOncePerRequest) {
+  Replica replica(*model_, /*budget=*/16, /*pages=*/64, /*max_seqs=*/16, /*encoder_cache_tokens=*/100000);
+  const EngineRequest& r = requests_[0];
+  const int64_t pixels = r.input.images.pixel_values.size_bytes() + r.input.videos.pixel_values.size_bytes();
+  ASSERT_GT(pixels, 0);
+  const int64_t before = model::MediaBytesDigested();
+  const RequestOutput out = RunAlone(replica.engine, r);
+  EXPECT_EQ(out.finish, FinishReason::kLength) << out.error;
+  EXPECT_EQ(model::MediaBytesDigested() - before, pixels);
+  EXPECT_EQ(replica.runner.encoder_cache()->queries(), 3) << "the image and two frame groups were looked up";
+}
+
 // A long-video sweep's case in small: a second video equal to the first but for its last
 // frame group (a needle placed late) finds every prefix page before that group and every
 // earlier unit's tower rows in the caches, encodes only the changed group, and gives exactly
