@@ -2,25 +2,23 @@
 // (progress goes to stderr). Measures the machine (threads, copy bandwidth, SGEMM peak), then,
 // for the tiny demo config and one Qwen3-VL-235B-A22B layer at real width with random weights
 // held in memory: decoder prefill and decode throughput, prefill GEMM FLOP/s against the SGEMM
-// peak, decode weight bytes/s against the copy bandwidth, and vision patches/s. See README.md.
-#include <cblas.h>
-
+// peak, decode weight bytes/s against the copy bandwidth, and vision patches/s; and
+// --cpu-compute f32 against bf16 side by side. The machine's figures: bench_machine.h.
+// See README.md.
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "benchmarks/bench_machine.h"
 #include "core/cpu/bf16_gemm.h"
 #include "core/cpu/cpu_backend.h"
 #include "kv/paged_kv_cache.h"
@@ -36,32 +34,7 @@
 namespace q3vl::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// Fills the contiguous f32 tensor `t` uniformly in [center - half_width, center + half_width).
-// Element i depends only on (seed, i), so the fill runs in parallel and is reproducible.
-void FillUniform(const Tensor& t, float center, float half_width, uint64_t seed) {
-  float* p = t.data<float>();
-  const int64_t n = t.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t bits = SplitMix64(seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(i));
-    const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-    p[i] = center + half_width * (2.0f * u - 1.0f);
-  }
-}
 
 // Weight init from the shape alone: vectors (norm scales, biases) near 1; matrices with std
 // 1/sqrt(fan_in), fan_in = dim 1 for [E, in, out] expert stacks, else the trailing dims.
@@ -200,100 +173,6 @@ Json BreakdownJson(const Counters& c, double total_s, double divisor) {
   }
   out["outside_backend_s"] = (total_s - in_ops) / divisor;
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine
-
-struct Machine {
-  int threads = 0;
-  double other_busy_fraction = -1;      // CPU share busy (not us) at start; -1: unknown
-  int64_t copy_bytes = 0;
-  double copy_bytes_per_s = 0;          // all threads, read + write
-  double copy_1thread_bytes_per_s = 0;  // one thread, read + write
-  int64_t sgemm_size = 0;
-  double sgemm_flop_per_s = 0;
-};
-
-// Best-of-`reps` memcpy bandwidth of `bytes` from src to dst split over `threads` threads,
-// counting read + write (2 x bytes).
-double CopyBandwidth(const char* src, char* dst, int64_t bytes, int reps, int threads) {
-  const int64_t chunk = bytes / threads;
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const Clock::time_point start = Clock::now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int i = 0; i < threads; ++i) std::memcpy(dst + i * chunk, src + i * chunk, chunk);
-    best = std::min(best, SecondsSince(start));
-  }
-  return 2.0 * static_cast<double>(chunk * threads) / best;
-}
-
-// Best-of-`reps` FLOP/s of a square n x n x n cblas_sgemm (after one untimed warm-up).
-double SgemmPeak(int64_t n, int reps) {
-  Tensor a = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
-  Tensor b = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
-  Tensor c = Tensor::Empty(DType::kF32, {n, n});  // [n, n]
-  FillUniform(a, 0.0f, 1.0f, 1);
-  FillUniform(b, 0.0f, 1.0f, 2);
-  double best = 1e30;
-  for (int r = 0; r <= reps; ++r) {
-    const Clock::time_point start = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data<float>(), n,
-                b.data<float>(), n, 0.0f, c.data<float>(), n);
-    if (r > 0) best = std::min(best, SecondsSince(start));
-  }
-  return 2.0 * n * n * static_cast<double>(n) / best;
-}
-
-// Busy (non-idle) share of all CPU time over `window_s`, from /proc/stat; -1 when unreadable.
-// Sampled before measuring: other work on the machine skews every figure, most of all OpenMP
-// barriers when the cores are oversubscribed.
-double BusyCpuFraction(double window_s) {
-  auto sample = [](uint64_t* busy, uint64_t* total) {
-    std::ifstream in("/proc/stat");
-    std::string label;
-    uint64_t v[8] = {};
-    if (!(in >> label >> v[0] >> v[1] >> v[2] >> v[3] >> v[4] >> v[5] >> v[6] >> v[7])) return false;
-    *total = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
-    *busy = *total - v[3] - v[4];  // minus idle and iowait
-    return true;
-  };
-  uint64_t busy0, total0, busy1, total1;
-  if (!sample(&busy0, &total0)) return -1;
-  std::this_thread::sleep_for(std::chrono::duration<double>(window_s));
-  if (!sample(&busy1, &total1) || total1 == total0) return -1;
-  return static_cast<double>(busy1 - busy0) / static_cast<double>(total1 - total0);
-}
-
-Machine MeasureMachine(bool quick) {
-  Machine m{.threads = CpuThreads(), .other_busy_fraction = BusyCpuFraction(0.5),
-            .copy_bytes = int64_t{1} << 30, .sgemm_size = quick ? 2048 : 4096};
-  if (m.other_busy_fraction > 0.1) {
-    std::cerr << "q3vl_bench: warning: " << static_cast<int>(100 * m.other_busy_fraction)
-              << "% of the CPU was busy with other work at start; the figures will be skewed\n";
-  }
-  {
-    std::unique_ptr<char[]> src(new char[m.copy_bytes]);
-    std::unique_ptr<char[]> dst(new char[m.copy_bytes]);
-    std::memset(src.get(), 1, m.copy_bytes);  // fault the pages in before timing
-    std::memset(dst.get(), 0, m.copy_bytes);
-    const int reps = quick ? 3 : 6;
-    m.copy_bytes_per_s = CopyBandwidth(src.get(), dst.get(), m.copy_bytes, reps, m.threads);
-    m.copy_1thread_bytes_per_s = CopyBandwidth(src.get(), dst.get(), m.copy_bytes, reps, 1);
-  }
-  m.sgemm_flop_per_s = SgemmPeak(m.sgemm_size, 3);
-  return m;
-}
-
-Json MachineJson(const Machine& m) {
-  return {{"cpu_threads", m.threads},
-          {"other_cpu_busy_fraction_at_start", m.other_busy_fraction},
-          {"copy_buffer_bytes", m.copy_bytes},
-          {"copy_bandwidth_bytes_per_s", m.copy_bytes_per_s},
-          {"copy_bandwidth_1thread_bytes_per_s", m.copy_1thread_bytes_per_s},
-          {"sgemm_size", m.sgemm_size},
-          {"sgemm_peak_flop_per_s", m.sgemm_flop_per_s}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,34 +545,6 @@ constexpr char kUsage[] =
     "Prints one JSON object of CPU throughput figures to stdout (see benchmarks/README.md).\n"
     "  --quick  fewer iterations; skips the 4096-token prefill of the 235B layer\n"
     "  --only   one section (the machine is always measured)\n";
-
-// The processor's model name, from /proc/cpuinfo ("" when unreadable).
-std::string CpuModelName() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "";
-}
-
-// Best-of-`reps` FLOP/s of a square n x n x n bf16 GEMM through the bf16 compute path.
-double Bf16GemmPeak(int64_t n, int reps) {
-  Tensor a = Tensor::Empty(DType::kF32, {n, n});
-  Tensor w = Tensor::Empty(DType::kF32, {n, n});
-  Tensor w16 = Tensor::Empty(DType::kBF16, {n, n});
-  Tensor c = Tensor::Empty(DType::kF32, {n, n});
-  FillUniform(a, 0.0f, 1.0f, 1);
-  FillUniform(w, 0.0f, 1.0f, 2);
-  cpu::RoundToBf16(w.data<float>(), n, n, n, w16.data<uint16_t>());
-  double best = 1e30;
-  for (int r = 0; r <= reps; ++r) {
-    const Clock::time_point start = Clock::now();
-    cpu::Bf16Gemm({.a = a.data<float>(), .lda = n, .b = w16.data<uint16_t>(), .out = c.data<float>(), .ldo = n,
-                   .m = n, .n = n, .k = n});
-    if (r > 0) best = std::min(best, SecondsSince(start));
-  }
-  return 2.0 * n * n * static_cast<double>(n) / best;
-}
 
 // --cpu-compute f32 against bf16 on the same weights: one Qwen3-VL-235B-A22B layer and vision
 // block at real width, GEMM weights in bf16 as checkpoints store them; prefill at 512 and 4096

@@ -21,9 +21,7 @@ absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path) 
   return absl::OkStatus();
 }
 
-namespace {
-
-absl::Status Errno(const char* what, const std::string& path) {
+absl::Status ErrnoStatus(absl::string_view what, const std::string& path) {
   const int e = errno;
   const std::string text = absl::StrCat(path, ": ", what, ": ", std::strerror(e));
   if (e == ENOENT) return absl::NotFoundError(text);
@@ -31,14 +29,12 @@ absl::Status Errno(const char* what, const std::string& path) {
   return absl::InternalError(text);
 }
 
-}  // namespace
-
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Errno("cannot open", path);
+  if (!in) return ErrnoStatus("cannot open", path);
   std::stringstream text;
   text << in.rdbuf();
-  if (in.bad()) return Errno("cannot read", path);
+  if (in.bad()) return ErrnoStatus("cannot read", path);
   return text.str();
 }
 

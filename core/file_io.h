@@ -15,6 +15,10 @@ namespace q3vl {
 // Writes all of `bytes` to `fd`. Unavailable naming `path` and errno's reason otherwise.
 absl::Status WriteAll(int fd, absl::string_view bytes, const std::string& path);
 
+// errno (as the failed call left it) as a Status naming `path` and what failed:
+// "PATH: WHAT: <reason>"; NotFound, PermissionDenied (also a read-only file system) or Internal.
+absl::Status ErrnoStatus(absl::string_view what, const std::string& path);
+
 // The bytes of the file at `path`. NotFound (missing), PermissionDenied (not readable) or
 // Internal, with "PATH: cannot open: <reason>".
 absl::StatusOr<std::string> ReadFile(const std::string& path);

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -18,18 +17,6 @@
 #include "core/status_macros.h"
 
 namespace q3vl::cluster::batch {
-namespace {
-
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  const int e = errno;
-  const std::string text = absl::StrCat(path, ": ", what, ": ", std::strerror(e));
-  if (e == ENOENT) return absl::NotFoundError(text);
-  if (e == EACCES || e == EPERM || e == EROFS) return absl::PermissionDeniedError(text);
-  return absl::InternalError(text);
-}
-
-
-}  // namespace
 
 std::string InputLine::Key() const { return custom_id ? *custom_id : absl::StrCat("line-", number); }
 
@@ -104,11 +91,11 @@ absl::StatusOr<ExistingOutput> RecoverOutput(const std::string& path, bool retry
   if (out.dropped_failed > 0) {  // rewrite without them: a temporary file renamed over the old
     const std::string tmp = path + ".tmp";
     const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return Errno("cannot create", tmp);
+    if (fd < 0) return ErrnoStatus("cannot create", tmp);
     absl::Status s = WriteAll(fd, kept, tmp);
-    if (s.ok() && fsync(fd) != 0) s = Errno("fsync failed", tmp);
+    if (s.ok() && fsync(fd) != 0) s = ErrnoStatus("fsync failed", tmp);
     close(fd);
-    if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) s = Errno("cannot replace", path);
+    if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) s = ErrnoStatus("cannot replace", path);
     Q3VL_RETURN_IF_ERROR(s);
   }
   return out;
@@ -123,9 +110,9 @@ absl::Status CheckWritable(const std::string& path) {
     return absl::NotFoundError(absl::StrCat(path, ": the directory ", dir.string(), " does not exist"));
   }
   if (std::filesystem::exists(p)) {
-    if (access(path.c_str(), W_OK) != 0) return Errno("cannot write", path);
+    if (access(path.c_str(), W_OK) != 0) return ErrnoStatus("cannot write", path);
   } else if (access(dir.c_str(), W_OK) != 0) {
-    return Errno("cannot create files in its directory", path);
+    return ErrnoStatus("cannot create files in its directory", path);
   }
   return absl::OkStatus();
 }
@@ -134,7 +121,7 @@ namespace {
 
 absl::StatusOr<int> OpenLocked(const std::string& path) {
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot open for appending", path);
+  if (fd < 0) return ErrnoStatus("cannot open for appending", path);
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int e = errno;
     close(fd);
@@ -143,7 +130,7 @@ absl::StatusOr<int> OpenLocked(const std::string& path) {
           path, ": another q3vl run is writing this output (stop it, or wait for it to end, before rerunning)"));
     }
     errno = e;
-    return Errno("cannot lock", path);
+    return ErrnoStatus("cannot lock", path);
   }
   return fd;
 }
@@ -168,7 +155,7 @@ absl::Status ResultWriter::Append(const std::string& line) {
   if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": closed"));
   Q3VL_RETURN_IF_ERROR(WriteAll(fd_, line + "\n", path_));  // one write: a kill leaves whole lines
   if (absl::Now() - last_sync_ >= sync_every_) {
-    if (fdatasync(fd_) != 0) return Errno("fdatasync failed", path_);
+    if (fdatasync(fd_) != 0) return ErrnoStatus("fdatasync failed", path_);
     last_sync_ = absl::Now();
   }
   return absl::OkStatus();
@@ -177,8 +164,8 @@ absl::Status ResultWriter::Append(const std::string& line) {
 absl::Status ResultWriter::Close() {
   if (fd_ < 0) return absl::OkStatus();
   absl::Status s;
-  if (fdatasync(fd_) != 0) s = Errno("fdatasync failed", path_);
-  if (close(fd_) != 0 && s.ok()) s = Errno("close failed", path_);
+  if (fdatasync(fd_) != 0) s = ErrnoStatus("fdatasync failed", path_);
+  if (close(fd_) != 0 && s.ok()) s = ErrnoStatus("close failed", path_);
   fd_ = -1;
   return s;
 }
